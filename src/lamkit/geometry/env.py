@@ -1,0 +1,52 @@
+"""Smooth switching function and the DeePMD environment matrix (PyTorch, differentiable)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def smooth_switch(r: torch.Tensor, rmin: float, rmax: float) -> torch.Tensor:
+    """``u^3 (-6u^2 + 15u - 10) + 1`` with ``u = (clamp(r, rmin, rmax) - rmin)/(rmax - rmin)``:
+    1 below ``rmin``, 0 above ``rmax``, twice continuously differentiable."""
+    u = (torch.clamp(r, rmin, rmax) - rmin) / (rmax - rmin)
+    return u * u * u * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
+
+
+def gather_neighbors(ext: torch.Tensor, nlist: torch.Tensor) -> torch.Tensor:
+    """``ext[f, nlist[f, i, j]]`` for ext [nf, nall, d] and nlist [nf, nloc, nnei] (-1 -> 0)."""
+    nf, nloc, nnei = nlist.shape
+    idx = nlist.clamp(min=0).reshape(nf, nloc * nnei, 1).expand(-1, -1, ext.shape[-1])
+    return torch.gather(ext, 1, idx).reshape(nf, nloc, nnei, ext.shape[-1])
+
+
+def environment_matrix(
+    ext_coord: torch.Tensor,
+    nlist: torch.Tensor,
+    rcut: float,
+    rcut_smth: float,
+    protection: float = 0.0,
+    radial_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Un-normalised environment matrix of every neighbour slot.
+
+    Args:
+        ext_coord: [nf, nall, 3] extended coordinates (locals first), Å.
+        nlist: [nf, nloc, nnei] extended neighbour indices, -1 for an empty slot.
+    Returns:
+        env [nf, nloc, nnei, 4] (or 1 if radial_only) ``[1/r, x/r^2, y/r^2, z/r^2] * sw``,
+        diff [nf, nloc, nnei, 3] ``R_j - R_i`` (0 in empty slots), sw [nf, nloc, nnei, 1],
+        mask [nf, nloc, nnei] bool.
+    """
+    nloc = nlist.shape[1]
+    mask = nlist >= 0
+    fmask = mask.unsqueeze(-1).to(ext_coord.dtype)
+    diff = (gather_neighbors(ext_coord, nlist) - ext_coord[:, :nloc, None, :]) * fmask
+    # empty slots get length 1 (not 0) so that the square root has a finite gradient
+    length = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask))
+    sw = smooth_switch(length, rcut_smth, rcut) * fmask
+    inv = 1.0 / (length + protection)
+    if radial_only:
+        env = inv * sw
+    else:
+        env = torch.cat([inv, diff * (inv * inv)], dim=-1) * sw
+    return env, diff, sw, mask

@@ -1,0 +1,82 @@
+"""Model config (the ``model`` section of input.json) and model construction."""
+
+from __future__ import annotations
+
+import copy
+
+from ..config.schema import REQUIRED, Arg, normalize
+from ..descriptor import DESCRIPTORS, build_descriptor
+from ..errors import ConfigError
+from ..fitting import build_fitting
+from .energy_model import EnergyModel
+
+MODEL_ARGS = (
+    Arg("type_map", (list,), REQUIRED, doc="element names, e.g. [\"O\", \"H\"]"),
+    Arg("descriptor", (dict, str), REQUIRED),
+    Arg("fitting_net", (dict,), REQUIRED),
+    Arg("type", (str,), "standard"),
+    Arg("data_stat_nbatch", (int,), 10),
+    Arg("data_stat_protect", (float,), 1e-2),
+    Arg("data_bias_nsample", (int,), 10),
+    Arg("pair_exclude_types", (list,), []),
+    Arg("atom_exclude_types", (list,), []),
+    Arg("preset_out_bias", (dict, type(None)), None),
+    Arg("finetune_head", (str, type(None)), None),
+    # written by the reference into checkpoints; accepted and kept, not used
+    Arg("srtab_add_bias", (bool,), True),
+    Arg("info", (dict, type(None)), None),
+    Arg("model_branch_alias", (list,), []),
+    Arg("bridging_method", (str,), "None"),
+    Arg("bridging_r_inner", (float,), 0.5),
+    Arg("bridging_r_outer", (float,), 0.8),
+    Arg("use_srtab", (str, type(None)), None),
+    Arg("sw_rmin", (float, type(None)), None),
+    Arg("sw_rmax", (float, type(None)), None),
+)
+
+
+def normalize_model_config(config: dict, path: str = "model") -> dict:
+    """Validated model config with defaults; descriptor and fitting sections normalised too."""
+    conf = normalize(config, MODEL_ARGS, path)
+    if conf["type"] != "standard":
+        raise ConfigError(f"{path}/type: only 'standard' models are supported, got '{conf['type']}'")
+    if conf["use_srtab"]:
+        raise ConfigError(f"{path}/use_srtab: tabulated pair potentials are not supported yet")
+    if not conf["type_map"] or not all(isinstance(t, str) for t in conf["type_map"]):
+        raise ConfigError(f"{path}/type_map: expected a non-empty list of element names")
+    if len(set(conf["type_map"])) != len(conf["type_map"]):
+        raise ConfigError(f"{path}/type_map: duplicate element names in {conf['type_map']}")
+    desc = conf["descriptor"]
+    if isinstance(desc, str):
+        raise ConfigError(f"{path}/descriptor: shared descriptors ('{desc}') need multi-task mode")
+    dcls = DESCRIPTORS.get(desc.get("type", "se_e2_a"))
+    conf["descriptor"] = {"type": desc.get("type", "se_e2_a"),
+                          **dcls.normalize_config(desc, f"{path}/descriptor")}
+    conf["descriptor"].pop("type", None)
+    conf["descriptor"] = {"type": desc.get("type", "se_e2_a"), **conf["descriptor"]}
+    from ..fitting import FITTINGS
+
+    fit = conf["fitting_net"]
+    fcls = FITTINGS.get(fit.get("type", "ener"))
+    fconf = fcls.normalize_config(fit, f"{path}/fitting_net")
+    fconf.pop("type", None)
+    conf["fitting_net"] = {"type": fit.get("type", "ener"), **fconf}
+    return conf
+
+
+def build_model(config: dict) -> EnergyModel:
+    """An untrained model from a model config (normalised here if needed)."""
+    conf = normalize_model_config(copy.deepcopy(config))
+    type_map = conf["type_map"]
+    dconf = dict(conf["descriptor"])
+    if conf["pair_exclude_types"] and "exclude_types" in dconf and not dconf["exclude_types"]:
+        dconf["exclude_types"] = conf["pair_exclude_types"]
+    if isinstance(dconf.get("sel"), str):
+        raise ConfigError(
+            "model/descriptor/sel: 'auto' must be resolved from the training data first "
+            "(lam train does this)"
+        )
+    descriptor = build_descriptor(dconf, type_map)
+    fitting = build_fitting(conf["fitting_net"], len(type_map), descriptor.dim_out,
+                            descriptor.mixed_types)
+    return EnergyModel(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)
