@@ -1,0 +1,73 @@
+"""Finding systems: turn a ``systems`` entry of input.json into paths, then into Systems.
+
+- a directory holding ``type.raw`` is one deepmd/npy system;
+- any other directory is searched recursively (sorted, so the order is deterministic) for
+  directories holding ``type.raw``; the search does not descend into a system;
+- a file is read with ASE (extxyz, OUTCAR, vasprun.xml, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import DataError
+from .ase_io import is_deepmd_dir, load_ase
+from .system import DataRequirement, System, load_system
+
+
+def _search(root: Path) -> list[Path]:
+    """System directories below ``root`` in sorted depth-first order."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames.sort()
+        here = Path(dirpath)
+        if is_deepmd_dir(here):
+            found.append(here)
+            dirnames[:] = []  # a system's set.* folders hold no further systems
+    return found
+
+
+def expand_systems(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Paths of all systems named by ``spec`` (one path or a list), in a deterministic order.
+
+    Each returned path is a deepmd/npy directory or an ASE-readable file.  Raises DataError for a
+    path that does not exist or a directory with no system inside.
+    """
+    entries = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not entries:
+        raise DataError("no systems given: the list of system paths is empty")
+    out: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_file():
+            out.append(path)
+        elif is_deepmd_dir(path):
+            out.append(path)
+        elif path.is_dir():
+            found = _search(path)
+            if not found:
+                raise DataError(
+                    f"no system found in {path}: no directory below it contains type.raw"
+                )
+            out.extend(found)
+        else:
+            raise DataError(f"system path {path} does not exist")
+    return out
+
+
+def load_systems(
+    spec: str | Path | Sequence[str | Path],
+    type_map: Sequence[str] | None,
+    requirements: Sequence[DataRequirement],
+    sort_atoms: bool = True,
+) -> list[System]:
+    """Load every system named by ``spec`` (see :func:`expand_systems`) into memory."""
+    systems: list[System] = []
+    for path in expand_systems(spec):
+        if path.is_dir():
+            systems.append(load_system(path, type_map, requirements, sort_atoms=sort_atoms))
+        else:
+            systems.extend(load_ase(path, type_map, requirements, sort_atoms=sort_atoms))
+    return systems
