@@ -1,0 +1,334 @@
+"""``DeepPot``: DeePMD-kit's Python inference API (``deepmd.infer.DeepPot``) on lamkit models.
+
+Inputs and outputs are numpy arrays with the reference's shapes, so scripts written for
+DeePMD-kit run unchanged::
+
+    dp = DeepPot("model.pt")
+    e, f, v = dp.eval(coords, cells, atom_types)          # [nf, 1], [nf, natoms, 3], [nf, 9]
+    e, f, v, ae, av = dp.eval(coords, cells, atom_types, atomic=True)
+
+Units: Å, eV, eV/Å; the virial (eV) is ``W = -sum_k dE/dR_k (x) R_k``, row-major.
+Frames are evaluated in chunks whose total atom count stays under a budget, so neighbour data
+and autograd graphs are only ever built for one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import keys
+from ..model import EnergyModel, load_model
+
+DEFAULT_BATCH_ATOMS = 1024
+MAX_BATCH_ATOMS = 1 << 18
+
+
+class AtomBudget:
+    """How many atoms (frames x atoms per frame) one evaluation chunk may hold.
+
+    ``adaptive`` budgets halve after a CUDA out-of-memory error and retry the chunk; on a GPU
+    they also double after every successful chunk, up to the largest size known to work.
+    """
+
+    def __init__(self, atoms: int = DEFAULT_BATCH_ATOMS, adaptive: bool = True):
+        if atoms < 1:
+            raise ValueError(f"auto_batch_size: expected a positive atom count, got {atoms}")
+        self.atoms = int(atoms)
+        self.adaptive = adaptive
+        self._too_big = MAX_BATCH_ATOMS + 1  # smallest budget that ran out of memory
+
+    @classmethod
+    def from_arg(cls, arg) -> AtomBudget:
+        """``True``: adaptive (start from ``$DP_INFER_BATCH_SIZE`` or 1024 atoms);
+        an int: that fixed budget; ``False``/``None``: the default budget, fixed."""
+        if isinstance(arg, AtomBudget):
+            return arg
+        if arg is True:
+            env = int(os.environ.get("DP_INFER_BATCH_SIZE", 0) or 0)
+            return cls(env or DEFAULT_BATCH_ATOMS, adaptive=not env)
+        if arg is False or arg is None:
+            return cls(DEFAULT_BATCH_ATOMS, adaptive=False)
+        if isinstance(arg, (int, np.integer)):
+            return cls(int(arg), adaptive=False)
+        raise ValueError(f"auto_batch_size: expected True, False or an int, got {arg!r}")
+
+    def frames(self, natoms: int) -> int:
+        """Frames per chunk (at least one, even if one frame exceeds the budget)."""
+        return max(1, self.atoms // max(natoms, 1))
+
+    def succeeded(self, device: torch.device) -> None:
+        if self.adaptive and device.type == "cuda":
+            self.atoms = min(self.atoms * 2, self._too_big - 1, MAX_BATCH_ATOMS)
+
+    def out_of_memory(self, used_atoms: int) -> bool:
+        """Shrink after an OOM; False when there is nothing left to shrink (re-raise)."""
+        if not self.adaptive or used_atoms <= 1:
+            return False
+        self._too_big = min(self._too_big, used_atoms)
+        self.atoms = max(1, used_atoms // 2)
+        return True
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, (MemoryError, oom)) or "out of memory" in str(exc).lower()
+
+
+class DeepPot:
+    """Energy, forces and virials from a model file, with ``deepmd.infer.DeepPot``'s interface.
+
+    Args:
+        model_file: a lamkit frozen model or checkpoint, a DeePMD-kit v3 ``.pt`` checkpoint, or an
+            :class:`~lamkit.model.EnergyModel` already in memory.
+        auto_batch_size: ``True`` (adaptive chunk size, see :class:`AtomBudget`), an int (atoms
+            per chunk) or ``False`` (default fixed chunk size; unlike the reference lamkit never
+            evaluates an unbounded number of frames at once).
+        head: branch of a multi-task checkpoint.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+        neighbor_list, nlist_backend: accepted for compatibility with DeePMD-kit and ignored
+            (lamkit always builds neighbour lists with vesin).
+    """
+
+    def __init__(
+        self,
+        model_file: str | Path | EnergyModel,
+        auto_batch_size: bool | int = True,
+        head: str | None = None,
+        device: str | torch.device | None = None,
+        neighbor_list=None,
+        nlist_backend: str = "auto",
+    ):
+        if neighbor_list is not None:
+            warnings.warn("DeepPot: neighbor_list is ignored; lamkit builds its own (vesin)",
+                          stacklevel=2)
+        if isinstance(model_file, EnergyModel):
+            model = model_file  # the caller's module: used as is (mode and gradients untouched)
+            self.model_file = None
+            if device is None:
+                device = model.out_bias.device
+        else:
+            model = load_model(model_file, head=head)
+            model.requires_grad_(False)  # our own copy: no parameter gradients needed
+            self.model_file = str(model_file)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.budget = AtomBudget.from_arg(auto_batch_size)
+        self._neighbors = model.neighbor_builder()
+
+    # --- model facts --------------------------------------------------------------------------
+    def get_type_map(self) -> list[str]:
+        return list(self.model.type_map)
+
+    def get_ntypes(self) -> int:
+        return self.model.ntypes
+
+    def get_rcut(self) -> float:
+        return float(self.model.rcut)
+
+    def get_sel(self) -> list[int]:
+        return list(self.model.sel)
+
+    def get_dim_fparam(self) -> int:
+        return int(getattr(self.model.fitting, "numb_fparam", 0))
+
+    def get_dim_aparam(self) -> int:
+        return int(getattr(self.model.fitting, "numb_aparam", 0))
+
+    def has_default_fparam(self) -> bool:
+        return getattr(self.model.fitting, "default_fparam", None) is not None
+
+    def get_sel_type(self) -> list[int]:
+        return []
+
+    def get_model_def_script(self) -> dict:
+        return dict(self.model.config)
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def eval(
+        self,
+        coords,
+        cells,
+        atom_types,
+        atomic: bool = False,
+        fparam=None,
+        aparam=None,
+        mixed_type: bool = False,
+        **kwargs,
+    ) -> tuple[np.ndarray, ...]:
+        """Energy, force and virial of ``nframes`` configurations of ``natoms`` atoms.
+
+        Args:
+            coords: [nf, natoms*3] or [nf, natoms, 3], Å.
+            cells: [nf, 9] cell vectors as rows (Å), or None for non-periodic systems.
+            atom_types: [natoms] indices into ``get_type_map()``; [nf, natoms] with
+                ``mixed_type=True``. ``-1`` marks a virtual (padding) atom.
+            atomic: also return per-atom energies and virials.
+            fparam: [nf, nfp] or [nfp].  aparam: [nf, natoms, nap], [natoms, nap] or [nap].
+
+        Returns:
+            energy [nf, 1] eV, force [nf, natoms, 3] eV/Å, virial [nf, 9] eV and, if
+            ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9].
+        """
+        for name, value in kwargs.items():
+            if value is not None:
+                raise ValueError(f"DeepPot.eval: '{name}' is not supported by lamkit models")
+        coords, cells, atype, fparam, aparam = self._standard_input(
+            coords, cells, atom_types, fparam, aparam, mixed_type
+        )
+        nf, natoms = atype.shape
+        names = [keys.ENERGY, keys.FORCE, keys.VIRIAL]
+        if atomic:
+            names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
+        if natoms == 0:
+            empty = {keys.ENERGY: (1,), keys.FORCE: (0, 3), keys.VIRIAL: (9,),
+                     keys.ATOM_ENERGY: (0, 1), keys.ATOM_VIRIAL: (0, 9)}
+            return tuple(np.zeros((nf, *empty[n])) for n in names)
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        start = 0
+        while start < nf:
+            stop = min(nf, start + self.budget.frames(natoms))
+            sl = slice(start, stop)
+            try:
+                out = self._eval_chunk(
+                    coords[sl], None if cells is None else cells[sl], atype[sl],
+                    None if fparam is None else fparam[sl],
+                    None if aparam is None else aparam[sl], atomic,
+                )
+            except (RuntimeError, MemoryError) as exc:
+                if _is_oom(exc) and self.budget.out_of_memory((stop - start) * natoms):
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                raise
+            for n in names:
+                parts[n].append(out[n])
+            self.budget.succeeded(self.device)
+            start = stop
+        return tuple(np.concatenate(parts[n]) for n in names)
+
+    def _eval_chunk(self, coords, cells, atype, fparam, aparam, atomic) -> dict[str, np.ndarray]:
+        """Run the model on a few frames; neighbour data is built here, for these frames only."""
+        dev = self.device
+        nbr = self._neighbors(coords, atype, cells)
+        nbr = {k: v.to(dev) for k, v in nbr.items()}
+
+        def tensor(x):  # copies: the caller's arrays may be read-only views
+            return None if x is None else torch.tensor(x, device=dev)
+
+        with torch.no_grad():
+            out = self.model(
+                tensor(coords), tensor(atype), tensor(cells), nbr, tensor(fparam), tensor(aparam),
+                do_force=True, do_virial=True, do_atomic_virial=atomic,
+            )
+        wanted = (keys.ENERGY, keys.FORCE, keys.VIRIAL, keys.ATOM_ENERGY, keys.ATOM_VIRIAL)
+        return {
+            k: out[k].detach().to("cpu", torch.float64).numpy() for k in wanted if k in out
+        }
+
+    # --- input checking -----------------------------------------------------------------------
+    def _standard_input(self, coords, cells, atom_types, fparam, aparam, mixed_type):
+        """Arrays in model layout: coords [nf, natoms, 3] float64, cells [nf, 9] | None,
+        atype [nf, natoms] int64, fparam [nf, nfp] | None, aparam [nf, natoms, nap] | None."""
+        coords = np.asarray(coords, dtype=np.float64)
+        atype = np.asarray(atom_types)
+        if atype.size and not np.issubdtype(atype.dtype, np.integer):
+            if not np.all(np.mod(atype, 1) == 0):
+                raise ValueError(f"atom_types: expected integers, got dtype {atype.dtype}")
+        atype = atype.astype(np.int64)
+        if mixed_type:
+            if atype.ndim != 2:
+                raise ValueError(
+                    f"atom_types: with mixed_type=True expected shape [nframes, natoms], "
+                    f"got {atype.shape}"
+                )
+            natoms = atype.shape[1]
+        else:
+            if atype.ndim != 1:
+                raise ValueError(
+                    f"atom_types: expected shape [natoms], got {atype.shape} "
+                    "(pass mixed_type=True for per-frame types)"
+                )
+            natoms = atype.shape[0]
+        if natoms == 0:
+            nf = atype.shape[0] if mixed_type else (coords.shape[0] if coords.ndim > 1 else 1)
+        else:
+            if coords.size % (natoms * 3):
+                raise ValueError(
+                    f"coords: shape {coords.shape} does not hold whole frames of "
+                    f"{natoms} atoms x 3 (atom_types has shape {atype.shape})"
+                )
+            nf = coords.size // (natoms * 3)
+        coords = coords.reshape(nf, natoms, 3)
+        if mixed_type:
+            if atype.shape[0] != nf:
+                raise ValueError(
+                    f"atom_types: {atype.shape[0]} frames of types for {nf} frames of coords "
+                    f"(coords {coords.shape}, atom_types {atype.shape})"
+                )
+        else:
+            atype = np.repeat(atype[None], nf, axis=0)
+        bad = (atype < -1) | (atype >= self.get_ntypes())
+        if bad.any():
+            raise ValueError(
+                f"atom_types: values {sorted(set(atype[bad].tolist()))} are out of range; "
+                f"expected 0..{self.get_ntypes() - 1} for type_map {self.get_type_map()} "
+                "(or -1 for a virtual atom)"
+            )
+        if not np.all(np.isfinite(coords)):
+            raise ValueError("coords: contains NaN or infinite values")
+        if cells is not None:
+            cells = np.asarray(cells, dtype=np.float64)
+            if cells.size != nf * 9:
+                raise ValueError(
+                    f"cells: expected shape [{nf}, 9] for {nf} frames, got {cells.shape}"
+                )
+            cells = np.ascontiguousarray(cells.reshape(nf, 9))
+            vol = np.linalg.det(cells.reshape(nf, 3, 3))
+            if not np.all(np.isfinite(cells)) or np.any(np.abs(vol) < 1e-10):
+                frames = np.nonzero(~np.isfinite(vol) | (np.abs(vol) < 1e-10))[0].tolist()
+                raise ValueError(f"cells: zero-volume or non-finite cell in frames {frames}")
+        fparam = self._frame_param(fparam, nf)
+        aparam = self._atom_param(aparam, nf, natoms)
+        return coords, cells, atype, fparam, aparam
+
+    def _frame_param(self, fparam, nf: int) -> np.ndarray | None:
+        dim = self.get_dim_fparam()
+        if fparam is None:
+            if dim and not self.has_default_fparam():
+                raise ValueError(f"fparam: this model needs {dim} frame parameters per frame")
+            return None
+        fparam = np.asarray(fparam, dtype=np.float64)
+        if dim == 0:
+            raise ValueError(f"fparam: this model takes no frame parameters, got {fparam.shape}")
+        if fparam.size == nf * dim:
+            return np.ascontiguousarray(fparam.reshape(nf, dim))
+        if fparam.size == dim:
+            return np.ascontiguousarray(np.tile(fparam.reshape(1, dim), (nf, 1)))
+        raise ValueError(f"fparam: expected shape [{nf}, {dim}] or [{dim}], got {fparam.shape}")
+
+    def _atom_param(self, aparam, nf: int, natoms: int) -> np.ndarray | None:
+        dim = self.get_dim_aparam()
+        if aparam is None:
+            if dim:
+                raise ValueError(f"aparam: this model needs {dim} atomic parameters per atom")
+            return None
+        aparam = np.asarray(aparam, dtype=np.float64)
+        if dim == 0:
+            raise ValueError(f"aparam: this model takes no atomic parameters, got {aparam.shape}")
+        if aparam.size == nf * natoms * dim:
+            return np.ascontiguousarray(aparam.reshape(nf, natoms, dim))
+        if aparam.size == natoms * dim:
+            return np.ascontiguousarray(np.tile(aparam.reshape(1, natoms, dim), (nf, 1, 1)))
+        if aparam.size == dim:
+            return np.ascontiguousarray(np.tile(aparam.reshape(1, 1, dim), (nf, natoms, 1)))
+        raise ValueError(
+            f"aparam: expected shape [{nf}, {natoms}, {dim}], [{natoms}, {dim}] or [{dim}], "
+            f"got {aparam.shape}"
+        )

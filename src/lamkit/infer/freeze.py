@@ -1,0 +1,75 @@
+"""``lam freeze``: a training checkpoint -> a self-contained, inference-only lamkit model file.
+
+Unlike ``dp --pt freeze`` the result is not TorchScript: it is the model config plus its
+weights (see :mod:`lamkit.model.io`), loadable by :class:`~lamkit.infer.DeepPot` and
+:func:`lamkit.model.load_model` without the training code.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+from ..model import EnergyModel, build_model, save_model
+from ..model.io import FORMAT, model_from_payload, read_file
+
+
+def _lamkit_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lamkit")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _with_precision(model: EnergyModel, precision: str) -> EnergyModel:
+    """The same model rebuilt with descriptor and fitting in ``precision``."""
+    conf = copy.deepcopy(model.config)
+    for section in ("descriptor", "fitting_net"):
+        if isinstance(conf.get(section), dict):
+            conf[section]["precision"] = precision
+    out = build_model(conf)
+    out.load_state_dict(model.state_dict())  # copies convert the dtype
+    return out
+
+
+def freeze(
+    checkpoint: str | Path,
+    output: str | Path,
+    head: str | None = None,
+    precision: str | None = None,
+) -> Path:
+    """Write the model of ``checkpoint`` to ``output`` as a lamkit frozen model.
+
+    Args:
+        checkpoint: a lamkit checkpoint file or training folder (its ``checkpoint`` file names
+            the latest one), a DeePMD-kit v3 ``model.ckpt-*.pt`` (or its folder), or a lamkit
+            frozen model.
+        output: destination file (written atomically).
+        head: branch to keep from a multi-task checkpoint.
+        precision: ``"float64"``/``"float32"`` to convert the weights; default: keep the
+            trained precision (predictions then match the checkpoint exactly).
+
+    Returns the output path. The file records ``source``, ``head``, ``step``, the lamkit
+    version and the time of freezing in its ``metadata``.
+    """
+    obj = read_file(checkpoint)
+    model = model_from_payload(obj, str(checkpoint), head=head)
+    if precision is not None:
+        model = _with_precision(model, precision)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        step = obj.get("step")
+    else:
+        step = obj["model"]["_extra_state"].get("train_infos", {}).get("step")
+    output = Path(output)
+    save_model(
+        model.eval(), output,
+        source=str(Path(checkpoint).resolve()),
+        head=head,
+        step=step,
+        lamkit_version=_lamkit_version(),
+        frozen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    return output

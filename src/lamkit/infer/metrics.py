@@ -1,0 +1,141 @@
+"""``lam test``: errors of a model on labelled systems, as ``dp test`` reports them.
+
+Per system: energy MAE/RMSE (total and per atom), force MAE/RMSE over all components, virial
+MAE/RMSE (total and per atom; only when the system has virial labels and is periodic).
+Across systems the averages are weighted by the number of label elements (frames for energy,
+frames*natoms*3 for forces, frames*9 for virials): ``RMSE = sqrt(sum rmse_s^2 n_s / sum n_s)``.
+Detail files ``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out``
+use the reference's columns so existing analysis scripts keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import keys
+from ..data import DataRequirement, expand_systems, load_systems
+
+log = logging.getLogger("lamkit.test")
+
+_LINES = [
+    ("mae_e", "Energy MAE         : {:e} eV"), ("rmse_e", "Energy RMSE        : {:e} eV"),
+    ("mae_ea", "Energy MAE/Natoms  : {:e} eV"), ("rmse_ea", "Energy RMSE/Natoms : {:e} eV"),
+    ("mae_f", "Force  MAE         : {:e} eV/Å"), ("rmse_f", "Force  RMSE        : {:e} eV/Å"),
+    ("mae_v", "Virial MAE         : {:e} eV"), ("rmse_v", "Virial RMSE        : {:e} eV"),
+    ("mae_va", "Virial MAE/Natoms  : {:e} eV"), ("rmse_va", "Virial RMSE/Natoms : {:e} eV"),
+]
+_SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v"}
+
+
+def _errors(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    d = pred - label
+    return float(np.mean(np.abs(d))), float(np.sqrt(np.mean(d * d)))
+
+
+def _save(path: Path, data: np.ndarray, header: str, append: bool) -> None:
+    write_header = not (append and path.exists() and path.stat().st_size > 0)
+    with path.open("a" if append else "w", encoding="utf-8") as fh:
+        np.savetxt(fh, data, header=header if write_header else "")
+
+
+def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
+                append: bool = False, atomic: bool = False) -> dict:
+    """Metrics of one loaded system (atoms in file order)."""
+    n = system.nframes if numb_test <= 0 else min(numb_test, system.nframes)
+    coords = system.coords[:n]
+    box = system.box[:n] if system.box is not None else None
+    mixed = system.mixed_type
+    atype = system.atype[:n] if mixed else system.atype[0]
+    out = dp.eval(coords, box, atype, atomic=atomic, mixed_type=mixed)
+    e, f, v = out[0], out[1], out[2]
+    natoms = system.natoms
+    res: dict = {"system": system.path, "nframes": n, "natoms": natoms}
+    lab = system.labels
+    if system.find.get(keys.ENERGY):
+        res["mae_e"], res["rmse_e"] = _errors(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
+        res["mae_ea"], res["rmse_ea"] = res["mae_e"] / natoms, res["rmse_e"] / natoms
+        res["n_e"] = n
+    if system.find.get(keys.FORCE):
+        res["mae_f"], res["rmse_f"] = _errors(f.reshape(-1), lab[keys.FORCE][:n].reshape(-1))
+        res["n_f"] = n * natoms * 3
+    has_v = bool(system.find.get(keys.VIRIAL)) and system.pbc
+    if has_v:
+        res["mae_v"], res["rmse_v"] = _errors(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
+        res["mae_va"], res["rmse_va"] = res["mae_v"] / natoms, res["rmse_v"] / natoms
+        res["n_v"] = n * 9
+    if detail:
+        p = Path(detail)
+        name = system.path
+        pe = np.concatenate([lab[keys.ENERGY][:n].reshape(-1, 1), e.reshape(-1, 1)], axis=1)
+        _save(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
+        _save(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
+        pf = np.concatenate([lab[keys.FORCE][:n].reshape(-1, 3), f.reshape(-1, 3)], axis=1)
+        _save(p.with_suffix(".f.out"), pf,
+              f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz", append)
+        if has_v:
+            comps = ["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"]
+            head = f"{name}: " + " ".join([f"data_v{c}" for c in comps] +
+                                          [f"pred_v{c}" for c in comps])
+            pv = np.concatenate([lab[keys.VIRIAL][:n].reshape(-1, 9), v.reshape(-1, 9)], axis=1)
+            _save(p.with_suffix(".v.out"), pv, head, append)
+            _save(p.with_suffix(".v_peratom.out"), pv / natoms, head, append)
+    return res
+
+
+def weighted_average(results: list[dict]) -> dict:
+    """Element-count weighted MAE and RMS-averaged RMSE across systems."""
+    avg: dict = {}
+    for key, _ in _LINES:
+        kind = key.split("_")[1][0]
+        nkey = _SIZE_KEY[kind]
+        rows = [(r[key], r[nkey]) for r in results if key in r]
+        if not rows:
+            continue
+        w = np.array([n for _, n in rows], dtype=np.float64)
+        x = np.array([m for m, _ in rows])
+        avg[key] = float(np.sqrt((x * x * w).sum() / w.sum()) if key.startswith("rmse")
+                         else (x * w).sum() / w.sum())
+    return avg
+
+
+def _report(title: str, res: dict) -> None:
+    for key, fmt in _LINES:
+        if key in res:
+            log.info(fmt.format(res[key]))
+
+
+def run_test(model, system: str | None = None, datafile: str | None = None,
+             numb_test: int = 0, detail_file: str | None = None, atomic: bool = False,
+             head: str | None = None) -> dict:
+    """Test ``model`` (path or DeepPot) on every system found; returns per-system results and
+    the weighted average under ``"average"``."""
+    from .deep_pot import DeepPot
+
+    dp = model if isinstance(model, DeepPot) else DeepPot(model, head=head)
+    if datafile:
+        spec = [ln.strip() for ln in Path(datafile).read_text().splitlines() if ln.strip()]
+    elif system:
+        spec = system
+    else:
+        raise ValueError("give a system (-s) or a file listing systems (-f)")
+    reqs = [DataRequirement(keys.ENERGY, 1), DataRequirement(keys.FORCE, 3, atomic=True),
+            DataRequirement(keys.VIRIAL, 9)]
+    systems = load_systems(expand_systems(spec), dp.get_type_map(), reqs, sort_atoms=False)
+    results = []
+    for k, s in enumerate(systems):
+        log.info("# ---------------output of lam test---------------")
+        log.info("# testing system : %s", s.path)
+        res = test_system(dp, s, numb_test, detail_file, append=k > 0, atomic=atomic)
+        log.info("# number of test data : %d", res["nframes"])
+        _report(s.path, res)
+        results.append(res)
+    avg = weighted_average(results)
+    if len(results) > 1:
+        log.info("# ----------weighted average of errors-----------")
+        log.info("# number of systems : %d", len(results))
+        _report("average", avg)
+    log.info("# -----------------------------------------------")
+    return {"systems": results, "average": avg}
