@@ -1,0 +1,140 @@
+"""``lam``: the command line, a thin layer over the library.
+
+    lam train input.json [--restart CKPT | --init-model MODEL] [-o OUTDIR]
+    lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
+    lam freeze [-c CKPT_OR_DIR] [-o model.pth]
+    lam show MODEL [type-map descriptor fitting-net model-branch size]
+    lam example [DIR]      write the built-in example data and input
+    lam quickstart [DIR]   example data + a short training + test + freeze
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import LamkitError
+
+
+def _setup_logging(level: str, log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=handlers, force=True,
+                        format="[%(asctime)s] %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+
+
+def _cmd_train(a) -> int:
+    from ..config import load_input
+    from ..train import Trainer
+
+    config = load_input(a.INPUT)
+    trainer = Trainer(config, a.output, restart=a.restart, init_model=a.init_model,
+                      skip_neighbor_stat=a.skip_neighbor_stat, device=a.device)
+    trainer.run()
+    return 0
+
+
+def _cmd_test(a) -> int:
+    from ..infer.metrics import run_test
+
+    run_test(a.model, a.system, a.datafile, numb_test=a.numb_test, detail_file=a.detail_file,
+             atomic=a.atomic, head=a.head)
+    return 0
+
+
+def _cmd_freeze(a) -> int:
+    from ..infer import freeze
+
+    freeze(a.checkpoint, a.output, head=a.head)
+    print(f"frozen model written to {a.output}")
+    return 0
+
+
+def _cmd_show(a) -> int:
+    from ..infer.show import describe_model, format_description
+
+    print(format_description(describe_model(a.MODEL), a.ATTRIBUTES or None))
+    return 0
+
+
+def _cmd_example(a) -> int:
+    from ..examples import write_example
+
+    path = write_example(a.DIR, nframes=a.frames)
+    print(f"example data and input written to {path}")
+    return 0
+
+
+def _cmd_quickstart(a) -> int:
+    from ..examples import quickstart
+
+    quickstart(a.DIR, steps=a.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lam", description="lamkit: large atomic models")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-path", default=None, help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a DeePMD-kit v3 input.json/yaml")
+    t.add_argument("INPUT")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("-r", "--restart", help="continue a run from a checkpoint (or its folder)")
+    g.add_argument("-i", "--init-model", help="start from the weights of a model/checkpoint "
+                   "(lamkit or DeePMD-kit v3 .pt)")
+    t.add_argument("-o", "--output", default=".", help="folder for checkpoints and lcurve.out")
+    t.add_argument("--skip-neighbor-stat", action="store_true")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("test", help="errors of a model on labelled systems")
+    s.add_argument("-m", "--model", required=True)
+    s.add_argument("-s", "--system", default=None, help="a system folder or a parent folder")
+    s.add_argument("-f", "--datafile", default=None, help="a file listing systems, one a line")
+    s.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
+    s.add_argument("-d", "--detail-file", default=None, help="prefix of detail files")
+    s.add_argument("-a", "--atomic", action="store_true", help="also write atomic virials")
+    s.add_argument("--head", default=None)
+    s.set_defaults(func=_cmd_test)
+
+    f = sub.add_parser("freeze", help="write a deployable model file from a checkpoint")
+    f.add_argument("-c", "--checkpoint", default=".", help="checkpoint file or folder")
+    f.add_argument("-o", "--output", default="frozen_model.pth")
+    f.add_argument("--head", default=None)
+    f.set_defaults(func=_cmd_freeze)
+
+    sh = sub.add_parser("show", help="print a model's configuration")
+    sh.add_argument("MODEL")
+    sh.add_argument("ATTRIBUTES", nargs="*",
+                    choices=["type-map", "descriptor", "fitting-net", "model-branch", "size"])
+    sh.set_defaults(func=_cmd_show)
+
+    e = sub.add_parser("example", help="write the built-in example data and input.json")
+    e.add_argument("DIR", nargs="?", default="lamkit-example")
+    e.add_argument("--frames", type=int, default=40)
+    e.set_defaults(func=_cmd_example)
+
+    q = sub.add_parser("quickstart", help="example data, a short training, test and freeze")
+    q.add_argument("DIR", nargs="?", default="lamkit-quickstart")
+    q.add_argument("--steps", type=int, default=300)
+    q.set_defaults(func=_cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_path)
+    try:
+        return args.func(args)
+    except LamkitError as exc:
+        logging.getLogger("lamkit").error("%s", exc)
+        print(f"lam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Shared fixtures: locations of the shared example data and small generated datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need_shared(*parts: str) -> Path:
+    """Path under ../shared/data; skip (fail in CI) when absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        if IN_CI:
+            pytest.fail(f"CI must provide {path}")
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory) -> Path:
+    """The built-in Cu-Au EMT example (small), written once per session."""
+    from lamkit.examples import write_example
+
+    return write_example(tmp_path_factory.mktemp("example"), nframes=8, steps=20)
