@@ -52,20 +52,25 @@ def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
     out = dp.eval(coords, box, atype, atomic=atomic, mixed_type=mixed)
     e, f, v = out[0], out[1], out[2]
     natoms = system.natoms
-    res: dict = {"system": system.path, "nframes": n, "natoms": natoms}
+    res: dict = {"system": system.path, "nframes": n, "natoms": natoms, "pairs": {}}
     lab = system.labels
     if system.find.get(keys.ENERGY):
         res["mae_e"], res["rmse_e"] = _errors(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
         res["mae_ea"], res["rmse_ea"] = res["mae_e"] / natoms, res["rmse_e"] / natoms
         res["n_e"] = n
+        res["pairs"]["energy/atom"] = (lab[keys.ENERGY][:n].reshape(-1) / natoms,
+                                       e.reshape(-1) / natoms)
     if system.find.get(keys.FORCE):
         res["mae_f"], res["rmse_f"] = _errors(f.reshape(-1), lab[keys.FORCE][:n].reshape(-1))
         res["n_f"] = n * natoms * 3
+        res["pairs"]["force"] = (lab[keys.FORCE][:n].reshape(-1), f.reshape(-1))
     has_v = bool(system.find.get(keys.VIRIAL)) and system.pbc
     if has_v:
         res["mae_v"], res["rmse_v"] = _errors(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
         res["mae_va"], res["rmse_va"] = res["mae_v"] / natoms, res["rmse_v"] / natoms
         res["n_v"] = n * 9
+        res["pairs"]["virial/atom"] = (lab[keys.VIRIAL][:n].reshape(-1) / natoms,
+                                       v.reshape(-1) / natoms)
     if detail:
         p = Path(detail)
         name = system.path
@@ -83,6 +88,32 @@ def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
             _save(p.with_suffix(".v.out"), pv, head, append)
             _save(p.with_suffix(".v_peratom.out"), pv / natoms, head, append)
     return res
+
+
+def plot_parity(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> Path:
+    """Label-vs-prediction scatter plots (one panel per quantity) written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in pairs.items() if v]
+    units = {"energy/atom": "eV", "force": "eV/Å", "virial/atom": "eV"}
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        lab = np.concatenate([a.ravel() for a, _ in pairs[name]])
+        pred = np.concatenate([b.ravel() for _, b in pairs[name]])
+        lo, hi = float(min(lab.min(), pred.min())), float(max(lab.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.scatter(lab, pred, s=4, alpha=0.5)
+        rmse = float(np.sqrt(np.mean((pred - lab) ** 2)))
+        ax.set_title(f"{name}: RMSE {rmse:.3g} {units[name]}")
+        ax.set_xlabel(f"label ({units[name]})")
+        ax.set_ylabel(f"prediction ({units[name]})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def weighted_average(results: list[dict]) -> dict:
@@ -132,6 +163,16 @@ def run_test(model, system: str | None = None, datafile: str | None = None,
         log.info("# number of test data : %d", res["nframes"])
         _report(s.path, res)
         results.append(res)
+    if detail_file and results:
+        pairs: dict = {}
+        for r in results:
+            for k, v in r.pop("pairs").items():
+                pairs.setdefault(k, []).append(v)
+        png = plot_parity(pairs, Path(detail_file).with_suffix(".parity.png"))
+        log.info("parity plot written to %s", png)
+    else:
+        for r in results:
+            r.pop("pairs", None)
     avg = weighted_average(results)
     if len(results) > 1:
         log.info("# ----------weighted average of errors-----------")
