@@ -133,3 +133,49 @@ def test_energy_bias_on_water_matches_reference():
     batch = frames_to_batch(sys0, range(sys0.nframes))
     bias = energy_bias([batch], 2)
     assert bias[:, 0] == pytest.approx([-93.573718, -187.147435], abs=1e-5)
+
+
+def test_train_on_extxyz_and_stat_file_cache(example_dir, tmp_path):
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from lamkit.data import DataRequirement, load_system
+
+    sys0 = load_system(example_dir / "data" / "train_0", ["Cu", "Au"],
+                       [DataRequirement("energy", 1), DataRequirement("force", 3, atomic=True)])
+    frames = []
+    for k in range(sys0.nframes):
+        atoms = ase.Atoms([["Cu", "Au"][t] for t in sys0.atype[k]], positions=sys0.coords[k],
+                          cell=sys0.box[k].reshape(3, 3), pbc=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(sys0.labels["energy"][k, 0]),
+                                           forces=sys0.labels["force"][k])
+        frames.append(atoms)
+    xyz = tmp_path / "frames.extxyz"
+    ase.io.write(xyz, frames)
+    conf = _config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
+    conf["training"]["training_data"]["systems"] = [str(xyz)]
+    conf["model"]["descriptor"]["sel"] = [60, 60]  # the cache key includes sel
+    t1 = Trainer(conf, tmp_path / "a")
+    t1.run()
+    assert (tmp_path / "stat.h5").exists()
+    # a second run reads the cached statistics: identical davg/dstd even with other data
+    conf2 = _config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
+    conf2["model"]["descriptor"]["sel"] = [60, 60]
+    t2 = Trainer(conf2, tmp_path / "b")
+    assert torch.equal(t1.model.descriptor.dstd, t2.model.descriptor.dstd)
+    conf3 = _config(example_dir, steps=2)
+    conf3["model"]["descriptor"]["sel"] = [60, 60]
+    t3 = Trainer(conf3, tmp_path / "c")
+    assert not torch.equal(t1.model.descriptor.dstd, t3.model.descriptor.dstd)
+
+
+def test_mixed_type_data_needs_a_mixed_type_descriptor(tmp_path):
+    data = need_shared("mixed_type_small", "data_mixed_type")
+    conf = {
+        "model": {"type_map": ["O", "H"],
+                  "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut": 6.0},
+                  "fitting_net": {"neuron": [8]}},
+        "training": {"training_data": {"systems": [str(data)]}, "numb_steps": 1},
+    }
+    with pytest.raises(ConfigError, match="mixed-type data needs a mixed-type descriptor"):
+        Trainer(conf, tmp_path)
