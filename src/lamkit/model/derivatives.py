@@ -19,7 +19,8 @@ def forces_and_virials(
 
     ``F^ext = -dE/dR^ext``; local forces add the forces on all images of an atom. The virial is
     ``W = sum_k F^ext_k (x) R^ext_k`` (element (a, b) = F_a R_b, flattened row-major); the atomic
-    virial adds DeePMD-kit's zero-sum correction ``-d(sum_i R_i e_i)/dR^ext`` so that per-atom
+    virial adds DeePMD-kit's zero-sum correction ``+d(sum_i R_i e_i)/dR^ext`` (local R held
+    fixed), giving ``W_k = -sum_i de_i/dR_k (x) (R_k - R_i)``, so that per-atom
     values match the reference.
     """
     nf, nall, _ = ext_coord.shape
