@@ -126,7 +126,10 @@ class Dense(nn.Module):
         if self.idt is not None:
             y = y * self.idt
         if self.resnet:
-            y = y + (x if self.num_out == self.num_in else torch.cat([x, x], dim=-1))
+            if self.num_out == self.num_in:
+                y = y + x
+            else:  # y + [x, x] without materialising the concatenation
+                y = (y.unflatten(-1, (2, self.num_in)) + x.unsqueeze(-2)).flatten(-2)
         return y
 
 
