@@ -52,12 +52,20 @@ def test_test_metrics_agree_with_detail_files(workdir):
     main(["example", "ex", "--frames", "4"])
     from lamkit.model import build_model, save_model
 
-    model = build_model({
-        "type_map": ["Cu", "Au"],
-        "descriptor": {"type": "se_e2_a", "sel": [40, 40], "rcut": 4.0, "neuron": [4, 8],
-                       "axis_neuron": 2, "seed": 1},
-        "fitting_net": {"neuron": [8], "seed": 2},
-    })
+    model = build_model(
+        {
+            "type_map": ["Cu", "Au"],
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": [40, 40],
+                "rcut": 4.0,
+                "neuron": [4, 8],
+                "axis_neuron": 2,
+                "seed": 1,
+            },
+            "fitting_net": {"neuron": [8], "seed": 2},
+        }
+    )
     save_model(model, workdir / "m.pth")
     res = run_test(str(workdir / "m.pth"), "ex/data", detail_file="d")
     e = np.loadtxt(workdir / "d.e.out")
@@ -67,14 +75,16 @@ def test_test_metrics_agree_with_detail_files(workdir):
     # weighted over systems by frames: equals the pooled RMSE of total energies
     assert res["average"]["rmse_e"] == pytest.approx(rmse_e, rel=1e-12)
     assert res["average"]["rmse_f"] == pytest.approx(
-        np.sqrt(np.mean((f[:, :3] - f[:, 3:]) ** 2)), rel=1e-12)
+        np.sqrt(np.mean((f[:, :3] - f[:, 3:]) ** 2)), rel=1e-12
+    )
     ea = (e[:, 0] - e[:, 1]) / np.array(natoms)
     assert res["average"]["mae_ea"] == pytest.approx(np.mean(np.abs(ea)), rel=1e-12)
 
 
 def test_weighted_average_is_element_weighted():
-    avg = weighted_average([{"rmse_f": 1.0, "n_f": 30, "mae_f": 1.0},
-                            {"rmse_f": 3.0, "n_f": 10, "mae_f": 3.0}])
+    avg = weighted_average(
+        [{"rmse_f": 1.0, "n_f": 30, "mae_f": 1.0}, {"rmse_f": 3.0, "n_f": 10, "mae_f": 3.0}]
+    )
     assert avg["rmse_f"] == pytest.approx(np.sqrt((1 * 30 + 9 * 10) / 40))
     assert avg["mae_f"] == pytest.approx((30 + 30) / 40)
 

@@ -29,8 +29,19 @@ def _config(example_dir, steps=6, **training):
 def test_train_writes_lcurve_checkpoints_and_plot(example_dir, tmp_path):
     Trainer(_config(example_dir, max_ckpt_keep=1), tmp_path).run()
     lines = (tmp_path / "lcurve.out").read_text().splitlines()
-    assert lines[0].split() == ["#", "step", "rmse_val", "rmse_trn", "rmse_e_val", "rmse_e_trn",
-                                "rmse_f_val", "rmse_f_trn", "rmse_v_val", "rmse_v_trn", "lr"]
+    assert lines[0].split() == [
+        "#",
+        "step",
+        "rmse_val",
+        "rmse_trn",
+        "rmse_e_val",
+        "rmse_e_trn",
+        "rmse_f_val",
+        "rmse_f_trn",
+        "rmse_v_val",
+        "rmse_v_trn",
+        "lr",
+    ]
     steps = [int(ln.split()[0]) for ln in lines if not ln.startswith("#")]
     assert steps == [1, 2, 4, 6]
     assert (tmp_path / "checkpoint").read_text().strip() == "model.ckpt-6.pt"
@@ -71,8 +82,11 @@ def test_restart_from_folder_and_rejects_foreign_files(example_dir, tmp_path):
 def test_init_model_takes_weights_and_statistics(example_dir, tmp_path):
     Trainer(_config(example_dir, steps=3), tmp_path / "a").run()
     src = torch.load(tmp_path / "a" / "model.ckpt-3.pt", weights_only=False)["model_state"]
-    t = Trainer(_config(example_dir, steps=2), tmp_path / "b",
-                init_model=str(tmp_path / "a" / "model.ckpt-3.pt"))
+    t = Trainer(
+        _config(example_dir, steps=2),
+        tmp_path / "b",
+        init_model=str(tmp_path / "a" / "model.ckpt-3.pt"),
+    )
     assert t.start_step == 0
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, src[k]), k
@@ -119,8 +133,9 @@ def test_learning_rate_matches_reference_numbers():
     assert short(1) == pytest.approx(7.7e-5, rel=0.02)  # shown on lcurve row 2
     warm = LearningRate({"start_lr": 1e-3, "stop_lr": 1e-5, "warmup_steps": 10}, 100)
     assert warm(0) == 0.0 and warm(5) == pytest.approx(5e-4) and warm(10) == pytest.approx(1e-3)
-    assert math.isclose(LearningRate({"type": "cosine", "start_lr": 1.0, "stop_lr": 0.0}, 10)(5),
-                        0.5)
+    assert math.isclose(
+        LearningRate({"type": "cosine", "start_lr": 1.0, "stop_lr": 0.0}, 10)(5), 0.5
+    )
 
 
 def test_energy_bias_on_water_matches_reference():
@@ -128,8 +143,7 @@ def test_energy_bias_on_water_matches_reference():
     from lamkit.data.loader import frames_to_batch
     from lamkit.train.stats import energy_bias
 
-    sys0 = load_system(need_shared("water", "data_0"), ["O", "H"],
-                       [DataRequirement("energy", 1)])
+    sys0 = load_system(need_shared("water", "data_0"), ["O", "H"], [DataRequirement("energy", 1)])
     batch = frames_to_batch(sys0, range(sys0.nframes))
     bias = energy_bias([batch], 2)
     assert bias[:, 0] == pytest.approx([-93.573718, -187.147435], abs=1e-5)
@@ -141,14 +155,22 @@ def test_train_on_extxyz_and_stat_file_cache(example_dir, tmp_path):
 
     from lamkit.data import DataRequirement, load_system
 
-    sys0 = load_system(example_dir / "data" / "train_0", ["Cu", "Au"],
-                       [DataRequirement("energy", 1), DataRequirement("force", 3, atomic=True)])
+    sys0 = load_system(
+        example_dir / "data" / "train_0",
+        ["Cu", "Au"],
+        [DataRequirement("energy", 1), DataRequirement("force", 3, atomic=True)],
+    )
     frames = []
     for k in range(sys0.nframes):
-        atoms = ase.Atoms([["Cu", "Au"][t] for t in sys0.atype[k]], positions=sys0.coords[k],
-                          cell=sys0.box[k].reshape(3, 3), pbc=True)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(sys0.labels["energy"][k, 0]),
-                                           forces=sys0.labels["force"][k])
+        atoms = ase.Atoms(
+            [["Cu", "Au"][t] for t in sys0.atype[k]],
+            positions=sys0.coords[k],
+            cell=sys0.box[k].reshape(3, 3),
+            pbc=True,
+        )
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(sys0.labels["energy"][k, 0]), forces=sys0.labels["force"][k]
+        )
         frames.append(atoms)
     xyz = tmp_path / "frames.extxyz"
     ase.io.write(xyz, frames)
@@ -172,9 +194,11 @@ def test_train_on_extxyz_and_stat_file_cache(example_dir, tmp_path):
 def test_mixed_type_data_needs_a_mixed_type_descriptor(tmp_path):
     data = need_shared("mixed_type_small", "data_mixed_type")
     conf = {
-        "model": {"type_map": ["O", "H"],
-                  "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut": 6.0},
-                  "fitting_net": {"neuron": [8]}},
+        "model": {
+            "type_map": ["O", "H"],
+            "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut": 6.0},
+            "fitting_net": {"neuron": [8]},
+        },
         "training": {"training_data": {"systems": [str(data)]}, "numb_steps": 1},
     }
     with pytest.raises(ConfigError, match="mixed-type data needs a mixed-type descriptor"):

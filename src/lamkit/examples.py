@@ -53,34 +53,62 @@ def example_input(train_dirs: list[str], valid_dirs: list[str], steps: int = 200
     return {
         "model": {
             "type_map": TYPE_MAP,
-            "descriptor": {"type": "se_e2_a", "sel": "auto", "rcut": 5.0, "rcut_smth": 0.5,
-                           "neuron": [16, 32], "axis_neuron": 8, "type_one_side": True,
-                           "resnet_dt": False, "precision": "float64", "seed": 1},
-            "fitting_net": {"neuron": [64, 64], "resnet_dt": True, "precision": "float64",
-                            "seed": 1},
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": "auto",
+                "rcut": 5.0,
+                "rcut_smth": 0.5,
+                "neuron": [16, 32],
+                "axis_neuron": 8,
+                "type_one_side": True,
+                "resnet_dt": False,
+                "precision": "float64",
+                "seed": 1,
+            },
+            "fitting_net": {
+                "neuron": [64, 64],
+                "resnet_dt": True,
+                "precision": "float64",
+                "seed": 1,
+            },
         },
-        "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 2e-5,
-                          "decay_steps": max(steps // 20, 1)},
-        "loss": {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 2, "start_pref_f": 100,
-                 "limit_pref_f": 1, "start_pref_v": 0.02, "limit_pref_v": 1},
+        "learning_rate": {
+            "type": "exp",
+            "start_lr": 2e-3,
+            "stop_lr": 2e-5,
+            "decay_steps": max(steps // 20, 1),
+        },
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.2,
+            "limit_pref_e": 2,
+            "start_pref_f": 100,
+            "limit_pref_f": 1,
+            "start_pref_v": 0.02,
+            "limit_pref_v": 1,
+        },
         "training": {
             "training_data": {"systems": train_dirs, "batch_size": "auto"},
             "validation_data": {"systems": valid_dirs, "batch_size": "auto", "numb_btch": 2},
-            "numb_steps": steps, "seed": 10, "disp_freq": max(steps // 20, 1),
+            "numb_steps": steps,
+            "seed": 10,
+            "disp_freq": max(steps // 20, 1),
             "save_freq": max(steps // 4, 1),
         },
     }
 
 
-def write_example(folder: str | Path = "lamkit-example", nframes: int = 40,
-                  steps: int = 2000) -> Path:
+def write_example(
+    folder: str | Path = "lamkit-example", nframes: int = 40, steps: int = 2000
+) -> Path:
     """Write ``data/train_*``, ``data/valid`` and ``input.json`` under ``folder``."""
     folder = Path(folder)
     train_dirs = []
     for k, size in enumerate([(2, 2, 2), (3, 2, 2)]):
         c, t, b, lab = _frames(nframes, seed=100 + k, size=size)
-        d = write_deepmd_system(folder / "data" / f"train_{k}", c, t, TYPE_MAP, b, lab,
-                                set_size=max(nframes // 2, 1))
+        d = write_deepmd_system(
+            folder / "data" / f"train_{k}", c, t, TYPE_MAP, b, lab, set_size=max(nframes // 2, 1)
+        )
         train_dirs.append(str(d.relative_to(folder)))
     c, t, b, lab = _frames(max(nframes // 4, 2), seed=200)
     write_deepmd_system(folder / "data" / "valid", c, t, TYPE_MAP, b, lab)
@@ -108,6 +136,10 @@ def quickstart(folder: str | Path = "lamkit-quickstart", steps: int = 300) -> di
         metrics = run_test("frozen_model.pth", "data/valid", detail_file="valid")
     finally:
         os.chdir(cwd)
-    log.info("quickstart finished in %s: model %s, learning curve %s", folder,
-             folder / "frozen_model.pth", folder / "lcurve.png")
+    log.info(
+        "quickstart finished in %s: model %s, learning curve %s",
+        folder,
+        folder / "frozen_model.pth",
+        folder / "lcurve.png",
+    )
     return metrics

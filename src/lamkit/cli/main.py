@@ -1,11 +1,11 @@
 """``lam``: the command line, a thin layer over the library.
 
-    lam train input.json [--restart CKPT | --init-model MODEL] [-o OUTDIR]
-    lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
-    lam freeze [-c CKPT_OR_DIR] [-o model.pth]
-    lam show MODEL [type-map descriptor fitting-net model-branch size]
-    lam example [DIR]      write the built-in example data and input
-    lam quickstart [DIR]   example data + a short training + test + freeze
+lam train input.json [--restart CKPT | --init-model MODEL] [-o OUTDIR]
+lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
+lam freeze [-c CKPT_OR_DIR] [-o model.pth]
+lam show MODEL [type-map descriptor fitting-net model-branch size]
+lam example [DIR]      write the built-in example data and input
+lam quickstart [DIR]   example data + a short training + test + freeze
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ def _setup_logging(level: str, log_file: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=handlers, force=True,
-                        format="[%(asctime)s] %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        handlers=handlers,
+        force=True,
+        format="[%(asctime)s] %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def _cmd_train(a) -> int:
@@ -30,8 +35,14 @@ def _cmd_train(a) -> int:
     from ..train import Trainer
 
     config = load_input(a.INPUT)
-    trainer = Trainer(config, a.output, restart=a.restart, init_model=a.init_model,
-                      skip_neighbor_stat=a.skip_neighbor_stat, device=a.device)
+    trainer = Trainer(
+        config,
+        a.output,
+        restart=a.restart,
+        init_model=a.init_model,
+        skip_neighbor_stat=a.skip_neighbor_stat,
+        device=a.device,
+    )
     trainer.run()
     return 0
 
@@ -39,8 +50,15 @@ def _cmd_train(a) -> int:
 def _cmd_test(a) -> int:
     from ..infer.metrics import run_test
 
-    run_test(a.model, a.system, a.datafile, numb_test=a.numb_test, detail_file=a.detail_file,
-             atomic=a.atomic, head=a.head)
+    run_test(
+        a.model,
+        a.system,
+        a.datafile,
+        numb_test=a.numb_test,
+        detail_file=a.detail_file,
+        atomic=a.atomic,
+        head=a.head,
+    )
     return 0
 
 
@@ -84,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("INPUT")
     g = t.add_mutually_exclusive_group()
     g.add_argument("-r", "--restart", help="continue a run from a checkpoint (or its folder)")
-    g.add_argument("-i", "--init-model", help="start from the weights of a model/checkpoint "
-                   "(lamkit or DeePMD-kit v3 .pt)")
+    g.add_argument(
+        "-i",
+        "--init-model",
+        help="start from the weights of a model/checkpoint (lamkit or DeePMD-kit v3 .pt)",
+    )
     t.add_argument("-o", "--output", default=".", help="folder for checkpoints and lcurve.out")
     t.add_argument("--skip-neighbor-stat", action="store_true")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -109,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="print a model's configuration")
     sh.add_argument("MODEL")
-    sh.add_argument("ATTRIBUTES", nargs="*",
-                    choices=["type-map", "descriptor", "fitting-net", "model-branch", "size"])
+    sh.add_argument(
+        "ATTRIBUTES",
+        nargs="*",
+        choices=["type-map", "descriptor", "fitting-net", "model-branch", "size"],
+    )
     sh.set_defaults(func=_cmd_show)
 
     e = sub.add_parser("example", help="write the built-in example data and input.json")

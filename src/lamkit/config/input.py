@@ -21,8 +21,9 @@ VALID_ARGS = (*DATA_ARGS, Arg("numb_btch", (int,), 1, aliases=("numb_batch",)))
 TRAINING_ARGS = (
     Arg("training_data", (dict,), REQUIRED, sub=DATA_ARGS),
     Arg("validation_data", (dict, type(None)), None, sub=VALID_ARGS),
-    Arg("numb_steps", (int,), REQUIRED, aliases=("stop_batch", "num_step", "num_steps",
-                                                 "numb_step")),
+    Arg(
+        "numb_steps", (int,), REQUIRED, aliases=("stop_batch", "num_step", "num_steps", "numb_step")
+    ),
     Arg("seed", (int, type(None)), None),
     Arg("disp_file", (str,), "lcurve.out"),
     Arg("disp_freq", (int,), 1000),

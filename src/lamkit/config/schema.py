@@ -33,8 +33,15 @@ class Arg:
         return self.default is REQUIRED
 
 
-_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict",
-               type(None): "null"}
+_TYPE_NAMES = {
+    int: "int",
+    float: "float",
+    str: "str",
+    bool: "bool",
+    list: "list",
+    dict: "dict",
+    type(None): "null",
+}
 
 
 def _check_type(value, arg: Arg, path: str):
@@ -50,8 +57,12 @@ def _check_type(value, arg: Arg, path: str):
     raise ConfigError(f"{path}: expected {wanted}, got {type(value).__name__} {value!r}")
 
 
-def normalize(config: dict | None, spec: list[Arg] | tuple[Arg, ...], path: str,
-              allow_extra: tuple[str, ...] = ()) -> dict:
+def normalize(
+    config: dict | None,
+    spec: list[Arg] | tuple[Arg, ...],
+    path: str,
+    allow_extra: tuple[str, ...] = (),
+) -> dict:
     """Validate ``config`` against ``spec``; return a new dict with canonical names and defaults.
 
     ``path`` (e.g. "model/descriptor") prefixes every error message. Keys in ``allow_extra``
@@ -72,7 +83,8 @@ def normalize(config: dict | None, spec: list[Arg] | tuple[Arg, ...], path: str,
             continue
         if key not in names:
             raise ConfigError(
-                f"{path}: unknown key '{key}'." + did_you_mean(key, list(names) + list(allow_extra))
+                f"{path}: unknown key '{key}'."
+                + did_you_mean(key, list(names) + list(allow_extra))
                 + f" Accepted keys: {', '.join(a.name for a in spec)}."
             )
         arg = names[key]

@@ -46,8 +46,9 @@ class EnvStat:
         st.a = np.asarray(arrays["a"], dtype=np.float64).copy()
         return st
 
-    def davg_dstd(self, protection: float = 1e-2, set_davg_zero: bool = False,
-                  radial_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def davg_dstd(
+        self, protection: float = 1e-2, set_davg_zero: bool = False, radial_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``davg, dstd`` of shape [ntypes, 4] (or [ntypes, 1] when ``radial_only``)."""
         ncol = 1 if radial_only else 4
         davg = np.zeros((self.ntypes, ncol))

@@ -22,8 +22,9 @@ from .base import DESCRIPTORS, Descriptor
 from .env_stat import EnvStat
 
 
-def pair_exclude_mask(exclude_types, ntypes: int, atype: torch.Tensor, ext_atype: torch.Tensor,
-                      nlist: torch.Tensor) -> torch.Tensor | None:
+def pair_exclude_mask(
+    exclude_types, ntypes: int, atype: torch.Tensor, ext_atype: torch.Tensor, nlist: torch.Tensor
+) -> torch.Tensor | None:
     """[nf, nloc, nnei] 0/1 mask that removes pairs of excluded type pairs, or None."""
     if not exclude_types:
         return None
@@ -57,10 +58,24 @@ class SeA(Descriptor):
     )
     mixed_types = False
 
-    def __init__(self, ntypes: int, sel, rcut=6.0, rcut_smth=0.5, neuron=(10, 20, 40),
-                 axis_neuron=4, activation_function="tanh", resnet_dt=False, type_one_side=False,
-                 precision="default", trainable=True, seed=None, exclude_types=(),
-                 env_protection=0.0, set_davg_zero=False):
+    def __init__(
+        self,
+        ntypes: int,
+        sel,
+        rcut=6.0,
+        rcut_smth=0.5,
+        neuron=(10, 20, 40),
+        axis_neuron=4,
+        activation_function="tanh",
+        resnet_dt=False,
+        type_one_side=False,
+        precision="default",
+        trainable=True,
+        seed=None,
+        exclude_types=(),
+        env_protection=0.0,
+        set_davg_zero=False,
+    ):
         super().__init__()
         if isinstance(sel, str):
             raise ValueError("sel must be resolved to a list before building se_e2_a")
@@ -89,8 +104,14 @@ class SeA(Descriptor):
         n_nets = ntypes if type_one_side else ntypes * ntypes
         # net index: neighbour type tj (type_one_side) or centre ti + ntypes * tj (as the reference)
         self.embeddings = nn.ModuleList(
-            EmbeddingNet(1, self.neuron, activation_function, resnet_dt, self.dtype,
-                         make_generator(seed, 0, k))
+            EmbeddingNet(
+                1,
+                self.neuron,
+                activation_function,
+                resnet_dt,
+                self.dtype,
+                make_generator(seed, 0, k),
+            )
             for k in range(n_nets)
         )
         self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
@@ -137,7 +158,9 @@ class SeA(Descriptor):
                 idx = torch.nonzero(flat == ti).squeeze(-1)
                 if idx.numel() == 0:
                     continue
-                part = self._block(rr[idx], lambda tj, ti=ti: self.embeddings[ti + self.ntypes * tj])
+                part = self._block(
+                    rr[idx], lambda tj, ti=ti: self.embeddings[ti + self.ntypes * tj]
+                )
                 xyz = xyz.index_add(0, idx, part)
         xyz = xyz / self.nnei
         xyz_t = xyz.transpose(1, 2)  # [n, M1, 4]

@@ -46,14 +46,31 @@ class InvariantFitting(nn.Module):
     def normalize_config(cls, config: dict, path: str = "model/fitting_net") -> dict:
         return normalize(config, cls.ARGS, path, allow_extra=("type",))
 
-    def __init__(self, ntypes: int, dim_descrpt: int, dim_out: int, mixed_types: bool,
-                 neuron=(120, 120, 120), activation_function="tanh", resnet_dt=True,
-                 precision="default", numb_fparam=0, numb_aparam=0, default_fparam=None,
-                 dim_case_embd=0, trainable=True, rcond=None, seed=None,
-                 use_aparam_as_mask=False, exclude_types=()):
+    def __init__(
+        self,
+        ntypes: int,
+        dim_descrpt: int,
+        dim_out: int,
+        mixed_types: bool,
+        neuron=(120, 120, 120),
+        activation_function="tanh",
+        resnet_dt=True,
+        precision="default",
+        numb_fparam=0,
+        numb_aparam=0,
+        default_fparam=None,
+        dim_case_embd=0,
+        trainable=True,
+        rcond=None,
+        seed=None,
+        use_aparam_as_mask=False,
+        exclude_types=(),
+    ):
         super().__init__()
         if dim_case_embd:
-            raise ConfigError("model/fitting_net/dim_case_embd: case embedding is not supported yet")
+            raise ConfigError(
+                "model/fitting_net/dim_case_embd: case embedding is not supported yet"
+            )
         self.ntypes, self.dim_descrpt, self.dim_out = ntypes, dim_descrpt, dim_out
         self.mixed_types = mixed_types
         self.numb_fparam, self.numb_aparam = numb_fparam, numb_aparam
@@ -64,8 +81,15 @@ class InvariantFitting(nn.Module):
         dim_in = dim_descrpt + numb_fparam + (0 if use_aparam_as_mask else numb_aparam)
         nnets = 1 if mixed_types else ntypes
         self.nets = nn.ModuleList(
-            FittingNet(dim_in, dim_out, list(neuron), activation_function, resnet_dt, self.dtype,
-                       make_generator(seed, 1, k))
+            FittingNet(
+                dim_in,
+                dim_out,
+                list(neuron),
+                activation_function,
+                resnet_dt,
+                self.dtype,
+                make_generator(seed, 1, k),
+            )
             for k in range(nnets)
         )
         self.register_buffer("bias_atom", torch.zeros(ntypes, dim_out, dtype=self.dtype))
@@ -123,5 +147,9 @@ def build_fitting(config: dict, ntypes: int, dim_descrpt: int, mixed_types: bool
     cls = FITTINGS.get(config.get("type", "ener"))
     conf = cls.normalize_config(config)
     conf.pop("type", None)
-    return cls(ntypes=ntypes, dim_descrpt=dim_descrpt, mixed_types=mixed_types,
-               **{k: v for k, v in conf.items() if not k.startswith("_")})
+    return cls(
+        ntypes=ntypes,
+        dim_descrpt=dim_descrpt,
+        mixed_types=mixed_types,
+        **{k: v for k, v in conf.items() if not k.startswith("_")},
+    )

@@ -35,7 +35,12 @@ class LamCalculator(Calculator):
 
     name = "lamkit"
     implemented_properties: ClassVar[list[str]] = [
-        "energy", "free_energy", "forces", "virial", "stress", "energies",
+        "energy",
+        "free_energy",
+        "forces",
+        "virial",
+        "stress",
+        "energies",
     ]
 
     def __init__(
@@ -75,8 +80,9 @@ class LamCalculator(Calculator):
             )
         return np.array([self.type_dict[s] for s in symbols], dtype=np.int64)
 
-    def calculate(self, atoms=None, properties=("energy", "forces"),
-                  system_changes=all_changes) -> None:
+    def calculate(
+        self, atoms=None, properties=("energy", "forces"), system_changes=all_changes
+    ) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         atype = self.atom_types(atoms.get_chemical_symbols())
@@ -90,8 +96,12 @@ class LamCalculator(Calculator):
             )
         atomic = "energies" in properties
         out = self.dp.eval(
-            coord, cell, atype, atomic=atomic,
-            fparam=atoms.info.get("fparam"), aparam=atoms.info.get("aparam"),
+            coord,
+            cell,
+            atype,
+            atomic=atomic,
+            fparam=atoms.info.get("fparam"),
+            aparam=atoms.info.get("aparam"),
         )
         energy, force, virial = out[0][0, 0], out[1][0], out[2][0].reshape(3, 3)
         self.results["energy"] = float(energy)

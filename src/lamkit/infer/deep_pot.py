@@ -104,8 +104,9 @@ class DeepPot:
         nlist_backend: str = "auto",
     ):
         if neighbor_list is not None:
-            warnings.warn("DeepPot: neighbor_list is ignored; lamkit builds its own (vesin)",
-                          stacklevel=2)
+            warnings.warn(
+                "DeepPot: neighbor_list is ignored; lamkit builds its own (vesin)", stacklevel=2
+            )
         if isinstance(model_file, EnergyModel):
             model = model_file  # the caller's module: used as is (mode and gradients untouched)
             self.model_file = None
@@ -187,8 +188,13 @@ class DeepPot:
         if atomic:
             names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
         if natoms == 0:
-            empty = {keys.ENERGY: (1,), keys.FORCE: (0, 3), keys.VIRIAL: (9,),
-                     keys.ATOM_ENERGY: (0, 1), keys.ATOM_VIRIAL: (0, 9)}
+            empty = {
+                keys.ENERGY: (1,),
+                keys.FORCE: (0, 3),
+                keys.VIRIAL: (9,),
+                keys.ATOM_ENERGY: (0, 1),
+                keys.ATOM_VIRIAL: (0, 9),
+            }
             return tuple(np.zeros((nf, *empty[n])) for n in names)
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         start = 0
@@ -197,9 +203,12 @@ class DeepPot:
             sl = slice(start, stop)
             try:
                 out = self._eval_chunk(
-                    coords[sl], None if cells is None else cells[sl], atype[sl],
+                    coords[sl],
+                    None if cells is None else cells[sl],
+                    atype[sl],
                     None if fparam is None else fparam[sl],
-                    None if aparam is None else aparam[sl], atomic,
+                    None if aparam is None else aparam[sl],
+                    atomic,
                 )
             except (RuntimeError, MemoryError) as exc:
                 if _is_oom(exc) and self.budget.out_of_memory((stop - start) * natoms):
@@ -224,13 +233,18 @@ class DeepPot:
 
         with torch.no_grad():
             out = self.model(
-                tensor(coords), tensor(atype), tensor(cells), nbr, tensor(fparam), tensor(aparam),
-                do_force=True, do_virial=True, do_atomic_virial=atomic,
+                tensor(coords),
+                tensor(atype),
+                tensor(cells),
+                nbr,
+                tensor(fparam),
+                tensor(aparam),
+                do_force=True,
+                do_virial=True,
+                do_atomic_virial=atomic,
             )
         wanted = (keys.ENERGY, keys.FORCE, keys.VIRIAL, keys.ATOM_ENERGY, keys.ATOM_VIRIAL)
-        return {
-            k: out[k].detach().to("cpu", torch.float64).numpy() for k in wanted if k in out
-        }
+        return {k: out[k].detach().to("cpu", torch.float64).numpy() for k in wanted if k in out}
 
     # --- input checking -----------------------------------------------------------------------
     def _standard_input(self, coords, cells, atom_types, fparam, aparam, mixed_type):

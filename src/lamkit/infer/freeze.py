@@ -65,7 +65,8 @@ def freeze(
         step = obj["model"]["_extra_state"].get("train_infos", {}).get("step")
     output = Path(output)
     save_model(
-        model.eval(), output,
+        model.eval(),
+        output,
         source=str(Path(checkpoint).resolve()),
         head=head,
         step=step,

@@ -21,11 +21,16 @@ from ..data import DataRequirement, expand_systems, load_systems
 log = logging.getLogger("lamkit.test")
 
 _LINES = [
-    ("mae_e", "Energy MAE         : {:e} eV"), ("rmse_e", "Energy RMSE        : {:e} eV"),
-    ("mae_ea", "Energy MAE/Natoms  : {:e} eV"), ("rmse_ea", "Energy RMSE/Natoms : {:e} eV"),
-    ("mae_f", "Force  MAE         : {:e} eV/Å"), ("rmse_f", "Force  RMSE        : {:e} eV/Å"),
-    ("mae_v", "Virial MAE         : {:e} eV"), ("rmse_v", "Virial RMSE        : {:e} eV"),
-    ("mae_va", "Virial MAE/Natoms  : {:e} eV"), ("rmse_va", "Virial RMSE/Natoms : {:e} eV"),
+    ("mae_e", "Energy MAE         : {:e} eV"),
+    ("rmse_e", "Energy RMSE        : {:e} eV"),
+    ("mae_ea", "Energy MAE/Natoms  : {:e} eV"),
+    ("rmse_ea", "Energy RMSE/Natoms : {:e} eV"),
+    ("mae_f", "Force  MAE         : {:e} eV/Å"),
+    ("rmse_f", "Force  RMSE        : {:e} eV/Å"),
+    ("mae_v", "Virial MAE         : {:e} eV"),
+    ("rmse_v", "Virial RMSE        : {:e} eV"),
+    ("mae_va", "Virial MAE/Natoms  : {:e} eV"),
+    ("rmse_va", "Virial RMSE/Natoms : {:e} eV"),
 ]
 _SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v"}
 
@@ -41,8 +46,14 @@ def _save(path: Path, data: np.ndarray, header: str, append: bool) -> None:
         np.savetxt(fh, data, header=header if write_header else "")
 
 
-def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
-                append: bool = False, atomic: bool = False) -> dict:
+def test_system(
+    dp,
+    system,
+    numb_test: int = 0,
+    detail: str | None = None,
+    append: bool = False,
+    atomic: bool = False,
+) -> dict:
     """Metrics of one loaded system (atoms in file order)."""
     n = system.nframes if numb_test <= 0 else min(numb_test, system.nframes)
     coords = system.coords[:n]
@@ -58,8 +69,10 @@ def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
         res["mae_e"], res["rmse_e"] = _errors(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
         res["mae_ea"], res["rmse_ea"] = res["mae_e"] / natoms, res["rmse_e"] / natoms
         res["n_e"] = n
-        res["pairs"]["energy/atom"] = (lab[keys.ENERGY][:n].reshape(-1) / natoms,
-                                       e.reshape(-1) / natoms)
+        res["pairs"]["energy/atom"] = (
+            lab[keys.ENERGY][:n].reshape(-1) / natoms,
+            e.reshape(-1) / natoms,
+        )
     if system.find.get(keys.FORCE):
         res["mae_f"], res["rmse_f"] = _errors(f.reshape(-1), lab[keys.FORCE][:n].reshape(-1))
         res["n_f"] = n * natoms * 3
@@ -69,8 +82,10 @@ def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
         res["mae_v"], res["rmse_v"] = _errors(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
         res["mae_va"], res["rmse_va"] = res["mae_v"] / natoms, res["rmse_v"] / natoms
         res["n_v"] = n * 9
-        res["pairs"]["virial/atom"] = (lab[keys.VIRIAL][:n].reshape(-1) / natoms,
-                                       v.reshape(-1) / natoms)
+        res["pairs"]["virial/atom"] = (
+            lab[keys.VIRIAL][:n].reshape(-1) / natoms,
+            v.reshape(-1) / natoms,
+        )
     if detail:
         p = Path(detail)
         name = system.path
@@ -78,12 +93,17 @@ def test_system(dp, system, numb_test: int = 0, detail: str | None = None,
         _save(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
         _save(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
         pf = np.concatenate([lab[keys.FORCE][:n].reshape(-1, 3), f.reshape(-1, 3)], axis=1)
-        _save(p.with_suffix(".f.out"), pf,
-              f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz", append)
+        _save(
+            p.with_suffix(".f.out"),
+            pf,
+            f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz",
+            append,
+        )
         if has_v:
             comps = ["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"]
-            head = f"{name}: " + " ".join([f"data_v{c}" for c in comps] +
-                                          [f"pred_v{c}" for c in comps])
+            head = f"{name}: " + " ".join(
+                [f"data_v{c}" for c in comps] + [f"pred_v{c}" for c in comps]
+            )
             pv = np.concatenate([lab[keys.VIRIAL][:n].reshape(-1, 9), v.reshape(-1, 9)], axis=1)
             _save(p.with_suffix(".v.out"), pv, head, append)
             _save(p.with_suffix(".v_peratom.out"), pv / natoms, head, append)
@@ -127,8 +147,11 @@ def weighted_average(results: list[dict]) -> dict:
             continue
         w = np.array([n for _, n in rows], dtype=np.float64)
         x = np.array([m for m, _ in rows])
-        avg[key] = float(np.sqrt((x * x * w).sum() / w.sum()) if key.startswith("rmse")
-                         else (x * w).sum() / w.sum())
+        avg[key] = float(
+            np.sqrt((x * x * w).sum() / w.sum())
+            if key.startswith("rmse")
+            else (x * w).sum() / w.sum()
+        )
     return avg
 
 
@@ -138,9 +161,15 @@ def _report(title: str, res: dict) -> None:
             log.info(fmt.format(res[key]))
 
 
-def run_test(model, system: str | None = None, datafile: str | None = None,
-             numb_test: int = 0, detail_file: str | None = None, atomic: bool = False,
-             head: str | None = None) -> dict:
+def run_test(
+    model,
+    system: str | None = None,
+    datafile: str | None = None,
+    numb_test: int = 0,
+    detail_file: str | None = None,
+    atomic: bool = False,
+    head: str | None = None,
+) -> dict:
     """Test ``model`` (path or DeepPot) on every system found; returns per-system results and
     the weighted average under ``"average"``."""
     from .deep_pot import DeepPot
@@ -152,8 +181,11 @@ def run_test(model, system: str | None = None, datafile: str | None = None,
         spec = system
     else:
         raise ValueError("give a system (-s) or a file listing systems (-f)")
-    reqs = [DataRequirement(keys.ENERGY, 1), DataRequirement(keys.FORCE, 3, atomic=True),
-            DataRequirement(keys.VIRIAL, 9)]
+    reqs = [
+        DataRequirement(keys.ENERGY, 1),
+        DataRequirement(keys.FORCE, 3, atomic=True),
+        DataRequirement(keys.VIRIAL, 9),
+    ]
     systems = load_systems(expand_systems(spec), dp.get_type_map(), reqs, sort_atoms=False)
     results = []
     for k, s in enumerate(systems):

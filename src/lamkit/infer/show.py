@@ -63,8 +63,7 @@ def describe_model(path: str | Path) -> dict:
             "info": dict(conf.get("info") or {}),
             "size": size,
         }
-    return {"path": str(path), "source": source, "multi_task": multi,
-            "branches": branches, **extra}
+    return {"path": str(path), "source": source, "multi_task": multi, "branches": branches, **extra}
 
 
 def format_description(d: dict, attributes: list[str] | tuple[str, ...] | None = None) -> str:
@@ -75,8 +74,7 @@ def format_description(d: dict, attributes: list[str] | tuple[str, ...] | None =
         raise ValueError(f"show: unknown attribute(s) {unknown}; choose from {list(ATTRIBUTES)}")
     multi = d["multi_task"]
     branches = d["branches"]
-    lines = [f"{d['path']}: {d['source']}, "
-             f"{'a multi-task' if multi else 'a single-task'} model"]
+    lines = [f"{d['path']}: {d['source']}, {'a multi-task' if multi else 'a single-task'} model"]
     if d.get("step") is not None:
         lines.append(f"Training step: {d['step']}")
 
@@ -91,8 +89,10 @@ def format_description(d: dict, attributes: list[str] | tuple[str, ...] | None =
                 lines.append("Model branches: none (a single-task model)")
                 continue
             names = [*branches, "RANDOM"]
-            lines.append(f"Available model branches are {names}, where 'RANDOM' means using a "
-                         "randomly initialized fitting net.")
+            lines.append(
+                f"Available model branches are {names}, where 'RANDOM' means using a "
+                "randomly initialized fitting net."
+            )
             for name, b in branches.items():
                 lines.append(f"  {name}: alias {b['alias']}, info {b['info']}")
         elif attr == "type-map":

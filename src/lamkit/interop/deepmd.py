@@ -22,16 +22,22 @@ _RULES: list[tuple[str, str]] = [
     (r"^out_std$", "out_std"),
     (r"^descriptor\.sea\.mean$", "descriptor.davg"),
     (r"^descriptor\.sea\.stddev$", "descriptor.dstd"),
-    (r"^descriptor\.sea\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
-     r"descriptor.embeddings.\1.layers.\2.\3"),
-    (r"^fitting_net\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
-     r"fitting.nets.\1.layers.\2.\3"),
+    (
+        r"^descriptor\.sea\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"descriptor.embeddings.\1.layers.\2.\3",
+    ),
+    (
+        r"^fitting_net\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"fitting.nets.\1.layers.\2.\3",
+    ),
     (r"^fitting_net\.bias_atom_e$", "fitting.bias_atom"),
     (r"^fitting_net\.(fparam_avg|fparam_inv_std|aparam_avg|aparam_inv_std)$", r"fitting.\1"),
 ]
 # reference entries with no lamkit counterpart (duplicates, compression tables, ...)
 _IGNORED = [
-    r"\._networks\.", r"\.compress_(info|data)\.", r"^fitting_net\.case_embd$",
+    r"\._networks\.",
+    r"\.compress_(info|data)\.",
+    r"^fitting_net\.case_embd$",
 ]
 
 
@@ -80,13 +86,13 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> EnergyModel:
     for name, value in sd.items():
         if not name.startswith(prefix):
             continue
-        rest = name[len(prefix):]
+        rest = name[len(prefix) :]
         if rest == "min_nbor_dist":
             state["min_nbor_dist"] = value
             continue
         if not rest.startswith("atomic_model."):
             continue
-        rest = rest[len("atomic_model."):]
+        rest = rest[len("atomic_model.") :]
         if any(re.search(p, rest) for p in _IGNORED):
             continue
         for pattern, template in _RULES:

@@ -4,5 +4,11 @@ from .build import build_model, normalize_model_config
 from .energy_model import EnergyModel
 from .io import atomic_save, load_model, save_model
 
-__all__ = ["EnergyModel", "atomic_save", "build_model", "load_model", "normalize_model_config",
-           "save_model"]
+__all__ = [
+    "EnergyModel",
+    "atomic_save",
+    "build_model",
+    "load_model",
+    "normalize_model_config",
+    "save_model",
+]

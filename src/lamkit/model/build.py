@@ -11,7 +11,7 @@ from ..fitting import build_fitting
 from .energy_model import EnergyModel
 
 MODEL_ARGS = (
-    Arg("type_map", (list,), REQUIRED, doc="element names, e.g. [\"O\", \"H\"]"),
+    Arg("type_map", (list,), REQUIRED, doc='element names, e.g. ["O", "H"]'),
     Arg("descriptor", (dict, str), REQUIRED),
     Arg("fitting_net", (dict,), REQUIRED),
     Arg("type", (str,), "standard"),
@@ -39,7 +39,9 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     """Validated model config with defaults; descriptor and fitting sections normalised too."""
     conf = normalize(config, MODEL_ARGS, path)
     if conf["type"] != "standard":
-        raise ConfigError(f"{path}/type: only 'standard' models are supported, got '{conf['type']}'")
+        raise ConfigError(
+            f"{path}/type: only 'standard' models are supported, got '{conf['type']}'"
+        )
     if conf["use_srtab"]:
         raise ConfigError(f"{path}/use_srtab: tabulated pair potentials are not supported yet")
     if not conf["type_map"] or not all(isinstance(t, str) for t in conf["type_map"]):
@@ -50,8 +52,10 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     if isinstance(desc, str):
         raise ConfigError(f"{path}/descriptor: shared descriptors ('{desc}') need multi-task mode")
     dcls = DESCRIPTORS.get(desc.get("type", "se_e2_a"))
-    conf["descriptor"] = {"type": desc.get("type", "se_e2_a"),
-                          **dcls.normalize_config(desc, f"{path}/descriptor")}
+    conf["descriptor"] = {
+        "type": desc.get("type", "se_e2_a"),
+        **dcls.normalize_config(desc, f"{path}/descriptor"),
+    }
     conf["descriptor"].pop("type", None)
     conf["descriptor"] = {"type": desc.get("type", "se_e2_a"), **conf["descriptor"]}
     from ..fitting import FITTINGS
@@ -77,6 +81,7 @@ def build_model(config: dict) -> EnergyModel:
             "(lam train does this)"
         )
     descriptor = build_descriptor(dconf, type_map)
-    fitting = build_fitting(conf["fitting_net"], len(type_map), descriptor.dim_out,
-                            descriptor.mixed_types)
+    fitting = build_fitting(
+        conf["fitting_net"], len(type_map), descriptor.dim_out, descriptor.mixed_types
+    )
     return EnergyModel(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)

@@ -40,8 +40,9 @@ def forces_and_virials(
             ce = (loc * atom_energy).sum(1)  # [nf, 3]
             corr = []
             for a in range(3):
-                g = torch.autograd.grad([ce[:, a].sum()], [ext_coord], retain_graph=True,
-                                        create_graph=create_graph)[0]
+                g = torch.autograd.grad(
+                    [ce[:, a].sum()], [ext_coord], retain_graph=True, create_graph=create_graph
+                )[0]
                 corr.append(g.unsqueeze(-1))
             ext_vir = ext_vir + torch.cat(corr, dim=-1)
             idx9 = mapping.unsqueeze(-1).expand(-1, -1, 9)

@@ -26,8 +26,14 @@ class EnergyModel(nn.Module):
 
     output_name = "energy"
 
-    def __init__(self, descriptor: Descriptor, fitting: nn.Module, type_map: list[str],
-                 atom_exclude_types=(), config: dict | None = None):
+    def __init__(
+        self,
+        descriptor: Descriptor,
+        fitting: nn.Module,
+        type_map: list[str],
+        atom_exclude_types=(),
+        config: dict | None = None,
+    ):
         super().__init__()
         self.descriptor = descriptor
         self.fitting = fitting
@@ -61,8 +67,13 @@ class EnergyModel(nn.Module):
         return NeighborBuilder(self.rcut, self.sel, self.mixed_types, cache=cache)
 
     # --- forward ----------------------------------------------------------------------------
-    def extend(self, coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None,
-               nbr: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(
+        self,
+        coord: torch.Tensor,
+        atype: torch.Tensor,
+        box: torch.Tensor | None,
+        nbr: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``."""
         mapping = nbr[keys.MAPPING]
         idx = mapping.unsqueeze(-1).expand(-1, -1, 3)
@@ -115,9 +126,14 @@ class EnergyModel(nn.Module):
             if do_force or do_virial:
                 out.update(
                     forces_and_virials(
-                        energy, atom_e, ext_coord, nbr[keys.MAPPING], nloc,
+                        energy,
+                        atom_e,
+                        ext_coord,
+                        nbr[keys.MAPPING],
+                        nloc,
                         do_virial=do_virial,
-                        do_atomic_virial=do_atomic_virial, create_graph=create_graph,
+                        do_atomic_virial=do_atomic_virial,
+                        create_graph=create_graph,
                     )
                 )
         return out

@@ -112,7 +112,9 @@ class Dense(nn.Module):
             if self.bias is not None:
                 self.bias.zero_()
         else:
-            self.matrix.normal_(0.0, 1.0 / math.sqrt(self.num_in + self.num_out), generator=generator)
+            self.matrix.normal_(
+                0.0, 1.0 / math.sqrt(self.num_in + self.num_out), generator=generator
+            )
             if self.bias is not None:
                 self.bias.normal_(0.0, 1.0, generator=generator)
         if self.idt is not None:
@@ -150,8 +152,16 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         sizes = [num_in, *neuron]
         self.layers = nn.ModuleList(
-            Dense(a, b, act, resnet=True, use_timestep=resnet_dt, bias=bias, dtype=dtype,
-                  generator=generator)
+            Dense(
+                a,
+                b,
+                act,
+                resnet=True,
+                use_timestep=resnet_dt,
+                bias=bias,
+                dtype=dtype,
+                generator=generator,
+            )
             for a, b in zip(sizes[:-1], sizes[1:])
         )
         self.dim_out = sizes[-1]
@@ -179,6 +189,8 @@ class FittingNet(EmbeddingNet):
         super().__init__(num_in, neuron, act, resnet_dt, dtype, generator)
         last = neuron[-1] if neuron else num_in
         self.layers.append(
-            Dense(last, num_out, None, resnet=False, bias=bias_out, dtype=dtype, generator=generator)
+            Dense(
+                last, num_out, None, resnet=False, bias=bias_out, dtype=dtype, generator=generator
+            )
         )
         self.dim_out = num_out

@@ -117,9 +117,7 @@ def check_frame_neighbors(
     ext = system.coord[mapping] + shift @ cell
     pairs = brute_force_pairs(system, rcut)
     atype = system.atype
-    sections = [(0, nnei)] if mixed_types else list(
-        zip(np.cumsum([0, *sel[:-1]]), np.cumsum(sel))
-    )
+    sections = [(0, nnei)] if mixed_types else list(zip(np.cumsum([0, *sel[:-1]]), np.cumsum(sel)))
     ntypes = len(sel)
     for i in range(nloc):
         row = nlist[i]

@@ -38,8 +38,14 @@ from .systems import System, image_offsets, make_supercell, pad_with_virtual, wr
 # --- evaluation ---------------------------------------------------------------------------
 
 
-def predict_batch(model, coord: np.ndarray, atype: np.ndarray, cell: np.ndarray | None,
-                  atomic: bool = True, dtype: torch.dtype = torch.float64) -> dict[str, np.ndarray]:
+def predict_batch(
+    model,
+    coord: np.ndarray,
+    atype: np.ndarray,
+    cell: np.ndarray | None,
+    atomic: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, np.ndarray]:
     """Run ``model.evaluate`` on a batch and return float64 numpy arrays:
     energy [nf], force [nf, nloc, 3], virial [nf, 3, 3] and, if ``atomic``, atom_energy
     [nf, nloc] and atom_virial [nf, nloc, 3, 3]."""
@@ -102,8 +108,9 @@ def assert_close(name: str, actual, expected, rtol: float = 1e-10, atol: float =
         )
 
 
-def _compare(tag: str, got: dict, want: dict, rtol: float, atol: float,
-             names: Sequence[str] | None = None) -> None:
+def _compare(
+    tag: str, got: dict, want: dict, rtol: float, atol: float, names: Sequence[str] | None = None
+) -> None:
     for k in names or want:
         if k in got and k in want:
             assert_close(f"{tag} {k}", got[k], want[k], rtol, atol)
@@ -172,15 +179,27 @@ def finite_difference_atom_virial(model, system: System, h: float = 1e-5) -> np.
     return -np.einsum("ika,ikb->kab", jac, rel)
 
 
-def check_forces(model, system: System, h: float = 1e-5, rtol: float = 1e-6,
-                 atol: float = 1e-8) -> None:
+def check_forces(
+    model, system: System, h: float = 1e-5, rtol: float = 1e-6, atol: float = 1e-8
+) -> None:
     """Forces equal the finite-difference gradient of the energy."""
-    assert_close("force vs finite differences", predict(model, system, atomic=False)["force"],
-                 finite_difference_forces(model, system, h), rtol, atol)
+    assert_close(
+        "force vs finite differences",
+        predict(model, system, atomic=False)["force"],
+        finite_difference_forces(model, system, h),
+        rtol,
+        atol,
+    )
 
 
-def check_virial(model, system: System, h: float = 1e-5, rtol: float = 1e-6,
-                 atol: float = 1e-8, symmetric: bool = True) -> None:
+def check_virial(
+    model,
+    system: System,
+    h: float = 1e-5,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    symmetric: bool = True,
+) -> None:
     """Virial equals ``-(dE/d eps)^T`` under a homogeneous strain of positions and cell.
 
     Compares the full 3x3 tensor and, separately, its symmetric part (what a stress needs);
@@ -190,17 +209,28 @@ def check_virial(model, system: System, h: float = 1e-5, rtol: float = 1e-6,
     w = predict(model, system, atomic=False)["virial"]
     fd = finite_difference_virial(model, system, h)
     assert_close("virial vs strain finite differences", w, fd, rtol, atol)
-    assert_close("symmetric virial vs strain finite differences", 0.5 * (w + w.T),
-                 0.5 * (fd + fd.T), rtol, atol)
+    assert_close(
+        "symmetric virial vs strain finite differences",
+        0.5 * (w + w.T),
+        0.5 * (fd + fd.T),
+        rtol,
+        atol,
+    )
     if symmetric:
         assert_close("virial symmetry (W vs W^T)", w, w.T, rtol, atol)
 
 
-def check_atom_virial(model, system: System, h: float = 1e-5, rtol: float = 1e-6,
-                      atol: float = 1e-8) -> None:
+def check_atom_virial(
+    model, system: System, h: float = 1e-5, rtol: float = 1e-6, atol: float = 1e-8
+) -> None:
     """Atomic virials of a non-periodic system match :func:`finite_difference_atom_virial`."""
-    assert_close("atom_virial vs finite differences", predict(model, system)["atom_virial"],
-                 finite_difference_atom_virial(model, system, h), rtol, atol)
+    assert_close(
+        "atom_virial vs finite differences",
+        predict(model, system)["atom_virial"],
+        finite_difference_atom_virial(model, system, h),
+        rtol,
+        atol,
+    )
 
 
 def check_atomic_sums(model, system: System, rtol: float = 1e-10, atol: float = 1e-12) -> None:
@@ -213,8 +243,9 @@ def check_atomic_sums(model, system: System, rtol: float = 1e-10, atol: float = 
 # --- symmetries ---------------------------------------------------------------------------
 
 
-def check_rotation(model, system: System, rotation: np.ndarray, rtol: float = 1e-9,
-                   atol: float = 1e-10) -> None:
+def check_rotation(
+    model, system: System, rotation: np.ndarray, rtol: float = 1e-9, atol: float = 1e-10
+) -> None:
     """Rotating positions and cell by ``Q`` leaves energies unchanged, rotates forces
     (``F -> F Q^T`` for row vectors) and virials (``W -> Q W Q^T``)."""
     q = np.asarray(rotation, dtype=np.float64)
@@ -231,26 +262,30 @@ def check_rotation(model, system: System, rotation: np.ndarray, rtol: float = 1e
     _compare("rotated", rot, want, rtol, atol)
 
 
-def check_translation(model, system: System, vector: np.ndarray, rtol: float = 1e-9,
-                      atol: float = 1e-10) -> None:
+def check_translation(
+    model, system: System, vector: np.ndarray, rtol: float = 1e-9, atol: float = 1e-10
+) -> None:
     """Translating every atom changes nothing, atomic virials included."""
     moved = system.copy(coord=system.coord + np.asarray(vector, dtype=np.float64))
     _compare("translated", predict(model, moved), predict(model, system), rtol, atol)
 
 
-def check_permutation(model, system: System, perm: np.ndarray, rtol: float = 1e-9,
-                      atol: float = 1e-10) -> None:
+def check_permutation(
+    model, system: System, perm: np.ndarray, rtol: float = 1e-9, atol: float = 1e-10
+) -> None:
     """Reordering the atoms (with their types) reorders the per-atom outputs only."""
     perm = np.asarray(perm)
     ref = predict(model, system)
     out = predict(model, system.copy(coord=system.coord[perm], atype=system.atype[perm]))
-    want = {k: (v[perm] if k in ("force", "atom_energy", "atom_virial") else v)
-            for k, v in ref.items()}
+    want = {
+        k: (v[perm] if k in ("force", "atom_energy", "atom_virial") else v) for k, v in ref.items()
+    }
     _compare("permuted", out, want, rtol, atol)
 
 
-def check_separable(model, first: System, second: System, gap: float = 0.5,
-                    rtol: float = 1e-10, atol: float = 1e-12) -> None:
+def check_separable(
+    model, first: System, second: System, gap: float = 0.5, rtol: float = 1e-10, atol: float = 1e-12
+) -> None:
     """Two non-periodic systems more than ``rcut`` apart: energies and virials add, per-atom
     outputs are those of each system alone (locality of the model)."""
     if first.periodic or second.periodic:
@@ -273,8 +308,9 @@ def check_separable(model, first: System, second: System, gap: float = 0.5,
 # --- periodic boundary conditions ---------------------------------------------------------
 
 
-def check_periodic_images(model, system: System, rng: np.random.Generator, rtol: float = 1e-9,
-                          atol: float = 1e-10) -> None:
+def check_periodic_images(
+    model, system: System, rng: np.random.Generator, rtol: float = 1e-9, atol: float = 1e-10
+) -> None:
     """Moving atoms by whole cell vectors, or wrapping them into the cell, changes nothing."""
     if system.cell is None:
         raise ValueError("check_periodic_images needs a periodic system")
@@ -282,13 +318,15 @@ def check_periodic_images(model, system: System, rng: np.random.Generator, rtol:
     jumps = rng.integers(-2, 3, size=(system.nloc, 3))
     shifted = system.copy(coord=system.coord + jumps @ system.cell)
     _compare("atoms shifted by cell vectors", predict(model, shifted), ref, rtol, atol)
-    wrapped = system.copy(coord=system.coord + wrap_offsets(system.coord, system.cell)
-                          @ system.cell)
+    wrapped = system.copy(
+        coord=system.coord + wrap_offsets(system.coord, system.cell) @ system.cell
+    )
     _compare("atoms wrapped into the cell", predict(model, wrapped), ref, rtol, atol)
 
 
-def check_supercell(model, system: System, reps: tuple[int, int, int], rtol: float = 1e-9,
-                    atol: float = 1e-10) -> None:
+def check_supercell(
+    model, system: System, reps: tuple[int, int, int], rtol: float = 1e-9, atol: float = 1e-10
+) -> None:
     """A supercell of ``n`` copies has ``n`` times the energy and virial and the same forces,
     atomic energies and atomic virials on every copy."""
     n = int(np.prod(reps))
@@ -307,8 +345,13 @@ def check_supercell(model, system: System, reps: tuple[int, int, int], rtol: flo
 # --- batching, padding, virtual atoms -----------------------------------------------------
 
 
-def check_batch(model, systems: Sequence[System], rtol: float = 1e-10, atol: float = 1e-12,
-                rng: np.random.Generator | None = None) -> None:
+def check_batch(
+    model,
+    systems: Sequence[System],
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    rng: np.random.Generator | None = None,
+) -> None:
     """A batch of frames gives the same results as the frames one by one.
 
     Frames with fewer atoms are padded with virtual atoms (type -1), and periodic frames will
@@ -322,14 +365,17 @@ def check_batch(model, systems: Sequence[System], rtol: float = 1e-10, atol: flo
     nloc = max(s.nloc for s in systems)
     padded = [pad_with_virtual(s, nloc, rng) for s in systems]
     cell = np.stack([s.cell for s in padded]) if periodic.pop() else None
-    batch = predict_batch(model, np.stack([s.coord for s in padded]),
-                          np.stack([s.atype for s in padded]), cell)
+    batch = predict_batch(
+        model, np.stack([s.coord for s in padded]), np.stack([s.atype for s in padded]), cell
+    )
     for f, s in enumerate(systems):
         one = predict(model, s)
         n = s.nloc
         got = {
-            "energy": batch["energy"][f], "virial": batch["virial"][f],
-            "force": batch["force"][f, :n], "atom_energy": batch["atom_energy"][f, :n],
+            "energy": batch["energy"][f],
+            "virial": batch["virial"][f],
+            "force": batch["force"][f, :n],
+            "atom_energy": batch["atom_energy"][f, :n],
             "atom_virial": batch["atom_virial"][f, :n],
         }
         _compare(f"batch frame {f}", got, one, rtol, atol)
@@ -343,13 +389,21 @@ def _check_virtual_zero(tag: str, out: dict, f: int, idx) -> None:
             raise AssertionError(f"{tag}: virtual atoms have non-zero {k} (max {np.abs(v).max()})")
 
 
-def check_virtual_atoms(model, system: System, rng: np.random.Generator, nvirtual: int = 3,
-                        rtol: float = 1e-10, atol: float = 1e-12) -> None:
+def check_virtual_atoms(
+    model,
+    system: System,
+    rng: np.random.Generator,
+    nvirtual: int = 3,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+) -> None:
     """Virtual atoms (type -1) anywhere, even on top of a real atom or far away, do not change
     the outputs of the real atoms and get exactly zero energy, force and virial."""
     ref = predict(model, system)
-    places = [system.coord[rng.integers(system.nloc)],  # on top of a real atom
-              rng.normal(scale=1e3, size=3)]  # far away
+    places = [
+        system.coord[rng.integers(system.nloc)],  # on top of a real atom
+        rng.normal(scale=1e3, size=3),
+    ]  # far away
     places += [rng.normal(scale=3.0, size=3) for _ in range(nvirtual - len(places))]
     coord, atype = list(system.coord), list(system.atype)
     real_pos = np.arange(system.nloc)
@@ -369,8 +423,9 @@ def check_virtual_atoms(model, system: System, rng: np.random.Generator, nvirtua
 # --- precision ----------------------------------------------------------------------------
 
 
-def check_precision(model_low, model_high, system: System, rtol: float = 1e-4,
-                    atol: float = 1e-6) -> None:
+def check_precision(
+    model_low, model_high, system: System, rtol: float = 1e-4, atol: float = 1e-6
+) -> None:
     """A reduced-precision copy of a model (same weights) agrees within a loose tolerance."""
     lo, hi = predict(model_low, system), predict(model_high, system)
     _compare("low vs high precision", lo, hi, rtol, atol)
@@ -379,9 +434,15 @@ def check_precision(model_low, model_high, system: System, rtol: float = 1e-4,
 # --- smoothness at the cutoff -------------------------------------------------------------
 
 
-def cutoff_crossing_path(system: System, rcut: float, rng: np.random.Generator,
-                         window: float = 0.02, margin: float = 0.02, min_dist: float = 0.9,
-                         tries: int = 2000) -> tuple[int, np.ndarray, np.ndarray]:
+def cutoff_crossing_path(
+    system: System,
+    rcut: float,
+    rng: np.random.Generator,
+    window: float = 0.02,
+    margin: float = 0.02,
+    min_dist: float = 0.9,
+    tries: int = 2000,
+) -> tuple[int, np.ndarray, np.ndarray]:
     """Find an atom ``p``, a point ``origin`` (an atom ``q`` or its image) and a unit vector
     ``u`` such that along ``R_p(t) = origin + t u`` for ``|t - rcut| <= window`` only the
     distance p-q crosses ``rcut``: every other distance of ``p`` stays ``margin`` Å away from
@@ -411,10 +472,17 @@ def cutoff_crossing_path(system: System, rcut: float, rng: np.random.Generator,
     raise AssertionError("cutoff_crossing_path: no clean crossing found; use a sparser system")
 
 
-def check_cutoff_smoothness(model, system: System, rng: np.random.Generator,
-                            delta: float = 2e-5, window: float = 0.02, npoints: int = 41,
-                            etol: float = 1e-9, ftol: float = 1e-6,
-                            curvature_factor: float = 3.0) -> None:
+def check_cutoff_smoothness(
+    model,
+    system: System,
+    rng: np.random.Generator,
+    delta: float = 2e-5,
+    window: float = 0.02,
+    npoints: int = 41,
+    etol: float = 1e-9,
+    ftol: float = 1e-6,
+    curvature_factor: float = 3.0,
+) -> None:
     """Energy and forces are continuous when one pair distance crosses the cutoff, and the
     finite-difference curvature of the energy along the path shows no spike there.
 

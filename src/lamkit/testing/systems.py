@@ -60,8 +60,9 @@ class System:
         return coord, atype, box
 
 
-def cell_from_parameters(a: float, b: float, c: float, alpha: float, beta: float,
-                         gamma: float) -> np.ndarray:
+def cell_from_parameters(
+    a: float, b: float, c: float, alpha: float, beta: float, gamma: float
+) -> np.ndarray:
     """Cell [3, 3] (rows a, b, c) from lengths (Å) and angles (degrees), ``a`` along x."""
     al, be, ga = (math.radians(x) for x in (alpha, beta, gamma))
     cx = c * math.cos(be)
@@ -109,8 +110,9 @@ def wrap_offsets(coord: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
     return -np.floor(coord @ np.linalg.inv(cell)).astype(np.int64)
 
 
-def _min_distance_to(points: np.ndarray, new: np.ndarray, cell: np.ndarray | None,
-                     reach: float) -> float:
+def _min_distance_to(
+    points: np.ndarray, new: np.ndarray, cell: np.ndarray | None, reach: float
+) -> float:
     if len(points) == 0:
         return math.inf
     diff = points - new
@@ -196,8 +198,9 @@ def pad_with_virtual(system: System, nloc: int, rng: np.random.Generator) -> Sys
     )
 
 
-def strain_system(system: System, rng: np.random.Generator, amount: float = 0.05,
-                  rattle: float = 0.05) -> System:
+def strain_system(
+    system: System, rng: np.random.Generator, amount: float = 0.05, rattle: float = 0.05
+) -> System:
     """A randomly deformed copy: ``R -> R (I + eps)``, cell likewise, with ``|eps_ab|`` up to
     ``amount``, and every atom displaced by up to ``rattle`` Å."""
     deform = np.eye(3) + rng.uniform(-amount, amount, size=(3, 3))

@@ -17,11 +17,14 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(payload: dict, folder: str | Path, prefix: str, step: int,
-                    keep: int = 5) -> Path:
+def save_checkpoint(
+    payload: dict, folder: str | Path, prefix: str, step: int, keep: int = 5
+) -> Path:
     folder = Path(folder)
     name = f"{Path(prefix).name}-{step}.pt"
-    target = folder / Path(prefix).parent / name if Path(prefix).parent != Path(".") else folder / name
+    target = (
+        folder / Path(prefix).parent / name if Path(prefix).parent != Path(".") else folder / name
+    )
     atomic_save(payload, target)
     _atomic_text(target.parent / "checkpoint", name)
     link = target.parent / f"{Path(prefix).name}.pt"
@@ -38,9 +41,7 @@ def _prune(folder: Path, stem: str, keep: int) -> None:
     if keep <= 0:
         return
     pat = re.compile(re.escape(stem) + r"-(\d+)\.pt$")
-    found = sorted(
-        (int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name))
-    )
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name)))
     for _, p in found[:-keep]:
         p.unlink()
 

@@ -29,13 +29,20 @@ LOSSES: Registry = Registry("loss")
 _NUM = (float, int)
 ENER_ARGS = (
     Arg("type", (str,), "ener"),
-    Arg("start_pref_e", _NUM, 0.02), Arg("limit_pref_e", _NUM, 1.0),
-    Arg("start_pref_f", _NUM, 1000.0), Arg("limit_pref_f", _NUM, 1.0),
-    Arg("start_pref_v", _NUM, 0.0), Arg("limit_pref_v", _NUM, 0.0),
-    Arg("start_pref_ae", _NUM, 0.0), Arg("limit_pref_ae", _NUM, 0.0),
-    Arg("start_pref_pf", _NUM, 0.0), Arg("limit_pref_pf", _NUM, 0.0),
-    Arg("start_pref_h", _NUM, 0.0), Arg("limit_pref_h", _NUM, 0.0),
-    Arg("start_pref_gf", _NUM, 0.0), Arg("limit_pref_gf", _NUM, 0.0),
+    Arg("start_pref_e", _NUM, 0.02),
+    Arg("limit_pref_e", _NUM, 1.0),
+    Arg("start_pref_f", _NUM, 1000.0),
+    Arg("limit_pref_f", _NUM, 1.0),
+    Arg("start_pref_v", _NUM, 0.0),
+    Arg("limit_pref_v", _NUM, 0.0),
+    Arg("start_pref_ae", _NUM, 0.0),
+    Arg("limit_pref_ae", _NUM, 0.0),
+    Arg("start_pref_pf", _NUM, 0.0),
+    Arg("limit_pref_pf", _NUM, 0.0),
+    Arg("start_pref_h", _NUM, 0.0),
+    Arg("limit_pref_h", _NUM, 0.0),
+    Arg("start_pref_gf", _NUM, 0.0),
+    Arg("limit_pref_gf", _NUM, 0.0),
     Arg("numb_generalized_coord", (int,), 0),
     Arg("use_default_pf", (bool,), False),
     Arg("relative_f", (float, type(None)), None),
@@ -127,9 +134,11 @@ class EnergyLoss:
                 loss = loss + pe * (de.abs().mean(-1) * inv).mean()
             elif self.huber:
                 e_ = inv[:, None]
-                loss = loss + pe * _huber(pred[keys.ENERGY].reshape(de.shape) * e_,
-                                          batch[keys.ENERGY].reshape(de.shape) * e_,
-                                          self.huber_delta[0])
+                loss = loss + pe * _huber(
+                    pred[keys.ENERGY].reshape(de.shape) * e_,
+                    batch[keys.ENERGY].reshape(de.shape) * e_,
+                    self.huber_delta[0],
+                )
             else:
                 loss = loss + pe * (se * inv**self.norm_exp).mean()
             show("rmse_e", torch.sqrt((se * inv * inv).mean()).detach(), keys.ENERGY)
@@ -150,8 +159,9 @@ class EnergyLoss:
                     loss = loss + pf * l2f
             show("rmse_f", torch.sqrt(l2f).detach(), keys.FORCE)
             if self.pref["pf"] and keys.ATOM_PREF in batch:
-                fpf = found(keys.FORCE) * (1.0 if self.config["use_default_pf"]
-                                           else found(keys.ATOM_PREF))
+                fpf = found(keys.FORCE) * (
+                    1.0 if self.config["use_default_pf"] else found(keys.ATOM_PREF)
+                )
                 wpf = batch[keys.ATOM_PREF].reshape(df.shape)
                 l2pf = ((df * df) * wpf * m3).sum() / denom
                 loss = loss + self._p("pf", lr) * fpf * l2pf
@@ -166,7 +176,9 @@ class EnergyLoss:
                 loss = loss + pv * (sv * inv**self.norm_exp).mean()
             show("rmse_v", torch.sqrt((sv * inv * inv).mean()).detach(), keys.VIRIAL)
         if self.pref["ae"] and "atom_ener" in batch:
-            dae = (batch["atom_ener"].reshape(mask.shape) - pred[keys.ATOM_ENERGY].reshape(mask.shape))
+            dae = batch["atom_ener"].reshape(mask.shape) - pred[keys.ATOM_ENERGY].reshape(
+                mask.shape
+            )
             l2ae = ((dae * dae) * mask).sum() / mask.sum()
             loss = loss + self._p("ae", lr) * found("atom_ener") * l2ae
             show("rmse_ae", torch.sqrt(l2ae).detach(), "atom_ener")

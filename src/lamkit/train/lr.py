@@ -39,8 +39,11 @@ class LearningRate:
             self.stop_lr = 1e-8 if c["stop_lr"] is None else c["stop_lr"]
         if c["warmup_steps"] and c["warmup_ratio"] is not None:
             raise ConfigError("learning_rate: give warmup_steps or warmup_ratio, not both")
-        self.warmup = (int(c["warmup_ratio"] * num_steps) if c["warmup_ratio"] is not None
-                       else c["warmup_steps"])
+        self.warmup = (
+            int(c["warmup_ratio"] * num_steps)
+            if c["warmup_ratio"] is not None
+            else c["warmup_steps"]
+        )
         if num_steps > 0 and self.warmup >= num_steps:
             raise ConfigError(f"learning_rate: warmup ({self.warmup}) must be < numb_steps")
         self.warmup_start = c["warmup_start_factor"] * self.start_lr
@@ -64,7 +67,9 @@ class LearningRate:
     def _decay(self, t: float) -> float:
         if self.kind == "cosine":
             frac = min(t / max(self.decay_total, 1), 1.0)
-            return self.stop_lr + (self.start_lr - self.stop_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+            return self.stop_lr + (self.start_lr - self.stop_lr) * 0.5 * (
+                1 + math.cos(math.pi * frac)
+            )
         power = t / self.decay_steps if self.smooth else t // self.decay_steps
         return max(self.start_lr * self.decay_rate**power, self.stop_lr)
 

@@ -26,8 +26,9 @@ def plot_lcurve(path: str | Path, out: str | Path | None = None) -> Path:
     names, data = read_lcurve(path)
     out = Path(out) if out else Path(path).with_suffix(".png")
     metrics = sorted({n.rsplit("_", 1)[0] for n in names if n.startswith("rmse")})
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False
+    )
     for ax, m in zip(axes[0], metrics):
         for suffix, style in (("trn", "-"), ("val", "--")):
             col = f"{m}_{suffix}"

@@ -80,8 +80,9 @@ def _extended(model, batches: list[dict]):
         yield {keys.EXT_COORD: ext, keys.EXT_ATYPE: ext_atype, keys.NLIST: nbr[keys.NLIST]}
 
 
-def energy_bias(batches: list[dict], ntypes: int, rcond=None, preset=None,
-                residual_model=None) -> np.ndarray | None:
+def energy_bias(
+    batches: list[dict], ntypes: int, rcond=None, preset=None, residual_model=None
+) -> np.ndarray | None:
     """Per-type energy bias [ntypes, 1] by least squares of frame energies on type counts.
 
     With ``residual_model`` the regression is on ``E_label - E_model`` (change-by-statistic).
@@ -94,8 +95,9 @@ def energy_bias(batches: list[dict], ntypes: int, rcond=None, preset=None,
         counts = b[keys.NATOMS][:, 2:].numpy().astype(np.float64)
         y = b[keys.ENERGY].numpy().reshape(-1).astype(np.float64)
         if residual_model is not None:
-            pred = residual_model.evaluate(b[keys.COORD], b[keys.ATYPE], b.get(keys.BOX),
-                                           do_force=False, do_virial=False)
+            pred = residual_model.evaluate(
+                b[keys.COORD], b[keys.ATYPE], b.get(keys.BOX), do_force=False, do_virial=False
+            )
             y = y - pred[keys.ENERGY].detach().numpy().reshape(-1)
         rows.append(counts)
         ys.append(y)
@@ -124,8 +126,9 @@ def _stat_key(model) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def compute_descriptor_stat(model, batches: list[dict], protection: float,
-                            stat_file: str | None = None) -> EnvStat:
+def compute_descriptor_stat(
+    model, batches: list[dict], protection: float, stat_file: str | None = None
+) -> EnvStat:
     """davg/dstd of the model's descriptor, from the cache file when it has them."""
     key = _stat_key(model)
     if stat_file and Path(stat_file).exists():
@@ -170,8 +173,11 @@ def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None)
     bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
     if bias is not None:
         model.out_bias.copy_(torch.as_tensor(bias, dtype=model.out_bias.dtype))
-        log.info("energy bias per type %s: %s", model.type_map,
-                 np.array2string(bias.ravel(), precision=6))
+        log.info(
+            "energy bias per type %s: %s",
+            model.type_map,
+            np.array2string(bias.ravel(), precision=6),
+        )
     fit = model.fitting
     for name, n in (("fparam", fit.numb_fparam), ("aparam", fit.numb_aparam)):
         if n:

@@ -47,9 +47,15 @@ def _to(batch: dict, device: torch.device) -> dict:
 class Trainer:
     """Builds data, model, loss and optimizer from an input config and runs the loop."""
 
-    def __init__(self, config: dict, output: str | Path = ".", restart: str | None = None,
-                 init_model: str | None = None, skip_neighbor_stat: bool = False,
-                 device: str | None = None):
+    def __init__(
+        self,
+        config: dict,
+        output: str | Path = ".",
+        restart: str | None = None,
+        init_model: str | None = None,
+        skip_neighbor_stat: bool = False,
+        device: str | None = None,
+    ):
         self.out = Path(output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = _device(device)
@@ -63,10 +69,11 @@ class Trainer:
 
         resume = read_file(latest_checkpoint(restart)) if restart else None
         if resume is not None and resume.get("format") != FORMAT:
-            raise ConfigError(f"--restart {restart}: not a lamkit training checkpoint "
-                              "(use --init-model to start from other weights)")
-        mconf = (resume["model_config"] if resume else
-                 normalize_model_config(self.config["model"]))
+            raise ConfigError(
+                f"--restart {restart}: not a lamkit training checkpoint "
+                "(use --init-model to start from other weights)"
+            )
+        mconf = resume["model_config"] if resume else normalize_model_config(self.config["model"])
         self.type_map = mconf["type_map"]
 
         lr_conf = self.config.get("learning_rate") or {}
@@ -78,31 +85,45 @@ class Trainer:
         reqs = list(self.loss.requirements())
         fit = mconf["fitting_net"]
         if fit.get("numb_fparam"):
-            reqs.append(DataRequirement("fparam", fit["numb_fparam"],
-                                        must=fit.get("default_fparam") is None))
+            reqs.append(
+                DataRequirement(
+                    "fparam", fit["numb_fparam"], must=fit.get("default_fparam") is None
+                )
+            )
         if fit.get("numb_aparam"):
             reqs.append(DataRequirement("aparam", fit["numb_aparam"], atomic=True, must=True))
         self.train_systems = load_systems(tr["training_data"]["systems"], self.type_map, reqs)
         val = tr["validation_data"]
-        self.valid_systems = (load_systems(val["systems"], self.type_map, reqs) if val else [])
+        self.valid_systems = load_systems(val["systems"], self.type_map, reqs) if val else []
         self._check_types(mconf)
 
         if resume is None and isinstance(mconf["descriptor"].get("sel"), str):
             if skip_neighbor_stat:
-                raise ConfigError("model/descriptor/sel is 'auto': it needs the neighbour "
-                                  "statistics, so --skip-neighbor-stat cannot be used")
+                raise ConfigError(
+                    "model/descriptor/sel is 'auto': it needs the neighbour "
+                    "statistics, so --skip-neighbor-stat cannot be used"
+                )
             d = mconf["descriptor"]
-            counts, min_d = neighbor_stat(self.train_systems, d["rcut"], len(self.type_map),
-                                          mixed_types=d["type"] not in ("se_e2_a", "se_a"))
+            counts, min_d = neighbor_stat(
+                self.train_systems,
+                d["rcut"],
+                len(self.type_map),
+                mixed_types=d["type"] not in ("se_e2_a", "se_a"),
+            )
             d["sel"] = resolve_sel(d["sel"], counts)
-            log.info("neighbour statistics: max neighbours %s, min distance %.4f Å -> sel %s",
-                     counts, min_d, d["sel"])
+            log.info(
+                "neighbour statistics: max neighbours %s, min distance %.4f Å -> sel %s",
+                counts,
+                min_d,
+                d["sel"],
+            )
 
         self.model: EnergyModel = build_model(mconf).to(self.device)
         self.model_config = self.model.config
 
-        sizes = resolve_batch_sizes(tr["training_data"]["batch_size"],
-                                    [s.natoms for s in self.train_systems])
+        sizes = resolve_batch_sizes(
+            tr["training_data"]["batch_size"], [s.natoms for s in self.train_systems]
+        )
         self.sampler = self._sampler(self.train_systems, sizes, tr["training_data"], seed)
         log.info("%s", self.sampler.describe("training"))
         self.valid_sampler = None
@@ -116,11 +137,17 @@ class Trainer:
 
         opt = self.config["optimizer"]
         cls = torch.optim.AdamW if opt["type"] == "AdamW" else torch.optim.Adam
-        wd = opt["weight_decay"] if opt["weight_decay"] is not None else (
-            1e-3 if opt["type"] == "AdamW" else 0.0)
-        self.optimizer = cls([p for p in self.model.parameters() if p.requires_grad],
-                             lr=self.lr(0), betas=(opt["adam_beta1"], opt["adam_beta2"]),
-                             weight_decay=wd)
+        wd = (
+            opt["weight_decay"]
+            if opt["weight_decay"] is not None
+            else (1e-3 if opt["type"] == "AdamW" else 0.0)
+        )
+        self.optimizer = cls(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.lr(0),
+            betas=(opt["adam_beta1"], opt["adam_beta2"]),
+            weight_decay=wd,
+        )
         self.start_step = 0
         if resume is not None:
             self._restore(resume)
@@ -131,11 +158,13 @@ class Trainer:
             else:
                 nb = self.model_config.get("data_stat_nbatch", 10)
                 batches = stat_batches(self.train_systems, sizes, nb, seed)
-                set_model_statistics(self.model.cpu(), batches, self.model_config,
-                                     self._stat_file())
+                set_model_statistics(
+                    self.model.cpu(), batches, self.model_config, self._stat_file()
+                )
                 self.model.to(self.device)
-        (self.out / "out.json").write_text(json.dumps(
-            {**self.config, "model": self.model_config}, indent=2, default=str))
+        (self.out / "out.json").write_text(
+            json.dumps({**self.config, "model": self.model_config}, indent=2, default=str)
+        )
 
     # --- setup helpers ----------------------------------------------------------------------
     def _stat_file(self):
@@ -160,13 +189,17 @@ class Trainer:
     def _init_from(self, path: str):
         src = model_from_payload(read_file(latest_checkpoint(path)), str(path))
         if src.type_map != self.model.type_map:
-            raise ConfigError(f"--init-model {path}: its type_map {src.type_map} differs from "
-                              f"the input's {self.model.type_map}")
+            raise ConfigError(
+                f"--init-model {path}: its type_map {src.type_map} differs from "
+                f"the input's {self.model.type_map}"
+            )
         try:
             self.model.load_state_dict(src.state_dict())
         except RuntimeError as exc:
-            raise ConfigError(f"--init-model {path}: the architecture differs from the input's "
-                              f"model section ({exc})") from exc
+            raise ConfigError(
+                f"--init-model {path}: the architecture differs from the input's "
+                f"model section ({exc})"
+            ) from exc
         log.info("weights and statistics initialised from %s", path)
 
     def _restore(self, ck: dict):
@@ -181,11 +214,15 @@ class Trainer:
 
     def _payload(self, step: int) -> dict:
         return {
-            "format": FORMAT, "version": VERSION, "kind": "checkpoint",
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "checkpoint",
             "model_config": self.model_config,
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "step": step, "lr": self.lr(step), "train_config": self.config,
+            "step": step,
+            "lr": self.lr(step),
+            "train_config": self.config,
             "sampler": self.sampler.state_dict(),
             "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
             "torch_rng": torch.get_rng_state(),
@@ -194,14 +231,26 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def _predict(self, batch, builder, create_graph):
         sid = batch[keys.SID]
-        nbr = builder(batch[keys.COORD], batch[keys.ATYPE], batch.get(keys.BOX),
-                      cache_keys=[(sid, f) for f in batch[keys.FID]])
+        nbr = builder(
+            batch[keys.COORD],
+            batch[keys.ATYPE],
+            batch.get(keys.BOX),
+            cache_keys=[(sid, f) for f in batch[keys.FID]],
+        )
         batch = _to(batch, self.device)
         nbr = _to(nbr, self.device)
         need = self.loss.need
-        pred = self.model(batch[keys.COORD], batch[keys.ATYPE], batch.get(keys.BOX), nbr,
-                          batch.get("fparam"), batch.get("aparam"), do_force=need["force"],
-                          do_virial=need["virial"], create_graph=create_graph)
+        pred = self.model(
+            batch[keys.COORD],
+            batch[keys.ATYPE],
+            batch.get(keys.BOX),
+            nbr,
+            batch.get("fparam"),
+            batch.get("aparam"),
+            do_force=need["force"],
+            do_virial=need["virial"],
+            create_graph=create_graph,
+        )
         return pred, batch
 
     def train_step(self, step: int) -> dict:
@@ -255,14 +304,24 @@ class Trainer:
                 val = self.validate(lr)
                 names = sorted(more)
                 if not header_written:
-                    cols = "".join(f" {n + '_val':>11s} {n + '_trn':>11s}" if val else
-                                   f" {n + '_trn':>11s}" for n in names)
+                    cols = "".join(
+                        f" {n + '_val':>11s} {n + '_trn':>11s}" if val else f" {n + '_trn':>11s}"
+                        for n in names
+                    )
                     fh.write(f"# {'step':>5s}{cols}   lr\n")
-                    fh.write("# If there is no available reference data, "
-                             "rmse_*_{val,trn} will print nan\n")
+                    fh.write(
+                        "# If there is no available reference data, "
+                        "rmse_*_{val,trn} will print nan\n"
+                    )
                     header_written = True
-                vals = "".join((f" {val.get(n, math.nan):11.2e} {more[n]:11.2e}" if val else
-                                f" {more[n]:11.2e}") for n in names)
+                vals = "".join(
+                    (
+                        f" {val.get(n, math.nan):11.2e} {more[n]:11.2e}"
+                        if val
+                        else f" {more[n]:11.2e}"
+                    )
+                    for n in names
+                )
                 fh.write(f"{step + 1:7d}{vals} {lr:10.1e}\n")
                 now = time.perf_counter()
                 done = step + 1 - self.start_step
@@ -270,19 +329,34 @@ class Trainer:
                 eta = (self.num_steps - step - 1) / max(rate, 1e-12)
                 msg = ", ".join(f"{k} = {v:.2e}" for k, v in more.items())
                 vmsg = ", ".join(f"{k} = {v:.2e}" for k, v in val.items())
-                log.info("step %d/%d: trn %s%s | lr %.2e | %.2f steps/s, %.1f s since last, "
-                         "ETA %s", step + 1, self.num_steps, msg,
-                         f" | val {vmsg}" if vmsg else "", lr, rate, now - t_disp,
-                         _hms(eta))
+                log.info(
+                    "step %d/%d: trn %s%s | lr %.2e | %.2f steps/s, %.1f s since last, ETA %s",
+                    step + 1,
+                    self.num_steps,
+                    msg,
+                    f" | val {vmsg}" if vmsg else "",
+                    lr,
+                    rate,
+                    now - t_disp,
+                    _hms(eta),
+                )
                 t_disp = now
             if (step + 1) % tr["save_freq"] == 0 or step + 1 == self.num_steps:
-                last_ckpt = save_checkpoint(self._payload(step + 1), self.out, tr["save_ckpt"],
-                                            step + 1, tr["max_ckpt_keep"])
+                last_ckpt = save_checkpoint(
+                    self._payload(step + 1),
+                    self.out,
+                    tr["save_ckpt"],
+                    step + 1,
+                    tr["max_ckpt_keep"],
+                )
                 log.info("saved checkpoint %s", last_ckpt)
         fh.close()
         if len(step_times) > 2:
-            avg = float(np.mean(step_times[2:])) if len(step_times) > 4 else float(
-                np.mean(step_times))
+            avg = (
+                float(np.mean(step_times[2:]))
+                if len(step_times) > 4
+                else float(np.mean(step_times))
+            )
             log.info("average training time: %.4f s/step (first 2 steps excluded)", avg)
             self.avg_step_time = avg
         if lcurve.exists():
