@@ -37,8 +37,13 @@ class Descriptor(nn.Module):
     def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def compute_input_stats(self, samples, protection: float = 1e-2) -> None:
-        """Set normalisation statistics from an iterable of neighbour-data dicts."""
+    def env_stat(self, samples):
+        """Environment-matrix statistics (an ``EnvStat``) over an iterable of dicts holding
+        EXT_COORD, EXT_ATYPE and NLIST built for this descriptor."""
+        raise NotImplementedError
+
+    def set_stat(self, stat, protection: float = 1e-2) -> None:
+        """Set the normalisation (davg/dstd) from ``env_stat``'s result."""
         raise NotImplementedError
 
     def stat_id(self) -> str:

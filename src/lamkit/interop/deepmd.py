@@ -80,7 +80,7 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> EnergyModel:
         params = params["model_dict"][head]
     else:
         head = "Default"
-    model = build_model(_model_config(params))
+    model = build_model(dict(params))
     prefix = f"model.{head}."
     state = {}
     for name, value in sd.items():
@@ -121,8 +121,3 @@ def _reshape_stats(state: dict, model: EnergyModel) -> None:
             state[key] = full[:, 0, :].clone()
             if not torch.allclose(full, state[key].unsqueeze(1).expand_as(full)):
                 raise ModelFileError(f"{key}: per-slot statistics differ between slots")
-
-
-def _model_config(params: dict) -> dict:
-    conf = {k: v for k, v in params.items()}
-    return conf

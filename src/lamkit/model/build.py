@@ -7,7 +7,7 @@ import copy
 from ..config.schema import REQUIRED, Arg, normalize
 from ..descriptor import DESCRIPTORS, build_descriptor
 from ..errors import ConfigError
-from ..fitting import build_fitting
+from ..fitting import FITTINGS, build_fitting
 from .energy_model import EnergyModel
 
 MODEL_ARGS = (
@@ -51,20 +51,13 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     desc = conf["descriptor"]
     if isinstance(desc, str):
         raise ConfigError(f"{path}/descriptor: shared descriptors ('{desc}') need multi-task mode")
-    dcls = DESCRIPTORS.get(desc.get("type", "se_e2_a"))
-    conf["descriptor"] = {
-        "type": desc.get("type", "se_e2_a"),
-        **dcls.normalize_config(desc, f"{path}/descriptor"),
-    }
-    conf["descriptor"].pop("type", None)
-    conf["descriptor"] = {"type": desc.get("type", "se_e2_a"), **conf["descriptor"]}
-    from ..fitting import FITTINGS
-
+    dtype = desc.get("type", "se_e2_a")
+    dconf = DESCRIPTORS.get(dtype).normalize_config(desc, f"{path}/descriptor")
+    conf["descriptor"] = {**dconf, "type": dtype}
     fit = conf["fitting_net"]
-    fcls = FITTINGS.get(fit.get("type", "ener"))
-    fconf = fcls.normalize_config(fit, f"{path}/fitting_net")
-    fconf.pop("type", None)
-    conf["fitting_net"] = {"type": fit.get("type", "ener"), **fconf}
+    ftype = fit.get("type", "ener")
+    fconf = FITTINGS.get(ftype).normalize_config(fit, f"{path}/fitting_net")
+    conf["fitting_net"] = {**fconf, "type": ftype}
     return conf
 
 

@@ -12,7 +12,6 @@ from torch import nn
 
 from .. import keys
 from ..descriptor import Descriptor
-from ..geometry.env import gather_neighbors  # noqa: F401  (re-exported for users)
 from ..geometry.neighbor import NeighborBuilder
 from .derivatives import forces_and_virials
 

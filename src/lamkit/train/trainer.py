@@ -22,6 +22,7 @@ from .. import keys
 from ..config.input import normalize_input
 from ..data import MultiSystemSampler, load_systems, resolve_batch_sizes, system_probabilities
 from ..data.system import DataRequirement
+from ..descriptor import DESCRIPTORS
 from ..errors import ConfigError
 from ..model import EnergyModel, build_model, normalize_model_config
 from ..model.io import FORMAT, VERSION, model_from_payload, read_file
@@ -108,7 +109,7 @@ class Trainer:
                 self.train_systems,
                 d["rcut"],
                 len(self.type_map),
-                mixed_types=d["type"] not in ("se_e2_a", "se_a"),
+                mixed_types=DESCRIPTORS.get(d["type"]).mixed_types,
             )
             d["sel"] = resolve_sel(d["sel"], counts)
             log.info(
@@ -172,9 +173,9 @@ class Trainer:
         return None if sf is None else str(sf)
 
     def _check_types(self, mconf):
-        mixed = mconf["descriptor"]["type"] in ("se_e2_a", "se_a")
+        typed = not DESCRIPTORS.get(mconf["descriptor"]["type"]).mixed_types
         for s in self.train_systems + self.valid_systems:
-            if s.mixed_type and mixed:
+            if s.mixed_type and typed:
                 raise ConfigError(
                     f"{s.path}: mixed-type data needs a mixed-type descriptor (dpa1, dpa2, "
                     f"se_e3_tebd); '{mconf['descriptor']['type']}' distinguishes neighbour types"
