@@ -96,3 +96,38 @@ def test_bad_input_exits_with_a_clear_message(workdir, capsys):
     assert "trainig" in err and "Did you mean 'training'" in err
     assert main(["train", "missing.json"]) == 2
     assert "missing.json: input file not found" in capsys.readouterr().err
+
+
+def test_frozen_model_loads_without_training_code(tmp_path):
+    import subprocess
+    import sys
+
+    from lamkit.model import build_model, save_model
+
+    model = build_model(
+        {
+            "type_map": ["O", "H"],
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": [8, 8],
+                "rcut": 3.0,
+                "neuron": [4],
+                "axis_neuron": 2,
+                "seed": 1,
+            },
+            "fitting_net": {"neuron": [4], "seed": 2},
+        }
+    )
+    save_model(model, tmp_path / "m.pth")
+    code = (
+        "import sys; sys.modules['lamkit.train'] = None; sys.modules['lamkit.data'] = None\n"
+        "import numpy as np; from lamkit.infer.deep_pot import DeepPot\n"
+        f"dp = DeepPot({str(tmp_path / 'm.pth')!r})\n"
+        "box = np.eye(3).reshape(1, 9) * 5\n"
+        "e, f, v = dp.eval(np.random.rand(1, 4, 3) * 3, box, [0, 1, 1, 0])\n"
+        "assert 'lamkit.train' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(e.shape, f.shape, v.shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(1, 1) (1, 4, 3) (1, 9)" in out.stdout
