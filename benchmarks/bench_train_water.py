@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Training benchmark: lamkit vs the reference DeePMD-kit on the water se_e2_a example.
+
+Both tools train the same config (spec §8.4, the PyTorch twin: data_0-2 training with batch size
+1, data_3 validation with one batch, seed 10, ``--steps`` steps, ``disp_freq = steps/10``,
+``save_freq = steps``), one after the other, as subprocesses with the same environment
+(``OMP_NUM_THREADS``/``DP_INTRA_OP_PARALLELISM_THREADS`` = ``--threads``, ``NUM_WORKERS=0`` so the
+reference uses no data-loader worker processes). Reported per tool:
+
+* s/100 steps from the tool's own "average training time" log line (first steps excluded) and
+  from the wall time of the whole process (start-up, statistics and validation included);
+* CPU time (user+sys) of the process per 100 steps, which is less sensitive to other load;
+* peak RSS (``/usr/bin/time -v``, else ``getrusage(RUSAGE_CHILDREN)``);
+* energy-per-atom and force RMSE of the final model on data_3 (``lam test`` / ``dp --pt test``,
+  each tool on its own model).
+
+The reference computes neighbour statistics before training unless ``--skip-neighbor-stat``;
+lamkit does not need them with an explicit ``sel``, so by default the reference skips them too
+(``--dp-neighbor-stat`` keeps them). Exits non-zero only if a run fails.
+
+    python3 benchmarks/bench_train_water.py --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
+
+
+def make_config(data: Path, steps: int) -> dict:
+    return {
+        "model": {
+            "type_map": ["O", "H"],
+            "descriptor": {
+                "type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.50, "rcut": 6.00,
+                "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 16,
+                "type_one_side": True, "precision": "float64", "seed": 1,
+            },
+            "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True,
+                            "precision": "float64", "seed": 1},
+            "data_stat_nbatch": 20,
+        },
+        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001,
+                          "stop_lr": 3.51e-8},
+        "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
+                 "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
+        "training": {
+            "training_data": {"systems": [str(data / f"data_{i}") for i in range(3)],
+                              "batch_size": 1},
+            "validation_data": {"systems": [str(data / "data_3")], "batch_size": 1,
+                                "numb_btch": 1},
+            "numb_steps": steps, "seed": 10, "disp_file": "lcurve.out",
+            "disp_freq": max(1, steps // 10), "save_freq": steps,
+        },
+    }
+
+
+def bench_env(threads: int, malloc_tune: bool) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               DP_INTRA_OP_PARALLELISM_THREADS=str(threads), DP_INTER_OP_PARALLELISM_THREADS="1",
+               NUM_WORKERS="0")
+    if malloc_tune:
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+    return env
+
+
+_TIME_V = Path("/usr/bin/time").exists()
+
+
+def run(cmd: list[str], cwd: Path, log: Path, env: dict) -> dict:
+    """Run ``cmd``; wall, CPU and peak RSS of it (its own children included)."""
+    timefile = log.with_suffix(".time")
+    full = (["/usr/bin/time", "-v", "-o", str(timefile)] + cmd) if _TIME_V else cmd
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        rc = subprocess.call(full, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = {"rc": rc, "wall": wall, "load_before": load, "load_after": os.getloadavg()[0],
+           "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+           "rss_mb": after.ru_maxrss / 1024.0, "rss_src": "getrusage (max over children)"}
+    if _TIME_V and timefile.exists():
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timefile.read_text())
+        if m:
+            res["rss_mb"] = int(m.group(1)) / 1024.0
+            res["rss_src"] = "/usr/bin/time -v"
+    if rc != 0:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        print(f"FAILED (rc {rc}): {' '.join(cmd)}\n--- last lines of {log} ---\n{text[-3000:]}",
+              file=sys.stderr)
+    return res
+
+
+def avg_step_time(text: str) -> float | None:
+    m = re.findall(r"average training time:\s*([0-9.eE+-]+)\s*s/", text)
+    return float(m[-1]) if m else None
+
+
+def test_rmse(text: str) -> dict:
+    out = {}
+    for key, pat in (("rmse_ea", r"Energy RMSE/Natoms\s*:\s*(\S+)"),
+                     ("rmse_f", r"Force\s+RMSE\s*:\s*(\S+)")):
+        m = re.findall(pat, text)
+        out[key] = float(m[-1]) if m else float("nan")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="water data folder")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None, help="keep the runs here")
+    p.add_argument("--order", default="lam,dp", help="run order, e.g. dp,lam")
+    p.add_argument("--malloc-tune", action="store_true",
+                   help="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 for both tools")
+    p.add_argument("--dp-neighbor-stat", action="store_true",
+                   help="let the reference compute neighbour statistics (slower start)")
+    p.add_argument("--test-frames", type=int, default=0, help="data_3 frames to test (0 = all)")
+    a = p.parse_args(argv)
+
+    data = a.data.resolve()
+    if not (data / "data_3").is_dir():
+        print(f"no water data in {data}", file=sys.stderr)
+        return 2
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_train_water_"))
+    work = work.resolve()
+    env = bench_env(a.threads, a.malloc_tune)
+    conf = make_config(data, a.steps)
+    tools = {
+        "lam": [sys.executable, "-m", "lamkit.cli.main", "train", "input.json"],
+        "dp": [sys.executable, "-m", "deepmd", "--pt", "train", "input.json"]
+        + ([] if a.dp_neighbor_stat else ["--skip-neighbor-stat"]),
+    }
+    testers = {
+        "lam": [sys.executable, "-m", "lamkit.cli.main", "test"],
+        "dp": [sys.executable, "-m", "deepmd", "--pt", "test"],
+    }
+    order = [t.strip() for t in a.order.split(",") if t.strip()]
+    print(f"# water se_e2_a, {a.steps} steps, {a.threads} threads, work dir {work}")
+    print(f"# python {sys.version.split()[0]}, load average {os.getloadavg()}")
+    results, failed = {}, False
+    for tool in order:
+        wd = work / tool
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "input.json").write_text(json.dumps(conf, indent=1))
+        print(f"## {tool}: training ...", flush=True)
+        r = run(tools[tool], wd, wd / "train.log", env)
+        text = (wd / "train.log").read_text(encoding="utf-8", errors="replace")
+        r["avg"] = avg_step_time(text)
+        ckpt = wd / f"model.ckpt-{a.steps}.pt"
+        if r["rc"] != 0 or not ckpt.exists():
+            failed = True
+            results[tool] = r
+            continue
+        print(f"## {tool}: testing on data_3 ...", flush=True)
+        cmd = testers[tool] + ["-m", str(ckpt), "-s", str(data / "data_3"),
+                               "-n", str(a.test_frames)]
+        t = run(cmd, wd, wd / "test.log", env)
+        if t["rc"] != 0:
+            failed = True
+        r.update(test_rmse((wd / "test.log").read_text(encoding="utf-8", errors="replace")))
+        r["test_wall"] = t["wall"]
+        results[tool] = r
+        per100 = 100.0 / a.steps
+        avg = "n/a" if r["avg"] is None else f"{100 * r['avg']:.1f}"
+        print(f"   {tool}: log avg {avg} s/100 steps, wall {r['wall']:.1f} s "
+              f"({r['wall'] * per100:.1f} s/100 steps incl. start-up), CPU {r['cpu']:.1f} s, "
+              f"peak RSS {r['rss_mb']:.0f} MB, load {r['load_before']:.2f}->"
+              f"{r['load_after']:.2f}; test: rmse_e/atom {r['rmse_ea']:.3e} eV, "
+              f"rmse_f {r['rmse_f']:.3e} eV/A", flush=True)
+
+    per100 = 100.0 / a.steps
+    cols = [t for t in order if t in results]
+    rows = [
+        ("s/100 steps (tool log average)",
+         lambda r: "n/a" if r.get("avg") is None else f"{100 * r['avg']:.2f}"),
+        ("s/100 steps (process wall, incl. start-up)", lambda r: f"{r['wall'] * per100:.2f}"),
+        ("CPU s/100 steps (user+sys)", lambda r: f"{r['cpu'] * per100:.2f}"),
+        ("total wall of training (s)", lambda r: f"{r['wall']:.1f}"),
+        ("peak RSS (MB)", lambda r: f"{r['rss_mb']:.0f}"),
+        ("load average before -> after", lambda r: f"{r['load_before']:.2f} -> "
+                                                   f"{r['load_after']:.2f}"),
+        ("data_3 energy RMSE/atom (eV)", lambda r: f"{r.get('rmse_ea', float('nan')):.4e}"),
+        ("data_3 force RMSE (eV/A)", lambda r: f"{r.get('rmse_f', float('nan')):.4e}"),
+    ]
+    print()
+    print("| metric | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name, fmt in rows:
+        print(f"| {name} | " + " | ".join(fmt(results[c]) for c in cols) + " |")
+    if "lam" in results and "dp" in results:
+        lam, ref = results["lam"], results["dp"]
+        if lam.get("avg") and ref.get("avg"):
+            print(f"\nratio reference/lamkit (log average): {ref['avg'] / lam['avg']:.2f}")
+        print(f"ratio reference/lamkit (process wall): {ref['wall'] / lam['wall']:.2f}")
+        print(f"ratio reference/lamkit (CPU time): {ref['cpu'] / lam['cpu']:.2f}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
