@@ -374,3 +374,23 @@ def test_smoothness_check_catches_hard_cutoffs(power):
     with pytest.raises(AssertionError, match="across the cutoff"):
         check_cutoff_smoothness(_Wrapped(model, add_pair_term), sys_,
                                 np.random.default_rng(15))
+
+
+def test_neighbor_cache_is_bounded():
+    import numpy as np
+
+    from lamkit.geometry import NeighborBuilder
+
+    rng = np.random.default_rng(0)
+    coord = rng.uniform(0, 6, (3, 12, 3))
+    atype = np.zeros((3, 12), dtype=np.int64)
+    box = np.tile(np.eye(3).reshape(9) * 6, (3, 1))
+    one = NeighborBuilder(3.0, [30], True, cache=True)
+    one(coord[:1], atype[:1], box[:1], cache_keys=[0])
+    size = one._cached_bytes
+    nb = NeighborBuilder(3.0, [30], True, cache=True, cache_bytes=size * 2 + size // 2)
+    first = nb(coord, atype, box, cache_keys=[0, 1, 2])
+    assert len(nb._cache) == 2  # the third frame did not fit
+    again = nb(coord, atype, box, cache_keys=[0, 1, 2])
+    for k in first:
+        assert (first[k] == again[k]).all()

@@ -147,15 +147,19 @@ class NeighborBuilder:
     """Builds model-ready neighbour data for batches of frames, for one (rcut, sel) layout.
 
     ``cache=True`` memoises frames by a caller-given key (e.g. system and frame index), which
-    makes training epochs after the first free of neighbour searches.
+    makes training epochs after the first free of neighbour searches. The cache stops growing
+    at ``cache_bytes`` (frames beyond it are rebuilt each time), so large datasets stay bounded.
     """
 
-    def __init__(self, rcut: float, sel: list[int], mixed_types: bool, cache: bool = False):
+    def __init__(self, rcut: float, sel: list[int], mixed_types: bool, cache: bool = False,
+                 cache_bytes: int = 2 << 30):
         self.rcut = float(rcut)
         self.sel = [int(s) for s in sel]
         self.mixed_types = mixed_types
         self._nl = NeighborList(cutoff=self.rcut, full_list=True)
         self._cache: dict | None = {} if cache else None
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
 
     def frame(self, coord, atype, cell, key=None) -> FrameNeighbors:
         if self._cache is not None and key is not None and key in self._cache:
@@ -164,7 +168,10 @@ class NeighborBuilder:
             coord, atype, cell, self.rcut, self.sel, self.mixed_types, self._nl
         )
         if self._cache is not None and key is not None:
-            self._cache[key] = out
+            size = out.mapping.nbytes + out.shift.nbytes + out.nlist.nbytes
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[key] = out
+                self._cached_bytes += size
         return out
 
     def __call__(
