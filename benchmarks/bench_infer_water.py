@@ -23,40 +23,32 @@ import time
 import warnings
 from pathlib import Path
 
+from lamkit.examples import water_se_e2_a_config
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
 
 
 def train_reference(data: Path, workdir: Path, env: dict) -> Path:
     """One reference training step on water data_0 (se_e2_a example architecture)."""
-    conf = {
-        "model": {
-            "type_map": ["O", "H"],
-            "descriptor": {"type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.5, "rcut": 6.0,
-                           "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 16,
-                           "type_one_side": True, "precision": "float64", "seed": 1},
-            "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True,
-                            "precision": "float64", "seed": 1},
-            "data_stat_nbatch": 5,
-        },
-        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001,
-                          "stop_lr": 3.51e-8},
-        "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-                 "limit_pref_f": 1},
-        "training": {"training_data": {"systems": [str(data / "data_0")], "batch_size": 1},
-                     "numb_steps": 1, "seed": 10, "disp_freq": 1, "save_freq": 1},
-    }
+    conf = water_se_e2_a_config([str(data / "data_0")], steps=1, data_stat_nbatch=5)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "input.json").write_text(json.dumps(conf, indent=1))
     log = workdir / "train.log"
     with open(log, "w", encoding="utf-8") as fh:
-        rc = subprocess.call([sys.executable, "-m", "deepmd", "--pt", "train", "input.json",
-                              "--skip-neighbor-stat"], cwd=workdir, env=env, stdout=fh,
-                             stderr=subprocess.STDOUT)
+        rc = subprocess.call(
+            [sys.executable, "-m", "deepmd", "--pt", "train", "input.json", "--skip-neighbor-stat"],
+            cwd=workdir,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     ckpt = workdir / "model.ckpt-1.pt"
     if rc != 0 or not ckpt.exists():
-        raise SystemExit(f"reference training failed (rc {rc}); see {log}:\n"
-                         f"{log.read_text(errors='replace')[-3000:]}")
+        raise SystemExit(
+            f"reference training failed (rc {rc}); see {log}:\n"
+            f"{log.read_text(errors='replace')[-3000:]}"
+        )
     return ckpt
 
 
@@ -72,9 +64,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     # the same thread settings for both; set before torch/deepmd are imported
-    os.environ.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
-                      DP_INTRA_OP_PARALLELISM_THREADS=str(a.threads),
-                      DP_INTER_OP_PARALLELISM_THREADS="1", NUM_WORKERS="0")
+    os.environ.update(
+        OMP_NUM_THREADS=str(a.threads),
+        MKL_NUM_THREADS=str(a.threads),
+        DP_INTRA_OP_PARALLELISM_THREADS=str(a.threads),
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        NUM_WORKERS="0",
+    )
     import numpy as np
     import torch
 
@@ -105,8 +101,10 @@ def main(argv=None) -> int:
         lam = LamDeepPot(str(ckpt))
         t_lam_load = time.perf_counter() - t0
 
-        calls = {"lamkit": lambda: lam.eval(coord, box, atype),
-                 "deepmd": lambda: ref.eval(coord, box, atype)}
+        calls = {
+            "lamkit": lambda: lam.eval(coord, box, atype),
+            "deepmd": lambda: ref.eval(coord, box, atype),
+        }
         outputs = {}
         for name, fn in calls.items():
             for _ in range(max(1, a.warmup)):
@@ -136,9 +134,11 @@ def main(argv=None) -> int:
 
     n_each = nblocks * a.block
     print(f"# checkpoint {ckpt}")
-    print(f"# one frame of {len(atype)} atoms, {n_each} evals each (blocks of {a.block}, "
-          f"alternating order), {a.warmup} warm-up calls, {a.threads} threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"# one frame of {len(atype)} atoms, {n_each} evals each (blocks of {a.block}, "
+        f"alternating order), {a.warmup} warm-up calls, {a.threads} threads, "
+        f"torch {torch.__version__}"
+    )
     print(f"# load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"# model load: lamkit {t_lam_load:.2f} s, deepmd {t_ref_load:.2f} s")
     print("| | mean ms/eval | median ms/eval | min ms/eval | CPU ms/eval |")
@@ -147,13 +147,19 @@ def main(argv=None) -> int:
     for name in calls:
         w = np.array(wall[name]) * 1e3
         stats[name] = (w.mean(), np.median(w), w.min(), cpu[name] * 1e3 / n_each)
-        print(f"| {name} | {stats[name][0]:.1f} | {stats[name][1]:.1f} | {stats[name][2]:.1f} | "
-              f"{stats[name][3]:.1f} |")
-    print(f"ratio deepmd/lamkit: mean {stats['deepmd'][0] / stats['lamkit'][0]:.2f}, "
-          f"median {stats['deepmd'][1] / stats['lamkit'][1]:.2f}, "
-          f"CPU {stats['deepmd'][3] / stats['lamkit'][3]:.2f}")
-    print("max relative difference (max|diff|/max|ref|): "
-          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+        print(
+            f"| {name} | {stats[name][0]:.1f} | {stats[name][1]:.1f} | {stats[name][2]:.1f} | "
+            f"{stats[name][3]:.1f} |"
+        )
+    print(
+        f"ratio deepmd/lamkit: mean {stats['deepmd'][0] / stats['lamkit'][0]:.2f}, "
+        f"median {stats['deepmd'][1] / stats['lamkit'][1]:.2f}, "
+        f"CPU {stats['deepmd'][3] / stats['lamkit'][3]:.2f}"
+    )
+    print(
+        "max relative difference (max|diff|/max|ref|): "
+        + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    )
     return 0
 
 

@@ -34,43 +34,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from lamkit.examples import water_se_e2_a_config
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
 
 
 def make_config(data: Path, steps: int) -> dict:
-    return {
-        "model": {
-            "type_map": ["O", "H"],
-            "descriptor": {
-                "type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.50, "rcut": 6.00,
-                "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 16,
-                "type_one_side": True, "precision": "float64", "seed": 1,
-            },
-            "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True,
-                            "precision": "float64", "seed": 1},
-            "data_stat_nbatch": 20,
-        },
-        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001,
-                          "stop_lr": 3.51e-8},
-        "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-                 "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
-        "training": {
-            "training_data": {"systems": [str(data / f"data_{i}") for i in range(3)],
-                              "batch_size": 1},
-            "validation_data": {"systems": [str(data / "data_3")], "batch_size": 1,
-                                "numb_btch": 1},
-            "numb_steps": steps, "seed": 10, "disp_file": "lcurve.out",
-            "disp_freq": max(1, steps // 10), "save_freq": steps,
-        },
-    }
+    return water_se_e2_a_config(
+        [str(data / f"data_{i}") for i in range(3)], [str(data / "data_3")], steps=steps
+    )
 
 
 def bench_env(threads: int, malloc_tune: bool) -> dict:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               DP_INTRA_OP_PARALLELISM_THREADS=str(threads), DP_INTER_OP_PARALLELISM_THREADS="1",
-               NUM_WORKERS="0")
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        NUM_WORKERS="0",
+    )
     if malloc_tune:
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
     return env
@@ -90,9 +74,15 @@ def run(cmd: list[str], cwd: Path, log: Path, env: dict) -> dict:
         rc = subprocess.call(full, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = {"rc": rc, "wall": wall, "load_before": load, "load_after": os.getloadavg()[0],
-           "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-           "rss_mb": after.ru_maxrss / 1024.0, "rss_src": "getrusage (max over children)"}
+    res = {
+        "rc": rc,
+        "wall": wall,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "rss_mb": after.ru_maxrss / 1024.0,
+        "rss_src": "getrusage (max over children)",
+    }
     if _TIME_V and timefile.exists():
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timefile.read_text())
         if m:
@@ -100,8 +90,10 @@ def run(cmd: list[str], cwd: Path, log: Path, env: dict) -> dict:
             res["rss_src"] = "/usr/bin/time -v"
     if rc != 0:
         text = log.read_text(encoding="utf-8", errors="replace")
-        print(f"FAILED (rc {rc}): {' '.join(cmd)}\n--- last lines of {log} ---\n{text[-3000:]}",
-              file=sys.stderr)
+        print(
+            f"FAILED (rc {rc}): {' '.join(cmd)}\n--- last lines of {log} ---\n{text[-3000:]}",
+            file=sys.stderr,
+        )
     return res
 
 
@@ -112,8 +104,10 @@ def avg_step_time(text: str) -> float | None:
 
 def test_rmse(text: str) -> dict:
     out = {}
-    for key, pat in (("rmse_ea", r"Energy RMSE/Natoms\s*:\s*(\S+)"),
-                     ("rmse_f", r"Force\s+RMSE\s*:\s*(\S+)")):
+    for key, pat in (
+        ("rmse_ea", r"Energy RMSE/Natoms\s*:\s*(\S+)"),
+        ("rmse_f", r"Force\s+RMSE\s*:\s*(\S+)"),
+    ):
         m = re.findall(pat, text)
         out[key] = float(m[-1]) if m else float("nan")
     return out
@@ -126,11 +120,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None, help="keep the runs here")
     p.add_argument("--order", default="lam,dp", help="run order, e.g. dp,lam")
-    p.add_argument("--malloc-tune", action="store_true",
-                   help="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 for both tools")
-    p.add_argument("--dp-neighbor-stat", action="store_true",
-                   help="let the reference compute neighbour statistics (slower start)")
+    p.add_argument(
+        "--malloc-tune",
+        action="store_true",
+        help="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 for both tools",
+    )
+    p.add_argument(
+        "--dp-neighbor-stat",
+        action="store_true",
+        help="let the reference compute neighbour statistics (slower start)",
+    )
     p.add_argument("--test-frames", type=int, default=0, help="data_3 frames to test (0 = all)")
+    p.add_argument(
+        "--own-init",
+        action="store_true",
+        help="let each tool draw its own random initial weights (default: both start from one "
+        "reference checkpoint made by a 1-step reference run, so accuracy compares training only)",
+    )
     a = p.parse_args(argv)
 
     data = a.data.resolve()
@@ -150,6 +156,17 @@ def main(argv=None) -> int:
         "lam": [sys.executable, "-m", "lamkit.cli.main", "test"],
         "dp": [sys.executable, "-m", "deepmd", "--pt", "test"],
     }
+    if not a.own_init:
+        init = work / "init"
+        init.mkdir(parents=True, exist_ok=True)
+        iconf = make_config(data, 1)
+        (init / "input.json").write_text(json.dumps(iconf, indent=1))
+        print("## making the common initial weights (1 reference step) ...", flush=True)
+        r0 = run(tools["dp"], init, init / "train.log", env)
+        if r0["rc"] != 0:
+            return 1
+        for tool in tools:
+            tools[tool] = tools[tool] + ["--init-model", str(init / "model.ckpt-1.pt")]
     order = [t.strip() for t in a.order.split(",") if t.strip()]
     print(f"# water se_e2_a, {a.steps} steps, {a.threads} threads, work dir {work}")
     print(f"# python {sys.version.split()[0]}, load average {os.getloadavg()}")
@@ -168,8 +185,14 @@ def main(argv=None) -> int:
             results[tool] = r
             continue
         print(f"## {tool}: testing on data_3 ...", flush=True)
-        cmd = testers[tool] + ["-m", str(ckpt), "-s", str(data / "data_3"),
-                               "-n", str(a.test_frames)]
+        cmd = testers[tool] + [
+            "-m",
+            str(ckpt),
+            "-s",
+            str(data / "data_3"),
+            "-n",
+            str(a.test_frames),
+        ]
         t = run(cmd, wd, wd / "test.log", env)
         if t["rc"] != 0:
             failed = True
@@ -178,23 +201,30 @@ def main(argv=None) -> int:
         results[tool] = r
         per100 = 100.0 / a.steps
         avg = "n/a" if r["avg"] is None else f"{100 * r['avg']:.1f}"
-        print(f"   {tool}: log avg {avg} s/100 steps, wall {r['wall']:.1f} s "
-              f"({r['wall'] * per100:.1f} s/100 steps incl. start-up), CPU {r['cpu']:.1f} s, "
-              f"peak RSS {r['rss_mb']:.0f} MB, load {r['load_before']:.2f}->"
-              f"{r['load_after']:.2f}; test: rmse_e/atom {r['rmse_ea']:.3e} eV, "
-              f"rmse_f {r['rmse_f']:.3e} eV/A", flush=True)
+        print(
+            f"   {tool}: log avg {avg} s/100 steps, wall {r['wall']:.1f} s "
+            f"({r['wall'] * per100:.1f} s/100 steps incl. start-up), CPU {r['cpu']:.1f} s, "
+            f"peak RSS {r['rss_mb']:.0f} MB, load {r['load_before']:.2f}->"
+            f"{r['load_after']:.2f}; test: rmse_e/atom {r['rmse_ea']:.3e} eV, "
+            f"rmse_f {r['rmse_f']:.3e} eV/A",
+            flush=True,
+        )
 
     per100 = 100.0 / a.steps
     cols = [t for t in order if t in results]
     rows = [
-        ("s/100 steps (tool log average)",
-         lambda r: "n/a" if r.get("avg") is None else f"{100 * r['avg']:.2f}"),
+        (
+            "s/100 steps (tool log average)",
+            lambda r: "n/a" if r.get("avg") is None else f"{100 * r['avg']:.2f}",
+        ),
         ("s/100 steps (process wall, incl. start-up)", lambda r: f"{r['wall'] * per100:.2f}"),
         ("CPU s/100 steps (user+sys)", lambda r: f"{r['cpu'] * per100:.2f}"),
         ("total wall of training (s)", lambda r: f"{r['wall']:.1f}"),
         ("peak RSS (MB)", lambda r: f"{r['rss_mb']:.0f}"),
-        ("load average before -> after", lambda r: f"{r['load_before']:.2f} -> "
-                                                   f"{r['load_after']:.2f}"),
+        (
+            "load average before -> after",
+            lambda r: f"{r['load_before']:.2f} -> {r['load_after']:.2f}",
+        ),
         ("data_3 energy RMSE/atom (eV)", lambda r: f"{r.get('rmse_ea', float('nan')):.4e}"),
         ("data_3 force RMSE (eV/A)", lambda r: f"{r.get('rmse_f', float('nan')):.4e}"),
     ]

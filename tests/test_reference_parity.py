@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 import torch
 
+from lamkit.examples import water_se_e2_a_config
+
 pytestmark = pytest.mark.reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,27 +42,8 @@ STAT_RTOL = 1e-6
 
 # The se_e2_a water example (spec §8.4), trained on data_0 only so that ``data_stat_nbatch`` >= 80
 # makes both implementations use every frame of data_0 for their statistics.
-BASE_CONFIG = {
-    "model": {
-        "type_map": ["O", "H"],
-        "descriptor": {
-            "type": "se_e2_a", "sel": [46, 92], "rcut_smth": 0.50, "rcut": 6.00,
-            "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 16,
-            "type_one_side": True, "precision": "float64", "seed": 1,
-        },
-        "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "precision": "float64",
-                        "seed": 1},
-        "data_stat_nbatch": 100,
-    },
-    "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001, "stop_lr": 3.51e-8},
-    "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-             "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
-    "training": {
-        "training_data": {"systems": ["data_0"], "batch_size": 1},
-        "validation_data": {"systems": ["data_3"], "batch_size": 1, "numb_btch": 1},
-        "numb_steps": 3, "seed": 10, "disp_file": "lcurve.out", "disp_freq": 3, "save_freq": 3,
-    },
-}
+BASE_CONFIG = water_se_e2_a_config(["data_0"], ["data_3"], steps=3, data_stat_nbatch=100)
+BASE_CONFIG["training"].update(disp_freq=3, save_freq=3)
 
 # Spec §14: statistics of all 80 frames of water data_0 (v3.0.0 reference code).
 SPEC_DAVG_R = {0: 0.050353, 1: 0.048138}
@@ -93,8 +76,12 @@ def _reference_available():
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(NUM_WORKERS="0", OMP_NUM_THREADS="2", DP_INTRA_OP_PARALLELISM_THREADS="2",
-               DP_INTER_OP_PARALLELISM_THREADS="1")
+    env.update(
+        NUM_WORKERS="0",
+        OMP_NUM_THREADS="2",
+        DP_INTRA_OP_PARALLELISM_THREADS="2",
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+    )
     return env
 
 
@@ -119,8 +106,10 @@ def _finish(proc: subprocess.Popen, cwd: Path, log: str, timeout: float = 600) -
         proc.log.close()  # type: ignore[attr-defined]
     text = (cwd / log).read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, proc.args))} failed (rc {proc.returncode}) in {cwd}:\n"
-                    f"{text[-4000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, proc.args))} failed (rc {proc.returncode}) in {cwd}:\n"
+            f"{text[-4000:]}"
+        )
     return text
 
 
@@ -168,8 +157,10 @@ def reference_runs(tmp_path_factory) -> dict[bool, Path]:
     for one_side in (True, False):
         wd = tmp_path_factory.mktemp(f"dp_train_one_side_{one_side}")
         (wd / "input.json").write_text(json.dumps(make_config(one_side), indent=1))
-        runs[one_side] = (wd, _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd,
-                                     "train.log"))
+        runs[one_side] = (
+            wd,
+            _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
+        )
     out = {}
     for one_side, (wd, proc) in runs.items():
         _finish(proc, wd, "train.log")
@@ -201,8 +192,12 @@ def test_load_model_matches_reference(one_side, reference_runs, reference_predic
 
     model = load_model(reference_runs[one_side])
     coord, box, atype = water_frames()
-    out = model.evaluate(torch.tensor(coord), torch.tensor(np.tile(atype, (NFRAMES, 1))),
-                         torch.tensor(box), do_atomic_virial=True)
+    out = model.evaluate(
+        torch.tensor(coord),
+        torch.tensor(np.tile(atype, (NFRAMES, 1))),
+        torch.tensor(box),
+        do_atomic_virial=True,
+    )
     ref = reference_predictions[one_side]
     diffs = {k: rel_diff(ref[k], out[k].detach().numpy()) for k in NAMES}
     assert all(d < RTOL for d in diffs.values()), diffs
@@ -213,8 +208,9 @@ def test_deep_pot_matches_reference(one_side, reference_runs, reference_predicti
     from lamkit.infer.deep_pot import DeepPot
 
     coord, box, atype = water_frames()
-    res = DeepPot(str(reference_runs[one_side])).eval(coord.reshape(NFRAMES, -1), box, atype,
-                                                       atomic=True)
+    res = DeepPot(str(reference_runs[one_side])).eval(
+        coord.reshape(NFRAMES, -1), box, atype, atomic=True
+    )
     ref = reference_predictions[one_side]
     for name, got in zip(NAMES, res):
         assert got.shape == ref[name].shape, (name, got.shape, ref[name].shape)
@@ -245,8 +241,11 @@ def test_statistics_match_reference(reference_runs, tmp_path):
     # and the specification's numbers (printed to 6 decimals there)
     for t in (0, 1):
         for name, ours, theirs in (("davg", davg, mean[:, 0]), ("dstd", dstd, stddev[:, 0])):
-            spec = ([SPEC_DAVG_R[t], 0, 0, 0] if name == "davg"
-                    else [SPEC_DSTD[t][0]] + [SPEC_DSTD[t][1]] * 3)
+            spec = (
+                [SPEC_DAVG_R[t], 0, 0, 0]
+                if name == "davg"
+                else [SPEC_DSTD[t][0]] + [SPEC_DSTD[t][1]] * 3
+            )
             np.testing.assert_allclose(ours[t], spec, atol=1e-6, err_msg=f"lamkit {name}[{t}]")
             np.testing.assert_allclose(theirs[t], spec, atol=1e-6, err_msg=f"ref {name}[{t}]")
         assert abs(lam_bias[t] - SPEC_BIAS[t]) < 1e-5, ("lamkit bias", t, lam_bias[t])
@@ -314,21 +313,29 @@ def test_init_model_from_reference_checkpoint(reference_runs, reference_predicti
     conf["learning_rate"].update(start_lr=1e-12, stop_lr=1e-12)
     conf["training"].update(numb_steps=1, disp_freq=1, save_freq=1)
     (tmp_path / "input.json").write_text(json.dumps(conf, indent=1))
-    proc = _start(LAM + ["train", "input.json", "--init-model", str(reference_runs[True]),
-                         "-o", "out"], tmp_path, "train.log")
+    proc = _start(
+        LAM + ["train", "input.json", "--init-model", str(reference_runs[True]), "-o", "out"],
+        tmp_path,
+        "train.log",
+    )
     text = _finish(proc, tmp_path, "train.log")
     assert "initialised from" in text, text[-2000:]
-    rows = [ln.split() for ln in (tmp_path / "out" / "lcurve.out").read_text().splitlines()
-            if ln.strip() and not ln.startswith("#")]
+    rows = [
+        ln.split()
+        for ln in (tmp_path / "out" / "lcurve.out").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert len(rows) == 1 and rows[0][0] == "1", rows
     assert all(np.isfinite(float(x)) for x in rows[0][1:]), rows
 
     model = load_model(tmp_path / "out" / "model.ckpt-1.pt")
     sd = reference_state(reference_runs[True])
-    np.testing.assert_array_equal(model.descriptor.davg.numpy(),
-                                  sd[PREFIX + "descriptor.sea.mean"][:, 0].numpy())
-    np.testing.assert_array_equal(model.out_bias.numpy().reshape(-1),
-                                  sd[PREFIX + "out_bias"].numpy().reshape(-1))
+    np.testing.assert_array_equal(
+        model.descriptor.davg.numpy(), sd[PREFIX + "descriptor.sea.mean"][:, 0].numpy()
+    )
+    np.testing.assert_array_equal(
+        model.out_bias.numpy().reshape(-1), sd[PREFIX + "out_bias"].numpy().reshape(-1)
+    )
     coord, box, atype = water_frames(1)
     out = model.evaluate(torch.tensor(coord), torch.tensor(atype[None]), torch.tensor(box))
     ref = reference_predictions[True]

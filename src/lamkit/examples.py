@@ -143,3 +143,69 @@ def quickstart(folder: str | Path = "lamkit-quickstart", steps: int = 300) -> di
         folder / "lcurve.png",
     )
     return metrics
+
+
+def water_se_e2_a_config(
+    train: list[str],
+    valid: list[str] | None = None,
+    steps: int = 100_000,
+    data_stat_nbatch: int = 20,
+    numb_btch: int = 1,
+    seed: int = 10,
+) -> dict:
+    """The se_e2_a water input of DeePMD-kit's examples (PyTorch twin), for given data folders:
+    sel [46, 92], rcut 6 Å, embedding [25, 50, 100] x 16 axis, fitting [240, 240, 240]."""
+    conf = {
+        "model": {
+            "type_map": ["O", "H"],
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": [46, 92],
+                "rcut_smth": 0.5,
+                "rcut": 6.0,
+                "neuron": [25, 50, 100],
+                "resnet_dt": False,
+                "axis_neuron": 16,
+                "type_one_side": True,
+                "precision": "float64",
+                "seed": 1,
+            },
+            "fitting_net": {
+                "neuron": [240, 240, 240],
+                "resnet_dt": True,
+                "precision": "float64",
+                "seed": 1,
+            },
+            "data_stat_nbatch": data_stat_nbatch,
+        },
+        "learning_rate": {
+            "type": "exp",
+            "decay_steps": 5000,
+            "start_lr": 0.001,
+            "stop_lr": 3.51e-8,
+        },
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1,
+            "start_pref_f": 1000,
+            "limit_pref_f": 1,
+            "start_pref_v": 0,
+            "limit_pref_v": 0,
+        },
+        "training": {
+            "training_data": {"systems": list(train), "batch_size": 1},
+            "numb_steps": steps,
+            "seed": seed,
+            "disp_file": "lcurve.out",
+            "disp_freq": max(1, steps // 10),
+            "save_freq": steps,
+        },
+    }
+    if valid:
+        conf["training"]["validation_data"] = {
+            "systems": list(valid),
+            "batch_size": 1,
+            "numb_btch": numb_btch,
+        }
+    return conf
