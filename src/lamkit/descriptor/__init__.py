@@ -1,6 +1,10 @@
 """Descriptors; importing this package registers every built-in descriptor."""
 
-from . import se_e2_a  # noqa: F401  (registers se_e2_a / se_a)
+from . import (
+    dpa1,  # noqa: F401
+    se_e2_a,  # noqa: F401  (registers se_e2_a / se_a)
+    se_e3_tebd,  # noqa: F401
+)
 from .base import DESCRIPTORS, Descriptor, build_descriptor
 
 __all__ = ["DESCRIPTORS", "Descriptor", "build_descriptor"]

@@ -32,12 +32,59 @@ _RULES: list[tuple[str, str]] = [
     ),
     (r"^fitting_net\.bias_atom_e$", "fitting.bias_atom"),
     (r"^fitting_net\.(fparam_avg|fparam_inv_std|aparam_avg|aparam_inv_std)$", r"fitting.\1"),
+    # se_e3_tebd (reference DescrptSeTTebd: block "se_ttebd" + its own type embedding)
+    (r"^descriptor\.se_ttebd\.mean$", "descriptor.davg"),
+    (r"^descriptor\.se_ttebd\.stddev$", "descriptor.dstd"),
+    (
+        r"^descriptor\.se_ttebd\.filter_layers\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"descriptor.embedding.layers.\1.\2",
+    ),
+    (
+        r"^descriptor\.se_ttebd\.filter_layers_strip\.networks\.0\.layers\.(\d+)\."
+        r"(matrix|bias|idt)$",
+        r"descriptor.embedding_strip.layers.\1.\2",
+    ),
+    (
+        r"^descriptor\.type_embedding\.embedding\.embedding_net\.layers\.(\d+)\."
+        r"(matrix|bias|idt)$",
+        r"descriptor.type_embedding.net.layers.\1.\2",
+    ),
+    # DPA-1 / se_atten / se_atten_v2 (mean/stddev are [ntypes, nnei, 4] like se_e2_a; the type
+    # embedding rule above is shared)
+    (r"^descriptor\.se_atten\.mean$", "descriptor.davg"),
+    (r"^descriptor\.se_atten\.stddev$", "descriptor.dstd"),
+    (
+        r"^descriptor\.se_atten\.filter_layers\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"descriptor.embedding.layers.\1.\2",
+    ),
+    (
+        r"^descriptor\.se_atten\.filter_layers_strip\.networks\.0\.layers\.(\d+)\."
+        r"(matrix|bias|idt)$",
+        r"descriptor.embedding_strip.layers.\1.\2",
+    ),
+    (
+        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attention_layer\."
+        r"(in_proj|out_proj)\.(matrix|bias)$",
+        r"descriptor.attention.\1.\2.\3",
+    ),
+    (
+        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\."
+        r"matrix$",
+        r"descriptor.attention.\1.norm.weight",
+    ),
+    (
+        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\."
+        r"bias$",
+        r"descriptor.attention.\1.norm.bias",
+    ),
+    (r"^descriptor\.se_atten\.type_embd_data$", "descriptor.type_embd_data"),
 ]
 # reference entries with no lamkit counterpart (duplicates, compression tables, ...)
 _IGNORED = [
     r"\._networks\.",
     r"\.compress_(info|data)\.",
     r"^fitting_net\.case_embd$",
+    r"^descriptor\.se_ttebd\.type_embd_data$",  # se_e3_tebd compression table
 ]
 
 

@@ -1,0 +1,284 @@
+"""se_e3_tebd: three-body embedding of neighbour-pair angles, with a type embedding.
+
+For centre atom i with ``J = nsel`` type-blind neighbour slots, ``R~`` [J, 4] the normalised
+environment matrix and ``A_t`` the embedding of type ``t`` (dim ``tebd_dim``):
+
+    theta_jk = R~_j[1:4] . R~_k[1:4]                                  [J, J]
+    concat:  G_jk = N([theta_jk, A_{t_j}, A_{t_k}])                      [J, J, M]
+    strip:   G_jk = N_s(theta_jk) * (1 + N_t([A_{t_j}, A_{t_k}]) * sw_j sw_k)   (smooth)
+    D_i = (1 / J^2) sum_{j,k} theta_jk G_jk                             [M]
+
+optionally followed by ``A_{t_i}`` (``concat_output_tebd``). All ordered pairs are used,
+``j = k`` included; empty slots have ``theta = 0`` (the angular mean is always 0), so they add
+nothing. The work is O(J^2) per atom; the concat input ``[theta, A_j, A_k]`` is never built:
+its first layer is split into ``theta * W_0 + (A W_1)[t_j] + (A W_2)[t_k]``, with the type parts
+evaluated once per type. In strip mode the pair-type net runs once per pair of types and the
+switch factors multiply theta, so ``G`` is never formed.
+
+The type embedding is a private helper here (same parameter names as
+:class:`lamkit.nn.type_embedding.TypeEmbedNet`, to be unified).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import keys
+from ..config.schema import Arg
+from ..errors import ConfigError
+from ..geometry.env import environment_matrix
+from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from .base import DESCRIPTORS, Descriptor
+from .env_stat import EnvStat
+from .se_e2_a import pair_exclude_mask
+
+
+class _TypeEmbedding(nn.Module):
+    """``A_t = onehot(t) W (+ b)`` for t < ntypes, and a zero row for index ``ntypes`` (padding
+    and virtual atoms). Private to this module until the shared ``nn.type_embedding`` exists."""
+
+    def __init__(self, ntypes, dim, dtype, generator, bias: bool = True):
+        super().__init__()
+        self.ntypes = ntypes
+        self.net = EmbeddingNet(ntypes, [dim], "linear", False, dtype, generator, bias=bias)
+
+    def table(self) -> torch.Tensor:
+        """[ntypes + 1, dim]; the last row is zero."""
+        eye = torch.eye(
+            self.ntypes,
+            dtype=self.net.layers[0].matrix.dtype,
+            device=self.net.layers[0].matrix.device,
+        )
+        emb = self.net(eye)
+        return torch.cat([emb, emb.new_zeros(1, emb.shape[1])], dim=0)
+
+
+def _padded_types(atype: torch.Tensor, ntypes: int) -> torch.Tensor:
+    """Types with virtual (< 0) atoms mapped to the padding index ``ntypes``."""
+    return torch.where(atype >= 0, atype, ntypes)
+
+
+@DESCRIPTORS.register("se_e3_tebd")
+class SeE3Tebd(Descriptor):
+    ARGS = (
+        Arg("sel", (int, list, str), "auto", doc="neighbour slots (all types), or 'auto[:ratio]'"),
+        Arg("rcut", (float,), 6.0),
+        Arg("rcut_smth", (float,), 0.5),
+        Arg("neuron", (list,), [10, 20, 40]),
+        Arg("tebd_dim", (int,), 8),
+        Arg("tebd_input_mode", (str,), "concat", choices=("concat", "strip")),
+        Arg("resnet_dt", (bool,), False),
+        Arg("set_davg_zero", (bool,), True),
+        Arg("activation_function", (str,), "tanh"),
+        Arg("env_protection", (float,), 0.0),
+        Arg("smooth", (bool,), True),
+        Arg("exclude_types", (list,), []),
+        Arg("precision", (str,), "default"),
+        Arg("trainable", (bool,), True),
+        Arg("seed", (int, type(None)), None),
+        Arg("type_map", (list, type(None)), None),
+        Arg("concat_output_tebd", (bool,), True),
+        Arg("use_econf_tebd", (bool,), False),
+        Arg("use_tebd_bias", (bool,), True),
+    )
+    mixed_types = True
+
+    def __init__(
+        self,
+        ntypes: int,
+        sel,
+        rcut=6.0,
+        rcut_smth=0.5,
+        neuron=(10, 20, 40),
+        tebd_dim=8,
+        tebd_input_mode="concat",
+        resnet_dt=False,
+        set_davg_zero=True,
+        activation_function="tanh",
+        env_protection=0.0,
+        smooth=True,
+        exclude_types=(),
+        precision="default",
+        trainable=True,
+        seed=None,
+        type_map=None,
+        concat_output_tebd=True,
+        use_econf_tebd=False,
+        use_tebd_bias=True,
+    ):
+        super().__init__()
+        where = "model/descriptor"
+        if isinstance(sel, str):
+            raise ValueError("sel must be resolved to a number before building se_e3_tebd")
+        if use_econf_tebd:
+            raise ConfigError(
+                f"{where}/use_econf_tebd: the electronic-configuration type "
+                "embedding is not supported yet; set it to false"
+            )
+        if tebd_input_mode not in ("concat", "strip"):
+            raise ConfigError(
+                f"{where}/tebd_input_mode: expected 'concat' or 'strip', got {tebd_input_mode!r}"
+            )
+        self.ntypes = ntypes
+        self.nnei = int(sel) if isinstance(sel, int) else sum(int(s) for s in sel)
+        self.sel = [self.nnei]
+        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
+        self.neuron = [int(n) for n in neuron]
+        self.tebd_dim = int(tebd_dim)
+        self.tebd_input_mode = tebd_input_mode
+        self.set_davg_zero = set_davg_zero
+        self.env_protection = float(env_protection)
+        self.smooth = smooth
+        self.exclude_types = [tuple(p) for p in exclude_types]
+        self.concat_output_tebd = concat_output_tebd
+        self.dtype = to_dtype(precision)
+        self.dim_emb = self.neuron[-1]
+        self.dim_out = self.neuron[-1] + (self.tebd_dim if concat_output_tebd else 0)
+
+        self.type_embedding = _TypeEmbedding(
+            ntypes, self.tebd_dim, self.dtype, make_generator(seed, 2), bias=use_tebd_bias
+        )
+        n_in = 1 + 2 * self.tebd_dim if tebd_input_mode == "concat" else 1
+        self.embedding = EmbeddingNet(
+            n_in,
+            self.neuron,
+            activation_function,
+            resnet_dt,
+            self.dtype,
+            make_generator(seed, 1, 1),
+        )
+        self.embedding_strip = (
+            EmbeddingNet(
+                2 * self.tebd_dim,
+                self.neuron,
+                activation_function,
+                resnet_dt,
+                self.dtype,
+                make_generator(seed, 1, 2),
+            )
+            if tebd_input_mode == "strip"
+            else None
+        )
+        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
+        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=self.dtype))
+        for p in self.parameters():
+            p.requires_grad_(trainable)
+
+    # --- pieces -----------------------------------------------------------------------------
+    def _angles(self, ext_coord, ext_atype, nlist):
+        """theta [n, J, J], switch sw [n, J] (0 in empty and excluded slots)."""
+        nf, nloc, nnei = nlist.shape
+        env, _, sw, mask = environment_matrix(
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+        )
+        at = ext_atype[:, :nloc].clamp(min=0)
+        # only the angular columns enter theta (their mean is 0 unless set otherwise)
+        davg, dstd = self.davg[at, 1:].unsqueeze(2), self.dstd[at, 1:].unsqueeze(2)
+        rr = (env[..., 1:] - davg) / dstd
+        sw = sw.squeeze(-1)
+        emask = pair_exclude_mask(
+            self.exclude_types, self.ntypes, ext_atype[:, :nloc], ext_atype, nlist
+        )
+        if emask is not None:
+            keep = emask.to(rr.dtype)
+            rr = rr * keep.unsqueeze(-1)
+            sw = sw * keep
+        rr = rr.reshape(nf * nloc, nnei, 3)
+        theta = torch.matmul(rr, rr.transpose(1, 2))
+        return theta, sw.reshape(nf * nloc, nnei)
+
+    def _neighbor_types(self, ext_atype, nlist) -> torch.Tensor:
+        """[n, J] type of each slot; empty slots and virtual atoms -> padding index."""
+        nf, nloc, nnei = nlist.shape
+        tj = torch.gather(ext_atype, 1, nlist.clamp(min=0).reshape(nf, -1)).reshape(nf, nloc, nnei)
+        tj = torch.where(nlist >= 0, _padded_types(tj, self.ntypes), self.ntypes)
+        return tj.reshape(nf * nloc, nnei)
+
+    def _concat_embedding(self, theta, ntype, table):
+        """G = N([theta, A_j, A_k]) [n, J, J, M] without building the concatenated input."""
+        first, rest = self.embedding.layers[0], self.embedding.layers[1:]
+        if first.resnet:  # a skip needs the input itself: build it (only if 2T+1 in neuron[0])
+            n, nnei = ntype.shape
+            tj = table[ntype]
+            x = torch.cat(
+                [
+                    theta.unsqueeze(-1),
+                    tj.unsqueeze(2).expand(-1, -1, nnei, -1),
+                    tj.unsqueeze(1).expand(-1, nnei, -1, -1),
+                ],
+                dim=-1,
+            )
+            return self.embedding(x)
+        t = self.tebd_dim
+        w = first.matrix
+        proj_j = torch.matmul(table, w[1 : 1 + t])[ntype]  # [n, J, H]
+        proj_k = torch.matmul(table, w[1 + t :])[ntype]
+        pre = theta.unsqueeze(-1) * w[0] + proj_j.unsqueeze(2) + proj_k.unsqueeze(1)
+        if first.bias is not None:
+            pre = pre + first.bias
+        h = first.act(pre)
+        if first.idt is not None:
+            h = h * first.idt
+        for layer in rest:
+            h = layer(h)
+        return h
+
+    def _strip_sum(self, theta, ntype, table, sw):
+        """sum_jk theta_jk G_jk [n, M] with G = N_s(theta) * (1 + N_t([A_j, A_k]) sw_j sw_k).
+
+        The switch factors go onto theta ([n, J, J]) rather than onto the [n, J, J, M] pair
+        embedding, and ``G`` itself is never formed: two big tensors fewer than the direct form.
+        """
+        g_s = self.embedding(theta.unsqueeze(-1))
+        nt = table.shape[0]
+        pairs = torch.cat(
+            [table.unsqueeze(1).expand(-1, nt, -1), table.unsqueeze(0).expand(nt, -1, -1)], dim=-1
+        )
+        g_pair = self.embedding_strip(pairs.reshape(nt * nt, -1))  # [(T+1)^2, M]
+        g_t = g_pair[ntype.unsqueeze(2) * nt + ntype.unsqueeze(1)]  # [n, J, J, M]
+        theta_t = theta * (sw.unsqueeze(2) * sw.unsqueeze(1)) if self.smooth else theta
+        return torch.einsum("njk,njkm->nm", theta, g_s) + torch.einsum(
+            "njk,njkm->nm", theta_t, g_s * g_t
+        )
+
+    # --- forward ----------------------------------------------------------------------------
+    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+        nf, nloc, nnei = nlist.shape
+        theta, sw = self._angles(ext_coord.to(self.dtype), ext_atype, nlist)
+        table = self.type_embedding.table()
+        ntype = self._neighbor_types(ext_atype, nlist)
+        if self.tebd_input_mode == "concat":
+            gg = self._concat_embedding(theta, ntype, table)
+            res = torch.einsum("njk,njkm->nm", theta, gg)
+        else:
+            res = self._strip_sum(theta, ntype, table, sw)
+        res = res * (1.0 / nnei / nnei)
+        desc = res.reshape(nf, nloc, self.dim_emb)
+        if self.concat_output_tebd:
+            centre = table[_padded_types(ext_atype[:, :nloc], self.ntypes)]
+            desc = torch.cat([desc, centre], dim=-1)
+        return {keys.DESCRIPTOR: desc}
+
+    # --- statistics -------------------------------------------------------------------------
+    @torch.no_grad()
+    def env_stat(self, samples) -> EnvStat:
+        """Un-normalised environment statistics over neighbour-data samples (every slot)."""
+        stat = EnvStat(self.ntypes)
+        for s in samples:
+            ext_coord, ext_atype, nlist = s[keys.EXT_COORD], s[keys.EXT_ATYPE], s[keys.NLIST]
+            env, _, _, _ = environment_matrix(
+                ext_coord.to(self.dtype), nlist, self.rcut, self.rcut_smth, self.env_protection
+            )
+            atype = ext_atype[:, : nlist.shape[1]]
+            emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
+            if emask is not None:
+                env = env * emask.unsqueeze(-1).to(env.dtype)
+            stat.add(env, atype)
+        return stat
+
+    @torch.no_grad()
+    def set_stat(self, stat: EnvStat, protection: float = 1e-2) -> None:
+        davg, dstd = stat.davg_dstd(protection, self.set_davg_zero)
+        self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
+        self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
