@@ -14,44 +14,21 @@ nothing. The work is O(J^2) per atom; the concat input ``[theta, A_j, A_k]`` is 
 its first layer is split into ``theta * W_0 + (A W_1)[t_j] + (A W_2)[t_k]``, with the type parts
 evaluated once per type. In strip mode the pair-type net runs once per pair of types and the
 switch factors multiply theta, so ``G`` is never formed.
-
-The type embedding is a private helper here (same parameter names as
-:class:`lamkit.nn.type_embedding.TypeEmbedNet`, to be unified).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import keys
 from ..config.schema import Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor
 from .env_stat import EnvStat
 from .se_e2_a import pair_exclude_mask
-
-
-class _TypeEmbedding(nn.Module):
-    """``A_t = onehot(t) W (+ b)`` for t < ntypes, and a zero row for index ``ntypes`` (padding
-    and virtual atoms). Private to this module until the shared ``nn.type_embedding`` exists."""
-
-    def __init__(self, ntypes, dim, dtype, generator, bias: bool = True):
-        super().__init__()
-        self.ntypes = ntypes
-        self.net = EmbeddingNet(ntypes, [dim], "linear", False, dtype, generator, bias=bias)
-
-    def table(self) -> torch.Tensor:
-        """[ntypes + 1, dim]; the last row is zero."""
-        eye = torch.eye(
-            self.ntypes,
-            dtype=self.net.layers[0].matrix.dtype,
-            device=self.net.layers[0].matrix.device,
-        )
-        emb = self.net(eye)
-        return torch.cat([emb, emb.new_zeros(1, emb.shape[1])], dim=0)
 
 
 def _padded_types(atype: torch.Tensor, ntypes: int) -> torch.Tensor:
@@ -136,8 +113,8 @@ class SeE3Tebd(Descriptor):
         self.dim_emb = self.neuron[-1]
         self.dim_out = self.neuron[-1] + (self.tebd_dim if concat_output_tebd else 0)
 
-        self.type_embedding = _TypeEmbedding(
-            ntypes, self.tebd_dim, self.dtype, make_generator(seed, 2), bias=use_tebd_bias
+        self.type_embedding = TypeEmbedNet(
+            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, make_generator(seed, 2)
         )
         n_in = 1 + 2 * self.tebd_dim if tebd_input_mode == "concat" else 1
         self.embedding = EmbeddingNet(

@@ -151,8 +151,14 @@ class NeighborBuilder:
     at ``cache_bytes`` (frames beyond it are rebuilt each time), so large datasets stay bounded.
     """
 
-    def __init__(self, rcut: float, sel: list[int], mixed_types: bool, cache: bool = False,
-                 cache_bytes: int = 2 << 30):
+    def __init__(
+        self,
+        rcut: float,
+        sel: list[int],
+        mixed_types: bool,
+        cache: bool = False,
+        cache_bytes: int = 2 << 30,
+    ):
         self.rcut = float(rcut)
         self.sel = [int(s) for s in sel]
         self.mixed_types = mixed_types
