@@ -114,7 +114,10 @@ class EnergyModel(nn.Module):
         force [nf, nloc, 3], virial [nf, 9], atom_virial [nf, nloc, 9].
         """
         nloc = coord.shape[1]
-        ext_coord, ext_atype = self.extend(coord.detach(), atype, box, nbr)
+        # geometry in float64 whatever the input precision, as the reference does
+        coord = coord.detach().to(torch.float64)
+        box = None if box is None else box.to(torch.float64)
+        ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
         ext_coord = ext_coord.detach().requires_grad_(do_force or do_virial)
         with torch.enable_grad():
             atom_e, mask = self.atomic_outputs(

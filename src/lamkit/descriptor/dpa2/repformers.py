@@ -1,0 +1,96 @@
+"""The repformer block of DPA-2 (spec §4.4 step 6-7): g2/h2 from the environment matrix, then
+``nlayers`` RepformerLayers with g1 re-gathered to the ghost atoms before each layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...geometry.env import environment_matrix
+from ...nn.mlp import Dense, activation, make_generator
+from .repformer_layer import RepformerLayer, pair_moment
+
+
+class Repformers(nn.Module):
+    def __init__(
+        self,
+        ntypes: int,
+        rcut: float,
+        rcut_smth: float,
+        nsel: int,
+        nlayers: int = 3,
+        g1_dim: int = 128,
+        g2_dim: int = 16,
+        axis_neuron: int = 4,
+        direct_dist: bool = False,
+        activation_function: str = "tanh",
+        smooth: bool = True,
+        use_sqrt_nnei: bool = True,
+        env_protection: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+        seed: int | None = None,
+        salt: tuple = (),
+        **layer_kw,
+    ):
+        super().__init__()
+        self.ntypes = ntypes
+        self.rcut, self.rcut_smth, self.nnei = float(rcut), float(rcut_smth), int(nsel)
+        self.g1_dim, self.g2_dim = g1_dim, g2_dim
+        self.direct_dist, self.smooth, self.use_sqrt_nnei = direct_dist, smooth, use_sqrt_nnei
+        self.env_protection = float(env_protection)
+        self.act = activation(activation_function)
+        self.g2_embd = Dense(1, g2_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0))
+        self.layers = nn.ModuleList(
+            RepformerLayer(
+                self.nnei,
+                g1_dim,
+                g2_dim,
+                axis_neuron,
+                update_chnnl_2=(i != nlayers - 1),
+                activation_function=activation_function,
+                smooth=smooth,
+                use_sqrt_nnei=use_sqrt_nnei,
+                dtype=dtype,
+                seed=seed,
+                salt=(*salt, 1, i),
+                **layer_kw,
+            )
+            for i in range(nlayers)
+        )
+        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=dtype))
+        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=dtype))
+
+    def environment(self, ext_coord, ext_atype, nlist):
+        """Normalised ``R~ [nf, nloc, J, 4]``, diff, sw (0 in empty slots), mask."""
+        nloc = nlist.shape[1]
+        env, diff, sw, mask = environment_matrix(
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+        )
+        at = ext_atype[:, :nloc].clamp(min=0)
+        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
+        return rr, diff, sw.squeeze(-1) * mask.to(sw.dtype), mask
+
+    def forward(self, ext_coord, ext_atype, nlist, g1, mapping):
+        """g1 [nf, nloc, g1_dim] (transformed repinit output) -> g1, g2, h2, rot_mat, sw."""
+        nf, nloc, _ = nlist.shape
+        rr, diff, sw, mask = self.environment(ext_coord, ext_atype, nlist)
+        g1 = self.act(g1)
+        if self.direct_dist:
+            fmask = mask.unsqueeze(-1).to(diff.dtype)
+            dist = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask)) * fmask
+            g2, h2 = dist / self.rcut, diff / self.rcut
+        else:
+            g2, h2 = rr[..., :1], rr[..., 1:]
+        g2 = self.act(self.g2_embd(g2))
+        nl = torch.where(mask, nlist, 0)
+        if mapping is None:
+            if ext_coord.shape[1] != nloc:
+                raise ValueError("repformers need `mapping` when there are ghost atoms")
+            index = None
+        else:
+            index = mapping.unsqueeze(-1).expand(-1, -1, self.g1_dim)
+        for layer in self.layers:
+            g1_ext = g1 if index is None else torch.gather(g1, 1, index)
+            g1, g2, h2 = layer(g1_ext, g2, h2, nl, mask, sw)
+        hg = pair_moment(g2, h2, mask, sw, self.nnei, self.smooth, self.use_sqrt_nnei)
+        return g1, g2, h2, hg.transpose(-1, -2), sw
