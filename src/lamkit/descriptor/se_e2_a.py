@@ -18,24 +18,7 @@ from .. import keys
 from ..config.schema import REQUIRED, Arg
 from ..geometry.env import environment_matrix
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
-from .base import DESCRIPTORS, Descriptor
-from .env_stat import EnvStat
-
-
-def pair_exclude_mask(
-    exclude_types, ntypes: int, atype: torch.Tensor, ext_atype: torch.Tensor, nlist: torch.Tensor
-) -> torch.Tensor | None:
-    """[nf, nloc, nnei] 0/1 mask that removes pairs of excluded type pairs, or None."""
-    if not exclude_types:
-        return None
-    table = torch.ones(ntypes + 1, ntypes + 1, dtype=torch.bool, device=nlist.device)
-    for a, b in exclude_types:
-        table[a, b] = table[b, a] = False
-    nf, nloc, nnei = nlist.shape
-    tj = torch.gather(ext_atype, 1, nlist.clamp(min=0).reshape(nf, -1)).reshape(nf, nloc, nnei)
-    tj = torch.where(nlist >= 0, tj, ntypes)
-    ti = torch.where(atype >= 0, atype, ntypes)
-    return table[ti.unsqueeze(-1).expand_as(tj), tj]
+from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
 
 @DESCRIPTORS.register("se_e2_a", "se_a")
@@ -169,25 +152,3 @@ class SeA(Descriptor):
             keys.DESCRIPTOR: desc.reshape(nf, nloc, self.dim_out),
             "rot_mat": xyz_t[:, :, 1:4].reshape(nf, nloc, self.dim_emb, 3),
         }
-
-    @torch.no_grad()
-    def env_stat(self, samples) -> EnvStat:
-        """Accumulate un-normalised environment statistics over neighbour-data samples."""
-        stat = EnvStat(self.ntypes)
-        for s in samples:
-            ext_coord, ext_atype, nlist = s[keys.EXT_COORD], s[keys.EXT_ATYPE], s[keys.NLIST]
-            env, _, _, _ = environment_matrix(
-                ext_coord.to(self.dtype), nlist, self.rcut, self.rcut_smth, self.env_protection
-            )
-            atype = ext_atype[:, : nlist.shape[1]]
-            emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
-            if emask is not None:
-                env = env * emask.unsqueeze(-1).to(env.dtype)
-            stat.add(env, atype)
-        return stat
-
-    @torch.no_grad()
-    def set_stat(self, stat: EnvStat, protection: float = 1e-2) -> None:
-        davg, dstd = stat.davg_dstd(protection, self.set_davg_zero)
-        self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
-        self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))

@@ -26,9 +26,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.type_embedding import TypeEmbedNet
-from .base import DESCRIPTORS, Descriptor
-from .env_stat import EnvStat
-from .se_e2_a import pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
 
 def _padded_types(atype: torch.Tensor, ntypes: int) -> torch.Tensor:
@@ -238,24 +236,3 @@ class SeE3Tebd(Descriptor):
         return {keys.DESCRIPTOR: desc}
 
     # --- statistics -------------------------------------------------------------------------
-    @torch.no_grad()
-    def env_stat(self, samples) -> EnvStat:
-        """Un-normalised environment statistics over neighbour-data samples (every slot)."""
-        stat = EnvStat(self.ntypes)
-        for s in samples:
-            ext_coord, ext_atype, nlist = s[keys.EXT_COORD], s[keys.EXT_ATYPE], s[keys.NLIST]
-            env, _, _, _ = environment_matrix(
-                ext_coord.to(self.dtype), nlist, self.rcut, self.rcut_smth, self.env_protection
-            )
-            atype = ext_atype[:, : nlist.shape[1]]
-            emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
-            if emask is not None:
-                env = env * emask.unsqueeze(-1).to(env.dtype)
-            stat.add(env, atype)
-        return stat
-
-    @torch.no_grad()
-    def set_stat(self, stat: EnvStat, protection: float = 1e-2) -> None:
-        davg, dstd = stat.davg_dstd(protection, self.set_davg_zero)
-        self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
-        self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
