@@ -22,6 +22,23 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+def require_reference() -> Path:
+    """Skip (fail under CI) unless the reference deepmd-kit PyTorch backend imports and the
+    water example data is present; returns the water data folder."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import deepmd.pt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken op library raises OSError/RuntimeError
+        msg = f"reference deepmd-kit unavailable: 'import deepmd.pt' failed ({exc!r})"
+        if IN_CI:
+            pytest.fail(f"{msg}; CI must run the reference parity tests")
+        pytest.skip(msg)
+    return need_shared("water")
+
+
 @pytest.fixture(scope="session")
 def example_dir(tmp_path_factory) -> Path:
     """The built-in Cu-Au EMT example (small), written once per session."""

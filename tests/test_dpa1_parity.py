@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import require_reference
 from .test_reference_parity import (
     DP,
     WATER,
     _finish,
     _start,
     rel_diff,
-    require_reference,
     water_frames,
 )
 
@@ -52,8 +52,6 @@ VARIANTS = {
 @pytest.fixture(scope="module", autouse=True)
 def _reference_available():
     require_reference()
-    if not (WATER / "data_0").is_dir() or not (WATER / "data_3").is_dir():
-        pytest.skip(f"example data not found: {WATER} (expected ../shared/data/water)")
 
 
 def make_config(variant: str) -> dict:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import require_reference
+
 REPO = Path(__file__).resolve().parents[1]
 WATER = (REPO / ".." / "shared" / "data" / "water").resolve()
 RTOL = 1e-10
@@ -115,14 +117,7 @@ def _configs():
 
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
-    try:
-        import deepmd.pt  # noqa: F401
-    except Exception:  # noqa: BLE001
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI must provide the reference deepmd-kit")
-        pytest.skip("reference deepmd-kit not installed")
-    if not (WATER / "data_0").exists():
-        pytest.skip("water data not available")
+    require_reference()
     root = tmp_path_factory.mktemp("dpa2ref")
     env = dict(os.environ, NUM_WORKERS="0", OMP_NUM_THREADS="2")
     procs = {}

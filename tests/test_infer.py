@@ -14,8 +14,15 @@ from lamkit.model.io import atomic_save, model_payload
 
 CONFIG = {
     "type_map": ["O", "H"],
-    "descriptor": {"type": "se_e2_a", "sel": [20, 40], "rcut": 4.0, "rcut_smth": 0.5,
-                   "neuron": [8, 16], "axis_neuron": 4, "seed": 1},
+    "descriptor": {
+        "type": "se_e2_a",
+        "sel": [20, 40],
+        "rcut": 4.0,
+        "rcut_smth": 0.5,
+        "neuron": [8, 16],
+        "axis_neuron": 4,
+        "seed": 1,
+    },
     "fitting_net": {"neuron": [32, 32], "seed": 1},
 }
 NATOMS = 12
@@ -30,7 +37,7 @@ def tiny_model(seed: int = 0, config: dict = CONFIG):
         d = model.descriptor
         d.davg.copy_(0.1 * torch.rand(d.davg.shape, generator=g, dtype=d.davg.dtype))
         d.dstd.copy_(0.05 + 0.2 * torch.rand(d.dstd.shape, generator=g, dtype=d.dstd.dtype))
-        model.out_bias.copy_(torch.tensor([[-93.6], [-187.2]], dtype=torch.float64)[:model.ntypes])
+        model.out_bias.copy_(torch.tensor([[-93.6], [-187.2]], dtype=torch.float64)[: model.ntypes])
     return model.eval()
 
 
@@ -40,8 +47,12 @@ def frames(nf: int, seed: int = 0, natoms: int = NATOMS):
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in (2, 2, 3)], indexing="ij"), -1)
     base = (grid.reshape(-1, 3) * [3.0, 3.0, 2.0] + 0.5)[:natoms]
     coords = base + rng.normal(scale=0.25, size=(nf, natoms, 3))
-    cells = np.stack([np.diag(BOX + rng.uniform(-0.2, 0.2, 3)) + rng.uniform(-0.1, 0.1, (3, 3))
-                      for _ in range(nf)]).reshape(nf, 9)
+    cells = np.stack(
+        [
+            np.diag(BOX + rng.uniform(-0.2, 0.2, 3)) + rng.uniform(-0.1, 0.1, (3, 3))
+            for _ in range(nf)
+        ]
+    ).reshape(nf, 9)
     types = np.array([0, 1, 1] * (natoms // 3))
     return coords, cells, types
 
@@ -94,10 +105,19 @@ def test_eval_shapes(dp, layout, pbc, atomic):
 def test_eval_matches_model_evaluate(dp, model):
     coords, cells, types = frames(2, seed=1)
     e, f, v, ae, av = dp.eval(coords, cells, types, atomic=True)
-    ref = model.evaluate(torch.from_numpy(coords), torch.from_numpy(types).expand(2, -1),
-                         torch.from_numpy(cells), do_atomic_virial=True)
-    for got, key in [(e, "energy"), (f, "force"), (v, "virial"), (ae, "atom_energy"),
-                     (av, "atom_virial")]:
+    ref = model.evaluate(
+        torch.from_numpy(coords),
+        torch.from_numpy(types).expand(2, -1),
+        torch.from_numpy(cells),
+        do_atomic_virial=True,
+    )
+    for got, key in [
+        (e, "energy"),
+        (f, "force"),
+        (v, "virial"),
+        (ae, "atom_energy"),
+        (av, "atom_virial"),
+    ]:
         np.testing.assert_allclose(got, ref[key].detach().numpy(), rtol=1e-12, atol=1e-12)
     # a DeepPot over an in-memory model gives the same
     for a, b in zip(DeepPot(model).eval(coords, cells, types), (e, f, v)):
@@ -163,7 +183,7 @@ def test_mixed_type_per_frame(dp):
     per_frame = np.stack([types, types[::-1], np.roll(types, 1)])
     e, f, v = dp.eval(coords, cells, per_frame, mixed_type=True)
     for k in range(3):
-        ek, fk, vk = dp.eval(coords[k:k + 1], cells[k:k + 1], per_frame[k])
+        ek, fk, vk = dp.eval(coords[k : k + 1], cells[k : k + 1], per_frame[k])
         np.testing.assert_allclose(e[k], ek[0], rtol=1e-12)
         np.testing.assert_allclose(f[k], fk[0], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(v[k], vk[0], rtol=1e-10, atol=1e-12)
@@ -269,10 +289,12 @@ def test_show_deepmd_multitask_checkpoint(tmp_path):
     a, b = tiny_model(1), tiny_model(2, {**CONFIG, "type_map": ["H", "O"]})
     sd = {**_as_deepmd_state(a, "water"), **_as_deepmd_state(b, "other")}
     sd["_extra_state"] = {
-        "model_params": {"model_dict": {
-            "water": {**CONFIG, "model_branch_alias": ["w"], "info": {"note": "x"}},
-            "other": {**CONFIG, "type_map": ["H", "O"]},
-        }},
+        "model_params": {
+            "model_dict": {
+                "water": {**CONFIG, "model_branch_alias": ["w"], "info": {"note": "x"}},
+                "other": {**CONFIG, "type_map": ["H", "O"]},
+            }
+        },
         "train_infos": {"lr": 1e-3, "step": 42},
     }
     path = tmp_path / "model.ckpt-42.pt"

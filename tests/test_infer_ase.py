@@ -17,8 +17,15 @@ from lamkit.model import build_model, save_model
 
 CONFIG = {
     "type_map": ["O", "H"],
-    "descriptor": {"type": "se_e2_a", "sel": [20, 40], "rcut": 4.0, "rcut_smth": 0.5,
-                   "neuron": [8, 16], "axis_neuron": 4, "seed": 1},
+    "descriptor": {
+        "type": "se_e2_a",
+        "sel": [20, 40],
+        "rcut": 4.0,
+        "rcut_smth": 0.5,
+        "neuron": [8, 16],
+        "axis_neuron": 4,
+        "seed": 1,
+    },
     "fitting_net": {"neuron": [32, 32], "seed": 1},
 }
 
@@ -54,8 +61,7 @@ def water_box(seed: int = 0, pbc=True) -> Atoms:
 def test_matches_deep_pot(dp):
     atoms = water_box()
     atoms.calc = LamCalculator(dp)
-    e, f, v = dp.eval(atoms.positions[None], atoms.cell.array.reshape(1, 9),
-                      [0, 1, 1] * 4)
+    e, f, v = dp.eval(atoms.positions[None], atoms.cell.array.reshape(1, 9), [0, 1, 1] * 4)
     assert atoms.get_potential_energy() == pytest.approx(e[0, 0], rel=1e-14)
     assert atoms.get_potential_energy(force_consistent=True) == pytest.approx(e[0, 0])
     np.testing.assert_allclose(atoms.get_forces(), f[0], rtol=1e-12, atol=1e-14)
@@ -121,8 +127,10 @@ def test_nve_conserves_energy(dp):
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     md = VelocityVerlet(atoms, timestep=0.1 * units.fs, logfile=None)
     epot, etot = [], []
-    md.attach(lambda: (epot.append(atoms.get_potential_energy()),
-                       etot.append(atoms.get_total_energy())), interval=1)
+    md.attach(
+        lambda: (epot.append(atoms.get_potential_energy()), etot.append(atoms.get_total_energy())),
+        interval=1,
+    )
     md.run(20)
     assert len(etot) == 21
     drift = np.ptp(etot)

@@ -37,8 +37,11 @@ from lamkit.testing.suite import ModelPhysicsTests
 RCUT = 4.0
 
 # one atom in a cell shorter than rcut along every edge: all its neighbours are its own images
-ONE_ATOM = System(np.array([[0.1, 0.2, 0.3]]), np.array([1]),
-                  cell_from_parameters(1.9, 2.0, 2.1, 80.0, 70.0, 60.0))
+ONE_ATOM = System(
+    np.array([[0.1, 0.2, 0.3]]),
+    np.array([1]),
+    cell_from_parameters(1.9, 2.0, 2.1, 80.0, 70.0, 60.0),
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,18 +53,31 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def make_se_a(type_one_side: bool = True, precision: str = "float64", rcut_smth: float = 0.5,
-              sel=(24, 48), seed: int = 1):
+def make_se_a(
+    type_one_side: bool = True,
+    precision: str = "float64",
+    rcut_smth: float = 0.5,
+    sel=(24, 48),
+    seed: int = 1,
+):
     """A small O/H se_e2_a model with non-trivial statistics and output bias."""
-    model = build_model({
-        "type_map": ["O", "H"],
-        "descriptor": {
-            "type": "se_e2_a", "sel": list(sel), "rcut": RCUT, "rcut_smth": rcut_smth,
-            "neuron": [8, 16], "axis_neuron": 4, "type_one_side": type_one_side,
-            "seed": seed, "precision": precision,
-        },
-        "fitting_net": {"neuron": [32, 32], "seed": seed, "precision": precision},
-    })
+    model = build_model(
+        {
+            "type_map": ["O", "H"],
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": list(sel),
+                "rcut": RCUT,
+                "rcut_smth": rcut_smth,
+                "neuron": [8, 16],
+                "axis_neuron": 4,
+                "type_one_side": type_one_side,
+                "seed": seed,
+                "precision": precision,
+            },
+            "fitting_net": {"neuron": [32, 32], "seed": seed, "precision": precision},
+        }
+    )
     return randomize_statistics(model, seed)
 
 
@@ -99,8 +115,9 @@ def test_float32_inputs(type_one_side):
     coord, atype, box = sys_.tensors(torch.float32)
     out = model.evaluate(coord, atype, box)
     ref = predict(model, sys_, atomic=False)
-    assert_close("float32 inputs energy", out[keys.ENERGY].detach().reshape(()), ref["energy"],
-                 1e-5, 1e-6)
+    assert_close(
+        "float32 inputs energy", out[keys.ENERGY].detach().reshape(()), ref["energy"], 1e-5, 1e-6
+    )
     assert_close("float32 inputs force", out[keys.FORCE].detach()[0], ref["force"], 1e-3, 1e-5)
 
 
@@ -109,8 +126,10 @@ def test_standard_triclinic_cell_sees_own_images():
     pairs = brute_force_pairs(sys_, RCUT)
     self_images = pairs.i == pairs.j
     assert np.bincount(pairs.i[self_images], minlength=sys_.nloc).min() >= 4
-    cos = [abs(np.dot(a, b)) / np.linalg.norm(a) / np.linalg.norm(b)
-           for a, b in ((sys_.cell[0], sys_.cell[1]), (sys_.cell[1], sys_.cell[2]))]
+    cos = [
+        abs(np.dot(a, b)) / np.linalg.norm(a) / np.linalg.norm(b)
+        for a, b in ((sys_.cell[0], sys_.cell[1]), (sys_.cell[1], sys_.cell[2]))
+    ]
     assert max(cos) > 0.3  # strongly skewed
 
 
@@ -134,12 +153,18 @@ def _neighbor_systems() -> dict[str, System]:
     tri = standard_system("triclinic", 2, RCUT, seed=21)
     cubic = standard_system("cubic", 2, RCUT, seed=22)
     cluster = standard_system("cluster", 2, RCUT, seed=23)
-    with_virtual = cluster.copy(atype=np.where(np.arange(cluster.nloc) % 4 == 1, -1,
-                                               cluster.atype))
-    dense = random_system(14, 3, np.array([[5.0, 0, 0], [3.5, 4.5, 0], [-1.0, 2.0, 4.0]]),
-                          min_dist=1.2, seed=24)
-    return {"triclinic": tri, "cubic": cubic, "cluster": cluster,
-            "cluster_virtual": with_virtual, "dense_three_types": dense, "one_atom": ONE_ATOM}
+    with_virtual = cluster.copy(atype=np.where(np.arange(cluster.nloc) % 4 == 1, -1, cluster.atype))
+    dense = random_system(
+        14, 3, np.array([[5.0, 0, 0], [3.5, 4.5, 0], [-1.0, 2.0, 4.0]]), min_dist=1.2, seed=24
+    )
+    return {
+        "triclinic": tri,
+        "cubic": cubic,
+        "cluster": cluster,
+        "cluster_virtual": with_virtual,
+        "dense_three_types": dense,
+        "one_atom": ONE_ATOM,
+    }
 
 
 NEIGHBOR_SYSTEMS = _neighbor_systems()
@@ -179,7 +204,7 @@ def test_truncation_rule_is_nearest_overall_then_per_type():
         mine = pairs.i == i
         types = sys_.atype[pairs.j[mine][np.argsort(pairs.dist[mine], kind="stable")]]
         for t in range(3):
-            kept = int((nbr.nlist[i, 7 * t: 7 * (t + 1)] >= 0).sum())
+            kept = int((nbr.nlist[i, 7 * t : 7 * (t + 1)] >= 0).sum())
             assert kept == min(7, int((types[:21] == t).sum()))
             fewer += kept < min(7, int((types == t).sum()))
     assert fewer > 0
@@ -205,10 +230,15 @@ def test_neighbor_builder_pads_extended_atoms():
     for f, s in enumerate((tri, cubic)):
         coord[f, : s.nloc], atype[f, : s.nloc] = s.coord, s.atype
     builder = NeighborBuilder(RCUT, [40, 40], False)
-    nbr = builder(torch.from_numpy(coord), torch.from_numpy(atype),
-                  torch.from_numpy(np.stack([tri.cell, cubic.cell]).reshape(2, 9)))
-    single = [build_frame_neighbors(coord[f], atype[f], s.cell, RCUT, [40, 40], False)
-              for f, s in enumerate((tri, cubic))]
+    nbr = builder(
+        torch.from_numpy(coord),
+        torch.from_numpy(atype),
+        torch.from_numpy(np.stack([tri.cell, cubic.cell]).reshape(2, 9)),
+    )
+    single = [
+        build_frame_neighbors(coord[f], atype[f], s.cell, RCUT, [40, 40], False)
+        for f, s in enumerate((tri, cubic))
+    ]
     nall = [len(s.mapping) for s in single]
     assert nall[0] != nall[1]
     assert nbr[keys.MAPPING].shape == (2, max(nall))
@@ -249,8 +279,9 @@ def test_smooth_switch_values_and_c2(rmin, rmax):
     # C2 numerically: second differences agree across each end
     h = 1e-3
     for edge in (rmin, rmax):
-        pts = torch.tensor([edge - 2 * h, edge - h, edge, edge + h, edge + 2 * h],
-                           dtype=torch.float64)
+        pts = torch.tensor(
+            [edge - 2 * h, edge - h, edge, edge + h, edge + 2 * h], dtype=torch.float64
+        )
         v = smooth_switch(pts, rmin, rmax)
         left = (v[2] - 2 * v[1] + v[0]) / h**2
         right = (v[4] - 2 * v[3] + v[2]) / h**2
@@ -311,8 +342,9 @@ class _FieldModel:
 
     def __init__(self, transpose: bool = False):
         self.a = torch.tensor([0.3, -0.7, 0.2], dtype=torch.float64)
-        self.b = torch.tensor([[0.1, 0.4, 0.0], [-0.2, 0.05, 0.3], [0.0, 0.1, -0.1]],
-                              dtype=torch.float64)
+        self.b = torch.tensor(
+            [[0.1, 0.4, 0.0], [-0.2, 0.05, 0.3], [0.0, 0.1, -0.1]], dtype=torch.float64
+        )
         self.transpose = transpose
 
     def evaluate(self, coord, atype, box=None, **kw):
@@ -322,9 +354,13 @@ class _FieldModel:
         if self.transpose:
             av = av.transpose(-1, -2)
         nf = coord.shape[0]
-        return {keys.ENERGY: ae.sum(1, keepdim=True), keys.ATOM_ENERGY: ae.unsqueeze(-1),
-                keys.FORCE: force, keys.VIRIAL: av.sum(1).reshape(nf, 9),
-                keys.ATOM_VIRIAL: av.reshape(nf, -1, 9)}
+        return {
+            keys.ENERGY: ae.sum(1, keepdim=True),
+            keys.ATOM_ENERGY: ae.unsqueeze(-1),
+            keys.FORCE: force,
+            keys.VIRIAL: av.sum(1).reshape(nf, 9),
+            keys.ATOM_VIRIAL: av.reshape(nf, -1, 9),
+        }
 
 
 def test_virial_convention_full_tensor():
@@ -372,8 +408,7 @@ def test_smoothness_check_catches_hard_cutoffs(power):
 
     check_cutoff_smoothness(model, sys_, np.random.default_rng(15))
     with pytest.raises(AssertionError, match="across the cutoff"):
-        check_cutoff_smoothness(_Wrapped(model, add_pair_term), sys_,
-                                np.random.default_rng(15))
+        check_cutoff_smoothness(_Wrapped(model, add_pair_term), sys_, np.random.default_rng(15))
 
 
 def test_neighbor_cache_is_bounded():

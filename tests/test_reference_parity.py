@@ -32,6 +32,8 @@ import torch
 
 from lamkit.examples import water_se_e2_a_config
 
+from .conftest import require_reference
+
 pytestmark = pytest.mark.reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,24 +56,9 @@ PREFIX = "model.Default.atomic_model."
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def require_reference() -> None:
-    """Skip (or, under CI, fail) when the reference deepmd-kit PyTorch backend is unusable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import deepmd.pt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a broken op library raises OSError/RuntimeError
-        msg = f"reference deepmd-kit unavailable: 'import deepmd.pt' failed ({exc!r})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{msg}; CI must run the reference parity tests")
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _reference_available():
     require_reference()
-    if not (WATER / "data_0").is_dir() or not (WATER / "data_3").is_dir():
-        pytest.skip(f"example data not found: {WATER} (expected ../shared/data/water)")
 
 
 def _env() -> dict:

@@ -29,6 +29,8 @@ from lamkit.model import build_model
 from lamkit.testing import randomize_statistics, standard_system
 from lamkit.testing.suite import ModelPhysicsTests
 
+from .conftest import require_reference
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data").resolve()
 WATER = DATA / "water"
@@ -177,20 +179,6 @@ def test_config_defaults_and_errors():
 
 
 # --- reference parity -----------------------------------------------------------------------
-
-
-def require_reference() -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import deepmd.pt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a broken op library raises OSError/RuntimeError
-        msg = f"reference deepmd-kit unavailable: 'import deepmd.pt' failed ({exc!r})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{msg}; CI must run the reference parity tests")
-        pytest.skip(msg)
-    if not (WATER / "data_0").is_dir() or not (WATER / "data_3").is_dir():
-        pytest.skip(f"example data not found: {WATER} (expected ../shared/data/water)")
 
 
 def water_config(mode: str) -> dict:
