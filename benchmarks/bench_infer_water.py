@@ -2,13 +2,14 @@
 """Inference benchmark: ``DeepPot.eval`` of one 192-atom water frame, lamkit vs DeePMD-kit.
 
 Both APIs load the same weights (a reference ``dp --pt train`` checkpoint: ``--ckpt``, or the
-reference is trained for one step here) and evaluate data_3 frame 0 (energy, forces, virial),
+reference is trained for one step here on the ``--model`` water config, see water_models.py)
+and evaluate data_3 frame 0 (energy, forces, virial),
 ``--evals`` times each after ``--warmup`` calls. The two run in one process, interleaved in
 blocks of ``--block`` calls whose order alternates, so slow phases of a shared machine hit both.
 Printed: mean and median wall ms/eval, process CPU ms/eval, the ratio reference/lamkit, and the
 largest relative difference between the two outputs (max |diff| / max |value|).
 
-    python3 benchmarks/bench_infer_water.py [--ckpt model.ckpt.pt] [--threads 2]
+    python3 benchmarks/bench_infer_water.py [--model dpa2-medium] [--ckpt model.ckpt.pt]
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import time
 import warnings
 from pathlib import Path
 
-from lamkit.examples import water_se_e2_a_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from water_models import MODELS, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
 
 
-def train_reference(data: Path, workdir: Path, env: dict) -> Path:
-    """One reference training step on water data_0 (se_e2_a example architecture)."""
-    conf = water_se_e2_a_config([str(data / "data_0")], steps=1, data_stat_nbatch=5)
+def train_reference(model: str, data: Path, workdir: Path, env: dict) -> Path:
+    """One reference training step of the ``model`` water config."""
+    conf = water_config(model, data, 1)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "input.json").write_text(json.dumps(conf, indent=1))
     log = workdir / "train.log"
@@ -54,6 +56,7 @@ def train_reference(data: Path, workdir: Path, env: dict) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="se_e2_a", choices=MODELS)
     p.add_argument("--ckpt", type=Path, default=None, help="reference checkpoint (.pt)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="water data folder")
     p.add_argument("--evals", type=int, default=100)
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     if ckpt is None:
         work = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_infer_water_"))).resolve()
         print(f"# training the reference 1 step in {work} ...", flush=True)
-        ckpt = train_reference(data, work, dict(os.environ))
+        ckpt = train_reference(a.model, data, work, dict(os.environ))
     ckpt = ckpt.resolve()
 
     d3 = data / "data_3"
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
         diffs[n] = float(np.abs(r - g).max() / max(np.abs(r).max(), 1e-300))
 
     n_each = nblocks * a.block
-    print(f"# checkpoint {ckpt}")
+    print(f"# model {a.model}, checkpoint {ckpt}")
     print(
         f"# one frame of {len(atype)} atoms, {n_each} evals each (blocks of {a.block}, "
         f"alternating order), {a.warmup} warm-up calls, {a.threads} threads, "

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Training benchmark: lamkit vs the reference DeePMD-kit on the water se_e2_a example.
+"""Training benchmark: lamkit vs the reference DeePMD-kit on the water examples.
 
-Both tools train the same config (spec §8.4, the PyTorch twin: data_0-2 training with batch size
-1, data_3 validation with one batch, seed 10, ``--steps`` steps, ``disp_freq = steps/10``,
-``save_freq = steps``), one after the other, as subprocesses with the same environment
+Both tools train the same config (``--model``: se_e2_a, the classic example of spec §8.4, or a
+preset of the reference's water examples: se_e3_tebd, dpa1, dpa2-small/medium/large, spec §8.1-8.2;
+data_0-2 training with batch size 1, data_3 validation with one batch, seed 10, ``--steps``
+steps, ``disp_freq = steps/10``, ``save_freq = steps``; see water_models.py),
+one after the other, as subprocesses with the same environment
 (``OMP_NUM_THREADS``/``DP_INTRA_OP_PARALLELISM_THREADS`` = ``--threads``, ``NUM_WORKERS=0`` so the
 reference uses no data-loader worker processes). Reported per tool:
 
@@ -19,6 +21,7 @@ lamkit does not need them with an explicit ``sel``, so by default the reference 
 (``--dp-neighbor-stat`` keeps them). Exits non-zero only if a run fails.
 
     python3 benchmarks/bench_train_water.py --steps 300
+    python3 benchmarks/bench_train_water.py --model dpa2-medium --steps 50
 """
 
 from __future__ import annotations
@@ -34,16 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lamkit.examples import water_se_e2_a_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from water_models import MODELS, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
-
-
-def make_config(data: Path, steps: int) -> dict:
-    return water_se_e2_a_config(
-        [str(data / f"data_{i}") for i in range(3)], [str(data / "data_3")], steps=steps
-    )
 
 
 def bench_env(threads: int, malloc_tune: bool) -> dict:
@@ -115,6 +113,7 @@ def test_rmse(text: str) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="se_e2_a", choices=MODELS)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="water data folder")
     p.add_argument("--threads", type=int, default=2)
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_train_water_"))
     work = work.resolve()
     env = bench_env(a.threads, a.malloc_tune)
-    conf = make_config(data, a.steps)
+    conf = water_config(a.model, data, a.steps)
     tools = {
         "lam": [sys.executable, "-m", "lamkit.cli.main", "train", "input.json"],
         "dp": [sys.executable, "-m", "deepmd", "--pt", "train", "input.json"]
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
     if not a.own_init:
         init = work / "init"
         init.mkdir(parents=True, exist_ok=True)
-        iconf = make_config(data, 1)
+        iconf = water_config(a.model, data, 1)
         (init / "input.json").write_text(json.dumps(iconf, indent=1))
         print("## making the common initial weights (1 reference step) ...", flush=True)
         r0 = run(tools["dp"], init, init / "train.log", env)
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
         for tool in tools:
             tools[tool] = tools[tool] + ["--init-model", str(init / "model.ckpt-1.pt")]
     order = [t.strip() for t in a.order.split(",") if t.strip()]
-    print(f"# water se_e2_a, {a.steps} steps, {a.threads} threads, work dir {work}")
+    print(f"# water {a.model}, {a.steps} steps, {a.threads} threads, work dir {work}")
     print(f"# python {sys.version.split()[0]}, load average {os.getloadavg()}")
     results, failed = {}, False
     for tool in order:

@@ -131,3 +131,52 @@ def test_frozen_model_loads_without_training_code(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "(1, 1) (1, 4, 3) (1, 9)" in out.stdout
+
+
+def test_init_dpa2_small_then_train(workdir, capsys):
+    """``lam init`` writes a ready-to-run input on the built-in example data; two steps train."""
+    assert main(["init", "dpa2", "--size", "small", "--steps", "2"]) == 0
+    assert "lam train input.json" in capsys.readouterr().out
+    conf = json.loads((workdir / "input.json").read_text())
+    assert conf["model"]["type_map"] == ["Cu", "Au"]
+    assert conf["model"]["descriptor"]["repformer"]["nlayers"] == 3
+    assert conf["training"]["training_data"]["systems"] == [
+        "lamkit-example/data/train_0",
+        "lamkit-example/data/train_1",
+    ]
+    assert conf["training"]["numb_steps"] == 2
+    assert main(["train", "input.json"]) == 0
+    assert (workdir / "model.ckpt-2.pt").exists()
+    assert (workdir / "dpa2.hdf5").exists()  # the preset's stat_file
+    lines = (workdir / "lcurve.out").read_text().splitlines()
+    assert [int(ln.split()[0]) for ln in lines if not ln.startswith("#")] == [1, 2]
+
+
+def test_init_with_data_folders(workdir, capsys):
+    from .conftest import need_shared
+
+    water = need_shared("water")
+    assert main(["init", "se_e3_tebd", "--data", str(water), "-o", "run/in.json"]) == 0
+    assert "cd run && lam train in.json" in capsys.readouterr().out
+    conf = json.loads((workdir / "run" / "in.json").read_text())
+    tr = conf["training"]
+    assert [p.split("/")[-1] for p in tr["training_data"]["systems"]] == [
+        "data_0",
+        "data_1",
+        "data_2",
+    ]
+    assert tr["validation_data"]["systems"] == [str(water / "data_3")]
+    assert conf["model"]["type_map"] == ["O", "H"]  # from type_map.raw
+    assert tr["numb_steps"] == 1_000_000  # the preset's
+
+
+def test_init_errors(workdir, capsys):
+    assert main(["init", "dpa3"]) == 2
+    assert "Did you mean 'dpa2'?" in capsys.readouterr().err
+    for k in range(2):  # two systems without type_map.raw
+        (workdir / "d" / f"s{k}").mkdir(parents=True)
+        (workdir / "d" / f"s{k}" / "type.raw").write_text("0\n")
+    assert main(["init", "dpa1", "--data", "d"]) == 2
+    assert "no type_map.raw" in capsys.readouterr().err
+    assert main(["init", "dpa1", "--data", "d", "--type-map", "Cu"]) == 0
+    assert json.loads((workdir / "input.json").read_text())["model"]["type_map"] == ["Cu"]

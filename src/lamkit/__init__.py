@@ -12,11 +12,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["DeepPot", "LamCalculator", "__version__", "build_model", "load_model", "train"]
+__all__ = [
+    "DeepDipole",
+    "DeepPolar",
+    "DeepPot",
+    "DeepProperty",
+    "LamCalculator",
+    "__version__",
+    "build_model",
+    "load_model",
+    "train",
+]
 
 
 def __getattr__(name):  # lazy: importing lamkit stays cheap, the CLI starts fast
-    if name in ("DeepPot", "LamCalculator", "DP"):
+    if name in ("DeepPot", "DeepProperty", "DeepDipole", "DeepPolar", "LamCalculator", "DP"):
         from . import infer
 
         return getattr(infer, name)

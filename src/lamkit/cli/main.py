@@ -4,6 +4,7 @@ lam train input.json [--restart CKPT | --init-model MODEL] [-o OUTDIR]
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
 lam freeze [-c CKPT_OR_DIR] [-o model.pth]
 lam show MODEL [type-map descriptor fitting-net model-branch size]
+lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
 lam example [DIR]      write the built-in example data and input
 lam quickstart [DIR]   example data + a short training + test + freeze
 """
@@ -85,6 +86,19 @@ def _cmd_example(a) -> int:
     return 0
 
 
+def _cmd_init(a) -> int:
+    from pathlib import Path
+
+    from ..presets import init_input
+
+    path = init_input(
+        a.DESCRIPTOR, a.output, size=a.size, data=a.data, type_map=a.type_map, steps=a.steps
+    )
+    where = "" if path.parent == Path(".") else f"cd {path.parent} && "
+    print(f"input written to {path}; train with: {where}lam train {path.name}")
+    return 0
+
+
 def _cmd_quickstart(a) -> int:
     from ..examples import quickstart
 
@@ -112,13 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("test", help="errors of a model on labelled systems")
+    s = sub.add_parser(
+        "test", help="errors of a model (energy, property, dipole, polar) on labelled systems"
+    )
     s.add_argument("-m", "--model", required=True)
     s.add_argument("-s", "--system", default=None, help="a system folder or a parent folder")
     s.add_argument("-f", "--datafile", default=None, help="a file listing systems, one a line")
     s.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
     s.add_argument("-d", "--detail-file", default=None, help="prefix of detail files")
-    s.add_argument("-a", "--atomic", action="store_true", help="also write atomic virials")
+    s.add_argument(
+        "-a",
+        "--atomic",
+        action="store_true",
+        help="atomic outputs: atomic virials; errors of atomic properties, dipoles, polars",
+    )
     s.add_argument("--head", default=None)
     s.set_defaults(func=_cmd_test)
 
@@ -136,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["type-map", "descriptor", "fitting-net", "model-branch", "size"],
     )
     sh.set_defaults(func=_cmd_show)
+
+    from ..presets import SIZES, preset_names
+
+    n = sub.add_parser(
+        "init",
+        help="write a ready-to-run input.json from a preset (DeePMD-kit's water examples)",
+        description="Presets: "
+        + ", ".join(preset_names())
+        + ". Without --data the built-in example data (lam example) is used.",
+    )
+    n.add_argument("DESCRIPTOR", help="preset: " + ", ".join(preset_names()))
+    n.add_argument("--size", choices=SIZES, default=None, help="dpa2 only (default: medium)")
+    n.add_argument("-o", "--output", default="input.json")
+    n.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        help="folders holding systems: all but the last system train, the last validates",
+    )
+    n.add_argument("--type-map", nargs="+", default=None, help="element names, e.g. O H")
+    n.add_argument("--steps", type=int, default=None, help="numb_steps (default: the preset's)")
+    n.set_defaults(func=_cmd_init)
 
     e = sub.add_parser("example", help="write the built-in example data and input.json")
     e.add_argument("DIR", nargs="?", default="lamkit-example")

@@ -49,7 +49,8 @@ class DataRequirement:
     ``[nf, ndof*repeat]``, an atomic one as ``[nf, natoms, ndof*repeat]``; ``repeat`` repeats
     each value (``atom_pref`` with ndof 1 and repeat 3 becomes one weight per force component).
     A missing file is an error when ``must``; otherwise the label is filled with ``default``
-    and ``find_<key>`` is 0.0.
+    and ``find_<key>`` is 0.0. ``origin`` says which setting asks for the label (e.g.
+    ``"model/fitting_net/task_dim 3"``); errors about the file quote it.
     """
 
     key: str
@@ -58,6 +59,7 @@ class DataRequirement:
     must: bool = False
     default: float = 0.0
     repeat: int = 1
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if self.key in RESERVED_KEYS:
@@ -161,7 +163,8 @@ def _read_label(path: Path, req: DataRequirement, nframes: int, natoms: int, ref
         reason = f"type.raw lists {natoms} atoms and '{req.key}' has {req.ndof} value(s) per atom"
         check_columns(arr, path, natoms * req.ndof, reason)
     else:
-        check_columns(arr, path, req.ndof, f"'{req.key}' has {req.ndof} value(s) per frame")
+        why = f" ({req.origin})" if req.origin else ""
+        check_columns(arr, path, req.ndof, f"'{req.key}' has {req.ndof} value(s) per frame{why}")
     check_finite(arr, path)
     if req.atomic:
         arr = arr.reshape(nframes, natoms, req.ndof)
@@ -238,9 +241,10 @@ def _collect_labels(
                 "a label must be in every set of a system or in none"
             )
         if req.must:
+            why = f"; it is required by {req.origin}" if req.origin else ""
             raise DataError(
                 f"{root}: required label file {req.key}.npy is missing from every set "
-                f"({', '.join(d.name for d in set_dirs)})"
+                f"({', '.join(d.name for d in set_dirs)}){why}"
             )
         shape = (nf, natoms, req.width) if req.atomic else (nf, req.width)
         labels[req.key] = np.full(shape, req.default, dtype=np.float64)

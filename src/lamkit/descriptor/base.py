@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import keys
 from ..config.schema import Arg, normalize
+from ..errors import ConfigError
 from ..registry import Registry
 
 DESCRIPTORS: Registry = Registry("descriptor")
@@ -37,6 +38,33 @@ def pair_exclude_mask(
     return table[ti.unsqueeze(-1).expand_as(tj), tj]
 
 
+def check_exclude_types(exclude_types, ntypes: int, where: str) -> list[tuple[int, int]]:
+    """``exclude_types`` as a list of type-index pairs, each checked against ``ntypes``."""
+    out = []
+    for pair in exclude_types or ():
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
+        ):
+            raise ConfigError(f"{where}: expected pairs of type indices like [0, 1], got {pair!r}")
+        if not all(0 <= t < ntypes for t in pair):
+            raise ConfigError(f"{where}: {list(pair)} has a type index outside 0..{ntypes - 1}")
+        out.append((int(pair[0]), int(pair[1])))
+    return out
+
+
+def env_stat_id(
+    rcut: float, rcut_smth: float, sel, mixed_types: bool, exclude_types, env_protection: float
+) -> str:
+    """What un-normalised environment-matrix statistics depend on (the stat-file cache key)."""
+    excl = sorted(tuple(sorted(p)) for p in exclude_types)
+    return (
+        f"env_mat|rcut={float(rcut)}|rcut_smth={float(rcut_smth)}|sel={list(sel)}"
+        f"|mixed={bool(mixed_types)}|exclude={excl}|protection={float(env_protection)}"
+    )
+
+
 class Descriptor(nn.Module):
     """Base class: subclasses set ``ARGS`` (their config spec) and implement ``forward``."""
 
@@ -46,10 +74,19 @@ class Descriptor(nn.Module):
     sel: list[int]
     mixed_types: bool
     dim_out: int
+    # True when forward also returns "rot_mat" [nf, nloc, dim_emb, 3] (dipole/polar fittings)
+    has_rot_mat: bool = False
 
     @classmethod
     def normalize_config(cls, config: dict, path: str = "model/descriptor") -> dict:
         return normalize(config, cls.ARGS, path, allow_extra=("type",))
+
+    @classmethod
+    def neighbor_selections(cls, config: dict) -> list[tuple[tuple[str, ...], float]]:
+        """Where a normalised config holds neighbour counts, with the cutoff each one counts
+        within: ``[(key path, rcut)]``. The trainer resolves ``"auto"``/``"auto:factor"`` values
+        from the training data; descriptors with several neighbour lists override this."""
+        return [(("sel",), float(config["rcut"]))]
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -78,14 +115,23 @@ class Descriptor(nn.Module):
 
     @torch.no_grad()
     def set_stat(self, stat, protection: float = 1e-2) -> None:
-        """Set the ``davg``/``dstd`` buffers from ``env_stat``'s result."""
+        """Set the ``davg``/``dstd`` buffers from ``env_stat``'s result (descriptors whose
+        ``env_stat`` returns a dict of per-block ``EnvStat`` take that dict here)."""
         davg, dstd = stat.davg_dstd(protection, self.set_davg_zero)
         self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
         self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
 
-    def stat_id(self) -> str:
-        """A string that identifies the statistics (for the stat-file cache)."""
-        return f"{type(self).__name__}:{self.rcut}:{self.rcut_smth}:{self.sel}:{self.mixed_types}"
+    def stat_id(self) -> str | dict[str, str]:
+        """What the statistics depend on, for the stat-file cache: one string, or one per block
+        (the same keys as ``env_stat``'s dict) for descriptors with several blocks."""
+        return env_stat_id(
+            self.rcut,
+            self.rcut_smth,
+            self.sel,
+            self.mixed_types,
+            getattr(self, "exclude_types", ()),
+            getattr(self, "env_protection", 0.0),
+        )
 
 
 def build_descriptor(config: dict, type_map: list[str]) -> Descriptor:

@@ -26,6 +26,7 @@ from .. import keys
 from ..config.schema import REQUIRED, Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
+from ..nn.chunking import map_rows, row_bounds
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
@@ -114,6 +115,7 @@ class DPA1(Descriptor):
         Arg("type_map", (list, type(None)), None),
     )
     mixed_types = True
+    has_rot_mat = True
 
     def __init__(
         self,
@@ -251,12 +253,25 @@ class DPA1(Descriptor):
         return self.embedding(rr0), pair_tab[idx]
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None):
-        nf, nloc, nnei = nlist.shape
+        """Descriptor, ``rot_mat`` and, unless evaluated in chunks of centre atoms (see
+        :mod:`lamkit.nn.chunking`), the per-pair ``g2`` [nf, nloc, J, M1], ``h2`` [.., 3] and
+        ``sw`` [nf, nloc, J]: those are the whole-system pair tensors that chunking avoids."""
+        nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
+        bounds = row_bounds(nf, nloc)
+
+        def rows(start, stop, nl):
+            return self._rows(ext_coord, ext_atype, nl, start, pair_outputs=bounds is None)
+
+        return map_rows(rows, nf, nloc, nlist, bounds=bounds)
+
+    def _rows(self, ext_coord, ext_atype, nlist, start: int, pair_outputs: bool = True):
+        """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
+        nf, nloc, nnei = nlist.shape
         env, _, sw, mask = environment_matrix(
-            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
-        atype = ext_atype[:, :nloc]
+        atype = ext_atype[:, start : start + nloc]
         at = atype.clamp(min=0)
         rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
         emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
@@ -290,13 +305,15 @@ class DPA1(Descriptor):
         desc = torch.matmul(xyz_t, xyz[:, :, : self.axis_neuron]).reshape(nf, nloc, -1)
         if self.concat_output_tebd:
             desc = torch.cat([desc, table[ti[:, :, 0]]], dim=-1)
-        return {
+        out = {
             keys.DESCRIPTOR: desc,
             "rot_mat": xyz_t[:, :, 1:4].reshape(nf, nloc, self.dim_emb, 3),
-            "g2": g.reshape(nf, nloc, nnei, self.dim_emb),
-            "h2": rr[:, :, 1:4].reshape(nf, nloc, nnei, 3),
-            "sw": sw.reshape(nf, nloc, nnei),
         }
+        if pair_outputs:
+            out["g2"] = g.reshape(nf, nloc, nnei, self.dim_emb)
+            out["h2"] = rr[:, :, 1:4].reshape(nf, nloc, nnei, 3)
+            out["sw"] = sw.reshape(nf, nloc, nnei)
+        return out
 
     # --- statistics ---------------------------------------------------------------------------
 

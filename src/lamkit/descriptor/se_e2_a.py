@@ -17,6 +17,7 @@ from torch import nn
 from .. import keys
 from ..config.schema import REQUIRED, Arg
 from ..geometry.env import environment_matrix
+from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
@@ -40,6 +41,7 @@ class SeA(Descriptor):
         Arg("set_davg_zero", (bool,), False),
     )
     mixed_types = False
+    has_rot_mat = True
 
     def __init__(
         self,
@@ -102,12 +104,14 @@ class SeA(Descriptor):
         for p in self.parameters():
             p.requires_grad_(trainable)
 
-    def normalized_env(self, ext_coord, ext_atype, nlist):
+    def normalized_env(self, ext_coord, ext_atype, nlist, start: int = 0):
+        """``R~`` [nf, rows, nnei, 4] and the types [nf, rows] of the centre atoms
+        ``start : start + nlist.shape[1]``."""
         nloc = nlist.shape[1]
         env, diff, sw, mask = environment_matrix(
-            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
-        atype = ext_atype[:, :nloc]
+        atype = ext_atype[:, start : start + nloc]
         at = atype.clamp(min=0)
         rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
         emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
@@ -129,8 +133,18 @@ class SeA(Descriptor):
         return out
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+        nf, nloc, _ = nlist.shape
+        ext_coord = ext_coord.to(self.dtype)
+
+        def rows(start, stop, nl):
+            return self._rows(ext_coord, ext_atype, nl, start)
+
+        return map_rows(rows, nf, nloc, nlist)
+
+    def _rows(self, ext_coord, ext_atype, nlist, start: int) -> dict[str, torch.Tensor]:
+        """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
         nf, nloc, nnei = nlist.shape
-        rr, atype = self.normalized_env(ext_coord.to(self.dtype), ext_atype, nlist)
+        rr, atype = self.normalized_env(ext_coord, ext_atype, nlist, start)
         rr = rr.reshape(nf * nloc, nnei, 4)
         if self.type_one_side:
             xyz = self._block(rr, lambda tj: self.embeddings[tj])

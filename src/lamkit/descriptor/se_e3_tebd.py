@@ -24,6 +24,7 @@ from .. import keys
 from ..config.schema import Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
+from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
@@ -141,20 +142,20 @@ class SeE3Tebd(Descriptor):
             p.requires_grad_(trainable)
 
     # --- pieces -----------------------------------------------------------------------------
-    def _angles(self, ext_coord, ext_atype, nlist):
-        """theta [n, J, J], switch sw [n, J] (0 in empty and excluded slots)."""
+    def _angles(self, ext_coord, ext_atype, nlist, start: int = 0):
+        """theta [n, J, J], switch sw [n, J] (0 in empty and excluded slots) of the centre atoms
+        ``start : start + nlist.shape[1]``."""
         nf, nloc, nnei = nlist.shape
         env, _, sw, mask = environment_matrix(
-            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
-        at = ext_atype[:, :nloc].clamp(min=0)
+        atype = ext_atype[:, start : start + nloc]
+        at = atype.clamp(min=0)
         # only the angular columns enter theta (their mean is 0 unless set otherwise)
         davg, dstd = self.davg[at, 1:].unsqueeze(2), self.dstd[at, 1:].unsqueeze(2)
         rr = (env[..., 1:] - davg) / dstd
         sw = sw.squeeze(-1)
-        emask = pair_exclude_mask(
-            self.exclude_types, self.ntypes, ext_atype[:, :nloc], ext_atype, nlist
-        )
+        emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
         if emask is not None:
             keep = emask.to(rr.dtype)
             rr = rr * keep.unsqueeze(-1)
@@ -219,8 +220,18 @@ class SeE3Tebd(Descriptor):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+        nf, nloc, _ = nlist.shape
+        ext_coord = ext_coord.to(self.dtype)
+
+        def rows(start, stop, nl):
+            return self._rows(ext_coord, ext_atype, nl, start)
+
+        return {keys.DESCRIPTOR: map_rows(rows, nf, nloc, nlist)}
+
+    def _rows(self, ext_coord, ext_atype, nlist, start: int) -> torch.Tensor:
+        """Descriptor [nf, rows, dim_out] of centre atoms ``start : start + nlist.shape[1]``."""
         nf, nloc, nnei = nlist.shape
-        theta, sw = self._angles(ext_coord.to(self.dtype), ext_atype, nlist)
+        theta, sw = self._angles(ext_coord, ext_atype, nlist, start)
         table = self.type_embedding.table()
         ntype = self._neighbor_types(ext_atype, nlist)
         if self.tebd_input_mode == "concat":
@@ -228,11 +239,11 @@ class SeE3Tebd(Descriptor):
             res = torch.einsum("njk,njkm->nm", theta, gg)
         else:
             res = self._strip_sum(theta, ntype, table, sw)
-        res = res * (1.0 / nnei / nnei)
+        res = res * (1.0 / self.nnei / self.nnei)  # nsel, not the list width (see DPA-2)
         desc = res.reshape(nf, nloc, self.dim_emb)
         if self.concat_output_tebd:
-            centre = table[_padded_types(ext_atype[:, :nloc], self.ntypes)]
+            centre = table[_padded_types(ext_atype[:, start : start + nloc], self.ntypes)]
             desc = torch.cat([desc, centre], dim=-1)
-        return {keys.DESCRIPTOR: desc}
+        return desc
 
     # --- statistics -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Fitting nets; importing this package registers the built-in fittings."""
 
-from . import energy  # noqa: F401
+from . import energy, property, tensor  # noqa: F401
 from .base import FITTINGS, InvariantFitting, build_fitting
+from .output_def import OutputDef
 
-__all__ = ["FITTINGS", "InvariantFitting", "build_fitting"]
+__all__ = ["FITTINGS", "InvariantFitting", "OutputDef", "build_fitting"]

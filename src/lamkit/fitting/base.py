@@ -16,6 +16,7 @@ from ..config.schema import Arg, normalize
 from ..errors import ConfigError
 from ..nn.mlp import FittingNet, make_generator, to_dtype
 from ..registry import Registry
+from .output_def import OutputDef
 
 FITTINGS: Registry = Registry("fitting_net")
 
@@ -41,6 +42,17 @@ class InvariantFitting(nn.Module):
 
     ARGS: tuple[Arg, ...] = COMMON_ARGS
     var_name = "out"
+    uses_rot_mat = False  # equivariant fittings (dipole, polar) take the descriptor's rot_mat
+
+    def output_def(self) -> OutputDef:
+        """What this fitting predicts and how the model reduces it (:mod:`.output_def`)."""
+        name = self.var_name
+        return OutputDef(name, (self.dim_out,), f"atom_{name}", name, name)
+
+    def apply_out_stat(self, atom, atype, out_bias, out_std):
+        """Per-atom outputs ``[nf, nloc, size]`` plus the model's per-type ``out_bias``
+        ``[ntypes, size]`` (DeePMD-kit's default; ``out_std`` is not applied)."""
+        return atom + out_bias[atype.clamp(min=0)]
 
     @classmethod
     def normalize_config(cls, config: dict, path: str = "model/fitting_net") -> dict:
@@ -143,10 +155,26 @@ class InvariantFitting(nn.Module):
         return {self.var_name: out}
 
 
-def build_fitting(config: dict, ntypes: int, dim_descrpt: int, mixed_types: bool):
-    cls = FITTINGS.get(config.get("type", "ener"))
+def build_fitting(
+    config: dict,
+    ntypes: int,
+    dim_descrpt: int,
+    mixed_types: bool,
+    embedding_width: int | None = None,
+):
+    """A fitting from its config; ``embedding_width`` is the width M1 of the descriptor's
+    ``rot_mat`` [nf, nloc, M1, 3], needed by the equivariant fittings (dipole, polar)."""
+    ftype = config.get("type", "ener")
+    cls = FITTINGS.get(ftype)
     conf = cls.normalize_config(config)
     conf.pop("type", None)
+    if cls.uses_rot_mat:
+        if embedding_width is None:
+            raise ConfigError(
+                f"model/fitting_net/type: '{ftype}' fitting needs a descriptor with a rotation "
+                "matrix (se_e2_a, dpa1/se_atten, dpa2); this descriptor has none"
+            )
+        conf["embedding_width"] = embedding_width
     return cls(
         ntypes=ntypes,
         dim_descrpt=dim_descrpt,

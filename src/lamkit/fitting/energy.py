@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config.schema import Arg
 from ..errors import ConfigError
 from .base import COMMON_ARGS, FITTINGS, InvariantFitting
+from .output_def import OutputDef
 
 
 @FITTINGS.register("ener", "energy")
@@ -19,3 +20,8 @@ class EnergyFitting(InvariantFitting):
                 "use model/preset_out_bias instead"
             )
         super().__init__(ntypes, dim_descrpt, 1, mixed_types, **kw)
+
+    def output_def(self) -> OutputDef:
+        return OutputDef(
+            "energy", (1,), "atom_energy", "energy", "energy", "atom_ener", r_differentiable=True
+        )

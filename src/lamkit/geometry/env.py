@@ -26,21 +26,25 @@ def environment_matrix(
     rcut_smth: float,
     protection: float = 0.0,
     radial_only: bool = False,
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Un-normalised environment matrix of every neighbour slot.
 
     Args:
         ext_coord: [nf, nall, 3] extended coordinates (locals first), Å.
-        nlist: [nf, nloc, nnei] extended neighbour indices, -1 for an empty slot.
+        nlist: [nf, nloc, nnei] extended neighbour indices, -1 for an empty slot. Row ``i``
+            belongs to centre atom ``start + i`` (``start`` > 0 when evaluating a chunk of
+            centre atoms, see :mod:`lamkit.nn.chunking`).
     Returns:
         env [nf, nloc, nnei, 4] (or 1 if radial_only) ``[1/r, x/r^2, y/r^2, z/r^2] * sw``,
         diff [nf, nloc, nnei, 3] ``R_j - R_i`` (0 in empty slots), sw [nf, nloc, nnei, 1],
         mask [nf, nloc, nnei] bool.
     """
-    nloc = nlist.shape[1]
+    nrow = nlist.shape[1]
     mask = nlist >= 0
     fmask = mask.unsqueeze(-1).to(ext_coord.dtype)
-    diff = (gather_neighbors(ext_coord, nlist) - ext_coord[:, :nloc, None, :]) * fmask
+    centre = ext_coord[:, start : start + nrow, None, :]
+    diff = (gather_neighbors(ext_coord, nlist) - centre) * fmask
     # empty slots get length 1 (not 0) so that the square root has a finite gradient
     length = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask))
     sw = smooth_switch(length, rcut_smth, rcut) * fmask

@@ -1,17 +1,24 @@
-"""Inference: DeePMD-kit's ``DeepPot`` API, an ASE calculator, ``show`` and ``freeze``."""
+"""Inference: DeePMD-kit's ``DeepPot``/``DeepProperty``/``DeepDipole``/``DeepPolar`` APIs, an
+ASE calculator, ``show`` and ``freeze``."""
 
 from .calculator import DP, LamCalculator
-from .deep_pot import AtomBudget, DeepPot
+from .deep_pot import AtomBudget, DeepEval, DeepPot
+from .deep_property import DeepDipole, DeepPolar, DeepProperty, open_model
 from .freeze import freeze
 from .show import describe_model, format_description, parameter_counts
 
 __all__ = [
     "DP",
     "AtomBudget",
+    "DeepDipole",
+    "DeepEval",
+    "DeepPolar",
     "DeepPot",
+    "DeepProperty",
     "LamCalculator",
     "describe_model",
     "format_description",
     "freeze",
+    "open_model",
     "parameter_counts",
 ]

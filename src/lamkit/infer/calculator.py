@@ -26,6 +26,9 @@ class LamCalculator(Calculator):
         head: branch of a multi-task checkpoint.
         type_dict: element symbol -> type index; default: from the model's ``type_map``.
         device: ``"cpu"`` or ``"cuda"``; default: CUDA when available.
+        chunk_atoms: systems with more atoms are evaluated in slices of this many centre
+            atoms (the same results in bounded memory, see :class:`DeepPot`); 0: never.
+            Default: ``$LAMKIT_CHUNK_ATOMS`` or 1024.
         label, neighbor_list: as in ``deepmd.calculator.DP`` (``neighbor_list`` is ignored).
 
     Atoms with any periodic direction are evaluated in their (fully periodic) cell, like the
@@ -52,13 +55,22 @@ class LamCalculator(Calculator):
         device: str | None = None,
         label: str = "lamkit",
         neighbor_list=None,
+        chunk_atoms: int | None = None,
         **kwargs,
     ):
         super().__init__(label=label, **kwargs)
         if isinstance(model, DeepPot):
             self.dp = model
+            if chunk_atoms is not None:
+                self.dp.budget.chunk_atoms = int(chunk_atoms) or None
         else:
-            self.dp = DeepPot(model, head=head, device=device, neighbor_list=neighbor_list)
+            self.dp = DeepPot(
+                model,
+                head=head,
+                device=device,
+                neighbor_list=neighbor_list,
+                chunk_atoms=chunk_atoms,
+            )
         type_map = self.dp.get_type_map()
         if type_dict is None:
             type_dict = {name: i for i, name in enumerate(type_map)}

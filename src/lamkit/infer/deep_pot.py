@@ -9,7 +9,11 @@ DeePMD-kit run unchanged::
 
 Units: Å, eV, eV/Å; the virial (eV) is ``W = -sum_k dE/dR_k (x) R_k``, row-major.
 Frames are evaluated in chunks whose total atom count stays under a budget, so neighbour data
-and autograd graphs are only ever built for one chunk at a time.
+and autograd graphs are only ever built for one chunk at a time. Frames larger than
+``chunk_atoms`` (default 1024, or ``$LAMKIT_CHUNK_ATOMS``) are themselves evaluated in slices
+of centre atoms with activation checkpointing (:mod:`lamkit.nn.chunking`): the same numbers,
+with per-pair and per-triplet intermediates held for one slice at a time, so a 20,000-atom
+water box with DPA-2 small takes a few GB instead of ~30 GB.
 """
 
 from __future__ import annotations
@@ -22,55 +26,112 @@ import numpy as np
 import torch
 
 from .. import keys
-from ..model import EnergyModel, load_model
+from ..model import AtomicModel, load_model
+from ..runtime import tune_allocator
 
 DEFAULT_BATCH_ATOMS = 1024
 MAX_BATCH_ATOMS = 1 << 18
+# Frames above this many atoms are evaluated in slices of at most this many centre atoms: the
+# same bound as for batches of frames (DEFAULT_BATCH_ATOMS). Smaller frames pay nothing;
+# larger ones pay a recomputation of the sliced blocks (about a quarter more time for DPA-2)
+# and hold about 1-2 GB of slice tensors instead of ~1.4 MB per atom (DPA-2 small, float64).
+DEFAULT_CHUNK_ATOMS = 1024
+
+
+def default_chunk_atoms() -> int:
+    """``$LAMKIT_CHUNK_ATOMS`` if set (0 turns chunking off), else ``DEFAULT_CHUNK_ATOMS``."""
+    env = os.environ.get("LAMKIT_CHUNK_ATOMS", "").strip()
+    if not env:
+        return DEFAULT_CHUNK_ATOMS
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"LAMKIT_CHUNK_ATOMS: expected an atom count, got {env!r}") from None
+    if value < 0:
+        raise ValueError(f"LAMKIT_CHUNK_ATOMS: expected 0 (off) or a positive count, got {value}")
+    return value
 
 
 class AtomBudget:
-    """How many atoms (frames x atoms per frame) one evaluation chunk may hold.
+    """How many atoms one evaluation may hold: frames x atoms per frame (``atoms``), and for a
+    frame of more than ``chunk_atoms`` atoms, centre atoms per slice inside it (see
+    :mod:`lamkit.nn.chunking`; ``chunk_atoms`` None or 0: never slice frames).
 
-    ``adaptive`` budgets halve after a CUDA out-of-memory error and retry the chunk; on a GPU
-    they also double after every successful chunk, up to the largest size known to work.
+    ``adaptive`` budgets halve after a CUDA out-of-memory error and retry the chunk (a single
+    frame that does not fit is then sliced, more finely at each error); on a GPU they also
+    double after every successful chunk, up to the largest size known to work.
     """
 
-    def __init__(self, atoms: int = DEFAULT_BATCH_ATOMS, adaptive: bool = True):
+    def __init__(
+        self,
+        atoms: int = DEFAULT_BATCH_ATOMS,
+        adaptive: bool = True,
+        chunk_atoms: int | None = DEFAULT_CHUNK_ATOMS,
+    ):
         if atoms < 1:
             raise ValueError(f"auto_batch_size: expected a positive atom count, got {atoms}")
+        if chunk_atoms is not None and chunk_atoms < 0:
+            raise ValueError(
+                f"chunk_atoms: expected 0/None (off) or an atom count, got {chunk_atoms}"
+            )
         self.atoms = int(atoms)
         self.adaptive = adaptive
+        self.chunk_atoms = int(chunk_atoms) if chunk_atoms else None
         self._too_big = MAX_BATCH_ATOMS + 1  # smallest budget that ran out of memory
+        self._chunk_too_big = MAX_BATCH_ATOMS + 1
 
     @classmethod
-    def from_arg(cls, arg) -> AtomBudget:
+    def from_arg(cls, arg, chunk_atoms: int | None = None) -> AtomBudget:
         """``True``: adaptive (start from ``$DP_INFER_BATCH_SIZE`` or 1024 atoms);
-        an int: that fixed budget; ``False``/``None``: the default budget, fixed."""
+        an int: that fixed budget; ``False``/``None``: the default budget, fixed.
+        ``chunk_atoms`` None means :func:`default_chunk_atoms`."""
         if isinstance(arg, AtomBudget):
             return arg
+        chunk = default_chunk_atoms() if chunk_atoms is None else chunk_atoms
         if arg is True:
             env = int(os.environ.get("DP_INFER_BATCH_SIZE", 0) or 0)
-            return cls(env or DEFAULT_BATCH_ATOMS, adaptive=not env)
+            return cls(env or DEFAULT_BATCH_ATOMS, adaptive=not env, chunk_atoms=chunk)
         if arg is False or arg is None:
-            return cls(DEFAULT_BATCH_ATOMS, adaptive=False)
+            return cls(DEFAULT_BATCH_ATOMS, adaptive=False, chunk_atoms=chunk)
         if isinstance(arg, (int, np.integer)):
-            return cls(int(arg), adaptive=False)
+            return cls(int(arg), adaptive=False, chunk_atoms=chunk)
         raise ValueError(f"auto_batch_size: expected True, False or an int, got {arg!r}")
 
     def frames(self, natoms: int) -> int:
         """Frames per chunk (at least one, even if one frame exceeds the budget)."""
         return max(1, self.atoms // max(natoms, 1))
 
+    def chunk(self, natoms: int) -> int | None:
+        """Atoms per slice for frames of ``natoms`` atoms (``EnergyModel.forward``'s
+        ``chunk_atoms``), or None: whole frames."""
+        if self.chunk_atoms is None or natoms <= self.chunk_atoms:
+            return None
+        return self.chunk_atoms
+
     def succeeded(self, device: torch.device) -> None:
         if self.adaptive and device.type == "cuda":
             self.atoms = min(self.atoms * 2, self._too_big - 1, MAX_BATCH_ATOMS)
+            if self.chunk_atoms is not None:
+                self.chunk_atoms = min(
+                    self.chunk_atoms * 2, self._chunk_too_big - 1, MAX_BATCH_ATOMS
+                )
 
-    def out_of_memory(self, used_atoms: int) -> bool:
-        """Shrink after an OOM; False when there is nothing left to shrink (re-raise)."""
+    def out_of_memory(self, used_atoms: int, natoms: int | None = None) -> bool:
+        """Shrink after an OOM of a call on ``used_atoms`` atoms (frames of ``natoms``): fewer
+        frames, or for one frame finer slices. False when nothing is left to shrink (re-raise)."""
         if not self.adaptive or used_atoms <= 1:
             return False
-        self._too_big = min(self._too_big, used_atoms)
-        self.atoms = max(1, used_atoms // 2)
+        if natoms is None or used_atoms > natoms:  # several frames: fewer of them
+            self._too_big = min(self._too_big, used_atoms)
+            self.atoms = max(1, used_atoms // 2)
+            return True
+        sliced = min(natoms, self.chunk_atoms or natoms)  # one frame: slice it (finer)
+        if sliced <= 1:
+            return False
+        self._too_big = min(self._too_big, natoms + 1)
+        self.atoms = min(self.atoms, natoms)
+        self._chunk_too_big = min(self._chunk_too_big, sliced)
+        self.chunk_atoms = max(1, sliced // 2)
         return True
 
 
@@ -79,35 +140,43 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, oom)) or "out of memory" in str(exc).lower()
 
 
-class DeepPot:
-    """Energy, forces and virials from a model file, with ``deepmd.infer.DeepPot``'s interface.
+class DeepEval:
+    """A model file on a device, with DeePMD-kit's inference conventions: model facts
+    (``get_type_map``...), input checking and evaluation in chunks of frames. Subclasses
+    define ``eval``: :class:`DeepPot` (energy models), and in :mod:`.deep_property`
+    ``DeepProperty``, ``DeepDipole`` and ``DeepPolar``.
 
     Args:
         model_file: a lamkit frozen model or checkpoint, a DeePMD-kit v3 ``.pt`` checkpoint, or an
-            :class:`~lamkit.model.EnergyModel` already in memory.
+            :class:`~lamkit.model.AtomicModel` already in memory.
         auto_batch_size: ``True`` (adaptive chunk size, see :class:`AtomBudget`), an int (atoms
             per chunk) or ``False`` (default fixed chunk size; unlike the reference lamkit never
             evaluates an unbounded number of frames at once).
         head: branch of a multi-task checkpoint.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+        chunk_atoms: frames with more atoms are evaluated in slices of this many centre atoms
+            (exact; see :mod:`lamkit.nn.chunking`); 0 turns slicing off. Default:
+            ``$LAMKIT_CHUNK_ATOMS`` or 1024.
         neighbor_list, nlist_backend: accepted for compatibility with DeePMD-kit and ignored
             (lamkit always builds neighbour lists with vesin).
     """
 
     def __init__(
         self,
-        model_file: str | Path | EnergyModel,
+        model_file: str | Path | AtomicModel,
         auto_batch_size: bool | int = True,
         head: str | None = None,
         device: str | torch.device | None = None,
         neighbor_list=None,
         nlist_backend: str = "auto",
+        chunk_atoms: int | None = None,
     ):
+        tune_allocator()
         if neighbor_list is not None:
             warnings.warn(
                 "DeepPot: neighbor_list is ignored; lamkit builds its own (vesin)", stacklevel=2
             )
-        if isinstance(model_file, EnergyModel):
+        if isinstance(model_file, AtomicModel):
             model = model_file  # the caller's module: used as is (mode and gradients untouched)
             self.model_file = None
             if device is None:
@@ -116,11 +185,12 @@ class DeepPot:
             model = load_model(model_file, head=head)
             model.requires_grad_(False)  # our own copy: no parameter gradients needed
             self.model_file = str(model_file)
+        self._check_model(model)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.budget = AtomBudget.from_arg(auto_batch_size)
+        self.budget = AtomBudget.from_arg(auto_batch_size, chunk_atoms)
         self._neighbors = model.neighbor_builder()
 
     # --- model facts --------------------------------------------------------------------------
@@ -151,51 +221,24 @@ class DeepPot:
     def get_model_def_script(self) -> dict:
         return dict(self.model.config)
 
+    def _check_model(self, model: AtomicModel) -> None:
+        """Raise ValueError when this interface does not fit the model's output."""
+
+    def output_kind(self) -> str:
+        """What the model predicts: "energy", "property", "dipole" or "polar"."""
+        return model_kind(self.model)
+
     # --- evaluation ---------------------------------------------------------------------------
-    def eval(
-        self,
-        coords,
-        cells,
-        atom_types,
-        atomic: bool = False,
-        fparam=None,
-        aparam=None,
-        mixed_type: bool = False,
-        **kwargs,
-    ) -> tuple[np.ndarray, ...]:
-        """Energy, force and virial of ``nframes`` configurations of ``natoms`` atoms.
-
-        Args:
-            coords: [nf, natoms*3] or [nf, natoms, 3], Å.
-            cells: [nf, 9] cell vectors as rows (Å), or None for non-periodic systems.
-            atom_types: [natoms] indices into ``get_type_map()``; [nf, natoms] with
-                ``mixed_type=True``. ``-1`` marks a virtual (padding) atom.
-            atomic: also return per-atom energies and virials.
-            fparam: [nf, nfp] or [nfp].  aparam: [nf, natoms, nap], [natoms, nap] or [nap].
-
-        Returns:
-            energy [nf, 1] eV, force [nf, natoms, 3] eV/Å, virial [nf, 9] eV and, if
-            ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9].
-        """
-        for name, value in kwargs.items():
-            if value is not None:
-                raise ValueError(f"DeepPot.eval: '{name}' is not supported by lamkit models")
-        coords, cells, atype, fparam, aparam = self._standard_input(
-            coords, cells, atom_types, fparam, aparam, mixed_type
-        )
+    def _evaluate(
+        self, coords, cells, atype, fparam, aparam, names, empty, **model_kw
+    ) -> dict[str, np.ndarray]:
+        """Model outputs ``names`` (float64 numpy, frames first) for inputs already in model
+        layout (see ``_standard_input``), evaluated in chunks of frames that fit the atom
+        budget (halved and retried after an out-of-memory error). ``empty``: the per-frame
+        shape of each output, for frames without atoms. ``model_kw`` go to the model."""
         nf, natoms = atype.shape
-        names = [keys.ENERGY, keys.FORCE, keys.VIRIAL]
-        if atomic:
-            names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
         if natoms == 0:
-            empty = {
-                keys.ENERGY: (1,),
-                keys.FORCE: (0, 3),
-                keys.VIRIAL: (9,),
-                keys.ATOM_ENERGY: (0, 1),
-                keys.ATOM_VIRIAL: (0, 9),
-            }
-            return tuple(np.zeros((nf, *empty[n])) for n in names)
+            return {n: np.zeros((nf, *empty[n])) for n in names}
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         start = 0
         while start < nf:
@@ -208,10 +251,11 @@ class DeepPot:
                     atype[sl],
                     None if fparam is None else fparam[sl],
                     None if aparam is None else aparam[sl],
-                    atomic,
+                    names,
+                    model_kw,
                 )
             except (RuntimeError, MemoryError) as exc:
-                if _is_oom(exc) and self.budget.out_of_memory((stop - start) * natoms):
+                if _is_oom(exc) and self.budget.out_of_memory((stop - start) * natoms, natoms):
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
@@ -220,11 +264,15 @@ class DeepPot:
                 parts[n].append(out[n])
             self.budget.succeeded(self.device)
             start = stop
-        return tuple(np.concatenate(parts[n]) for n in names)
+        return {n: np.concatenate(parts[n]) for n in names}
 
-    def _eval_chunk(self, coords, cells, atype, fparam, aparam, atomic) -> dict[str, np.ndarray]:
-        """Run the model on a few frames; neighbour data is built here, for these frames only."""
+    def _eval_chunk(
+        self, coords, cells, atype, fparam, aparam, names, model_kw: dict
+    ) -> dict[str, np.ndarray]:
+        """Run the model on a few frames (``model_kw``: extra model arguments); neighbour data
+        is built here, for these frames only."""
         dev = self.device
+        chunk = self.budget.chunk(atype.shape[1])
         nbr = self._neighbors(coords, atype, cells)
         nbr = {k: v.to(dev) for k, v in nbr.items()}
 
@@ -239,12 +287,10 @@ class DeepPot:
                 nbr,
                 tensor(fparam),
                 tensor(aparam),
-                do_force=True,
-                do_virial=True,
-                do_atomic_virial=atomic,
+                chunk_atoms=chunk,
+                **model_kw,
             )
-        wanted = (keys.ENERGY, keys.FORCE, keys.VIRIAL, keys.ATOM_ENERGY, keys.ATOM_VIRIAL)
-        return {k: out[k].detach().to("cpu", torch.float64).numpy() for k in wanted if k in out}
+        return {k: out[k].detach().to("cpu", torch.float64).numpy() for k in names}
 
     # --- input checking -----------------------------------------------------------------------
     def _standard_input(self, coords, cells, atom_types, fparam, aparam, mixed_type):
@@ -346,3 +392,95 @@ class DeepPot:
             f"aparam: expected shape [{nf}, {natoms}, {dim}], [{natoms}, {dim}] or [{dim}], "
             f"got {aparam.shape}"
         )
+
+
+def model_kind(model: AtomicModel) -> str:
+    """The kind of output: energy, property, dipole or polar (from the fitting's output
+    definition)."""
+    od = model.output_def
+    if od.r_differentiable:
+        return "energy"
+    if od.global_key in ("global_dipole", "global_polar"):
+        return od.global_key.split("_", 1)[1]
+    return "property"
+
+
+_INTERFACE = {
+    "energy": "DeepPot",
+    "property": "DeepProperty",
+    "dipole": "DeepDipole",
+    "polar": "DeepPolar",
+}
+
+
+def check_kind(model: AtomicModel, wanted: str, who: str) -> None:
+    """ValueError naming the right interface when ``model`` is not a ``wanted`` model."""
+    kind = model_kind(model)
+    if kind != wanted:
+        raise ValueError(
+            f"{who}: this is a {kind} model (output '{model.output_name}'); "
+            f"use lamkit.infer.{_INTERFACE[kind]}"
+        )
+
+
+class DeepPot(DeepEval):
+    """Energy, forces and virials from a model file, with ``deepmd.infer.DeepPot``'s interface
+    (constructor arguments: see :class:`DeepEval`)."""
+
+    def _check_model(self, model: AtomicModel) -> None:
+        check_kind(model, "energy", "DeepPot")
+
+    def eval(
+        self,
+        coords,
+        cells,
+        atom_types,
+        atomic: bool = False,
+        fparam=None,
+        aparam=None,
+        mixed_type: bool = False,
+        **kwargs,
+    ) -> tuple[np.ndarray, ...]:
+        """Energy, force and virial of ``nframes`` configurations of ``natoms`` atoms.
+
+        Args:
+            coords: [nf, natoms*3] or [nf, natoms, 3], Å.
+            cells: [nf, 9] cell vectors as rows (Å), or None for non-periodic systems.
+            atom_types: [natoms] indices into ``get_type_map()``; [nf, natoms] with
+                ``mixed_type=True``. ``-1`` marks a virtual (padding) atom.
+            atomic: also return per-atom energies and virials.
+            fparam: [nf, nfp] or [nfp].  aparam: [nf, natoms, nap], [natoms, nap] or [nap].
+
+        Returns:
+            energy [nf, 1] eV, force [nf, natoms, 3] eV/Å, virial [nf, 9] eV and, if
+            ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9].
+        """
+        for name, value in kwargs.items():
+            if value is not None:
+                raise ValueError(f"DeepPot.eval: '{name}' is not supported by lamkit models")
+        coords, cells, atype, fparam, aparam = self._standard_input(
+            coords, cells, atom_types, fparam, aparam, mixed_type
+        )
+        names = [keys.ENERGY, keys.FORCE, keys.VIRIAL]
+        if atomic:
+            names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
+        empty = {
+            keys.ENERGY: (1,),
+            keys.FORCE: (0, 3),
+            keys.VIRIAL: (9,),
+            keys.ATOM_ENERGY: (0, 1),
+            keys.ATOM_VIRIAL: (0, 9),
+        }
+        out = self._evaluate(
+            coords,
+            cells,
+            atype,
+            fparam,
+            aparam,
+            names,
+            empty,
+            do_force=True,
+            do_virial=True,
+            do_atomic_virial=atomic,
+        )
+        return tuple(out[n] for n in names)

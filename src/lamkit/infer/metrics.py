@@ -170,17 +170,23 @@ def run_test(
     atomic: bool = False,
     head: str | None = None,
 ) -> dict:
-    """Test ``model`` (path or DeepPot) on every system found; returns per-system results and
-    the weighted average under ``"average"``."""
-    from .deep_pot import DeepPot
+    """Test ``model`` (path, DeepPot, DeepProperty, DeepDipole or DeepPolar) on every system
+    found; returns per-system results and the weighted average under ``"average"``. Property,
+    dipole and polar models are tested by :mod:`.output_metrics`."""
+    from .deep_pot import DeepEval, DeepPot
+    from .deep_property import open_model
 
-    dp = model if isinstance(model, DeepPot) else DeepPot(model, head=head)
+    dp = model if isinstance(model, DeepEval) else open_model(model, head=head)
     if datafile:
         spec = [ln.strip() for ln in Path(datafile).read_text().splitlines() if ln.strip()]
     elif system:
         spec = system
     else:
         raise ValueError("give a system (-s) or a file listing systems (-f)")
+    if not isinstance(dp, DeepPot):
+        from .output_metrics import run_output_test
+
+        return run_output_test(dp, spec, numb_test, detail_file, atomic)
     reqs = [
         DataRequirement(keys.ENERGY, 1),
         DataRequirement(keys.FORCE, 3, atomic=True),

@@ -14,78 +14,102 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
-from ..model import EnergyModel, build_model
+from ..model import AtomicModel, build_model
 
-# (reference name pattern, lamkit name template); applied to names below "atomic_model."
+# Descriptor blocks: (reference prefix, lamkit prefix). A block keeps its statistics as
+# ``mean``/``stddev`` and its embedding nets under ``filter_layers`` (per neighbour-type nets in
+# se_e2_a, one type-embedded net elsewhere) and ``filter_layers_strip`` (strip mode).
+_BLOCKS: list[tuple[str, str]] = [
+    ("descriptor.sea.", "descriptor."),  # se_e2_a
+    ("descriptor.se_atten.", "descriptor."),  # dpa1 / se_atten / se_atten_v2
+    ("descriptor.se_ttebd.", "descriptor."),  # se_e3_tebd
+    ("descriptor.repinit_three_body.", "descriptor.repinit_three_body."),  # dpa2 (before repinit.)
+    ("descriptor.repinit.", "descriptor.repinit."),  # dpa2
+    ("descriptor.repformers.", "descriptor.repformers."),  # dpa2
+]
+_STAT_RULES: list[tuple[str, str]] = [(r"^mean$", "davg"), (r"^stddev$", "dstd")]
+# (pattern, template) within one block, after its prefix
+_BLOCK_RULES: list[tuple[str, str]] = [
+    *_STAT_RULES,
+    (r"^filter_layers\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$", r"embedding.layers.\1.\2"),
+    (
+        r"^filter_layers_strip\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"embedding_strip.layers.\1.\2",
+    ),
+    # DPA-1 attention layers
+    (
+        r"^dpa1_attention\.attention_layers\.(\d+)\.attention_layer\."
+        r"(in_proj|out_proj)\.(matrix|bias)$",
+        r"attention.\1.\2.\3",
+    ),
+    (
+        r"^dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\.matrix$",
+        r"attention.\1.norm.weight",
+    ),
+    (
+        r"^dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\.bias$",
+        r"attention.\1.norm.bias",
+    ),
+    (r"^type_embd_data$", "type_embd_data"),
+    # repformer layers: every name is lamkit's, but the g2 layer norm's scale
+    (r"^layers\.(\d+)\.attn2_lm\.matrix$", r"layers.\1.attn2_lm.weight"),
+    (r"^((?:g2_embd|layers)\..*)$", r"\1"),
+]
+# se_e2_a: one net per (centre, neighbour) type pair or per neighbour type
+_SEA_RULES: list[tuple[str, str]] = [
+    *_STAT_RULES,
+    (
+        r"^filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"embeddings.\1.layers.\2.\3",
+    ),
+]
+# (pattern, template) for names below "atomic_model." outside the descriptor blocks
 _RULES: list[tuple[str, str]] = [
     (r"^out_bias$", "out_bias"),
     (r"^out_std$", "out_std"),
-    (r"^descriptor\.sea\.mean$", "descriptor.davg"),
-    (r"^descriptor\.sea\.stddev$", "descriptor.dstd"),
     (
-        r"^descriptor\.sea\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
-        r"descriptor.embeddings.\1.layers.\2.\3",
+        r"^descriptor\.type_embedding\.embedding\.embedding_net\.layers\.(\d+)\."
+        r"(matrix|bias|idt)$",
+        r"descriptor.type_embedding.net.layers.\1.\2",
     ),
+    # DPA-2 glue between repinit and the repformers
+    (r"^descriptor\.(g1_shape_tranform|tebd_transform)\.(matrix|bias)$", r"descriptor.\1.\2"),
     (
         r"^fitting_net\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
         r"fitting.nets.\1.layers.\2.\3",
     ),
     (r"^fitting_net\.bias_atom_e$", "fitting.bias_atom"),
     (r"^fitting_net\.(fparam_avg|fparam_inv_std|aparam_avg|aparam_inv_std)$", r"fitting.\1"),
-    # se_e3_tebd (reference DescrptSeTTebd: block "se_ttebd" + its own type embedding)
-    (r"^descriptor\.se_ttebd\.mean$", "descriptor.davg"),
-    (r"^descriptor\.se_ttebd\.stddev$", "descriptor.dstd"),
-    (
-        r"^descriptor\.se_ttebd\.filter_layers\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$",
-        r"descriptor.embedding.layers.\1.\2",
-    ),
-    (
-        r"^descriptor\.se_ttebd\.filter_layers_strip\.networks\.0\.layers\.(\d+)\."
-        r"(matrix|bias|idt)$",
-        r"descriptor.embedding_strip.layers.\1.\2",
-    ),
-    (
-        r"^descriptor\.type_embedding\.embedding\.embedding_net\.layers\.(\d+)\."
-        r"(matrix|bias|idt)$",
-        r"descriptor.type_embedding.net.layers.\1.\2",
-    ),
-    # DPA-1 / se_atten / se_atten_v2 (mean/stddev are [ntypes, nnei, 4] like se_e2_a; the type
-    # embedding rule above is shared)
-    (r"^descriptor\.se_atten\.mean$", "descriptor.davg"),
-    (r"^descriptor\.se_atten\.stddev$", "descriptor.dstd"),
-    (
-        r"^descriptor\.se_atten\.filter_layers\.networks\.0\.layers\.(\d+)\.(matrix|bias|idt)$",
-        r"descriptor.embedding.layers.\1.\2",
-    ),
-    (
-        r"^descriptor\.se_atten\.filter_layers_strip\.networks\.0\.layers\.(\d+)\."
-        r"(matrix|bias|idt)$",
-        r"descriptor.embedding_strip.layers.\1.\2",
-    ),
-    (
-        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attention_layer\."
-        r"(in_proj|out_proj)\.(matrix|bias)$",
-        r"descriptor.attention.\1.\2.\3",
-    ),
-    (
-        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\."
-        r"matrix$",
-        r"descriptor.attention.\1.norm.weight",
-    ),
-    (
-        r"^descriptor\.se_atten\.dpa1_attention\.attention_layers\.(\d+)\.attn_layer_norm\."
-        r"bias$",
-        r"descriptor.attention.\1.norm.bias",
-    ),
-    (r"^descriptor\.se_atten\.type_embd_data$", "descriptor.type_embd_data"),
 ]
 # reference entries with no lamkit counterpart (duplicates, compression tables, ...)
 _IGNORED = [
     r"\._networks\.",
     r"\.compress_(info|data)\.",
     r"^fitting_net\.case_embd$",
-    r"^descriptor\.se_ttebd\.type_embd_data$",  # se_e3_tebd compression table
+    # compression tables of the three-body blocks (se_e3_tebd has no such buffer here)
+    r"^descriptor\.(se_ttebd|repinit_three_body)\.type_embd_data$",
 ]
+
+
+def translate_name(name: str) -> str | None:
+    """lamkit state-dict name of a reference name below ``atomic_model.`` (None: not used).
+
+    Raises ``KeyError`` for a name that no rule knows.
+    """
+    if any(re.search(p, name) for p in _IGNORED):
+        return None
+    for ref_prefix, own_prefix in _BLOCKS:
+        if name.startswith(ref_prefix):
+            rest = name[len(ref_prefix) :]
+            rules = _SEA_RULES if ref_prefix == "descriptor.sea." else _BLOCK_RULES
+            for pattern, template in rules:
+                if re.match(pattern, rest):
+                    return own_prefix + re.sub(pattern, template, rest)
+            raise KeyError(name)
+    for pattern, template in _RULES:
+        if re.match(pattern, name):
+            return re.sub(pattern, template, name)
+    raise KeyError(name)
 
 
 def _load(path: str | Path) -> dict:
@@ -105,7 +129,7 @@ def _heads(params: dict) -> list[str]:
     return list(params["model_dict"]) if "model_dict" in params else ["Default"]
 
 
-def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> EnergyModel:
+def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     """A lamkit model holding the weights of a DeePMD-kit v3 checkpoint.
 
     Args:
@@ -139,15 +163,14 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> EnergyModel:
             continue
         if not rest.startswith("atomic_model."):
             continue
-        rest = rest[len("atomic_model.") :]
-        if any(re.search(p, rest) for p in _IGNORED):
-            continue
-        for pattern, template in _RULES:
-            if re.match(pattern, rest):
-                state[re.sub(pattern, template, rest)] = value
-                break
-        else:
-            raise ModelFileError(f"{where}: parameter '{name}' has no lamkit counterpart yet")
+        try:
+            own = translate_name(rest[len("atomic_model.") :])
+        except KeyError:
+            raise ModelFileError(
+                f"{where}: parameter '{name}' has no lamkit counterpart yet"
+            ) from None
+        if own is not None:
+            state[own] = value
     _reshape_stats(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     own = model.state_dict()
@@ -157,14 +180,17 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> EnergyModel:
     return model
 
 
-def _reshape_stats(state: dict, model: EnergyModel) -> None:
-    """Reference layouts differ from lamkit's in a few buffers; convert them here."""
+def _reshape_stats(state: dict, model: AtomicModel) -> None:
+    """Reference layouts differ from lamkit's in a few buffers; convert them here: the output
+    bias/std ``[1, ntypes, odim]`` and every block's davg/dstd ``[ntypes, nnei, 4]`` (the same
+    in every slot; lamkit keeps ``[ntypes, 4]``)."""
     for key in ("out_bias", "out_std"):
         if key in state and state[key].dim() == 3:
             state[key] = state[key][0]
-    for key in ("descriptor.davg", "descriptor.dstd"):
-        if key in state and state[key].dim() == 3:
-            full = state[key]
-            state[key] = full[:, 0, :].clone()
-            if not torch.allclose(full, state[key].unsqueeze(1).expand_as(full)):
-                raise ModelFileError(f"{key}: per-slot statistics differ between slots")
+    for key in [k for k in state if k.endswith((".davg", ".dstd"))]:
+        full = state[key]
+        if full.dim() != 3:
+            continue
+        state[key] = full[:, 0, :].clone()
+        if not torch.allclose(full, state[key].unsqueeze(1).expand_as(full)):
+            raise ModelFileError(f"{key}: per-slot statistics differ between slots")

@@ -8,6 +8,7 @@ from ..config.schema import REQUIRED, Arg, normalize
 from ..descriptor import DESCRIPTORS, build_descriptor
 from ..errors import ConfigError
 from ..fitting import FITTINGS, build_fitting
+from .atomic_model import AtomicModel
 from .energy_model import EnergyModel
 
 MODEL_ARGS = (
@@ -61,20 +62,31 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     return conf
 
 
-def build_model(config: dict) -> EnergyModel:
+def build_model(config: dict) -> AtomicModel:
     """An untrained model from a model config (normalised here if needed)."""
     conf = normalize_model_config(copy.deepcopy(config))
     type_map = conf["type_map"]
     dconf = dict(conf["descriptor"])
     if conf["pair_exclude_types"] and "exclude_types" in dconf and not dconf["exclude_types"]:
         dconf["exclude_types"] = conf["pair_exclude_types"]
-    if isinstance(dconf.get("sel"), str):
-        raise ConfigError(
-            "model/descriptor/sel: 'auto' must be resolved from the training data first "
-            "(lam train does this)"
-        )
+    cls = DESCRIPTORS.get(dconf.get("type", "se_e2_a"))
+    for path, _ in cls.neighbor_selections(dconf):
+        value = dconf
+        for key in path:
+            value = value[key]
+        if isinstance(value, str):
+            raise ConfigError(
+                f"model/descriptor/{'/'.join(path)}: '{value}' must be resolved from the "
+                "training data first (lam train does this)"
+            )
     descriptor = build_descriptor(dconf, type_map)
     fitting = build_fitting(
-        conf["fitting_net"], len(type_map), descriptor.dim_out, descriptor.mixed_types
+        conf["fitting_net"],
+        len(type_map),
+        descriptor.dim_out,
+        descriptor.mixed_types,
+        embedding_width=descriptor.dim_emb if descriptor.has_rot_mat else None,
     )
-    return EnergyModel(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)
+    # outputs with coordinate derivatives (energy) get forces and virials
+    model_cls = EnergyModel if fitting.output_def().r_differentiable else AtomicModel
+    return model_cls(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)

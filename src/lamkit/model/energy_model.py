@@ -1,4 +1,5 @@
-"""The standard DP energy model: descriptor + fitting + per-type output bias.
+"""The standard DP energy model: an :class:`~lamkit.model.atomic_model.AtomicModel` whose
+energy output also gives forces and virials by automatic differentiation.
 
 Inputs are the keys of :mod:`lamkit.keys`; neighbour data (mapping, shift, nlist) is built by
 :class:`lamkit.geometry.NeighborBuilder` outside the model so the model stays a pure function
@@ -8,92 +9,20 @@ of tensors (friendly to ``torch.compile`` and export).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import keys
-from ..descriptor import Descriptor
-from ..geometry.neighbor import NeighborBuilder
+from ..nn.chunking import chunked_evaluation
+from .atomic_model import AtomicModel
 from .derivatives import forces_and_virials
 
 
-class EnergyModel(nn.Module):
+class EnergyModel(AtomicModel):
     """Energy, forces and virials of atomic configurations.
 
     ``out_bias`` [ntypes, 1] is the per-type energy shift fitted by least squares on the
-    training labels; the fitting net learns the remainder.
+    training labels; the fitting net learns the remainder. Descriptor, fitting, statistics and
+    the per-atom outputs are :class:`AtomicModel`'s.
     """
-
-    output_name = "energy"
-
-    def __init__(
-        self,
-        descriptor: Descriptor,
-        fitting: nn.Module,
-        type_map: list[str],
-        atom_exclude_types=(),
-        config: dict | None = None,
-    ):
-        super().__init__()
-        self.descriptor = descriptor
-        self.fitting = fitting
-        self.type_map = list(type_map)
-        self.ntypes = len(type_map)
-        self.atom_exclude_types = list(atom_exclude_types)
-        self.config = dict(config or {})
-        odim = getattr(fitting, "dim_out", 1)
-        self.register_buffer("out_bias", torch.zeros(self.ntypes, odim, dtype=torch.float64))
-        self.register_buffer("out_std", torch.ones(self.ntypes, odim, dtype=torch.float64))
-        self.register_buffer("min_nbor_dist", torch.tensor(-1.0, dtype=torch.float64))
-
-    # --- what callers need to know ----------------------------------------------------------
-    @property
-    def rcut(self) -> float:
-        return self.descriptor.rcut
-
-    @property
-    def sel(self) -> list[int]:
-        return self.descriptor.sel
-
-    @property
-    def mixed_types(self) -> bool:
-        return self.descriptor.mixed_types
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.out_bias.dtype
-
-    def neighbor_builder(self, cache: bool = False) -> NeighborBuilder:
-        return NeighborBuilder(self.rcut, self.sel, self.mixed_types, cache=cache)
-
-    # --- forward ----------------------------------------------------------------------------
-    def extend(
-        self,
-        coord: torch.Tensor,
-        atype: torch.Tensor,
-        box: torch.Tensor | None,
-        nbr: dict[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``."""
-        mapping = nbr[keys.MAPPING]
-        idx = mapping.unsqueeze(-1).expand(-1, -1, 3)
-        ext = torch.gather(coord, 1, idx)
-        if box is not None:
-            cell = box.reshape(-1, 3, 3).to(coord.dtype)
-            ext = ext + torch.bmm(nbr[keys.SHIFT].to(coord.dtype), cell)
-        return ext, torch.gather(atype, 1, mapping)
-
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
-        nloc = nlist.shape[1]
-        atype = ext_atype[:, :nloc]
-        desc = self.descriptor(ext_coord, ext_atype, nlist, mapping)
-        out = self.fitting(desc[keys.DESCRIPTOR], atype, fparam, aparam)
-        atom = out[self.fitting.var_name].to(torch.float64)
-        at = atype.clamp(min=0)
-        mask = atype >= 0
-        for t in self.atom_exclude_types:
-            mask = mask & (atype != t)
-        atom = (atom + self.out_bias[at]) * mask.unsqueeze(-1).to(atom.dtype)
-        return atom, mask
 
     def forward(
         self,
@@ -107,11 +36,18 @@ class EnergyModel(nn.Module):
         do_virial: bool = True,
         do_atomic_virial: bool = False,
         create_graph: bool = False,
+        chunk_atoms: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None.
 
         Returns energy [nf, 1], atom_energy [nf, nloc, 1], mask [nf, nloc] and, as asked,
         force [nf, nloc, 3], virial [nf, 9], atom_virial [nf, nloc, 9].
+
+        ``chunk_atoms``: when ``nf * nloc`` exceeds it, the atom-local blocks (descriptor
+        blocks, repformer layers, fitting) run on slices of at most this many centre atoms
+        under activation checkpointing (:mod:`lamkit.nn.chunking`): the same results with the
+        memory of one slice's pair tensors, for about one extra forward pass of time (one per
+        backward pass). None (the default, used in training) evaluates everything at once.
         """
         nloc = coord.shape[1]
         # geometry in float64 whatever the input precision, as the reference does
@@ -119,7 +55,7 @@ class EnergyModel(nn.Module):
         box = None if box is None else box.to(torch.float64)
         ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
         ext_coord = ext_coord.detach().requires_grad_(do_force or do_virial)
-        with torch.enable_grad():
+        with torch.enable_grad(), chunked_evaluation(chunk_atoms):
             atom_e, mask = self.atomic_outputs(
                 ext_coord, ext_atype, nbr[keys.NLIST], nbr[keys.MAPPING], fparam, aparam
             )

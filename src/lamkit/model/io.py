@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
+from .atomic_model import AtomicModel
 from .build import build_model
-from .energy_model import EnergyModel
 
 FORMAT = "lamkit"
 VERSION = 1
@@ -44,7 +44,7 @@ def atomic_save(obj, path: str | Path) -> None:
         raise
 
 
-def model_payload(model: EnergyModel, kind: str = "frozen", **extra) -> dict:
+def model_payload(model: AtomicModel, kind: str = "frozen", **extra) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -55,7 +55,7 @@ def model_payload(model: EnergyModel, kind: str = "frozen", **extra) -> dict:
     }
 
 
-def save_model(model: EnergyModel, path: str | Path, **metadata) -> None:
+def save_model(model: AtomicModel, path: str | Path, **metadata) -> None:
     """Write a frozen (inference-only) model file."""
     atomic_save(model_payload(model, "frozen", metadata=metadata), path)
 
@@ -76,7 +76,7 @@ def read_file(path: str | Path) -> dict:
         raise ModelFileError(f"{path}: cannot be read as a model file ({exc})") from exc
 
 
-def model_from_payload(obj: dict, where: str = "model", head: str | None = None) -> EnergyModel:
+def model_from_payload(obj: dict, where: str = "model", head: str | None = None) -> AtomicModel:
     from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -92,7 +92,8 @@ def model_from_payload(obj: dict, where: str = "model", head: str | None = None)
     )
 
 
-def load_model(path: str | Path, head: str | None = None) -> EnergyModel:
-    """Any model file lamkit understands, as an ``EnergyModel`` in eval mode."""
+def load_model(path: str | Path, head: str | None = None) -> AtomicModel:
+    """Any model file lamkit understands, in eval mode: an ``EnergyModel``, or for property,
+    dipole and polar fittings an ``AtomicModel``."""
     model = model_from_payload(read_file(path), str(path), head=head)
     return model.eval()

@@ -14,6 +14,13 @@ from .neighbors import (
     check_sel_not_saturated,
     neighbor_counts,
 )
+from .outputs import (
+    check_output_padding,
+    check_output_permutation,
+    check_output_rotation,
+    check_output_translation,
+    predict_outputs,
+)
 from .physics import (
     assert_close,
     check_atom_virial,
@@ -60,6 +67,10 @@ __all__ = [
     "check_cutoff_smoothness",
     "check_forces",
     "check_frame_neighbors",
+    "check_output_padding",
+    "check_output_permutation",
+    "check_output_rotation",
+    "check_output_translation",
     "check_periodic_images",
     "check_permutation",
     "check_precision",
@@ -80,6 +91,7 @@ __all__ = [
     "pad_with_virtual",
     "predict",
     "predict_batch",
+    "predict_outputs",
     "random_rotation",
     "random_system",
     "randomize_statistics",

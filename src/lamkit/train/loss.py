@@ -1,4 +1,5 @@
-"""Energy loss ``type: "ener"`` (DeePMD-kit 3.2 semantics).
+"""Loss registry and the energy loss ``type: "ener"`` (DeePMD-kit 3.2 semantics); the
+``property`` and ``tensor`` losses live in :mod:`.loss_property` and :mod:`.loss_tensor`.
 
 With per-frame real-atom counts ``N_f`` (virtual atoms excluded), prefactors
 ``p_X(t) = limit_X + (start_X - limit_X) * lr(t) / start_lr`` and a term active only when
@@ -66,8 +67,9 @@ class EnergyLoss:
     """The ``ener`` loss; call it with predictions, a labelled batch and the current lr."""
 
     labels = (keys.ENERGY, keys.FORCE, keys.VIRIAL, "atom_ener", keys.ATOM_PREF)
+    fitting_types = ("ener", "energy")
 
-    def __init__(self, config: dict, start_lr: float):
+    def __init__(self, config: dict, start_lr: float, model_config: dict | None = None):
         c = normalize(config, ENER_ARGS, "loss")
         for bad in ("start_pref_h", "start_pref_gf"):
             if c[bad]:
@@ -86,6 +88,9 @@ class EnergyLoss:
         self.huber = c["use_huber"]
         hd = c["huber_delta"]
         self.huber_delta = (list(hd) + [hd[-1]] * 3)[:3] if isinstance(hd, list) else [hd] * 3
+
+    def attach(self, model) -> None:  # the energy loss reads nothing from the model
+        pass
 
     @property
     def need(self) -> dict[str, bool]:
@@ -186,7 +191,29 @@ class EnergyLoss:
         return loss, more
 
 
-def build_loss(config: dict | None, start_lr: float):
-    conf = dict(config or {"type": "ener"})
-    cls = LOSSES.get(conf.get("type", "ener"))
-    return cls(conf, start_lr)
+# the loss of each fitting type when the input's loss section names none
+DEFAULT_LOSS = {"ener": "ener", "energy": "ener", "property": "property"}
+
+
+def build_loss(config: dict | None, start_lr: float, model_config: dict | None = None):
+    """The loss of the input's ``loss`` section for a model of ``model_config`` (normalised
+    or not); the loss type defaults to the one that fits the fitting type. Call the loss's
+    ``attach(model)`` once the model exists (the property loss reads its statistics)."""
+    from . import loss_property, loss_tensor  # noqa: F401 - register their types
+
+    conf = dict(config or {})
+    ftype = ((model_config or {}).get("fitting_net") or {}).get("type", "ener")
+    if "type" not in conf:
+        if ftype not in DEFAULT_LOSS:
+            raise ConfigError(
+                f"loss/type: a '{ftype}' fitting needs an explicit loss section "
+                '(e.g. {"type": "tensor", "pref": 1.0, "pref_atomic": 0.0})'
+            )
+        conf["type"] = DEFAULT_LOSS[ftype]
+    cls = LOSSES.get(conf["type"])
+    if model_config is not None and ftype not in cls.fitting_types:
+        raise ConfigError(
+            f"loss/type: '{conf['type']}' does not fit a model with fitting_net/type '{ftype}' "
+            f"(use it with {', '.join(cls.fitting_types)})"
+        )
+    return cls(conf, start_lr, model_config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,26 @@ import torch
 from .. import keys
 from ..data import System, SystemLoader
 from ..descriptor.env_stat import EnvStat
+from ..errors import ConfigError
 from ..geometry.neighbor import NeighborBuilder
 
 log = logging.getLogger("lamkit.train")
 
 
-def neighbor_stat(systems: list[System], rcut: float, ntypes: int, mixed_types: bool):
-    """Maximum neighbour count within ``rcut`` per neighbour type (or in total when
-    ``mixed_types``) over every frame, and the minimum pair distance (Å)."""
+def neighbor_stat(
+    systems: list[System], rcut: float | Sequence[float], ntypes: int, mixed_types: bool
+):
+    """Maximum neighbour count within ``rcut`` (r < rcut) per neighbour type (or in total when
+    ``mixed_types``) over every frame, and the minimum pair distance (Å).
+
+    With a list of cutoffs, one pass over the data gives a list of counts, one per cutoff.
+    """
     from vesin import NeighborList
 
-    nl = NeighborList(cutoff=float(rcut), full_list=True)
-    max_count = np.zeros(ntypes, dtype=np.int64)
-    max_total = 0
+    rcuts = [float(rcut)] if isinstance(rcut, (int, float)) else [float(r) for r in rcut]
+    nl = NeighborList(cutoff=max(rcuts), full_list=True)
+    max_count = np.zeros((len(rcuts), ntypes), dtype=np.int64)
+    max_total = np.zeros(len(rcuts), dtype=np.int64)
     min_dist = math.inf
     for s in systems:
         for f in range(s.nframes):
@@ -42,23 +50,76 @@ def neighbor_stat(systems: list[System], rcut: float, ntypes: int, mixed_types: 
             i, j, d = i[keep], j[keep], d[keep]
             if len(d) == 0:
                 continue
-            counts = np.bincount(i * ntypes + at[j], minlength=n * ntypes).reshape(n, ntypes)
-            max_count = np.maximum(max_count, counts.max(0))
-            max_total = max(max_total, int(counts.sum(1).max()))
             min_dist = min(min_dist, float(d.min()))
-    return (max_total if mixed_types else max_count.tolist()), min_dist
+            for k, rc in enumerate(rcuts):
+                inside = d < rc
+                slot = i[inside] * ntypes + at[j[inside]]
+                counts = np.bincount(slot, minlength=n * ntypes).reshape(n, ntypes)
+                max_count[k] = np.maximum(max_count[k], counts.max(0))
+                max_total[k] = max(max_total[k], int(counts.sum(1).max()))
+    out = [int(t) if mixed_types else c.tolist() for t, c in zip(max_total, max_count)]
+    return (out[0] if isinstance(rcut, (int, float)) else out), min_dist
 
 
 def resolve_sel(sel, counts) -> list[int] | int:
-    """``"auto"`` / ``"auto:ratio"`` -> counts * ratio rounded up to a multiple of 4."""
+    """``"auto"`` / ``"auto:factor"`` -> ``counts * factor`` (factor 1.1 by default), truncated to
+    an integer and rounded up to a multiple of 4, as DeePMD-kit's ``update_sel`` does."""
     ratio = 1.1
-    if isinstance(sel, str) and ":" in sel:
-        ratio = float(sel.split(":", 1)[1])
+    if isinstance(sel, str):
+        words = sel.split(":")
+        if words[0] != "auto" or len(words) > 2:
+            raise ConfigError(f"'{sel}': expected a number, 'auto' or 'auto:factor'")
+        if len(words) == 2:
+            try:
+                ratio = float(words[1])
+            except ValueError:
+                raise ConfigError(f"'{sel}': the factor after 'auto:' is not a number") from None
 
     def up4(n):
-        return int(math.ceil(n * ratio / 4.0) * 4)
+        return 4 * ((int(n * ratio) + 3) // 4)
 
     return [up4(c) for c in counts] if isinstance(counts, list) else up4(counts)
+
+
+def auto_selections(descriptor_config: dict) -> list[tuple[dict, tuple[str, ...], float]]:
+    """The neighbour counts of a normalised descriptor config still given as "auto" or
+    "auto:factor": ``(parent dict, key path, rcut)`` for each."""
+    from ..descriptor import DESCRIPTORS
+
+    cls = DESCRIPTORS.get(descriptor_config.get("type", "se_e2_a"))
+    out = []
+    for path, rc in cls.neighbor_selections(descriptor_config):
+        parent = descriptor_config
+        for key in path[:-1]:
+            parent = parent[key]
+        if isinstance(parent.get(path[-1]), str):
+            out.append((parent, path, rc))
+    return out
+
+
+def resolve_auto_sel(descriptor_config: dict, systems: list[System], ntypes: int) -> list[str]:
+    """Replace every "auto"/"auto:factor" neighbour count of a normalised descriptor config in
+    place, from one pass over ``systems`` for all cutoffs (DeePMD-kit's ``update_sel``);
+    returns what was done, as log lines."""
+    from ..descriptor import DESCRIPTORS
+
+    todo = auto_selections(descriptor_config)
+    if not todo:
+        return []
+    mixed = DESCRIPTORS.get(descriptor_config.get("type", "se_e2_a")).mixed_types
+    counts, min_d = neighbor_stat(systems, [rc for _, _, rc in todo], ntypes, mixed)
+    lines = []
+    for (parent, path, rc), cnt in zip(todo, counts):
+        where = "/".join(path)
+        try:
+            parent[path[-1]] = resolve_sel(parent[path[-1]], cnt)
+        except ConfigError as exc:
+            raise ConfigError(f"model/descriptor/{where}: {exc}") from None
+        lines.append(
+            f"neighbour statistics within {rc} Å: max neighbours {cnt}, min distance "
+            f"{min_d:.4f} Å -> {where} {parent[path[-1]]}"
+        )
+    return lines
 
 
 def stat_batches(systems: list[System], batch_sizes: list[int], nbatch: int, seed) -> list[dict]:
@@ -120,40 +181,80 @@ def energy_bias(
     return bias.reshape(ntypes, 1)
 
 
-def _stat_key(model) -> str:
-    d = model.descriptor
-    text = f"{type(d).__name__}|{d.rcut}|{d.rcut_smth}|{d.sel}|{d.mixed_types}|{model.type_map}"
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+def _stat_keys(model) -> dict[str, str]:
+    """Cache key of each statistics block (``""`` for a descriptor with a single block).
+
+    Blocks whose statistics depend on the same things share a key, so they are stored once
+    (in DPA-2 the three-body and repformer blocks usually do, as in the reference's file).
+    """
+    ids = model.descriptor.stat_id()
+    ids = ids if isinstance(ids, dict) else {"": ids}
+    tm = " ".join(model.type_map)
+    return {
+        name: hashlib.sha1(f"{text}|type_map={tm}".encode()).hexdigest()[:16]
+        for name, text in ids.items()
+    }
+
+
+def _read_cached(stat_file: str | None, keys_: dict[str, str]) -> dict[str, EnvStat] | None:
+    if not stat_file or not Path(stat_file).exists():
+        return None
+    import h5py
+
+    with h5py.File(stat_file, "r") as h5:
+        if not all(k in h5 for k in keys_.values()):
+            return None
+        return {
+            name: EnvStat.from_arrays({"r": h5[k]["r"][()], "a": h5[k]["a"][()]})
+            for name, k in keys_.items()
+        }
+
+
+def _write_cached(stat_file: str, keys_: dict[str, str], stats: dict[str, EnvStat], model):
+    import h5py
+
+    Path(stat_file).parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(stat_file, "a") as h5:
+        for key in dict.fromkeys(keys_.values()):
+            names = [n for n, k in keys_.items() if k == key]
+            if key in h5:
+                del h5[key]
+            g = h5.create_group(key)
+            g["r"], g["a"] = stats[names[0]].r, stats[names[0]].a
+            g.attrs["type_map"] = " ".join(model.type_map)
+            g.attrs["descriptor"] = type(model.descriptor).__name__
+            if names != [""]:
+                g.attrs["blocks"] = " ".join(names)
 
 
 def compute_descriptor_stat(
     model, batches: list[dict], protection: float, stat_file: str | None = None
-) -> EnvStat:
-    """davg/dstd of the model's descriptor, from the cache file when it has them."""
-    key = _stat_key(model)
-    if stat_file and Path(stat_file).exists():
-        import h5py
+) -> EnvStat | dict[str, EnvStat]:
+    """davg/dstd of the model's descriptor, from the cache file when it has them.
 
-        with h5py.File(stat_file, "r") as h5:
-            if key in h5:
-                st = EnvStat.from_arrays({"r": h5[key]["r"][()], "a": h5[key]["a"][()]})
-                log.info("descriptor statistics read from %s", stat_file)
-                model.descriptor.set_stat(st, protection)
-                return st
-    st = model.descriptor.env_stat(_extended(model, batches))
-    model.descriptor.set_stat(st, protection)
-    if stat_file:
-        import h5py
-
-        Path(stat_file).parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(stat_file, "a") as h5:
-            if key in h5:
-                del h5[key]
-            g = h5.create_group(key)
-            g["r"], g["a"] = st.r, st.a
-            g.attrs["type_map"] = " ".join(model.type_map)
-        log.info("descriptor statistics saved to %s", stat_file)
-    return st
+    Returns what ``descriptor.env_stat`` returns: one ``EnvStat``, or a dict of them for
+    descriptors with several blocks (DPA-2: repinit, three_body, repformer). The HDF5 file
+    holds one group ``<key>/{r, a}`` per block (``[ntypes, 3]``: count, sum, sum of squares of
+    the radial and the angular columns).
+    """
+    keys_ = _stat_keys(model)
+    stats = _read_cached(stat_file, keys_)
+    if stats is not None:
+        log.info("descriptor statistics read from %s", stat_file)
+    else:
+        st = model.descriptor.env_stat(_extended(model, batches))
+        stats = st if isinstance(st, dict) else {"": st}
+        if set(stats) != set(keys_):
+            raise ValueError(
+                f"{type(model.descriptor).__name__}: env_stat gave blocks {sorted(stats)} but "
+                f"stat_id names {sorted(keys_)}"
+            )
+        if stat_file:
+            _write_cached(stat_file, keys_, stats, model)
+            log.info("descriptor statistics saved to %s", stat_file)
+    result = stats[""] if list(stats) == [""] else stats
+    model.descriptor.set_stat(result, protection)
+    return result
 
 
 def fparam_stat(batches: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -169,8 +270,14 @@ def fparam_stat(batches: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] 
 def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None) -> None:
     """All statistics a freshly initialised model needs, set in place."""
     compute_descriptor_stat(model, batches, conf.get("data_stat_protect", 1e-2), stat_file)
-    preset = (conf.get("preset_out_bias") or {}).get("energy")
-    bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
+    bias = None
+    if model.output_def.r_differentiable:  # energy
+        preset = (conf.get("preset_out_bias") or {}).get("energy")
+        bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
+    else:  # property, dipole, polar: bias and std (lamkit.model.out_stat)
+        from ..model.out_stat import set_output_stats
+
+        set_output_stats(model, batches, conf)
     if bias is not None:
         model.out_bias.copy_(torch.as_tensor(bias, dtype=model.out_bias.dtype))
         log.info(

@@ -24,13 +24,14 @@ from ..data import MultiSystemSampler, load_systems, resolve_batch_sizes, system
 from ..data.system import DataRequirement
 from ..descriptor import DESCRIPTORS
 from ..errors import ConfigError
-from ..model import EnergyModel, build_model, normalize_model_config
+from ..model import AtomicModel, build_model, normalize_model_config
 from ..model.io import FORMAT, VERSION, model_from_payload, read_file
+from ..runtime import tune_allocator
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .loss import build_loss
 from .lr import LearningRate
 from .plot import plot_lcurve
-from .stats import neighbor_stat, resolve_sel, set_model_statistics, stat_batches
+from .stats import auto_selections, resolve_auto_sel, set_model_statistics, stat_batches
 
 log = logging.getLogger("lamkit.train")
 
@@ -57,6 +58,7 @@ class Trainer:
         skip_neighbor_stat: bool = False,
         device: str | None = None,
     ):
+        tune_allocator()
         self.out = Path(output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = _device(device)
@@ -81,7 +83,7 @@ class Trainer:
         if tr["warmup_steps"] and "warmup_steps" not in lr_conf:
             lr_conf = {**lr_conf, "warmup_steps": tr["warmup_steps"]}
         self.lr = LearningRate(lr_conf, self.num_steps)
-        self.loss = build_loss(self.config.get("loss"), self.lr.start_lr)
+        self.loss = build_loss(self.config.get("loss"), self.lr.start_lr, mconf)
 
         reqs = list(self.loss.requirements())
         fit = mconf["fitting_net"]
@@ -98,29 +100,12 @@ class Trainer:
         self.valid_systems = load_systems(val["systems"], self.type_map, reqs) if val else []
         self._check_types(mconf)
 
-        if resume is None and isinstance(mconf["descriptor"].get("sel"), str):
-            if skip_neighbor_stat:
-                raise ConfigError(
-                    "model/descriptor/sel is 'auto': it needs the neighbour "
-                    "statistics, so --skip-neighbor-stat cannot be used"
-                )
-            d = mconf["descriptor"]
-            counts, min_d = neighbor_stat(
-                self.train_systems,
-                d["rcut"],
-                len(self.type_map),
-                mixed_types=DESCRIPTORS.get(d["type"]).mixed_types,
-            )
-            d["sel"] = resolve_sel(d["sel"], counts)
-            log.info(
-                "neighbour statistics: max neighbours %s, min distance %.4f Å -> sel %s",
-                counts,
-                min_d,
-                d["sel"],
-            )
+        if resume is None:
+            self._resolve_auto_sel(mconf["descriptor"], skip_neighbor_stat)
 
-        self.model: EnergyModel = build_model(mconf).to(self.device)
+        self.model: AtomicModel = build_model(mconf).to(self.device)
         self.model_config = self.model.config
+        self.loss.attach(self.model)  # the property loss reads the model's out_bias/out_std
 
         sizes = resolve_batch_sizes(
             tr["training_data"]["batch_size"], [s.natoms for s in self.train_systems]
@@ -171,6 +156,18 @@ class Trainer:
     def _stat_file(self):
         sf = self.tr["stat_file"]
         return None if sf is None else str(sf)
+
+    def _resolve_auto_sel(self, dconf: dict, skip_neighbor_stat: bool) -> None:
+        """Neighbour counts given as "auto"/"auto:factor" (``sel``; DPA-2's repinit ``nsel``,
+        ``three_body_sel`` and repformer ``nsel``) from the training data, in place."""
+        auto = ["/".join(path) for _, path, _ in auto_selections(dconf)]
+        if auto and skip_neighbor_stat:
+            raise ConfigError(
+                f"model/descriptor: {', '.join(auto)} is 'auto': it needs the neighbour "
+                "statistics, so --skip-neighbor-stat cannot be used"
+            )
+        for line in resolve_auto_sel(dconf, self.train_systems, len(self.type_map)):
+            log.info("%s", line)
 
     def _check_types(self, mconf):
         typed = not DESCRIPTORS.get(mconf["descriptor"]["type"]).mixed_types

@@ -3,8 +3,14 @@
 :class:`lamkit.descriptor.se_e3_tebd.SeE3Tebd`), a bias-free glorot ``g1_shape_tranform`` and the
 repformer layers. All blocks share one type embedding.
 
-``forward`` takes the repinit list (``rcut``/``sel`` of repinit, sorted by distance) and cuts the
-three-body and repformer lists out of it (spec §2.2).
+``forward`` takes the repinit list (``rcut``/``nsel`` of repinit, sorted by distance) and cuts the
+three-body and repformer lists out of it (spec §2.2). Excluded type pairs (``exclude_types``) are
+removed from every list here (set to -1 in place), so the blocks never see them; their
+statistics are then those of the reference, where each block masks its own list.
+
+Config (``model/descriptor`` with ``type: "dpa2"``): the keys of :data:`DPA2_ARGS`, with the
+nested ``repinit`` (:data:`REPINIT_ARGS`) and ``repformer`` (:data:`REPFORMER_ARGS`) sections of
+DeePMD-kit's argcheck, defaults included.
 """
 
 from __future__ import annotations
@@ -13,59 +19,104 @@ import torch
 from torch import nn
 
 from ... import keys
+from ...config.schema import REQUIRED, Arg, normalize
 from ...errors import ConfigError
-from ...geometry.env import gather_neighbors
+from ...geometry.env import environment_matrix, gather_neighbors
 from ...nn.mlp import Dense, make_generator, to_dtype
 from ...nn.type_embedding import TypeEmbedNet
-from ..base import Descriptor
+from ..base import (
+    DESCRIPTORS,
+    Descriptor,
+    check_exclude_types,
+    env_stat_id,
+    pair_exclude_mask,
+)
 from ..dpa1 import DPA1
 from ..env_stat import EnvStat
 from ..se_e3_tebd import SeE3Tebd
 from .repformers import Repformers
 
-REPINIT_DEFAULTS = dict(
-    neuron=[25, 50, 100],
-    axis_neuron=16,
-    tebd_dim=8,
-    tebd_input_mode="concat",
-    set_davg_zero=True,
-    activation_function="tanh",
-    type_one_side=False,
-    resnet_dt=False,
-    use_three_body=False,
-    three_body_neuron=[2, 4, 8],
-    three_body_sel=40,
-    three_body_rcut=4.0,
-    three_body_rcut_smth=0.5,
+_NSEL_DOC = "neighbour slots (one number, all types), or 'auto' / 'auto:factor'"
+
+REPINIT_ARGS = (
+    Arg("rcut", (float,), REQUIRED, doc="cutoff radius (Å) of repinit, also the model's"),
+    Arg("rcut_smth", (float,), REQUIRED, doc="where the switching function starts (Å)"),
+    Arg("nsel", (int, str), REQUIRED, doc=_NSEL_DOC),
+    Arg("neuron", (list,), [25, 50, 100]),
+    Arg("axis_neuron", (int,), 16),
+    Arg("tebd_dim", (int,), 8),
+    Arg("tebd_input_mode", (str,), "concat", choices=("concat", "strip")),
+    Arg("set_davg_zero", (bool,), True),
+    Arg("activation_function", (str,), "tanh"),
+    Arg("type_one_side", (bool,), False),
+    Arg("resnet_dt", (bool,), False),
+    Arg("use_three_body", (bool,), False),
+    Arg("three_body_neuron", (list,), [2, 4, 8]),
+    Arg("three_body_rcut", (float,), 4.0),
+    Arg("three_body_rcut_smth", (float,), 0.5),
+    Arg("three_body_sel", (int, str), 40, doc=_NSEL_DOC),
 )
-REPFORMER_DEFAULTS = dict(
-    nlayers=3,
-    g1_dim=128,
-    g2_dim=16,
-    axis_neuron=4,
-    direct_dist=False,
-    update_g1_has_conv=True,
-    update_g1_has_drrd=True,
-    update_g1_has_grrg=True,
-    update_g1_has_attn=True,
-    update_g2_has_g1g1=True,
-    update_g2_has_attn=True,
-    update_h2=False,
-    attn1_hidden=64,
-    attn1_nhead=4,
-    attn2_hidden=16,
-    attn2_nhead=4,
-    attn2_has_gate=False,
-    activation_function="tanh",
-    update_style="res_avg",
-    update_residual=0.001,
-    update_residual_init="norm",
-    set_davg_zero=True,
-    trainable_ln=True,
-    ln_eps=1e-5,
-    use_sqrt_nnei=True,
-    g1_out_conv=True,
-    g1_out_mlp=True,
+REPFORMER_ARGS = (
+    Arg("rcut", (float,), REQUIRED, doc="cutoff radius (Å) of the repformer layers"),
+    Arg("rcut_smth", (float,), REQUIRED, doc="where the switching function starts (Å)"),
+    Arg("nsel", (int, str), REQUIRED, doc=_NSEL_DOC),
+    Arg("nlayers", (int,), 3),
+    Arg("g1_dim", (int,), 128),
+    Arg("g2_dim", (int,), 16),
+    Arg("axis_neuron", (int,), 4),
+    Arg("direct_dist", (bool,), False),
+    Arg("update_g1_has_conv", (bool,), True),
+    Arg("update_g1_has_drrd", (bool,), True),
+    Arg("update_g1_has_grrg", (bool,), True),
+    Arg("update_g1_has_attn", (bool,), True),
+    Arg("update_g2_has_g1g1", (bool,), True),
+    Arg("update_g2_has_attn", (bool,), True),
+    Arg("use_sqrt_nnei", (bool,), True),
+    Arg("g1_out_conv", (bool,), True),
+    Arg("g1_out_mlp", (bool,), True),
+    Arg("update_h2", (bool,), False),
+    Arg("attn1_hidden", (int,), 64),
+    Arg("attn1_nhead", (int,), 4),
+    Arg("attn2_hidden", (int,), 16),
+    Arg("attn2_nhead", (int,), 4),
+    Arg("attn2_has_gate", (bool,), False),
+    Arg("activation_function", (str,), "tanh"),
+    Arg("update_style", (str,), "res_avg", choices=("res_avg", "res_incr", "res_residual")),
+    Arg("update_residual", (float,), 0.001),
+    Arg("update_residual_init", (str,), "norm", choices=("norm", "const")),
+    Arg("set_davg_zero", (bool,), True),
+    Arg("trainable_ln", (bool,), True),
+    Arg("ln_eps", (float, type(None)), None, doc="layer-norm epsilon; null means 1e-5"),
+)
+DPA2_ARGS = (
+    Arg("repinit", (dict,), REQUIRED, sub=REPINIT_ARGS),
+    Arg("repformer", (dict,), REQUIRED, sub=REPFORMER_ARGS),
+    Arg("concat_output_tebd", (bool,), True),
+    Arg("precision", (str,), "default"),
+    Arg("smooth", (bool,), True),
+    Arg("exclude_types", (list,), []),
+    Arg("env_protection", (float,), 0.0),
+    Arg("trainable", (bool,), True),
+    Arg("seed", (int, type(None)), None),
+    Arg("add_tebd_to_repinit_out", (bool,), False, aliases=("repformer_add_type_ebd_to_seq",)),
+    Arg("use_econf_tebd", (bool,), False),
+    Arg("use_tebd_bias", (bool,), False),
+)
+REPINIT_DEFAULTS = {a.name: a.default for a in REPINIT_ARGS if not a.required}
+REPFORMER_DEFAULTS = {a.name: a.default for a in REPFORMER_ARGS if not a.required}
+# repformer keys that Repformers takes itself; the others go to every RepformerLayer
+_REPFORMER_BLOCK_KEYS = (
+    "rcut",
+    "rcut_smth",
+    "nsel",
+    "nlayers",
+    "g1_dim",
+    "g2_dim",
+    "axis_neuron",
+    "direct_dist",
+    "activation_function",
+    "use_sqrt_nnei",
+    "set_davg_zero",
 )
 
 
@@ -86,8 +137,39 @@ def _share_type_embedding(block: nn.Module, tebd: nn.Module) -> None:
     object.__setattr__(block, "type_embedding", tebd)
 
 
+def _check_cutoff_order(where: str, blocks: dict[str, tuple[float, int]]) -> None:
+    """The sub-lists are cut out of the repinit list: sorted by cutoff, the neighbour counts
+    must not decrease, and repinit must be strictly the largest (as the reference asserts)."""
+    order = sorted(blocks.items(), key=lambda kv: kv[1])
+    for (a, (rc_a, n_a)), (b, (rc_b, n_b)) in zip(order, order[1:]):
+        if n_a > n_b:
+            raise ConfigError(
+                f"{where}: {a} has rcut {rc_a} <= {b}'s {rc_b} but more neighbour slots "
+                f"({n_a} > {n_b}); rcut and nsel must increase together"
+            )
+    rc_i, n_i = blocks["repinit"]
+    rc_f, n_f = blocks["repformer"]
+    if not (rc_i > rc_f and n_i > n_f):
+        raise ConfigError(
+            f"{where}: repinit rcut/nsel ({rc_i}/{n_i}) must exceed the repformer ones "
+            f"({rc_f}/{n_f})"
+        )
+
+
+def _count(where: str, value) -> int:
+    if isinstance(value, str):
+        raise ConfigError(
+            f"{where}: '{value}' must be resolved from the training data before the model is "
+            "built (lam train does this)"
+        )
+    return int(value)
+
+
+@DESCRIPTORS.register("dpa2")
 class DescrptDPA2(Descriptor):
+    ARGS = DPA2_ARGS
     mixed_types = True
+    has_rot_mat = True
 
     def __init__(
         self,
@@ -108,28 +190,32 @@ class DescrptDPA2(Descriptor):
     ):
         super().__init__()
         where = "model/descriptor"
-        if exclude_types:
-            raise ConfigError(f"{where}/exclude_types: not supported for dpa2 yet")
         if use_econf_tebd:
-            raise ConfigError(f"{where}/use_econf_tebd: not supported")
-        ri = {**REPINIT_DEFAULTS, **repinit}
-        rf = {**REPFORMER_DEFAULTS, **repformer}
-        if rf["ln_eps"] is None:  # the reference's config may carry null (= 1e-5)
-            rf["ln_eps"] = 1e-5
-        if ri["tebd_input_mode"] != "concat":
-            raise ConfigError(f"{where}/repinit/tebd_input_mode: only 'concat' is supported yet")
+            raise ConfigError(
+                f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
+                "supported; set it to false"
+            )
+        ri = normalize(repinit, REPINIT_ARGS, f"{where}/repinit")
+        rf = normalize(repformer, REPFORMER_ARGS, f"{where}/repformer")
         self.ntypes = ntypes
         self.dtype = to_dtype(precision)
         self.smooth = smooth
         self.concat_output_tebd = concat_output_tebd
         self.add_tebd_to_repinit_out = add_tebd_to_repinit_out
+        self.exclude_types = check_exclude_types(exclude_types, ntypes, f"{where}/exclude_types")
+        self.env_protection = float(env_protection)
         self.tebd_dim = int(ri["tebd_dim"])
+        self.tebd_input_mode = ri["tebd_input_mode"]
         self.rcut, self.rcut_smth = float(ri["rcut"]), float(ri["rcut_smth"])
-        self.nnei = int(ri["nsel"])
+        self.nnei = _count(f"{where}/repinit/nsel", ri["nsel"])
         self.sel = [self.nnei]
         self.use_three_body = bool(ri["use_three_body"])
-        if not (self.rcut > float(rf["rcut"]) and self.nnei > int(rf["nsel"])):
-            raise ConfigError(f"{where}: repinit rcut/nsel must exceed the repformer ones")
+        rf_nsel = _count(f"{where}/repformer/nsel", rf["nsel"])
+        cutoffs = {"repinit": (self.rcut, self.nnei), "repformer": (float(rf["rcut"]), rf_nsel)}
+        if self.use_three_body:
+            tb_nsel = _count(f"{where}/repinit/three_body_sel", ri["three_body_sel"])
+            cutoffs["three_body"] = (float(ri["three_body_rcut"]), tb_nsel)
+        _check_cutoff_order(where, cutoffs)
 
         def gen(*salt):
             return make_generator(seed, *salt)
@@ -137,6 +223,7 @@ class DescrptDPA2(Descriptor):
         self.type_embedding = TypeEmbedNet(
             ntypes, self.tebd_dim, use_tebd_bias, self.dtype, gen(2), trainable
         )
+        # exclude_types is applied to the lists in sub_lists, so the blocks get none
         self.repinit = DPA1(
             ntypes,
             self.nnei,
@@ -154,7 +241,7 @@ class DescrptDPA2(Descriptor):
             smooth_type_embedding=smooth,
             set_davg_zero=ri["set_davg_zero"],
             tebd_dim=self.tebd_dim,
-            tebd_input_mode=ri["tebd_input_mode"],
+            tebd_input_mode=self.tebd_input_mode,
             concat_output_tebd=False,
         )
         _share_type_embedding(self.repinit, self.type_embedding)
@@ -163,12 +250,12 @@ class DescrptDPA2(Descriptor):
         if self.use_three_body:
             self.repinit_three_body = SeE3Tebd(
                 ntypes,
-                int(ri["three_body_sel"]),
+                tb_nsel,
                 rcut=float(ri["three_body_rcut"]),
                 rcut_smth=float(ri["three_body_rcut_smth"]),
                 neuron=ri["three_body_neuron"],
                 tebd_dim=self.tebd_dim,
-                tebd_input_mode=ri["tebd_input_mode"],
+                tebd_input_mode=self.tebd_input_mode,
                 resnet_dt=ri["resnet_dt"],
                 set_davg_zero=ri["set_davg_zero"],
                 activation_function=ri["activation_function"],
@@ -194,27 +281,15 @@ class DescrptDPA2(Descriptor):
             if add_tebd_to_repinit_out
             else None
         )
-        layer_kw = {
-            k: rf[k]
-            for k in REPFORMER_DEFAULTS
-            if k
-            not in (
-                "nlayers",
-                "g1_dim",
-                "g2_dim",
-                "axis_neuron",
-                "direct_dist",
-                "activation_function",
-                "use_sqrt_nnei",
-                "set_davg_zero",
-            )
-        }
+        layer_kw = {k: v for k, v in rf.items() if k not in _REPFORMER_BLOCK_KEYS}
+        if layer_kw["ln_eps"] is None:  # the reference's null
+            layer_kw["ln_eps"] = 1e-5
         self.repformer_set_davg_zero = bool(rf["set_davg_zero"])
         self.repformers = Repformers(
             ntypes,
             float(rf["rcut"]),
             float(rf["rcut_smth"]),
-            int(rf["nsel"]),
+            rf_nsel,
             nlayers=int(rf["nlayers"]),
             g1_dim=g1_dim,
             g2_dim=int(rf["g2_dim"]),
@@ -235,22 +310,70 @@ class DescrptDPA2(Descriptor):
             for p in self.parameters():
                 p.requires_grad_(False)
 
-    def sub_lists(self, ext_coord, nlist) -> dict[str, torch.Tensor]:
+    # --- config helpers -------------------------------------------------------------------------
+    @classmethod
+    def neighbor_selections(cls, config: dict) -> list[tuple[tuple[str, ...], float]]:
+        ri, rf = config["repinit"], config["repformer"]
+        return [
+            (("repinit", "nsel"), float(ri["rcut"])),
+            (("repinit", "three_body_sel"), float(ri["three_body_rcut"])),
+            (("repformer", "nsel"), float(rf["rcut"])),
+        ]
+
+    # --- forward ------------------------------------------------------------------------------
+    def _blocks(self) -> dict[str, nn.Module]:
+        """The blocks with their own neighbour list and statistics, by name."""
+        out = {"repinit": self.repinit}
+        if self.repinit_three_body is not None:
+            out["three_body"] = self.repinit_three_body
+        out["repformer"] = self.repformers
+        return out
+
+    def sub_lists(self, ext_coord, ext_atype, nlist) -> dict[str, torch.Tensor]:
+        """Each block's list [nf, nloc, nsel_block], cut from the distance-sorted repinit list,
+        with excluded type pairs set to -1."""
         nf, nloc, nnei = nlist.shape
         if nnei != self.nnei:  # pad / truncate like the reference's format_nlist (sorted input)
             nlist = split_neighbor_list(ext_coord, nlist, self.rcut, self.nnei)
-        out = {"repinit": split_neighbor_list(ext_coord, nlist, self.rcut, self.nnei)}
-        rf = self.repformers
-        out["repformer"] = split_neighbor_list(ext_coord, nlist, rf.rcut, rf.nnei)
-        if self.repinit_three_body is not None:
-            tb = self.repinit_three_body
-            out["three_body"] = split_neighbor_list(ext_coord, nlist, tb.rcut, tb.nnei)
+        emask = pair_exclude_mask(
+            self.exclude_types, self.ntypes, ext_atype[:, :nloc], ext_atype, nlist
+        )
+        if emask is not None:
+            nlist = torch.where(emask, nlist, -1)
+        return {
+            name: split_neighbor_list(ext_coord, nlist, block.rcut, block.nnei)
+            for name, block in self._blocks().items()
+        }
+
+    def trimmed(self, lists: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each block's list cut to the widest row actually used (slots past it are empty in
+        every row), where that leaves the result exact.
+
+        Empty slots change nothing in a block whose normalisation uses its ``nsel`` rather than
+        the list width: in repinit and the three-body block their normalised environment row
+        is ``-davg / dstd``, zero when the mean is zero (the default for repinit; always for the
+        angular columns the three-body block uses); repformers account for the cut slots in
+        their attention softmax (:class:`PairContext`). Work then follows the real neighbour
+        count (about 36 of 48 repformer slots in liquid water) instead of ``nsel``.
+        """
+        out = {}
+        for name, nl in lists.items():
+            block = self._blocks()[name]
+            davg = block.davg if name == "repinit" else block.davg[:, 1:]
+            exact = name == "repformer" or not bool(davg.any())
+            width = nl.shape[-1]
+            if exact and width > 1:
+                slot = torch.arange(1, width + 1, device=nl.device)
+                used = int(torch.where(nl >= 0, slot, 0).amax()) if nl.numel() else 0
+                if 0 < used < width:
+                    nl = nl[..., :used]
+            out[name] = nl
         return out
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        lists = self.sub_lists(ext_coord.detach(), nlist)
+        lists = self.trimmed(self.sub_lists(ext_coord.detach(), ext_atype, nlist))
         g1 = self.repinit(ext_coord, ext_atype, lists["repinit"])[keys.DESCRIPTOR]
         if self.repinit_three_body is not None:
             g3 = self.repinit_three_body(ext_coord, ext_atype, lists["three_body"])
@@ -267,34 +390,46 @@ class DescrptDPA2(Descriptor):
         return {keys.DESCRIPTOR: g1, "rot_mat": rot_mat, "g2": g2, "h2": h2, "sw": sw}
 
     # --- statistics: one EnvStat per block ----------------------------------------------------
-    def _blocks(self):
-        out = [("repinit", self.repinit)]
-        if self.repinit_three_body is not None:
-            out.append(("three_body", self.repinit_three_body))
-        return out
+    def stat_id(self) -> dict[str, str]:
+        return {
+            name: env_stat_id(
+                block.rcut,
+                block.rcut_smth,
+                [block.nnei],
+                True,
+                self.exclude_types,
+                self.env_protection,
+            )
+            for name, block in self._blocks().items()
+        }
 
     @torch.no_grad()
     def env_stat(self, samples) -> dict[str, EnvStat]:
-        samples = list(samples)
-        stats = {name: EnvStat(self.ntypes) for name in ("repinit", "three_body", "repformer")}
+        """Un-normalised environment-matrix statistics of each block on its own list."""
+        blocks = self._blocks()
+        stats = {name: EnvStat(self.ntypes) for name in blocks}
         for s in samples:
             ext_coord = s[keys.EXT_COORD].to(self.dtype)
             ext_atype = s[keys.EXT_ATYPE]
-            lists = self.sub_lists(ext_coord, s[keys.NLIST])
+            lists = self.sub_lists(ext_coord, ext_atype, s[keys.NLIST])
+            atype = ext_atype[:, : s[keys.NLIST].shape[1]]
             for name, nl in lists.items():
-                block = self.repformers if name == "repformer" else dict(self._blocks())[name]
-                from ...geometry.env import environment_matrix
-
+                block = blocks[name]
                 env, _, _, _ = environment_matrix(
-                    ext_coord, nl, block.rcut, block.rcut_smth, self.repformers.env_protection
+                    ext_coord, nl, block.rcut, block.rcut_smth, self.env_protection
                 )
-                stats[name].add(env, ext_atype[:, : nl.shape[1]])
+                stats[name].add(env, atype)
         return stats
 
     @torch.no_grad()
-    def set_stat(self, stat: dict, protection: float = 1e-2) -> None:
-        for name, block in self._blocks():
-            block.set_stat(stat[name], protection)
-        davg, dstd = stat["repformer"].davg_dstd(protection, self.repformer_set_davg_zero)
-        self.repformers.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
-        self.repformers.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+    def set_stat(self, stat: dict[str, EnvStat], protection: float = 1e-2) -> None:
+        missing = [name for name in self._blocks() if name not in stat]
+        if missing:
+            raise ValueError(f"dpa2 statistics lack the block(s) {missing}")
+        for name, block in self._blocks().items():
+            if name == "repformer":
+                davg, dstd = stat[name].davg_dstd(protection, self.repformer_set_davg_zero)
+                block.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
+                block.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+            else:
+                block.set_stat(stat[name], protection)

@@ -8,6 +8,8 @@ Shapes: ``g1_ext [nf, nall, ng1]`` (atom features, ghosts included), ``g2 [nf, n
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -43,23 +45,76 @@ def combine_updates(updates: list[torch.Tensor], style: str, residuals=None) -> 
     return out
 
 
-def neighbor_scale(mask, nnei: int, smooth: bool, sqrt: bool, dtype) -> torch.Tensor:
-    """``[nf, nloc, 1, 1]`` or a scalar: the 1/J (or 1/sqrt J) normalisation of neighbour sums."""
-    if smooth:
-        return torch.tensor(1.0 / (nnei**0.5 if sqrt else nnei), dtype=dtype)
-    count = mask.to(dtype).sum(-1)
-    if sqrt:
-        count = count.sqrt()
-    return (1.0 / (EPSILON + count))[..., None, None]
+class PairContext:
+    """Per-forward constants shared by every layer: masks, the neighbour-sum weights and the
+    pair-pair attention factors.
+
+    The reference applies ``mask``, the switch ``sw`` and the 1/J normalisation to each large
+    ``[nf, nloc, J, C]`` tensor in turn; here they are folded once into small weights: ``wm``
+    [nf, nloc, J] for moments ``sum_j h2_j (x) F_j`` and ``wc`` for the convolution. ``sw`` is 0
+    in empty slots, so in smooth mode it already carries the mask. The attention factors depend
+    on h2, so they are cached per h2 tensor (constant across layers unless ``update_h2``).
+    """
+
+    def __init__(self, mask, sw, nnei: int, smooth: bool, sqrt: bool):
+        self.mask, self.sw, self.nnei, self.smooth = mask, sw, nnei, smooth
+        dtype = sw.dtype
+        if smooth:
+            self.wm = sw * (1.0 / (nnei**0.5 if sqrt else nnei))
+            self.wc = sw * (1.0 / nnei)
+        else:
+            fmask = mask.to(dtype)
+            count = fmask.sum(-1, keepdim=True)
+            self.wm = fmask / (EPSILON + (count.sqrt() if sqrt else count))
+            self.wc = fmask / (EPSILON + count)
+        self._attn: tuple | None = None
+
+    def rows(self, start: int, stop: int) -> PairContext:
+        """The context of centre atoms ``start:stop`` (for evaluation in chunks of atoms)."""
+        out = PairContext.__new__(PairContext)
+        out.nnei, out.smooth, out._attn = self.nnei, self.smooth, None
+        for name in ("mask", "sw", "wm", "wc"):
+            setattr(out, name, getattr(self, name)[:, start:stop])
+        return out
+
+    @property
+    def npad(self) -> int:
+        """Slots cut off the end of the list (all empty in every row): ``nnei - J``."""
+        return self.nnei - self.mask.shape[-1]
+
+    def attention_factors(self, h2, hidden: int, gate: bool):
+        """``(pre, shift, post)`` [nf, nloc, 1, J, J(+1)]: logits ``= qk * pre + shift`` and the
+        weights ``= softmax * post`` (smooth mode; non-smooth keeps the masks).
+
+        In smooth mode an empty slot's logit is exactly ``-ATTN_SHIFT``, so the slots cut off
+        the list (``npad``) still sit in the softmax denominator of the reference. One extra
+        column with logit ``-ATTN_SHIFT + log(npad)`` (and a zero weight) stands for all of
+        them, which keeps the result exact while the work shrinks with ``J^2``.
+        """
+        key = (id(h2), hidden, gate)
+        if self._attn is not None and self._attn[0] == key:
+            return self._attn[1]
+        hh = torch.matmul(h2, h2.transpose(-1, -2)).unsqueeze(2)
+        pre = hh if gate else torch.ones_like(hh[..., :1, :1])
+        pre = pre * (1.0 / hidden**0.5)
+        if self.smooth:
+            w2 = self.sw[:, :, None, :, None] * self.sw[:, :, None, None, :]
+            pre, shift, post = pre * w2, ATTN_SHIFT * (w2 - 1.0), w2 * hh * (1.0 / 3.0**0.5)
+            if self.npad:
+                pad = math.log(self.npad) - ATTN_SHIFT
+                pre = torch.nn.functional.pad(pre, (0, 1))
+                shift = torch.nn.functional.pad(shift, (0, 1), value=pad)
+                post = torch.nn.functional.pad(post, (0, 1))
+            out = (pre, shift, post)
+        else:
+            out = (pre, None, hh * (1.0 / 3.0**0.5))
+        self._attn = (key, out)
+        return out
 
 
-def pair_moment(feat, h2, mask, sw, nnei, smooth, sqrt) -> torch.Tensor:
-    """``H = c' sum_j h2_j (x) (F_j m_j sw_j)`` -> ``[nf, nloc, 3, nF]``."""
-    f = feat * mask.unsqueeze(-1).to(feat.dtype)
-    if smooth:
-        f = f * sw.unsqueeze(-1)
-    hf = torch.matmul(h2.transpose(-1, -2), f)
-    return hf * neighbor_scale(mask, nnei, smooth, sqrt, feat.dtype)
+def pair_moment(feat, h2, weight) -> torch.Tensor:
+    """``H = sum_j (h2_j weight_j) (x) F_j`` -> ``[nf, nloc, 3, nF]`` (weight [nf, nloc, J])."""
+    return torch.matmul((h2 * weight.unsqueeze(-1)).transpose(-1, -2), feat)
 
 
 def symmetrize(hf: torch.Tensor, axis: int) -> torch.Tensor:
@@ -70,7 +125,7 @@ def symmetrize(hf: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class Atten2Map(nn.Module):
-    """Pair-pair attention weights ``AA [nf, nloc, J, J, nh]`` from g2 (and h2)."""
+    """Pair-pair attention weights ``AA [nf, nloc, nh, J, J]`` from g2 (and h2)."""
 
     def __init__(self, ng2, hidden, nhead, has_gate, smooth, dtype, generator):
         super().__init__()
@@ -79,26 +134,28 @@ class Atten2Map(nn.Module):
         )
         self.hidden, self.nhead, self.has_gate, self.smooth = hidden, nhead, has_gate, smooth
 
-    def forward(self, g2, h2, mask, sw):
+    def forward(self, g2, h2, ctx: PairContext):
         nf, nloc, nnei, _ = g2.shape
         nd, nh = self.hidden, self.nhead
-        qk = self.mapqk(g2).view(nf, nloc, nnei, nd, 2 * nh).permute(0, 1, 4, 2, 3)
-        q, k = qk[:, :, :nh], qk[:, :, nh:]
-        a = torch.matmul(q, k.transpose(-1, -2)) / nd**0.5  # [nf, nloc, nh, J, J]
-        hh = torch.matmul(h2, h2.transpose(-1, -2)).unsqueeze(2)
-        if self.has_gate:
-            a = a * hh
-        swj, swk = sw[:, :, None, :, None], sw[:, :, None, None, :]
+        # the reference's columns are (channel, head) with q the first nh heads; two products
+        # with head-major column blocks avoid slicing one big output (whose backward zero-fills)
+        w = self.mapqk.matrix.view(-1, nd, 2 * nh).transpose(1, 2)
+        q = torch.matmul(g2, w[:, :nh].reshape(-1, nh * nd)).view(nf, nloc, nnei, nh, nd)
+        k = torch.matmul(g2, w[:, nh:].reshape(-1, nh * nd)).view(nf, nloc, nnei, nh, nd)
+        pre, shift, post = ctx.attention_factors(h2, nd, self.has_gate)
+        if self.smooth and ctx.npad:  # a zero key for the column standing for the cut slots
+            k = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, 1))
+        a = torch.matmul(q.transpose(2, 3), k.permute(0, 1, 3, 4, 2))  # [nf, nloc, nh, J, J(+1)]
         if self.smooth:
-            a = (a + ATTN_SHIFT) * swj * swk - ATTN_SHIFT
-        else:
-            a = a.masked_fill(~mask[:, :, None, None, :], float("-inf"))
+            # (a * hh / sqrt(nd) + 20) * sw_j sw_k - 20, in one pass
+            a = torch.softmax(torch.addcmul(shift, a, pre), dim=-1)
+            return a * post  # empty slots have sw = 0: no mask needed
+        mask = ctx.mask
+        a = (a * pre).masked_fill(~mask[:, :, None, None, :], float("-inf"))
         a = torch.softmax(a, dim=-1)
         a = a.masked_fill(~mask[:, :, None, None, :], 0.0)
         a = a.masked_fill(~mask[:, :, None, :, None], 0.0)
-        if self.smooth:
-            a = a * swj * swk
-        return (a * hh / 3.0**0.5).permute(0, 1, 3, 4, 2)
+        return a * post
 
 
 class Atten2MultiHeadApply(nn.Module):
@@ -109,9 +166,12 @@ class Atten2MultiHeadApply(nn.Module):
         self.nhead = nhead
 
     def forward(self, aa, g2):
+        """aa [nf, nloc, nh, J, J], g2 [nf, nloc, J, ng2]."""
         nf, nloc, nnei, ng2 = g2.shape
         v = self.mapv(g2).view(nf, nloc, nnei, ng2, self.nhead).permute(0, 1, 4, 2, 3)
-        out = torch.matmul(aa.permute(0, 1, 4, 2, 3), v)  # [nf, nloc, nh, J, ng2]
+        if aa.shape[-1] != nnei:  # the extra column of cut slots (zero weight)
+            v = torch.nn.functional.pad(v, (0, 0, 0, 1))
+        out = torch.matmul(aa, v)  # [nf, nloc, nh, J, ng2]
         out = out.permute(0, 1, 3, 4, 2).reshape(nf, nloc, nnei, ng2 * self.nhead)
         return self.head_map(out)
 
@@ -122,7 +182,9 @@ class Atten2EquiVarApply(nn.Module):
         self.head_map = Dense(nhead, 1, None, bias=False, dtype=dtype, generator=generator)
 
     def forward(self, aa, h2):
-        out = torch.matmul(aa.permute(0, 1, 4, 2, 3), h2.unsqueeze(2))  # [nf, nloc, nh, J, 3]
+        if aa.shape[-1] != h2.shape[-2]:  # the extra column of cut slots (zero weight)
+            h2 = torch.nn.functional.pad(h2, (0, 0, 0, 1))
+        out = torch.matmul(aa, h2.unsqueeze(2))  # [nf, nloc, nh, J, 3]
         return self.head_map(out.permute(0, 1, 3, 4, 2)).squeeze(-1)
 
 
@@ -138,7 +200,8 @@ class LocalAtten(nn.Module):
         self.head_map = Dense(ng1 * nhead, ng1, None, dtype=dtype, generator=generator)
         self.ng1, self.hidden, self.nhead, self.smooth = ng1, hidden, nhead, smooth
 
-    def forward(self, g1, gg1, mask, sw):
+    def forward(self, g1, gg1, ctx: PairContext):
+        mask, sw = ctx.mask, ctx.sw
         nf, nloc, nnei = mask.shape
         ni, nd, nh = self.ng1, self.hidden, self.nhead
         q = self.mapq(g1).view(nf, nloc, nd, nh).permute(0, 1, 3, 2)  # [nf, nloc, nh, nd]
@@ -147,11 +210,15 @@ class LocalAtten(nn.Module):
         a = torch.matmul(q.unsqueeze(-2), k.transpose(-1, -2)).squeeze(-2) / nd**0.5
         if self.smooth:
             a = (a + ATTN_SHIFT) * sw.unsqueeze(-2) - ATTN_SHIFT
+            if ctx.npad:  # one column for the slots cut off the list (see PairContext)
+                a = torch.nn.functional.pad(a, (0, 1), value=math.log(ctx.npad) - ATTN_SHIFT)
+                a = torch.softmax(a, dim=-1)[..., :nnei]
+            else:
+                a = torch.softmax(a, dim=-1)
+            a = a * sw.unsqueeze(-2)  # 0 in empty slots
         else:
             a = a.masked_fill(~mask.unsqueeze(-2), float("-inf"))
-        a = torch.softmax(a, dim=-1).masked_fill(~mask.unsqueeze(-2), 0.0)
-        if self.smooth:
-            a = a * sw.unsqueeze(-2)
+            a = torch.softmax(a, dim=-1).masked_fill(~mask.unsqueeze(-2), 0.0)
         out = torch.matmul(a.unsqueeze(-2), v).squeeze(-2).reshape(nf, nloc, nh * ni)
         return self.head_map(out)
 
@@ -279,35 +346,29 @@ class RepformerLayer(nn.Module):
             if res:
                 self.g1_residual.append(resid(g1_dim, 14))
 
-    def _conv(self, gg1, g2, mask, sw):
+    def _conv(self, gg1, g2, ctx: PairContext):
+        """``c sum_j g2_j * g1_j`` with the weight folded into the narrow g2 (proj is linear)."""
+        g2w = g2 * ctx.wc.unsqueeze(-1)
         if self.g1_out_conv:
-            g2 = self.proj_g1g2(g2)
-        else:
-            gg1 = self.proj_g1g2(gg1)
-        gg1 = gg1 * mask.unsqueeze(-1).to(gg1.dtype)
-        if self.smooth:
-            gg1 = gg1 * sw.unsqueeze(-1)
-        scale = neighbor_scale(mask, self.nnei, self.smooth, False, g2.dtype)
-        if not self.smooth:
-            scale = scale[..., 0]
-        return (g2 * gg1).sum(-2) * scale
+            return (self.proj_g1g2(g2w) * gg1).sum(-2)
+        return (g2w * self.proj_g1g2(gg1)).sum(-2)
 
-    def forward(self, g1_ext, g2, h2, nlist, mask, sw):
-        nloc = nlist.shape[1]
-        g1 = g1_ext[:, :nloc]
+    def forward(self, g1_ext, g2, h2, nlist, ctx: PairContext, start: int = 0):
+        """New (g1, g2, h2) of the centre atoms ``start : start + nlist.shape[1]`` (all local
+        atoms by default; a slice of rows when evaluating in chunks, ``ctx`` sliced to match)."""
+        g1 = g1_ext[:, start : start + nlist.shape[1]]
         gg1 = gather_neighbors(g1_ext, nlist)
         style = self.update_style
         g2_new, h2_new = g2, h2
         if self.update_chnnl_2:
             g2_upd = [g2, self.act(self.linear2(g2))]
             if self.has_g1g1:
-                gg = g1.unsqueeze(-2) * gg1 * mask.unsqueeze(-1).to(g1.dtype)
-                if self.smooth:
-                    gg = gg * sw.unsqueeze(-1)
+                w = ctx.sw if self.smooth else ctx.mask.to(g1.dtype)
+                gg = g1.unsqueeze(-2) * gg1 * w.unsqueeze(-1)
                 g2_upd.append(self.proj_g1g1g2(gg))
             aa = None
             if self.attn2g_map is not None:
-                aa = self.attn2g_map(g2, h2, mask, sw)
+                aa = self.attn2g_map(g2, h2, ctx)
             if self.has_attn2:
                 g2_upd.append(self.attn2_lm(self.attn2_mh_apply(aa, g2)))
             if self.update_h2:
@@ -320,17 +381,16 @@ class RepformerLayer(nn.Module):
         else:
             mlp_in.append(g1)
         if self.has_conv:
-            conv = self._conv(gg1, g2, mask, sw)
+            conv = self._conv(gg1, g2, ctx)
             (g1_upd if self.g1_out_conv else mlp_in).append(conv)
-        sq = self.use_sqrt_nnei
-        if self.has_grrg:
-            hg = pair_moment(g2, h2, mask, sw, self.nnei, self.smooth, sq)
-            mlp_in.append(symmetrize(hg, self.axis))
-        if self.has_drrd:
-            hg = pair_moment(gg1, h2, mask, sw, self.nnei, self.smooth, sq)
-            mlp_in.append(symmetrize(hg, self.axis))
+        if self.has_grrg or self.has_drrd:
+            h2w = (h2 * ctx.wm.unsqueeze(-1)).transpose(-1, -2)  # [nf, nloc, 3, J]
+            if self.has_grrg:
+                mlp_in.append(symmetrize(torch.matmul(h2w, g2), self.axis))
+            if self.has_drrd:
+                mlp_in.append(symmetrize(torch.matmul(h2w, gg1), self.axis))
         g1_upd.append(self.act(self.linear1(torch.cat(mlp_in, dim=-1))))
         if self.loc_attn is not None:
-            g1_upd.append(self.loc_attn(g1, gg1, mask, sw))
+            g1_upd.append(self.loc_attn(g1, gg1, ctx))
         g1_new = combine_updates(g1_upd, style, self.g1_residual)
         return g1_new, g2_new, h2_new

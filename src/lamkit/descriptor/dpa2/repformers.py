@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ...geometry.env import environment_matrix
+from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
-from .repformer_layer import RepformerLayer, pair_moment
+from .repformer_layer import PairContext, RepformerLayer, pair_moment
 
 
 class Repformers(nn.Module):
@@ -60,28 +61,45 @@ class Repformers(nn.Module):
         self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=dtype))
         self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=dtype))
 
-    def environment(self, ext_coord, ext_atype, nlist):
-        """Normalised ``R~ [nf, nloc, J, 4]``, diff, sw (0 in empty slots), mask."""
+    def environment(self, ext_coord, ext_atype, nlist, start: int = 0):
+        """Normalised ``R~ [nf, rows, J, 4]``, diff, sw (0 in empty slots), mask of the centre
+        atoms ``start : start + nlist.shape[1]``."""
         nloc = nlist.shape[1]
         env, diff, sw, mask = environment_matrix(
-            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection
+            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
-        at = ext_atype[:, :nloc].clamp(min=0)
+        at = ext_atype[:, start : start + nloc].clamp(min=0)
         rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
         return rr, diff, sw.squeeze(-1) * mask.to(sw.dtype), mask
 
-    def forward(self, ext_coord, ext_atype, nlist, g1, mapping):
-        """g1 [nf, nloc, g1_dim] (transformed repinit output) -> g1, g2, h2, rot_mat, sw."""
-        nf, nloc, _ = nlist.shape
-        rr, diff, sw, mask = self.environment(ext_coord, ext_atype, nlist)
-        g1 = self.act(g1)
+    def pair_features(self, ext_coord, ext_atype, nlist, start: int = 0):
+        """Initial ``g2 [nf, rows, J, g2_dim]``, ``h2 [nf, rows, J, 3]``, sw and mask of the
+        centre atoms ``start : start + nlist.shape[1]``."""
+        rr, diff, sw, mask = self.environment(ext_coord, ext_atype, nlist, start)
         if self.direct_dist:
             fmask = mask.unsqueeze(-1).to(diff.dtype)
             dist = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask)) * fmask
             g2, h2 = dist / self.rcut, diff / self.rcut
         else:
             g2, h2 = rr[..., :1], rr[..., 1:]
-        g2 = self.act(self.g2_embd(g2))
+        return self.act(self.g2_embd(g2)), h2, sw, mask
+
+    def forward(self, ext_coord, ext_atype, nlist, g1, mapping):
+        """g1 [nf, nloc, g1_dim] (transformed repinit output) -> g1, g2, h2, rot_mat, sw.
+
+        In chunked evaluation (:mod:`lamkit.nn.chunking`) the pair features and each layer run
+        on slices of centre atoms; only g1, g2 and h2 of whole layers are kept between them.
+        """
+        nf, nloc, _ = nlist.shape
+        bounds = row_bounds(nf, nloc)
+        g2, h2, sw, mask = map_rows(
+            lambda s, e, nl: self.pair_features(ext_coord, ext_atype, nl, s),
+            nf,
+            nloc,
+            nlist,
+            bounds=bounds,
+        )
+        g1 = self.act(g1)
         nl = torch.where(mask, nlist, 0)
         if mapping is None:
             if ext_coord.shape[1] != nloc:
@@ -89,8 +107,30 @@ class Repformers(nn.Module):
             index = None
         else:
             index = mapping.unsqueeze(-1).expand(-1, -1, self.g1_dim)
+        ctx = PairContext(mask, sw, self.nnei, self.smooth, self.use_sqrt_nnei)
         for layer in self.layers:
             g1_ext = g1 if index is None else torch.gather(g1, 1, index)
-            g1, g2, h2 = layer(g1_ext, g2, h2, nl, mask, sw)
-        hg = pair_moment(g2, h2, mask, sw, self.nnei, self.smooth, self.use_sqrt_nnei)
+            if bounds is None:
+                g1, g2, h2 = layer(g1_ext, g2, h2, nl, ctx)
+            else:
+                g1, g2, h2 = self._chunked_layer(layer, g1_ext, g2, h2, nl, ctx, bounds)
+        hg = pair_moment(g2, h2, ctx.wm)
         return g1, g2, h2, hg.transpose(-1, -2), sw
+
+    @staticmethod
+    def _chunked_layer(layer, g1_ext, g2, h2, nl, ctx, bounds):
+        """One layer on slices of centre atoms (message passing reads every atom's g1 from
+        ``g1_ext``, so a slice needs only its own pair rows)."""
+        nf, nloc = nl.shape[:2]
+
+        def rows(s, e, g2_rows, h2_rows, nl_rows):
+            g1_new, g2_new, h2_new = layer(g1_ext, g2_rows, h2_rows, nl_rows, ctx.rows(s, e), s)
+            # a tensor the layer passes through unchanged is not copied into a new whole
+            return (
+                g1_new,
+                None if g2_new is g2_rows else g2_new,
+                None if h2_new is h2_rows else h2_new,
+            )
+
+        g1_new, g2_new, h2_new = map_rows(rows, nf, nloc, g2, h2, nl, bounds=bounds)
+        return g1_new, g2 if g2_new is None else g2_new, h2 if h2_new is None else h2_new

@@ -1,0 +1,34 @@
+"""The water models the benchmarks compare, as DeePMD-kit input dicts (both tools read them).
+
+``se_e2_a`` is DeePMD-kit's classic water example; the others are lamkit's presets of the
+reference water examples (``lamkit.presets``): ``dpa2-small``/``dpa2-medium``/``dpa2-large``,
+``se_e3_tebd`` and ``dpa1``. Training uses data_0-2, validation data_3 (one batch), seed 10.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lamkit.examples import water_se_e2_a_config
+from lamkit.presets import make_input
+
+MODELS = ("se_e2_a", "se_e3_tebd", "dpa1", "dpa2-small", "dpa2-medium", "dpa2-large")
+
+
+def water_config(model: str, data: Path, steps: int) -> dict:
+    """Input for ``model`` on water ``data`` (folders data_0..data_3) with ``steps`` steps."""
+    train = [str(data / f"data_{i}") for i in range(3)]
+    valid = [str(data / "data_3")]
+    if model == "se_e2_a":
+        return water_se_e2_a_config(train, valid, steps=steps)
+    if model not in MODELS:
+        raise SystemExit(f"--model: one of {', '.join(MODELS)}, not {model!r}")
+    name, _, size = model.partition("-")
+    conf = make_input(name, size or None, train, valid, ["O", "H"], steps)
+    tr = conf["training"]
+    tr.pop("stat_file", None)  # statistics computed afresh by both tools
+    tr["seed"] = 10
+    tr["validation_data"]["numb_btch"] = 1
+    tr["disp_freq"] = max(1, steps // 10)
+    tr["save_freq"] = steps
+    return conf

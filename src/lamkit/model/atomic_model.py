@@ -1,0 +1,176 @@
+"""The standard DP model: descriptor + fitting + per-type output statistics.
+
+:class:`AtomicModel` is the one path that every fitting goes through. The fitting's
+:class:`~lamkit.fitting.OutputDef` says what it predicts: the model runs the descriptor and the
+fitting (passing the descriptor's ``rot_mat`` to equivariant fittings), applies the output
+statistics ``out_bias``/``out_std`` the way the fitting defines (energy: ``+ bias``; property:
+``* std + bias``; dipole: nothing; polar: diagonal shift), zeroes virtual and excluded atoms,
+and reduces over atoms: the sum, or for intensive outputs the mean over the real atoms.
+
+:class:`~lamkit.model.EnergyModel` adds forces and virials (the derivatives of an
+``r_differentiable`` output); property, dipole and polarizability models are plain
+``AtomicModel`` instances. Inputs are the keys of :mod:`lamkit.keys`; neighbour data (mapping,
+shift, nlist) is built by :class:`lamkit.geometry.NeighborBuilder` outside the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import keys
+from ..descriptor import Descriptor
+from ..fitting import OutputDef
+from ..geometry.neighbor import NeighborBuilder
+from ..nn.chunking import chunked_evaluation, map_rows
+
+
+class AtomicModel(nn.Module):
+    """Per-atom and reduced outputs of a fitting on top of a descriptor.
+
+    Buffers: ``out_bias`` and ``out_std`` [ntypes, size] (``size`` numbers per atom, 9 for a
+    polarizability), set from the training labels before training
+    (:mod:`lamkit.model.out_stat`); ``min_nbor_dist`` (Å, -1 if unknown).
+    """
+
+    def __init__(
+        self,
+        descriptor: Descriptor,
+        fitting: nn.Module,
+        type_map: list[str],
+        atom_exclude_types=(),
+        config: dict | None = None,
+    ):
+        super().__init__()
+        self.descriptor = descriptor
+        self.fitting = fitting
+        self.type_map = list(type_map)
+        self.ntypes = len(type_map)
+        self.atom_exclude_types = list(atom_exclude_types)
+        self.config = dict(config or {})
+        odim = self.output_def.size
+        self.register_buffer("out_bias", torch.zeros(self.ntypes, odim, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(self.ntypes, odim, dtype=torch.float64))
+        self.register_buffer("min_nbor_dist", torch.tensor(-1.0, dtype=torch.float64))
+
+    # --- what callers need to know ----------------------------------------------------------
+    @property
+    def output_def(self) -> OutputDef:
+        return self.fitting.output_def()
+
+    @property
+    def output_name(self) -> str:
+        """Key of the reduced (per-frame) output: energy, <property_name>, global_dipole..."""
+        return self.output_def.global_key
+
+    @property
+    def rcut(self) -> float:
+        return self.descriptor.rcut
+
+    @property
+    def sel(self) -> list[int]:
+        return self.descriptor.sel
+
+    @property
+    def mixed_types(self) -> bool:
+        return self.descriptor.mixed_types
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out_bias.dtype
+
+    def neighbor_builder(self, cache: bool = False) -> NeighborBuilder:
+        return NeighborBuilder(self.rcut, self.sel, self.mixed_types, cache=cache)
+
+    # --- forward ----------------------------------------------------------------------------
+    def extend(
+        self,
+        coord: torch.Tensor,
+        atype: torch.Tensor,
+        box: torch.Tensor | None,
+        nbr: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``."""
+        mapping = nbr[keys.MAPPING]
+        idx = mapping.unsqueeze(-1).expand(-1, -1, 3)
+        ext = torch.gather(coord, 1, idx)
+        if box is not None:
+            cell = box.reshape(-1, 3, 3).to(coord.dtype)
+            ext = ext + torch.bmm(nbr[keys.SHIFT].to(coord.dtype), cell)
+        return ext, torch.gather(atype, 1, mapping)
+
+    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+        """Per-atom outputs [nf, nloc, size] (float64, statistics applied, zero on virtual
+        and excluded atoms) and the mask [nf, nloc] of the atoms that count."""
+        nloc = nlist.shape[1]
+        atype = ext_atype[:, :nloc]
+        dout = self.descriptor(ext_coord, ext_atype, nlist, mapping)
+        desc = dout[keys.DESCRIPTOR]
+        rot_mat = dout["rot_mat"] if self.fitting.uses_rot_mat else None
+        name = self.fitting.var_name
+        if aparam is not None:
+            aparam = aparam.reshape(*atype.shape, -1)
+
+        def fit(start, stop, d, t, ap, rot):  # per atom: chunked like the descriptor's blocks
+            extra = {} if rot is None else {"rot_mat": rot}
+            return self.fitting(d, t, fparam, ap, **extra)[name]
+
+        atom = map_rows(fit, *atype.shape, desc, atype, aparam, rot_mat).to(torch.float64)
+        atom = atom.reshape(*atype.shape, -1)
+        mask = atype >= 0
+        for t in self.atom_exclude_types:
+            mask = mask & (atype != t)
+        atom = self.fitting.apply_out_stat(atom, atype, self.out_bias, self.out_std)
+        return atom * mask.unsqueeze(-1).to(atom.dtype), mask
+
+    def reduce(self, atom: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-frame output [nf, size]: the sum over atoms, or for an intensive output the
+        mean over the atoms that count (virtual and excluded atoms are left out)."""
+        total = atom.sum(1)
+        if not self.output_def.intensive:
+            return total
+        count = mask.sum(1, keepdim=True).clamp(min=1).to(total.dtype)
+        return total / count
+
+    def forward(
+        self,
+        coord: torch.Tensor,
+        atype: torch.Tensor,
+        box: torch.Tensor | None,
+        nbr: dict[str, torch.Tensor],
+        fparam: torch.Tensor | None = None,
+        aparam: torch.Tensor | None = None,
+        do_force: bool = False,
+        do_virial: bool = False,
+        do_atomic_virial: bool = False,
+        create_graph: bool = False,
+        chunk_atoms: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None.
+
+        Returns ``{atom_key: [nf, nloc, *shape], global_key: [nf, *shape], mask: [nf, nloc]}``
+        with the keys of :attr:`output_def` (``atom_band_prop``/``band_prop``,
+        ``dipole``/``global_dipole``, ...). The derivative flags are accepted so that every
+        model takes the same call; outputs without derivatives ignore them.
+        ``chunk_atoms``: see :mod:`lamkit.nn.chunking`.
+        """
+        od = self.output_def
+        coord = coord.detach().to(torch.float64)
+        box = None if box is None else box.to(torch.float64)
+        ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
+        with chunked_evaluation(chunk_atoms):
+            atom, mask = self.atomic_outputs(
+                ext_coord, ext_atype, nbr[keys.NLIST], nbr[keys.MAPPING], fparam, aparam
+            )
+        nf, nloc = atype.shape
+        return {
+            od.atom_key: atom.reshape(nf, nloc, *od.shape),
+            od.global_key: self.reduce(atom, mask).reshape(nf, *od.shape),
+            keys.MASK: mask,
+        }
+
+    def evaluate(self, coord, atype, box=None, fparam=None, aparam=None, **kw):
+        """Convenience: build neighbour data and run ``forward`` (inputs as torch tensors)."""
+        nbr = self.neighbor_builder()(coord, atype, box)
+        nbr = {k: v.to(coord.device) for k, v in nbr.items()}
+        return self.forward(coord, atype, box, nbr, fparam, aparam, **kw)
