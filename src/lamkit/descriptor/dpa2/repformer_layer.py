@@ -166,14 +166,24 @@ class Atten2MultiHeadApply(nn.Module):
         self.nhead = nhead
 
     def forward(self, aa, g2):
-        """aa [nf, nloc, nh, J, J], g2 [nf, nloc, J, ng2]."""
+        """aa [nf, nloc, nh, J, J], g2 [nf, nloc, J, ng2].
+
+        ``head_map(concat_h(aa_h @ (g2 V_h)))`` computed as ``sum_h aa_h @ (g2 (V_h H_h)) + b``:
+        the value and head maps are folded into one [ng2, nh * ng2] matrix, so the
+        ``[J, nh * ng2]`` concatenation and its product with the head map (and their gradients)
+        are never formed.
+        """
         nf, nloc, nnei, ng2 = g2.shape
-        v = self.mapv(g2).view(nf, nloc, nnei, ng2, self.nhead).permute(0, 1, 4, 2, 3)
+        nh = self.nhead
+        # columns of mapv and rows of head_map are (channel, head)
+        wv = self.mapv.matrix.view(ng2, ng2, nh)
+        wh = self.head_map.matrix.view(ng2, nh, -1)
+        folded = torch.einsum("ich,cho->iho", wv, wh).reshape(ng2, -1)
+        u = torch.matmul(g2, folded).view(nf, nloc, nnei, nh, -1).transpose(2, 3)
         if aa.shape[-1] != nnei:  # the extra column of cut slots (zero weight)
-            v = torch.nn.functional.pad(v, (0, 0, 0, 1))
-        out = torch.matmul(aa, v)  # [nf, nloc, nh, J, ng2]
-        out = out.permute(0, 1, 3, 4, 2).reshape(nf, nloc, nnei, ng2 * self.nhead)
-        return self.head_map(out)
+            u = torch.nn.functional.pad(u, (0, 0, 0, 1))
+        out = torch.matmul(aa, u).sum(2)  # [nf, nloc, J, ng2]
+        return out + self.head_map.bias
 
 
 class Atten2EquiVarApply(nn.Module):
