@@ -137,15 +137,27 @@ class Atten2Map(nn.Module):
     def forward(self, g2, h2, ctx: PairContext):
         nf, nloc, nnei, _ = g2.shape
         nd, nh = self.hidden, self.nhead
-        # the reference's columns are (channel, head) with q the first nh heads; two products
-        # with head-major column blocks avoid slicing one big output (whose backward zero-fills)
-        w = self.mapqk.matrix.view(-1, nd, 2 * nh).transpose(1, 2)
-        q = torch.matmul(g2, w[:, :nh].reshape(-1, nh * nd)).view(nf, nloc, nnei, nh, nd)
-        k = torch.matmul(g2, w[:, nh:].reshape(-1, nh * nd)).view(nf, nloc, nnei, nh, nd)
+        ng2 = g2.shape[-1]
+        # the reference's columns are (channel, head) with q the first nh heads
+        w = self.mapqk.matrix.view(ng2, nd, 2 * nh).transpose(1, 2)  # [ng2, 2 nh, nd]
         pre, shift, post = ctx.attention_factors(h2, nd, self.has_gate)
-        if self.smooth and ctx.npad:  # a zero key for the column standing for the cut slots
-            k = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, 1))
-        a = torch.matmul(q.transpose(2, 3), k.permute(0, 1, 3, 4, 2))  # [nf, nloc, nh, J, J(+1)]
+        pad = self.smooth and ctx.npad  # a zero key for the column standing for the cut slots
+        if ng2 <= nd:
+            # q_j . k_k = g2_j (Wq_h Wk_h^T) g2_k: one [ng2, nh * ng2] product instead of two
+            # [ng2, nh * nd] ones, and g2 itself is the key of every head
+            qk = torch.einsum("ihd,jhd->ihj", w[:, :nh], w[:, nh:]).reshape(ng2, nh * ng2)
+            q = torch.matmul(g2, qk).view(nf, nloc, nnei, nh, ng2).transpose(2, 3)
+            k = g2.transpose(-1, -2).unsqueeze(2)  # [nf, nloc, 1, ng2, J]
+            if pad:
+                k = torch.nn.functional.pad(k, (0, 1))
+        else:
+            # two products with head-major column blocks avoid slicing one big output
+            q = torch.matmul(g2, w[:, :nh].reshape(ng2, nh * nd)).view(nf, nloc, nnei, nh, nd)
+            k = torch.matmul(g2, w[:, nh:].reshape(ng2, nh * nd)).view(nf, nloc, nnei, nh, nd)
+            if pad:
+                k = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, 1))
+            q, k = q.transpose(2, 3), k.permute(0, 1, 3, 4, 2)
+        a = torch.matmul(q, k)  # [nf, nloc, nh, J, J(+1)]
         if self.smooth:
             # (a * hh / sqrt(nd) + 20) * sw_j sw_k - 20, in one pass
             a = torch.softmax(torch.addcmul(shift, a, pre), dim=-1)
