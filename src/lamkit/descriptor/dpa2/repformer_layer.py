@@ -83,7 +83,7 @@ class PairContext:
         return self.nnei - self.mask.shape[-1]
 
     def attention_factors(self, h2, hidden: int, gate: bool):
-        """``(pre, shift, post)`` [nf, nloc, 1, J, J(+1)]: logits ``= qk * pre + shift`` and the
+        """``(pre, shift, post)`` [nf, nloc, J, 1, J(+1)]: logits ``= qk * pre + shift`` and the
         weights ``= softmax * post`` (smooth mode; non-smooth keeps the masks).
 
         In smooth mode an empty slot's logit is exactly ``-ATTN_SHIFT``, so the slots cut off
@@ -94,11 +94,11 @@ class PairContext:
         key = (id(h2), hidden, gate)
         if self._attn is not None and self._attn[0] == key:
             return self._attn[1]
-        hh = torch.matmul(h2, h2.transpose(-1, -2)).unsqueeze(2)
+        hh = torch.matmul(h2, h2.transpose(-1, -2)).unsqueeze(3)  # [nf, nloc, J, 1, J]
         pre = hh if gate else torch.ones_like(hh[..., :1, :1])
         pre = pre * (1.0 / hidden**0.5)
         if self.smooth:
-            w2 = self.sw[:, :, None, :, None] * self.sw[:, :, None, None, :]
+            w2 = self.sw[:, :, :, None, None] * self.sw[:, :, None, None, :]
             pre, shift, post = pre * w2, ATTN_SHIFT * (w2 - 1.0), w2 * hh * (1.0 / 3.0**0.5)
             if self.npad:
                 pad = math.log(self.npad) - ATTN_SHIFT
@@ -125,7 +125,12 @@ def symmetrize(hf: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class Atten2Map(nn.Module):
-    """Pair-pair attention weights ``AA [nf, nloc, nh, J, J]`` from g2 (and h2)."""
+    """Pair-pair attention weights ``AA [nf, nloc, J, nh, J(+1)]`` from g2 (and h2).
+
+    Heads sit between the two slot axes, so every head's logits of one atom come from one
+    ``[J * nh, C] @ [C, J]`` product and the weighted sums of all heads from one
+    ``[J, nh * J] @ [nh * J, C]`` product: few large matrix products instead of many small.
+    """
 
     def __init__(self, ng2, hidden, nhead, has_gate, smooth, dtype, generator):
         super().__init__()
@@ -146,18 +151,18 @@ class Atten2Map(nn.Module):
             # q_j . k_k = g2_j (Wq_h Wk_h^T) g2_k: one [ng2, nh * ng2] product instead of two
             # [ng2, nh * nd] ones, and g2 itself is the key of every head
             qk = torch.einsum("ihd,jhd->ihj", w[:, :nh], w[:, nh:]).reshape(ng2, nh * ng2)
-            q = torch.matmul(g2, qk).view(nf, nloc, nnei, nh, ng2).transpose(2, 3)
-            k = g2.transpose(-1, -2).unsqueeze(2)  # [nf, nloc, 1, ng2, J]
+            q = torch.matmul(g2, qk).view(nf, nloc, nnei * nh, ng2)
+            k = g2.transpose(-1, -2)  # [nf, nloc, ng2, J]
             if pad:
                 k = torch.nn.functional.pad(k, (0, 1))
+            a = torch.matmul(q, k).view(nf, nloc, nnei, nh, -1)
         else:
             # two products with head-major column blocks avoid slicing one big output
             q = torch.matmul(g2, w[:, :nh].reshape(ng2, nh * nd)).view(nf, nloc, nnei, nh, nd)
             k = torch.matmul(g2, w[:, nh:].reshape(ng2, nh * nd)).view(nf, nloc, nnei, nh, nd)
             if pad:
                 k = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, 1))
-            q, k = q.transpose(2, 3), k.permute(0, 1, 3, 4, 2)
-        a = torch.matmul(q, k)  # [nf, nloc, nh, J, J(+1)]
+            a = torch.matmul(q.transpose(2, 3), k.permute(0, 1, 3, 4, 2)).transpose(2, 3)
         if self.smooth:
             # (a * hh / sqrt(nd) + 20) * sw_j sw_k - 20, in one pass
             a = torch.softmax(torch.addcmul(shift, a, pre), dim=-1)
@@ -166,7 +171,7 @@ class Atten2Map(nn.Module):
         a = (a * pre).masked_fill(~mask[:, :, None, None, :], float("-inf"))
         a = torch.softmax(a, dim=-1)
         a = a.masked_fill(~mask[:, :, None, None, :], 0.0)
-        a = a.masked_fill(~mask[:, :, None, :, None], 0.0)
+        a = a.masked_fill(~mask[:, :, :, None, None], 0.0)
         return a * post
 
 
@@ -178,7 +183,7 @@ class Atten2MultiHeadApply(nn.Module):
         self.nhead = nhead
 
     def forward(self, aa, g2):
-        """aa [nf, nloc, nh, J, J], g2 [nf, nloc, J, ng2].
+        """aa [nf, nloc, J, nh, J(+1)], g2 [nf, nloc, J, ng2].
 
         ``head_map(concat_h(aa_h @ (g2 V_h)))`` computed as ``sum_h aa_h @ (g2 (V_h H_h)) + b``:
         the value and head maps are folded into one [ng2, nh * ng2] matrix, so the
@@ -192,9 +197,11 @@ class Atten2MultiHeadApply(nn.Module):
         wh = self.head_map.matrix.view(ng2, nh, -1)
         folded = torch.einsum("ich,cho->iho", wv, wh).reshape(ng2, -1)
         u = torch.matmul(g2, folded).view(nf, nloc, nnei, nh, -1).transpose(2, 3)
-        if aa.shape[-1] != nnei:  # the extra column of cut slots (zero weight)
+        nk = aa.shape[-1]
+        if nk != nnei:  # the extra column of cut slots (zero weight)
             u = torch.nn.functional.pad(u, (0, 0, 0, 1))
-        out = torch.matmul(aa, u).sum(2)  # [nf, nloc, J, ng2]
+        u = u.reshape(nf, nloc, nh * nk, -1)
+        out = torch.matmul(aa.reshape(nf, nloc, nnei, nh * nk), u)  # [nf, nloc, J, ng2]
         return out + self.head_map.bias
 
 
@@ -204,10 +211,12 @@ class Atten2EquiVarApply(nn.Module):
         self.head_map = Dense(nhead, 1, None, bias=False, dtype=dtype, generator=generator)
 
     def forward(self, aa, h2):
-        if aa.shape[-1] != h2.shape[-2]:  # the extra column of cut slots (zero weight)
+        """aa [nf, nloc, J, nh, J(+1)], h2 [nf, nloc, J, 3] -> [nf, nloc, J, 3]."""
+        nf, nloc, nnei, nh, nk = aa.shape
+        if nk != nnei:  # the extra column of cut slots (zero weight)
             h2 = torch.nn.functional.pad(h2, (0, 0, 0, 1))
-        out = torch.matmul(aa, h2.unsqueeze(2))  # [nf, nloc, nh, J, 3]
-        return self.head_map(out.permute(0, 1, 3, 4, 2)).squeeze(-1)
+        out = torch.matmul(aa.reshape(nf, nloc, nnei * nh, nk), h2).view(nf, nloc, nnei, nh, 3)
+        return self.head_map(out.transpose(-1, -2)).squeeze(-1)
 
 
 class LocalAtten(nn.Module):
