@@ -24,12 +24,7 @@ from .test_se_e3_tebd import make_e3
 OUTPUTS = (keys.ENERGY, keys.ATOM_ENERGY, keys.FORCE, keys.VIRIAL, keys.ATOM_VIRIAL)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODELS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,7 +166,8 @@ def test_init_with_data_folders(workdir, capsys):
         "data_1",
         "data_2",
     ]
-    assert tr["validation_data"]["systems"] == [str(water / "data_3")]
+    valid = [Path(p).resolve() for p in tr["validation_data"]["systems"]]
+    assert valid == [(water / "data_3").resolve()]  # the data path may be reached by a link
     assert conf["model"]["type_map"] == ["O", "H"]  # from type_map.raw
     assert tr["numb_steps"] == 1_000_000  # the preset's
 

@@ -20,13 +20,7 @@ from .conftest import need_shared
 RCUT = 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and steadier on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_dpa1(precision: str = "float64", seed: int = 1, **desc):

@@ -68,12 +68,7 @@ DESCRIPTORS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(descriptor: str, fitting: dict, seed: int = 1, **model_extra) -> AtomicModel:

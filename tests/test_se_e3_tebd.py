@@ -41,13 +41,7 @@ RTOL = 1e-8
 PREFIX = "model.Default.atomic_model."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster and steadier on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_e3(mode: str = "concat", precision: str = "float64", seed: int = 1, **extra):
