@@ -71,6 +71,28 @@ def _cmd_freeze(a) -> int:
     return 0
 
 
+def _cmd_change_bias(a) -> int:
+    from pathlib import Path
+
+    from ..train.change_bias import change_bias
+
+    systems = a.system
+    if a.datafile:
+        text = Path(a.datafile).read_text().splitlines()
+        systems = [ln.strip() for ln in text if ln.strip()]
+    out, old, new = change_bias(
+        a.INPUT,
+        systems,
+        output=a.output,
+        mode=a.mode,
+        numb_batch=a.numb_batch,
+        bias_value=a.bias_value,
+        head=a.model_branch,
+    )
+    print(f"energy bias {old.tolist()} -> {new.tolist()}; written to {out}")
+    return 0
+
+
 def _cmd_show(a) -> int:
     from ..infer.show import describe_model, format_description
 
@@ -148,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", default="frozen_model.pth")
     f.add_argument("--head", default=None)
     f.set_defaults(func=_cmd_freeze)
+
+    cb = sub.add_parser(
+        "change-bias",
+        help="refit or set the per-type energy bias of a model on data (dp change-bias)",
+    )
+    cb.add_argument("INPUT", help="lamkit checkpoint/frozen model or DeePMD-kit v3 checkpoint")
+    src = cb.add_mutually_exclusive_group()
+    src.add_argument("-s", "--system", default=".", help="a system folder or a parent folder")
+    src.add_argument("-f", "--datafile", default=None, help="a file listing systems, one a line")
+    src.add_argument(
+        "-b", "--bias-value", type=float, nargs="+", default=None, help="one value per type"
+    )
+    cb.add_argument("-n", "--numb-batch", type=int, default=0, help="frames per system (0 = all)")
+    cb.add_argument("-m", "--mode", choices=["change", "set"], default="change")
+    cb.add_argument("-o", "--output", default=None, help="default: INPUT with _updated")
+    cb.add_argument("--model-branch", "--head", default=None, help="branch of a multi-task model")
+    cb.set_defaults(func=_cmd_change_bias)
 
     sh = sub.add_parser("show", help="print a model's configuration")
     sh.add_argument("MODEL")
