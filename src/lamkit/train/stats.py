@@ -18,6 +18,7 @@ from ..data import System, SystemLoader
 from ..descriptor.env_stat import EnvStat
 from ..errors import ConfigError
 from ..geometry.neighbor import NeighborBuilder
+from ..model.out_stat import regression_stats, set_output_stats
 
 log = logging.getLogger("lamkit.train")
 
@@ -164,20 +165,11 @@ def energy_bias(
         ys.append(y)
     if not rows:
         return None
-    A = np.concatenate(rows)
-    y = np.concatenate(ys)
-    fixed = np.zeros(ntypes, dtype=bool)
-    bias = np.zeros(ntypes)
+    fixed = None
     if preset is not None:
-        for t, v in enumerate(preset):
-            if v is not None:
-                fixed[t] = True
-                bias[t] = float(v)
-        y = y - A[:, fixed] @ bias[fixed]
-    free = ~fixed & (A.sum(0) > 0)
-    if free.any():
-        sol = np.linalg.lstsq(A[:, free], y, rcond=rcond)[0]
-        bias[free] = sol
+        fixed = np.array([[np.nan if v is None else float(v)] for v in preset])
+    y = np.concatenate(ys)
+    bias, _ = regression_stats(y, np.concatenate(rows), rcond=rcond, preset=fixed)
     return bias.reshape(ntypes, 1)
 
 
@@ -275,8 +267,6 @@ def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None)
         preset = (conf.get("preset_out_bias") or {}).get("energy")
         bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
     else:  # property, dipole, polar: bias and std (lamkit.model.out_stat)
-        from ..model.out_stat import set_output_stats
-
         set_output_stats(model, batches, conf)
     if bias is not None:
         model.out_bias.copy_(torch.as_tensor(bias, dtype=model.out_bias.dtype))
