@@ -56,3 +56,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def energy_input(
+    model: dict,
+    train: list,
+    steps: int,
+    seed: int = 1,
+    valid: list | None = None,
+    stop_lr: float = 1e-5,
+) -> dict:
+    """A DeePMD-kit v3 input for an energy model (the water example's loss and exponential
+    learning rate, batch size 1) that both lamkit and the reference train unchanged."""
+    training = {
+        "training_data": {"systems": [str(p) for p in train], "batch_size": 1},
+        "numb_steps": steps,
+        "seed": seed,
+        "disp_freq": steps,
+        "save_freq": steps,
+    }
+    if valid:
+        training["validation_data"] = {
+            "systems": [str(p) for p in valid],
+            "batch_size": 1,
+            "numb_btch": 1,
+        }
+    return {
+        "model": model,
+        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": stop_lr, "decay_steps": 5000},
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1,
+            "start_pref_f": 1000,
+            "limit_pref_f": 1,
+        },
+        "training": training,
+    }

@@ -18,7 +18,7 @@ from lamkit.model import build_model
 from lamkit.model.io import load_model, model_payload, read_file, save_model
 from lamkit.train.change_bias import change_bias
 
-from .conftest import need_shared, require_reference
+from .conftest import energy_input, need_shared, require_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,24 +130,7 @@ def test_errors_are_clear(frozen, water, tmp_path):
 
 # --- parity with dp --pt change-bias ---------------------------------------------------------
 def _reference_config(water) -> dict:
-    return {
-        "model": {**CONFIG, "fitting_net": {"neuron": [8], "seed": 1}},
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 100},
-        "loss": {
-            "type": "ener",
-            "start_pref_e": 0.02,
-            "limit_pref_e": 1,
-            "start_pref_f": 1000,
-            "limit_pref_f": 1,
-        },
-        "training": {
-            "training_data": {"systems": [str(water / "data_0")], "batch_size": 1},
-            "numb_steps": 1,
-            "seed": 1,
-            "disp_freq": 1,
-            "save_freq": 1,
-        },
-    }
+    return energy_input(CONFIG, [water / "data_0"], 1)
 
 
 @pytest.mark.reference

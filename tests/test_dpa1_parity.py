@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import require_reference
+from .conftest import energy_input, require_reference
 from .test_reference_parity import (
     DP,
     WATER,
@@ -55,46 +55,25 @@ def _reference_available():
 
 
 def make_config(variant: str) -> dict:
-    return {
-        "model": {
-            "type_map": ["O", "H"],
-            "descriptor": {
-                "type": "se_atten",
-                "sel": 60,
-                "rcut": 6.0,
-                "rcut_smth": 0.5,
-                "neuron": [8, 16, 32],
-                "axis_neuron": 4,
-                "attn": 32,
-                "tebd_dim": 8,
-                "precision": "float64",
-                "seed": 1,
-                **VARIANTS[variant],
-            },
-            "fitting_net": {"neuron": [32, 32], "precision": "float64", "seed": 1},
-            "data_stat_nbatch": 100,  # >= the 80 frames of data_0: every frame, both codes
-        },
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 5000},
-        "loss": {
-            "type": "ener",
-            "start_pref_e": 0.02,
-            "limit_pref_e": 1,
-            "start_pref_f": 1000,
-            "limit_pref_f": 1,
-        },
-        "training": {
-            "training_data": {"systems": [str(WATER / "data_0")], "batch_size": 1},
-            "validation_data": {
-                "systems": [str(WATER / "data_3")],
-                "batch_size": 1,
-                "numb_btch": 1,
-            },
-            "numb_steps": 3,
+    model = {
+        "type_map": ["O", "H"],
+        "descriptor": {
+            "type": "se_atten",
+            "sel": 60,
+            "rcut": 6.0,
+            "rcut_smth": 0.5,
+            "neuron": [8, 16, 32],
+            "axis_neuron": 4,
+            "attn": 32,
+            "tebd_dim": 8,
+            "precision": "float64",
             "seed": 1,
-            "disp_freq": 3,
-            "save_freq": 3,
+            **VARIANTS[variant],
         },
+        "fitting_net": {"neuron": [32, 32], "precision": "float64", "seed": 1},
+        "data_stat_nbatch": 100,  # >= the 80 frames of data_0: every frame, both codes
     }
+    return energy_input(model, [WATER / "data_0"], 3, valid=[WATER / "data_3"])
 
 
 @pytest.fixture(scope="module")

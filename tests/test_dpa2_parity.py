@@ -36,7 +36,7 @@ import torch
 
 from lamkit.presets import load_preset
 
-from .conftest import SHARED_DATA, require_reference
+from .conftest import SHARED_DATA, energy_input, require_reference
 from .test_reference_parity import DP, WATER, _finish, rel_diff
 
 pytestmark = pytest.mark.reference
@@ -160,24 +160,8 @@ CASES = [(name, "water") for name, (n, _) in WATER_FRAMES.items() if n] + [
 
 def make_config(name: str) -> dict:
     model, nbatch = RUNS[name]
-    return {
-        "model": {**copy.deepcopy(model), "data_stat_nbatch": nbatch},
-        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 1e-3, "stop_lr": 1e-8},
-        "loss": {
-            "type": "ener",
-            "start_pref_e": 0.02,
-            "limit_pref_e": 1,
-            "start_pref_f": 1000,
-            "limit_pref_f": 1,
-        },
-        "training": {
-            "training_data": {"systems": [str(SMALL_SET)], "batch_size": 1},
-            "numb_steps": 1,
-            "seed": 10,
-            "disp_freq": 1,
-            "save_freq": 1,
-        },
-    }
+    model = {**copy.deepcopy(model), "data_stat_nbatch": nbatch}
+    return energy_input(model, [SMALL_SET], 1, seed=10, stop_lr=1e-8)
 
 
 @pytest.fixture(scope="module", autouse=True)
