@@ -45,6 +45,11 @@ def test_example_train_test_freeze_show(workdir, capsys):
     assert main(["show", "frozen.pth", "type-map", "size"]) == 0
     out = capsys.readouterr().out
     assert "Cu" in out and "Au" in out
+    assert main(["show", "frozen.pth"]) == 0  # no attributes: all of them
+    out = capsys.readouterr().out
+    assert "Cu" in out and "Parameters in total" in out and "descriptor" in out.lower()
+    assert main(["show", "frozen.pth", "typemap"]) == 2
+    assert "Did you mean 'type-map'?" in capsys.readouterr().err
 
 
 def test_test_metrics_agree_with_detail_files(workdir):

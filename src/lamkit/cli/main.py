@@ -93,9 +93,19 @@ def _cmd_change_bias(a) -> int:
     return 0
 
 
+SHOW_ATTRIBUTES = ("type-map", "descriptor", "fitting-net", "model-branch", "size")
+
+
 def _cmd_show(a) -> int:
     from ..infer.show import describe_model, format_description
+    from ..registry import did_you_mean
 
+    for attr in a.ATTRIBUTES:  # checked here: argparse rejects an empty list with choices
+        if attr not in SHOW_ATTRIBUTES:
+            raise LamkitError(
+                f"show: unknown attribute '{attr}'; choose from {', '.join(SHOW_ATTRIBUTES)}."
+                + did_you_mean(attr, SHOW_ATTRIBUTES)
+            )
     print(format_description(describe_model(a.MODEL), a.ATTRIBUTES or None))
     return 0
 
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument(
         "ATTRIBUTES",
         nargs="*",
-        choices=["type-map", "descriptor", "fitting-net", "model-branch", "size"],
+        help="any of " + ", ".join(SHOW_ATTRIBUTES) + " (default: all)",
     )
     sh.set_defaults(func=_cmd_show)
 
