@@ -15,9 +15,7 @@ largest relative difference between the two outputs (max |diff| / max |value|).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from water_models import MODELS, water_config  # noqa: E402
+from water_models import MODELS, reference_checkpoint, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
@@ -33,25 +31,7 @@ DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
 
 def train_reference(model: str, data: Path, workdir: Path, env: dict) -> Path:
     """One reference training step of the ``model`` water config."""
-    conf = water_config(model, data, 1)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "input.json").write_text(json.dumps(conf, indent=1))
-    log = workdir / "train.log"
-    with open(log, "w", encoding="utf-8") as fh:
-        rc = subprocess.call(
-            [sys.executable, "-m", "deepmd", "--pt", "train", "input.json", "--skip-neighbor-stat"],
-            cwd=workdir,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    ckpt = workdir / "model.ckpt-1.pt"
-    if rc != 0 or not ckpt.exists():
-        raise SystemExit(
-            f"reference training failed (rc {rc}); see {log}:\n"
-            f"{log.read_text(errors='replace')[-3000:]}"
-        )
-    return ckpt
+    return reference_checkpoint(water_config(model, data, 1), workdir, env)
 
 
 def main(argv=None) -> int:

@@ -161,24 +161,13 @@ def train_reference(data: Path, workdir: Path, env: dict) -> Path:
     """One reference training step of the DPA-2 small preset on water data_0."""
     from lamkit.presets import make_input
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from water_models import reference_checkpoint
+
     conf = make_input("dpa2", "small", [str(data / "data_0")], [str(data / "data_3")], steps=1)
     conf["training"].pop("stat_file", None)
     conf["model"]["data_stat_nbatch"] = 2
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "input.json").write_text(json.dumps(conf, indent=1))
-    log = workdir / "train.log"
-    with open(log, "w", encoding="utf-8") as fh:
-        rc = subprocess.call(
-            [sys.executable, "-m", "deepmd", "--pt", "train", "input.json", "--skip-neighbor-stat"],
-            cwd=workdir,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    ckpt = workdir / "model.ckpt-1.pt"
-    if rc != 0 or not ckpt.exists():
-        raise SystemExit(f"reference training failed (rc {rc}); see {log}")
-    return ckpt
+    return reference_checkpoint(conf, workdir, env)
 
 
 def run_one(a, tool: str, reps: str, save: Path, env: dict) -> dict:

@@ -7,6 +7,9 @@ reference water examples (``lamkit.presets``): ``dpa2-small``/``dpa2-medium``/``
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from lamkit.examples import water_se_e2_a_config
@@ -32,3 +35,26 @@ def water_config(model: str, data: Path, steps: int) -> dict:
     tr["disp_freq"] = max(1, steps // 10)
     tr["save_freq"] = steps
     return conf
+
+
+def reference_checkpoint(conf: dict, workdir: Path, env: dict) -> Path:
+    """Train the reference on ``conf`` (one step, as the config says) in ``workdir``; the
+    checkpoint ``model.ckpt-1.pt`` that both tools then load."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "input.json").write_text(json.dumps(conf, indent=1))
+    log = workdir / "train.log"
+    with open(log, "w", encoding="utf-8") as fh:
+        rc = subprocess.call(
+            [sys.executable, "-m", "deepmd", "--pt", "train", "input.json", "--skip-neighbor-stat"],
+            cwd=workdir,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    ckpt = workdir / "model.ckpt-1.pt"
+    if rc != 0 or not ckpt.exists():
+        raise SystemExit(
+            f"reference training failed (rc {rc}); see {log}:\n"
+            f"{log.read_text(errors='replace')[-3000:]}"
+        )
+    return ckpt
