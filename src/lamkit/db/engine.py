@@ -1,0 +1,84 @@
+"""Database URLs and engines: an SQLite file by default, PostgreSQL given a URL.
+
+SQLite runs in WAL mode with a 30 s busy timeout, so readers never wait for a writer and a
+second writer waits instead of failing; write transactions start with ``BEGIN IMMEDIATE`` so two
+writers cannot deadlock on a lock upgrade.  On PostgreSQL the defaults (READ COMMITTED) apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import DBError
+
+DEFAULT_PATH = "lamkit.db"
+
+
+def normalise_url(url: str | Path | None) -> str:
+    """A SQLAlchemy URL: None -> ``sqlite:///lamkit.db``; a plain path -> an SQLite file;
+    ``postgresql://`` -> ``postgresql+psycopg://`` (psycopg 3 is the installed driver)."""
+    if url is None:
+        url = DEFAULT_PATH
+    url = str(url)
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str | Path | None, **kwargs) -> Engine:
+    """An Engine for ``url`` (see :func:`normalise_url`) with the SQLite settings above."""
+    text = normalise_url(url)
+    try:
+        parsed = make_url(text)
+    except ArgumentError as exc:
+        raise DBError(f"database URL '{text}' is not valid: {exc}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DBError(
+            f"database URL '{parsed.render_as_string(hide_password=True)}': expected sqlite:/// "
+            "or postgresql+psycopg://"
+        )
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_on_connect(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("lamkit_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextlib.contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one write transaction: committed on success, rolled back on error."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(lamkit_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def read_conn(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads (its implicit transaction ends when the block ends)."""
+    with engine.connect() as conn:
+        yield conn

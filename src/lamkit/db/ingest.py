@@ -1,0 +1,202 @@
+"""Batched, transactional, idempotent import.
+
+Items (see :mod:`lamkit.db.readers`) become rows (:func:`records.make_row`), ``batch_size`` rows
+go in one transaction as one multi-row ``INSERT ... ON CONFLICT (content_hash) DO NOTHING``: a
+killed import keeps every committed batch, and a re-run skips what is stored (same structure,
+energy, model and source).  Invalid items are rejected with (source, index, reason).  Hulls of
+the touched chemical systems (and the systems containing them) are recomputed once at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .engine import write_tx
+from .errors import RecordError
+from .readers import Item, iter_files, iter_items
+from .records import element_mask, make_row
+from .schema import chemsystems, records
+
+if TYPE_CHECKING:
+    from .api import CrystalDB
+
+__all__ = ["ImportReport", "Rejection", "import_items", "insert_rows", "iter_files", "iter_items"]
+
+
+@dataclass
+class Rejection:
+    """An item that was not imported: where it came from and why."""
+
+    source: str
+    index: int  # -1: the whole file
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.source if self.index < 0 else f"{self.source} [{self.index}]"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    """What an import did: ``added`` new records, ``duplicates`` already stored (or matched,
+    with ``dedupe``), ``rejected`` items with reasons, ``seconds`` of wall time."""
+
+    added: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    seen: int = 0
+    seconds: float = 0.0
+    hull_diagrams: int = 0
+    added_ids: list[int] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Items processed per second."""
+        return self.seen / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        text = (
+            f"{self.added} added, {self.duplicates} duplicates, {len(self.rejected)} rejected "
+            f"of {self.seen} in {self.seconds:.1f} s ({self.rate:.0f}/s)"
+        )
+        lines = [text] + [f"  rejected {r}" for r in self.rejected[:20]]
+        if len(self.rejected) > 20:
+            lines.append(f"  ... and {len(self.rejected) - 20} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "rejected": [
+                {"source": r.source, "index": r.index, "reason": r.reason} for r in self.rejected
+            ],
+            "seen": self.seen,
+            "seconds": self.seconds,
+        }
+
+
+def _insert(conn: Connection, table):
+    mod = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return mod.insert(table)
+
+
+def insert_rows(conn: Connection, rows: list[dict]) -> list[int]:
+    """Insert rows made by :func:`records.make_row` (skipping stored content hashes) and their
+    chemical systems; returns the ids of the rows actually inserted."""
+    if not rows:
+        return []
+    systems = {}
+    for r in rows:
+        if r["chemsys"] not in systems:
+            lo, hi = element_mask(r["elements"].split())
+            systems[r["chemsys"]] = {
+                "chemsys": r["chemsys"],
+                "nelements": r["nelements"],
+                "mask_lo": lo,
+                "mask_hi": hi,
+            }
+    conn.execute(_insert(conn, chemsystems).on_conflict_do_nothing(), list(systems.values()))
+    stmt = (
+        _insert(conn, records)
+        .on_conflict_do_nothing(index_elements=["content_hash"])
+        .returning(records.c.id)
+    )
+    return [int(i) for i in conn.execute(stmt, rows).scalars().all()]
+
+
+def _row_of(item: Item, model, submitter, source) -> dict:
+    meta = item.meta
+    src = meta.get("source", source if source is not None else _source_name(item.source))
+    return make_row(
+        item.obj,
+        energy=item.energy,
+        model=meta.get("model", model),
+        source=str(src) if src is not None else None,
+        submitter=meta.get("submitter", submitter),
+        submitted=meta.get("submitted"),
+        tags=meta.get("tags"),
+    )
+
+
+def _source_name(source: str) -> str | None:
+    """The default provenance of a file's items: the file name without its folder (so a moved
+    folder re-imports as duplicates); None for Python objects."""
+    if source == "records":
+        return None
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def import_items(
+    db: CrystalDB,
+    items: Iterable[Item] | Iterator[Item],
+    *,
+    submitter: str | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    batch_size: int = 1000,
+    progress: bool = False,
+    dedupe: bool = False,
+    update_hull: bool = True,
+) -> ImportReport:
+    """Import items in batches of ``batch_size`` (one transaction each); see the module doc."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; found {batch_size!r}")
+    report = ImportReport()
+    touched: set[tuple[str | None, str]] = set()
+    start = time.perf_counter()
+    batch: list[dict] = []
+    bar = tqdm(disable=not progress, unit=" structures", desc="import", mininterval=0.5)
+
+    def flush() -> None:
+        if not batch:
+            return
+        rows = list(batch)
+        batch.clear()
+        with write_tx(db.engine) as conn:
+            if dedupe:
+                from .match import drop_matches
+
+                rows, dropped = drop_matches(conn, rows)
+                report.duplicates += dropped
+            ids = insert_rows(conn, rows)
+        report.added += len(ids)
+        report.added_ids.extend(ids)
+        report.duplicates += len(rows) - len(ids)
+        touched.update((r["model"], r["chemsys"]) for r in rows if r["energy"] is not None)
+        bar.set_postfix(added=report.added, rejected=len(report.rejected), refresh=False)
+
+    try:
+        for item in items:
+            report.seen += 1
+            bar.update(1)
+            if item.error is not None:
+                report.rejected.append(Rejection(item.source, item.index, item.error))
+                continue
+            try:
+                batch.append(_row_of(item, model, submitter, source))
+            except RecordError as exc:
+                report.rejected.append(Rejection(item.source, item.index, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - never let one bad record stop an import
+                reason = f"unexpected {type(exc).__name__}: {exc}"
+                report.rejected.append(Rejection(item.source, item.index, reason))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+    if update_hull and touched:
+        with write_tx(db.engine) as conn:
+            from .hull import update_hulls
+
+            report.hull_diagrams = update_hulls(conn, touched, progress=progress)
+    report.seconds = time.perf_counter() - start
+    return report

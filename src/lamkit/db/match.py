@@ -1,0 +1,189 @@
+"""Duplicate detection and symmetry analysis.
+
+Two records are the same structure when pymatgen's ``StructureMatcher(ltol=0.05, stol=0.1,
+angle_tol=5)`` matches them (primitive cells, volumes scaled).  The matcher is only run after a
+cheap indexed prefilter: same reduced formula, same space group and, when both energies are
+known, energy per atom within 5 % of each other.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import Connection, select
+
+from .records import SYMPREC, Record, arrays_from, load_spglib, make_row, record_from_row
+from .schema import records
+
+if TYPE_CHECKING:
+    from .api import CrystalDB
+
+#: StructureMatcher tolerances (fractional length, site and angle (degrees) tolerances).
+LTOL, STOL, ANGLE_TOL = 0.05, 0.1, 5.0
+#: Relative energy-per-atom window of the prefilter.
+ENERGY_RTOL = 0.05
+
+
+def matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL)
+
+
+def _energy_close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return True
+    return abs(a - b) <= ENERGY_RTOL * max(abs(a), abs(b))
+
+
+def candidates(
+    conn: Connection,
+    formula: str,
+    spacegroup: int | None,
+    epa: float | None,
+    model: str | None = None,
+) -> list[Record]:
+    """Stored records passing the prefilter (formula, space group, energy within 5 %)."""
+    c = records.c
+    conds = [c.formula == formula]
+    conds.append(
+        c.spacegroup_number.is_(None) if spacegroup is None else c.spacegroup_number == spacegroup
+    )
+    if model is not None:
+        conds.append(c.model == model)
+    rows = conn.execute(select(records).where(*conds).order_by(c.id)).all()
+    out = [record_from_row(r) for r in rows]
+    return [r for r in out if _energy_close(r.energy_per_atom, epa)]
+
+
+def match(
+    conn: Connection, structure: Any, energy: float | None = None, model: str | None = None
+) -> list[Record]:
+    """Stored records that match ``structure`` (total ``energy`` in eV narrows the prefilter)."""
+    row = make_row(structure, energy=energy)
+    cands = candidates(
+        conn, row["formula"], row["spacegroup_number"], row["energy_per_atom"], model
+    )
+    if not cands:
+        return []
+    sm = matcher()
+    probe = _structure(row)
+    return [r for r in cands if sm.fit(probe, r.structure)]
+
+
+def _structure(row: dict):
+    from pymatgen.core import Lattice, Structure
+
+    lattice = np.frombuffer(row["lattice"], dtype="<f8").reshape(3, 3)
+    frac = np.frombuffer(row["frac_coords"], dtype="<f8").reshape(-1, 3)
+    return Structure(Lattice(lattice), row["species"].split(), frac)
+
+
+def drop_matches(conn: Connection, rows: list[dict]) -> tuple[list[dict], int]:
+    """Rows (from make_row) without those matching a stored record or an earlier row of the
+    batch; returns (kept rows, number dropped).  Used by ``import(dedupe=True)``."""
+    sm = matcher()
+    kept: list[dict] = []
+    seen: dict[tuple, list] = defaultdict(list)
+    dropped = 0
+    for row in rows:
+        key = (row["formula"], row["spacegroup_number"])
+        s = _structure(row)
+        epa = row["energy_per_atom"]
+        batch_peers = [p for p, e in seen[key] if _energy_close(e, epa)]
+        stored = candidates(conn, row["formula"], row["spacegroup_number"], epa)
+        if any(sm.fit(s, p) for p in batch_peers) or any(sm.fit(s, r.structure) for r in stored):
+            dropped += 1
+            continue
+        seen[key].append((s, epa))
+        kept.append(row)
+    return kept, dropped
+
+
+def find_duplicates(db: CrystalDB, progress: bool = False, **filters) -> list[list[int]]:
+    """Groups (two or more ids, ascending) of stored records matching each other, among the
+    records selected by ``filters``; groups are built per (formula, space group)."""
+    from tqdm.auto import tqdm
+
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for rec in db.iter_query(**filters):
+        groups[(rec.formula, rec.spacegroup_number)].append(rec)
+    sm = matcher()
+    out: list[list[int]] = []
+    for members in tqdm(list(groups.values()), disable=not progress, desc="match"):
+        if len(members) < 2:
+            continue
+        clusters: list[list[Record]] = []
+        for rec in members:
+            for cl in clusters:
+                head = cl[0]
+                if _energy_close(head.energy_per_atom, rec.energy_per_atom) and sm.fit(
+                    head.structure, rec.structure
+                ):
+                    cl.append(rec)
+                    break
+            else:
+                clusters.append([rec])
+        out += [sorted(r.id for r in cl) for cl in clusters if len(cl) > 1]
+    return sorted(out)
+
+
+def symmetry(rec: Record | Any, symprec: float | None = None) -> dict:
+    """spglib symmetry dataset of a structure as a JSON-ready dict (lengths Å)."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    spglib = load_spglib()
+    s = arrays_from(rec)
+    prec = SYMPREC if symprec is None else float(symprec)
+    cell = (s.lattice, s.frac_coords, [atomic_numbers[el] for el in s.species])
+    try:
+        ds = spglib.get_symmetry_dataset(cell, symprec=prec)
+    except spglib.error.SpglibError:
+        ds = None
+    if ds is None:
+        return {"symprec": prec, "number": None, "error": "spglib found no symmetry"}
+    try:
+        prim = spglib.standardize_cell(cell, to_primitive=True, symprec=prec)
+    except spglib.error.SpglibError:
+        prim = None
+    out = {
+        "symprec": prec,
+        "number": int(ds.number),
+        "symbol": ds.international,
+        "hall": ds.hall,
+        "hall_number": int(ds.hall_number),
+        "point_group": ds.pointgroup,
+        "crystal_system": _crystal_system(int(ds.number)),
+        "wyckoffs": list(ds.wyckoffs),
+        "equivalent_atoms": [int(i) for i in ds.equivalent_atoms],
+        "n_operations": len(ds.rotations),
+        "conventional": {
+            "lattice": np.asarray(ds.std_lattice).tolist(),
+            "species": [chemical_symbols[int(z)] for z in ds.std_types],
+            "frac_coords": np.asarray(ds.std_positions).tolist(),
+        },
+    }
+    if prim is not None:
+        lat, pos, nums = prim
+        out["primitive"] = {
+            "lattice": np.asarray(lat).tolist(),
+            "species": [chemical_symbols[int(z)] for z in nums],
+            "frac_coords": np.asarray(pos).tolist(),
+        }
+    return out
+
+
+def _crystal_system(number: int) -> str:
+    for top, name in (
+        (2, "triclinic"),
+        (15, "monoclinic"),
+        (74, "orthorhombic"),
+        (142, "tetragonal"),
+        (167, "trigonal"),
+        (194, "hexagonal"),
+    ):
+        if number <= top:
+            return name
+    return "cubic"

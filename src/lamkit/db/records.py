@@ -1,0 +1,441 @@
+"""Structures <-> database rows: validation, derived fields and the :class:`Record` dataclass.
+
+A structure is three arrays: ``lattice`` [3, 3] Å (rows a, b, c), ``species`` [nsites] element
+symbols and ``frac_coords`` [nsites, 3] fractional coordinates.  They are stored as float64
+little-endian bytes, so what comes back is bit-identical to what went in.
+
+Derived fields: pymatgen's reduced formula, alphabetically sorted elements and chemical system
+("Fe-Li-O"), nsites, volume (Å^3), density (g/cm^3, ASE's standard atomic masses) and the spglib
+space group with ``SYMPREC`` = 0.1 Å.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+
+from .errors import RecordError
+
+#: spglib tolerance (Å) for the stored space group and :meth:`CrystalDB.symmetry`.
+SYMPREC = 0.1
+#: Two atoms closer than this (Å) make a structure invalid (overlapping atoms).
+MIN_DISTANCE = 0.5
+#: Largest structure accepted, in sites.
+MAX_SITES = 5000
+#: Valid element symbols: H (Z=1) to Og (Z=118).
+ELEMENTS: tuple[str, ...] = tuple(chemical_symbols[1:119])
+_ELEMENT_SET = frozenset(ELEMENTS)
+_AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+
+
+def public_id(record_id: int) -> str:
+    """The stable public string id of a record: ``lam-<id>``."""
+    return f"lam-{record_id}"
+
+
+def element_mask(elements) -> tuple[int, int]:
+    """128-bit element mask as two non-negative 63-bit integers: bit Z-1 of ``lo`` for Z 1..63,
+    bit Z-64 of ``hi`` for Z 64..126."""
+    lo = hi = 0
+    for el in elements:
+        z = atomic_numbers[el]
+        if z <= 63:
+            lo |= 1 << (z - 1)
+        else:
+            hi |= 1 << (z - 64)
+    return lo, hi
+
+
+def chemsys_of(elements) -> str:
+    """Canonical chemical system: distinct symbols sorted alphabetically, joined by '-'."""
+    return "-".join(sorted(set(elements)))
+
+
+@lru_cache(maxsize=65536)
+def _reduced_formula(counts: tuple[tuple[str, int], ...]) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(dict(counts)).reduced_formula
+
+
+def reduced_formula(species) -> str:
+    """pymatgen's reduced formula of a list of element symbols (cached per composition)."""
+    counts = Counter(species)
+    g = 0
+    for n in counts.values():
+        g = math.gcd(g, n)
+    return _reduced_formula(tuple(sorted((el, n // g) for el, n in counts.items())))
+
+
+@dataclass
+class StructureArrays:
+    """A validated structure: ``lattice`` [3, 3] Å, ``species`` [n], ``frac_coords`` [n, 3]."""
+
+    lattice: np.ndarray
+    species: list[str]
+    frac_coords: np.ndarray
+
+
+def arrays_from(obj: Any) -> StructureArrays:
+    """Lattice, species and fractional coordinates of a pymatgen Structure, an ase.Atoms, a
+    :class:`Record`, or a dict (``Record.to_dict()``'s ``structure`` with lattice / species /
+    frac_coords, or pymatgen's ``Structure.as_dict()``).  Raises RecordError if unreadable."""
+    if isinstance(obj, Record):
+        return StructureArrays(obj.lattice, list(obj.species), obj.frac_coords)
+    if isinstance(obj, StructureArrays):
+        return obj
+    mod = type(obj).__module__
+    if mod.startswith("ase"):
+        return StructureArrays(
+            np.asarray(obj.cell.array, dtype=np.float64),
+            list(obj.get_chemical_symbols()),
+            np.asarray(obj.get_scaled_positions(wrap=False), dtype=np.float64),
+        )
+    if mod.startswith("pymatgen"):
+        if not obj.is_ordered:
+            raise RecordError(
+                "disordered structure (partial occupancies); only ordered structures are stored"
+            )
+        return StructureArrays(
+            np.asarray(obj.lattice.matrix, dtype=np.float64),
+            [sp.symbol for sp in obj.species],
+            np.asarray(obj.frac_coords, dtype=np.float64),
+        )
+    if isinstance(obj, dict):
+        if "structure" in obj and isinstance(obj["structure"], dict):
+            obj = obj["structure"]
+        if {"lattice", "species", "frac_coords"} <= obj.keys():
+            try:
+                lattice = np.asarray(obj["lattice"], dtype=np.float64)
+                frac = np.asarray(obj["frac_coords"], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise RecordError(f"lattice/frac_coords are not numbers: {exc}") from None
+            return StructureArrays(lattice, [str(s) for s in obj["species"]], frac)
+        if obj.get("@class") == "Structure" or ("lattice" in obj and "sites" in obj):
+            return _arrays_from_pymatgen_dict(obj)
+        raise RecordError(
+            "a structure dict needs lattice/species/frac_coords or pymatgen's Structure.as_dict()"
+            f" keys (lattice, sites); found keys {sorted(obj)[:10]}"
+        )
+    raise RecordError(
+        f"expected a pymatgen Structure, an ase.Atoms or a dict; found {type(obj).__name__}"
+    )
+
+
+def _arrays_from_pymatgen_dict(d: dict) -> StructureArrays:
+    try:
+        lat = d["lattice"]
+        lattice = np.asarray(lat["matrix"] if isinstance(lat, dict) else lat, dtype=np.float64)
+        species, frac = [], []
+        for i, site in enumerate(d["sites"]):
+            occ = site["species"]
+            if len(occ) != 1 or abs(float(occ[0].get("occu", 1.0)) - 1.0) > 1e-8:
+                raise RecordError(f"site {i} is disordered (partial occupancy); not supported")
+            species.append(str(occ[0]["element"]))
+            frac.append(site["abc"])
+        return StructureArrays(lattice, species, np.asarray(frac, dtype=np.float64).reshape(-1, 3))
+    except RecordError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RecordError(
+            f"malformed pymatgen structure dict: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def validate(s: StructureArrays) -> StructureArrays:
+    """Check shapes, finiteness, elements, volume and interatomic distances; return ``s`` with
+    contiguous float64 arrays.  Raises RecordError with the reason."""
+    lattice = np.ascontiguousarray(s.lattice, dtype=np.float64)
+    frac = np.ascontiguousarray(s.frac_coords, dtype=np.float64)
+    if lattice.shape != (3, 3):
+        raise RecordError(f"lattice must be 3x3; found shape {lattice.shape}")
+    n = len(s.species)
+    if n == 0:
+        raise RecordError("structure has no sites")
+    if n > MAX_SITES:
+        raise RecordError(f"structure has {n} sites; at most {MAX_SITES} are accepted")
+    if frac.ndim != 2 or frac.shape != (n, 3):
+        raise RecordError(
+            f"mismatched lengths: {n} species but coordinates of shape {tuple(frac.shape)}"
+        )
+    unknown = sorted({el for el in s.species if el not in _ELEMENT_SET})
+    if unknown:
+        raise RecordError(f"unknown element symbol(s) {unknown}; expected symbols H..Og")
+    if not np.isfinite(lattice).all():
+        raise RecordError("lattice contains NaN or infinite values")
+    if not np.isfinite(frac).all():
+        raise RecordError("fractional coordinates contain NaN or infinite values")
+    volume = float(np.linalg.det(lattice))
+    if not volume > 1e-6:
+        raise RecordError(
+            f"cell volume is {volume:.6g} Å^3; expected a positive volume (a right-handed, "
+            "non-degenerate lattice)"
+        )
+    dmin = min_distance(lattice, frac)
+    if dmin < MIN_DISTANCE:
+        raise RecordError(
+            f"overlapping atoms: two sites are {dmin:.3f} Å apart (minimum {MIN_DISTANCE} Å)"
+        )
+    return StructureArrays(lattice, list(s.species), frac)
+
+
+def min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float = MIN_DISTANCE) -> float:
+    """Shortest distance (Å) between two sites, periodic images included, or ``inf`` if none is
+    shorter than ``cutoff``."""
+    from vesin import NeighborList
+
+    cart = frac @ lattice
+    if len(cart) == 1 and cutoff <= min(np.linalg.norm(lattice, axis=1)):
+        return math.inf
+    nl = NeighborList(cutoff=cutoff, full_list=False)
+    (d,) = nl.compute(cart, lattice, periodic=True, quantities="d")
+    return float(d.min()) if len(d) else math.inf
+
+
+def load_spglib():
+    """spglib with exceptions on errors (its future default; the old mode warns on every call)."""
+    import spglib
+    import spglib.error
+
+    spglib.error.OLD_ERROR_HANDLING = False
+    return spglib
+
+
+def spacegroup(lattice: np.ndarray, frac: np.ndarray, species) -> tuple[int | None, str | None]:
+    """spglib space group (number, Hermann-Mauguin symbol) at ``SYMPREC``; (None, None) if spglib
+    finds none."""
+    spglib = load_spglib()
+    numbers = [atomic_numbers[el] for el in species]
+    try:
+        text = spglib.get_spacegroup((lattice, frac, numbers), symprec=SYMPREC)
+    except spglib.error.SpglibError:
+        text = None
+    if not text:
+        return None, None
+    symbol, _, number = text.rpartition(" (")
+    return int(number.rstrip(")")), symbol
+
+
+def content_hash(
+    s: StructureArrays, energy: float | None, model: str | None, source: str | None
+) -> str:
+    """sha256 (hex) of the exact structure bytes, the energy, the model and the source: the same
+    input imported twice gives the same hash (the UNIQUE key that makes imports idempotent)."""
+    h = hashlib.sha256()
+    h.update(s.lattice.astype("<f8").tobytes())
+    h.update(s.frac_coords.astype("<f8").tobytes())
+    h.update(" ".join(s.species).encode())
+    h.update(b"\0" + repr(None if energy is None else float(energy)).encode())
+    h.update(b"\0" + (model or "").encode() + b"\0" + (source or "").encode())
+    return h.hexdigest()
+
+
+def utc_naive(t: datetime | str | None) -> datetime:
+    """A datetime (or ISO string) as naive UTC, the form stored; now if None."""
+    if t is None:
+        return datetime.now(timezone.utc).replace(tzinfo=None)
+    if isinstance(t, str):
+        try:
+            t = datetime.fromisoformat(t.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise RecordError(f"submission time '{t}' is not an ISO 8601 date/time") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc).replace(tzinfo=None)
+    return t
+
+
+def clean_tags(tags) -> list[str]:
+    """Tags as a sorted list of distinct non-empty strings."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    out = sorted({str(t).strip() for t in tags} - {""})
+    for t in out:
+        if len(t) > 100:
+            raise RecordError(f"tag '{t[:20]}...' is {len(t)} characters; at most 100")
+    return out
+
+
+def make_row(
+    obj: Any,
+    energy: float | None = None,
+    model: str | None = None,
+    source: str | None = None,
+    submitter: str | None = None,
+    submitted: datetime | str | None = None,
+    tags=None,
+) -> dict:
+    """The ``records`` row (without id) of a structure and its total energy (eV).
+
+    Validates (RecordError with the reason) and computes every derived field."""
+    s = validate(arrays_from(obj))
+    if energy is not None:
+        try:
+            energy = float(energy)
+        except (TypeError, ValueError):
+            raise RecordError(f"energy must be a number (eV); found {energy!r}") from None
+        if not math.isfinite(energy):
+            raise RecordError(f"energy is {energy}; expected a finite number (eV)")
+    n = len(s.species)
+    elements = sorted(set(s.species))
+    volume = float(np.linalg.det(s.lattice))
+    mass = float(sum(atomic_masses[atomic_numbers[el]] for el in s.species))
+    number, symbol = spacegroup(s.lattice, s.frac_coords, s.species)
+    return {
+        "content_hash": content_hash(s, energy, model, source),
+        "lattice": s.lattice.astype("<f8").tobytes(),
+        "frac_coords": s.frac_coords.astype("<f8").tobytes(),
+        "species": " ".join(s.species),
+        "formula": reduced_formula(s.species),
+        "elements": " ".join(elements),
+        "chemsys": "-".join(elements),
+        "nelements": len(elements),
+        "nsites": n,
+        "volume": volume,
+        "density": mass / volume * _AMU_PER_A3_TO_G_PER_CM3,
+        "spacegroup_number": number,
+        "spacegroup_symbol": symbol,
+        "energy": energy,
+        "energy_per_atom": None if energy is None else energy / n,
+        "model": model,
+        "formation_energy_per_atom": None,
+        "e_above_hull": None,
+        "source": source,
+        "submitter": submitter,
+        "submitted": utc_naive(submitted),
+        "tags": json.dumps(clean_tags(tags)),
+    }
+
+
+@dataclass
+class Record:
+    """One stored structure with its energy and derived fields (energies in eV, eV/atom)."""
+
+    id: int
+    lattice: np.ndarray  # [3, 3] Å, rows a, b, c
+    species: list[str]  # [nsites]
+    frac_coords: np.ndarray  # [nsites, 3]
+    formula: str
+    elements: list[str]
+    chemsys: str
+    nsites: int
+    volume: float  # Å^3
+    density: float  # g/cm^3
+    spacegroup_number: int | None
+    spacegroup_symbol: str | None
+    energy: float | None  # eV
+    energy_per_atom: float | None  # eV/atom
+    model: str | None
+    formation_energy_per_atom: float | None  # eV/atom
+    e_above_hull: float | None  # eV/atom
+    source: str | None
+    submitter: str | None
+    submitted: datetime  # UTC, timezone-aware
+    tags: list[str] = field(default_factory=list)
+    content_hash: str = ""
+
+    @property
+    def public_id(self) -> str:
+        return public_id(self.id)
+
+    @property
+    def structure(self):
+        """The structure as a pymatgen Structure."""
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.lattice), self.species, self.frac_coords)
+
+    def to_atoms(self):
+        """The structure as an ase.Atoms (periodic), energy and id in ``info``."""
+        from ase import Atoms
+
+        atoms = Atoms(
+            symbols=self.species, scaled_positions=self.frac_coords, cell=self.lattice, pbc=True
+        )
+        atoms.info.update({"id": self.id, "formula": self.formula})
+        if self.energy is not None:
+            atoms.info["energy"] = self.energy
+        if self.model:
+            atoms.info["model"] = self.model
+        return atoms
+
+    def to_cif(self) -> str:
+        """CIF text of the structure (pymatgen's CifWriter, P1 setting)."""
+        from pymatgen.io.cif import CifWriter
+
+        return str(CifWriter(self.structure))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; floats survive ``json.dumps``/``loads`` exactly."""
+        return {
+            "id": self.id,
+            "public_id": self.public_id,
+            "formula": self.formula,
+            "elements": list(self.elements),
+            "chemsys": self.chemsys,
+            "nsites": self.nsites,
+            "volume": self.volume,
+            "density": self.density,
+            "spacegroup_number": self.spacegroup_number,
+            "spacegroup_symbol": self.spacegroup_symbol,
+            "energy": self.energy,
+            "energy_per_atom": self.energy_per_atom,
+            "model": self.model,
+            "formation_energy_per_atom": self.formation_energy_per_atom,
+            "e_above_hull": self.e_above_hull,
+            "source": self.source,
+            "submitter": self.submitter,
+            "submitted": self.submitted.isoformat(),
+            "tags": list(self.tags),
+            "content_hash": self.content_hash,
+            "structure": {
+                "lattice": self.lattice.tolist(),
+                "species": list(self.species),
+                "frac_coords": self.frac_coords.tolist(),
+            },
+        }
+
+
+def record_from_row(row) -> Record:
+    """A :class:`Record` from a ``records`` row (a SQLAlchemy Row or mapping)."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    species = m["species"].split()
+    submitted = m["submitted"]
+    if isinstance(submitted, str):  # defensive: raw SQLite text
+        submitted = datetime.fromisoformat(submitted)
+    if submitted.tzinfo is None:
+        submitted = submitted.replace(tzinfo=timezone.utc)
+    return Record(
+        id=int(m["id"]),
+        lattice=np.frombuffer(m["lattice"], dtype="<f8").reshape(3, 3).astype(np.float64),
+        species=species,
+        frac_coords=np.frombuffer(m["frac_coords"], dtype="<f8").reshape(-1, 3).astype(np.float64),
+        formula=m["formula"],
+        elements=m["elements"].split(),
+        chemsys=m["chemsys"],
+        nsites=int(m["nsites"]),
+        volume=float(m["volume"]),
+        density=float(m["density"]),
+        spacegroup_number=m["spacegroup_number"],
+        spacegroup_symbol=m["spacegroup_symbol"],
+        energy=m["energy"],
+        energy_per_atom=m["energy_per_atom"],
+        model=m["model"],
+        formation_energy_per_atom=m["formation_energy_per_atom"],
+        e_above_hull=m["e_above_hull"],
+        source=m["source"],
+        submitter=m["submitter"],
+        submitted=submitted,
+        tags=json.loads(m["tags"] or "[]"),
+        content_hash=m["content_hash"],
+    )
