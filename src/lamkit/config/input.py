@@ -49,6 +49,27 @@ TRAINING_ARGS = (
     Arg("acc_freq", (int,), 1),
 )
 
+TASK_DATA_ARGS = (
+    Arg("training_data", (dict,), REQUIRED, sub=DATA_ARGS),
+    Arg("validation_data", (dict, type(None)), None, sub=VALID_ARGS),
+    Arg("stat_file", (str, type(None)), None),
+)
+_PER_TASK = ("training_data", "validation_data", "stat_file")
+MULTI_TRAINING_ARGS = (
+    *(a for a in TRAINING_ARGS if a.name not in _PER_TASK),
+    Arg("data_dict", (dict,), REQUIRED, doc="per task: training_data, validation_data"),
+    Arg("model_prob", (dict, type(None)), None, doc="task probabilities (default: data size)"),
+)
+# the replay option of fine-tuning (lamkit's own): rehearse frames of the pretraining data
+REPLAY_ARGS = (
+    Arg("systems", (list, str), REQUIRED, doc="pretraining data to draw the replay frames from"),
+    Arg("nframes", (int,), 100, doc="frames to keep"),
+    Arg("selection", (str,), "fps", choices=("fps", "random")),
+    Arg("prob", (float,), 0.2, doc="probability of a replay step"),
+    Arg("batch_size", (list, str, int), "auto"),
+    Arg("head", (str, type(None)), None, doc="pretrained branch the replay data belongs to"),
+)
+
 OPTIMIZER_ARGS = (
     Arg("type", (str,), "Adam", choices=("Adam", "AdamW")),
     Arg("adam_beta1", (float,), 0.9),
@@ -56,7 +77,17 @@ OPTIMIZER_ARGS = (
     Arg("weight_decay", (float, type(None)), None),
 )
 
-TOP_KEYS = ("model", "learning_rate", "loss", "optimizer", "training", "validating", "nvnmd")
+TOP_KEYS = (
+    "model",
+    "learning_rate",
+    "loss",
+    "loss_dict",
+    "learning_rate_dict",
+    "optimizer",
+    "training",
+    "validating",
+    "nvnmd",
+)
 
 
 def load_input(path: str | Path) -> dict:
@@ -93,18 +124,56 @@ def normalize_input(config: dict) -> dict:
     for key in ("model", "training"):
         if key not in config:
             raise ConfigError(f"the input has no '{key}' section")
-    if "model_dict" in config["model"]:
-        raise ConfigError("model/model_dict: multi-task training is not supported yet")
     if config.get("nvnmd"):
         raise ConfigError("nvnmd: NVNMD training is not supported")
     out = dict(config)
-    out["training"] = normalize(config["training"], TRAINING_ARGS, "training")
+    train = dict(config["training"])
+    replay = train.pop("replay", None)
+    if "model_dict" in config["model"]:
+        if "loss" in config and "loss_dict" not in config:
+            raise ConfigError("loss: a multi-task input gives one loss per task in 'loss_dict'")
+        if config.get("learning_rate_dict"):
+            raise ConfigError("learning_rate_dict: per-task learning rates are not supported")
+        tr = normalize(train, MULTI_TRAINING_ARGS, "training")
+        tr["data_dict"] = {
+            task: normalize(d, TASK_DATA_ARGS, f"training/data_dict/{task}")
+            for task, d in tr["data_dict"].items()
+        }
+        tasks = list(config["model"]["model_dict"])
+        for where, have, need_all in (
+            ("training/data_dict", tr["data_dict"], True),
+            ("loss_dict", config.get("loss_dict") or {}, False),
+            ("training/model_prob", tr["model_prob"] or {}, False),
+        ):
+            missing = [t for t in tasks if t not in have] if need_all else []
+            if missing:
+                raise ConfigError(f"{where}: no entry for the tasks {missing} (tasks: {tasks})")
+            for t in have:
+                if t not in tasks:
+                    raise ConfigError(
+                        f"{where}: '{t}' is not a task of model/model_dict (tasks: {tasks})."
+                        + did_you_mean(t, tasks)
+                    )
+        if replay is not None:
+            raise ConfigError("training/replay: replay fine-tuning is for single-task inputs")
+        out["training"] = tr
+    else:
+        for key in ("loss_dict", "learning_rate_dict"):
+            if key in config:
+                raise ConfigError(f"{key}: only multi-task inputs (model/model_dict) have it")
+        out["training"] = normalize(train, TRAINING_ARGS, "training")
+        out["training"]["replay"] = (
+            None if replay is None else normalize(replay, REPLAY_ARGS, "training/replay")
+        )
     opt = dict(config.get("optimizer") or {})
     if "opt_type" in config["training"] and "type" not in opt:
         opt["type"] = out["training"]["opt_type"]
     out["optimizer"] = normalize(opt, OPTIMIZER_ARGS, "optimizer")
-    for sec in ("training_data", "validation_data"):
-        data = out["training"][sec]
-        if data and data.get("rglob_patterns"):
-            raise ConfigError(f"training/{sec}/rglob_patterns is not supported yet")
+    per_task = out["training"].get("data_dict") or {"": out["training"]}
+    for task, dconf in per_task.items():
+        for sec in ("training_data", "validation_data"):
+            data = dconf[sec]
+            if data and data.get("rglob_patterns"):
+                where = f"training/data_dict/{task}/{sec}" if task else f"training/{sec}"
+                raise ConfigError(f"{where}/rglob_patterns is not supported yet")
     return out

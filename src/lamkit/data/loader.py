@@ -138,6 +138,8 @@ class MultiSystemSampler:
         batch_sizes: Sequence[int],
         probs: Sequence[float] | np.ndarray,
         seed: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ):
         nsys = len(systems)
         probs = np.asarray(probs, dtype=np.float64)
@@ -154,8 +156,11 @@ class MultiSystemSampler:
         self.probs = probs / probs.sum()
         streams = np.random.SeedSequence(seed).spawn(nsys + 1)
         self.rng = np.random.default_rng(streams[0])
+        # data parallel: every rank draws the same global batch of world x batch_size frames
+        # and keeps its own slice (lamkit.train.distributed)
+        self.rank, self.world = int(rank), int(world)
         self.loaders = [
-            SystemLoader(s, b, seed=streams[i + 1], sid=i)
+            SystemLoader(s, b * self.world, seed=streams[i + 1], sid=i)
             for i, (s, b) in enumerate(zip(self.systems, self.batch_sizes))
         ]
 
@@ -167,7 +172,14 @@ class MultiSystemSampler:
     def next(self) -> dict:
         """The next batch of a system drawn with probabilities ``probs``."""
         sid = int(self.rng.choice(len(self.loaders), p=self.probs))
-        return self.loaders[sid].next_batch()
+        loader = self.loaders[sid]
+        if self.world == 1:
+            return loader.next_batch()
+        idx = loader.next_indices()
+        mine = np.array_split(idx, self.world)[self.rank]
+        if len(mine) == 0:  # a short last batch of a pass: fewer frames than ranks
+            mine = idx[-1:]
+        return frames_to_batch(loader.system, mine, sid)
 
     def __iter__(self) -> MultiSystemSampler:
         return self

@@ -121,6 +121,16 @@ class Descriptor(nn.Module):
         self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
         self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
 
+    def share_type_embedding(self, tebd: nn.Module) -> None:
+        """Use ``tebd`` (another descriptor's type embedding) as this one's: multi-task sharing
+        level 1 of the type-embedding descriptors."""
+        if not isinstance(getattr(self, "type_embedding", None), nn.Module):
+            raise ConfigError(
+                f"{type(self).__name__} has no type embedding to share (sharing level 1 needs "
+                "dpa1, dpa2 or se_e3_tebd; use level 0 to share the whole descriptor)"
+            )
+        self.type_embedding = tebd
+
     def stat_id(self) -> str | dict[str, str]:
         """What the statistics depend on, for the stat-file cache: one string, or one per block
         (the same keys as ``env_stat``'s dict) for descriptors with several blocks."""

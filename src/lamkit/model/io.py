@@ -76,14 +76,36 @@ def read_file(path: str | Path) -> dict:
         raise ModelFileError(f"{path}: cannot be read as a model file ({exc})") from exc
 
 
+def choose_head(model_config: dict, head: str | None, where: str = "model") -> str:
+    """The branch of a multi-task model config to use: ``head``, else the model's default
+    (set by replay fine-tuning); errors list the branches."""
+    heads = list(model_config["model_dict"])
+    if head is None:
+        head = model_config.get("default_head")
+        if head is None:
+            raise ModelFileError(f"{where}: a multi-task model; choose a head from {heads}")
+    if head not in heads:
+        from ..registry import did_you_mean
+
+        raise ModelFileError(
+            f"{where}: no head '{head}'; available: {heads}." + did_you_mean(head, heads)
+        )
+    return head
+
+
 def model_from_payload(obj: dict, where: str = "model", head: str | None = None) -> AtomicModel:
     from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
 
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version", 0) > VERSION:
             raise ModelFileError(f"{where}: written by a newer lamkit (version {obj['version']})")
-        model = build_model(obj["model_config"])
-        model.load_state_dict(obj["model_state"])
+        conf, state = obj["model_config"], obj["model_state"]
+        if "model_dict" in conf:
+            head = choose_head(conf, head, where)
+            conf = conf["model_dict"][head]
+            state = {k[len(head) + 1 :]: v for k, v in state.items() if k.startswith(f"{head}.")}
+        model = build_model(conf)
+        model.load_state_dict(state)
         return model
     if is_deepmd_checkpoint(obj):
         return load_deepmd_checkpoint(obj, head=head)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +26,28 @@ def plot_lcurve(path: str | Path, out: str | Path | None = None) -> Path:
 
     names, data = read_lcurve(path)
     out = Path(out) if out else Path(path).with_suffix(".png")
-    metrics = sorted({n.rsplit("_", 1)[0] for n in names if n.startswith("rmse")})
+    # rmse_e_val, rmse_e_trn, or per task rmse_e_val_<task>
+    parsed = {}
+    for i, n in enumerate(names):
+        m = re.match(r"^(rmse\w*?)_(val|trn)(?:_(.+))?$", n)
+        if m:
+            parsed[i] = m.groups()
+    metrics = sorted({p[0] for p in parsed.values()})
     fig, axes = plt.subplots(
         1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False
     )
-    for ax, m in zip(axes[0], metrics):
-        for suffix, style in (("trn", "-"), ("val", "--")):
-            col = f"{m}_{suffix}"
-            if col in names and len(data):
-                y = data[:, names.index(col)]
-                if np.isfinite(y).any():
-                    ax.plot(data[:, 0], y, style, label=suffix)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (m, kind, task) in parsed.items():
+            if m != metric or not len(data):
+                continue
+            y = data[:, i]
+            if np.isfinite(y).any():
+                label = f"{task} {kind}" if task else kind
+                ax.plot(data[:, 0], y, "-" if kind == "trn" else "--", label=label)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_title(m)
-        ax.legend()
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

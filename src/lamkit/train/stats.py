@@ -259,9 +259,10 @@ def fparam_stat(batches: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] 
 
 
 @torch.no_grad()
-def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None) -> None:
-    """All statistics a freshly initialised model needs, set in place."""
-    compute_descriptor_stat(model, batches, conf.get("data_stat_protect", 1e-2), stat_file)
+def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None):
+    """All statistics a freshly initialised model needs, set in place; returns the descriptor's
+    environment statistics (for merging over tasks that share the descriptor)."""
+    env = compute_descriptor_stat(model, batches, conf.get("data_stat_protect", 1e-2), stat_file)
     bias = None
     if model.output_def.r_differentiable:  # energy
         preset = (conf.get("preset_out_bias") or {}).get("energy")
@@ -282,3 +283,4 @@ def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None)
             if st is not None:
                 getattr(fit, f"{name}_avg").copy_(torch.as_tensor(st[0]))
                 getattr(fit, f"{name}_inv_std").copy_(torch.as_tensor(st[1]))
+    return env

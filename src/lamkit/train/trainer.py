@@ -1,9 +1,16 @@
 """The training loop: ``lam train input.json``.
 
-A plain loop: draw a batch, build (cached) neighbour data, forward with forces, loss,
-backward, clip, Adam step. Every ``disp_freq`` steps the training and validation metrics go to
-``lcurve.out`` and the log (with rate and ETA); every ``save_freq`` steps a checkpoint that
-holds the model, optimizer, sampler and RNG states, so ``--restart`` continues exactly.
+A plain loop: pick the task of the step (multi-task runs draw it with ``model_prob``), draw a
+batch, build (cached) neighbour data, forward with forces, loss, backward, (all-reduce under
+``torchrun``), clip, Adam step. Every ``disp_freq`` steps the training and validation metrics
+of every task go to ``lcurve.out`` and the log (with rate and ETA); every ``save_freq`` steps a
+checkpoint that holds the model, optimizer, sampler and RNG states, so ``--restart`` continues
+exactly.
+
+Where the weights come from: a fresh model gets its statistics from the data (descriptor
+davg/dstd, merged over the tasks that share a descriptor; output bias per task);
+``--init-model`` copies a model of the same architecture; ``--finetune`` follows
+:mod:`lamkit.train.finetune`; ``--restart`` continues a lamkit checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -20,18 +26,24 @@ import torch
 
 from .. import keys
 from ..config.input import normalize_input
-from ..data import MultiSystemSampler, load_systems, resolve_batch_sizes, system_probabilities
-from ..data.system import DataRequirement
-from ..descriptor import DESCRIPTORS
+from ..config.multitask import SharedLink, expand_model_dict, is_multitask
 from ..errors import ConfigError
-from ..model import AtomicModel, build_model, normalize_model_config
+from ..model import build_model, normalize_model_config
 from ..model.io import FORMAT, VERSION, model_from_payload, read_file
+from ..model.multitask import MultiTaskModel, merge_descriptor_stats
 from ..runtime import tune_allocator
+from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
-from .loss import build_loss
+from .distributed import DistContext
+from .lcurve import LcurveWriter
 from .lr import LearningRate
-from .plot import plot_lcurve
-from .stats import auto_selections, resolve_auto_sel, set_model_statistics, stat_batches
+from .stats import (
+    auto_selections,
+    resolve_auto_sel,
+    set_model_statistics,
+    stat_batches,
+)
+from .tasks import DEFAULT, Task, attach_samplers, make_task, task_probabilities
 
 log = logging.getLogger("lamkit.train")
 
@@ -47,7 +59,17 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 class Trainer:
-    """Builds data, model, loss and optimizer from an input config and runs the loop."""
+    """Builds data, model(s), losses and optimizer from an input config and runs the loop.
+
+    Args:
+        config: the input (DeePMD-kit v3 schema), single- or multi-task.
+        output: folder for checkpoints, ``lcurve.out`` and ``out.json``.
+        restart: a lamkit checkpoint (or its folder) to continue exactly.
+        init_model: a model of the same architecture to start from (lamkit or DeePMD-kit).
+        finetune: a pretrained model to fine-tune (:mod:`lamkit.train.finetune`).
+        model_branch: the pretrained branch for a single-task fine-tune (or ``RANDOM``).
+        use_pretrain_script: take descriptor and fitting configs from the pretrained model.
+    """
 
     def __init__(
         self,
@@ -57,16 +79,23 @@ class Trainer:
         init_model: str | None = None,
         skip_neighbor_stat: bool = False,
         device: str | None = None,
+        finetune: str | None = None,
+        model_branch: str | None = None,
+        use_pretrain_script: bool = False,
     ):
         tune_allocator()
+        if sum(x is not None for x in (restart, init_model, finetune)) > 1:
+            raise ConfigError("--restart, --init-model and --finetune exclude each other")
         self.out = Path(output)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.device = _device(device)
+        self.dist = DistContext.from_env(self.device)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.config = normalize_input(copy.deepcopy(config))
         tr = self.config["training"]
         self.tr = tr
         self.num_steps = tr["numb_steps"]
-        seed = tr["seed"]
+        self.seed = seed = tr["seed"]
         if seed is not None:
             torch.manual_seed(seed)
 
@@ -76,116 +105,217 @@ class Trainer:
                 f"--restart {restart}: not a lamkit training checkpoint "
                 "(use --init-model to start from other weights)"
             )
-        mconf = resume["model_config"] if resume else normalize_model_config(self.config["model"])
-        self.type_map = mconf["type_map"]
+        pre = ft.Pretrained(finetune) if finetune else None
+        confs, links, rules = self._model_configs(resume, pre, model_branch, use_pretrain_script)
+        self.multi = len(confs) > 1 or is_multitask(self.config["model"])
 
         lr_conf = self.config.get("learning_rate") or {}
         if tr["warmup_steps"] and "warmup_steps" not in lr_conf:
             lr_conf = {**lr_conf, "warmup_steps": tr["warmup_steps"]}
         self.lr = LearningRate(lr_conf, self.num_steps)
-        self.loss = build_loss(self.config.get("loss"), self.lr.start_lr, mconf)
+        self.tasks = self._make_tasks(confs)
+        self.replay = None
+        if tr.get("replay") and resume is None:
+            from .replay import add_replay_task
 
-        reqs = list(self.loss.requirements())
-        fit = mconf["fitting_net"]
-        if fit.get("numb_fparam"):
-            reqs.append(
-                DataRequirement(
-                    "fparam", fit["numb_fparam"], must=fit.get("default_fparam") is None
-                )
-            )
-        if fit.get("numb_aparam"):
-            reqs.append(DataRequirement("aparam", fit["numb_aparam"], atomic=True, must=True))
-        self.train_systems = load_systems(tr["training_data"]["systems"], self.type_map, reqs)
-        val = tr["validation_data"]
-        self.valid_systems = load_systems(val["systems"], self.type_map, reqs) if val else []
-        self._check_types(mconf)
-
+            self.replay = add_replay_task(self, pre, rules, tr["replay"])
+            self.multi = True
         if resume is None:
-            self._resolve_auto_sel(mconf["descriptor"], skip_neighbor_stat)
+            self._resolve_auto_sel(links, skip_neighbor_stat)
 
-        self.model: AtomicModel = build_model(mconf).to(self.device)
-        self.model_config = self.model.config
-        self.loss.attach(self.model)  # the property loss reads the model's out_bias/out_std
+        for t in self.tasks.values():
+            t.model = build_model(t.model_config).to(self.device)
+            t.model_config = t.model.config
+            t.loss.attach(t.model)  # the property loss reads the model's out_bias/out_std
+        self.links = links
+        if self.multi:
+            self.model = MultiTaskModel({n: t.model for n, t in self.tasks.items()}, links, False)
+        else:
+            self.model = self.tasks[DEFAULT].model
+        self.model_config = self._model_config()
+        for t in self.tasks.values():
+            attach_samplers(t, seed, self.dist.rank, self.dist.world)
+            log.info(
+                "%s", t.sampler.describe(f"training of {t.name}" if self.multi else "training")
+            )
+            if t.valid_sampler is not None:
+                log.info("%s", t.valid_sampler.describe("validation"))
+        self.task_names = list(self.tasks)
+        self.task_prob = task_probabilities(list(self.tasks.values()), tr.get("model_prob"))
+        if self.multi:
+            probs = dict(zip(self.task_names, np.round(self.task_prob, 4).tolist()))
+            log.info("task probabilities: %s", probs)
+        self.task_rng = np.random.default_rng(None if seed is None else [seed, 4231])
 
-        sizes = resolve_batch_sizes(
-            tr["training_data"]["batch_size"], [s.natoms for s in self.train_systems]
-        )
-        self.sampler = self._sampler(self.train_systems, sizes, tr["training_data"], seed)
-        log.info("%s", self.sampler.describe("training"))
-        self.valid_sampler = None
-        if self.valid_systems:
-            vsizes = resolve_batch_sizes(val["batch_size"], [s.natoms for s in self.valid_systems])
-            vseed = None if seed is None else seed + 7919
-            self.valid_sampler = self._sampler(self.valid_systems, vsizes, val, vseed)
-            log.info("%s", self.valid_sampler.describe("validation"))
-        self.builder = self.model.neighbor_builder(cache=True)
-        self.vbuilder = self.model.neighbor_builder(cache=True)
+        self.start_step = 0
+        if resume is None:
+            self._initial_weights(init_model, pre, rules)
+        if self.multi:
+            self.model.share()
+        self.dist.broadcast_module(self.model)
+        self.params = self._unique_params()
+        self.optimizer = self._optimizer(self.params)
+        if resume is not None:
+            self._restore(resume)
+            log.info("restarted from %s at step %d", restart, self.start_step)
+        if self.dist.is_main:
+            (self.out / "out.json").write_text(
+                json.dumps({**self.config, "model": self.model_config}, indent=2, default=str)
+            )
 
+    # --- setup helpers ----------------------------------------------------------------------
+    def _model_configs(self, resume, pre, model_branch, use_pretrain_script):
+        """Per-task model configs, sharing links and fine-tuning rules."""
+        if resume is not None:
+            mc = resume["model_config"]
+            if "model_dict" in mc:
+                links = [SharedLink.from_dict(d) for d in mc.get("shared_links", [])]
+                return dict(mc["model_dict"]), links, {}
+            return {DEFAULT: mc}, [], {}
+        section = self.config["model"]
+        if is_multitask(section):
+            confs, links = expand_model_dict(section)
+        else:
+            confs, links = {DEFAULT: section}, []
+        rules = {}
+        if pre is not None:
+            confs, rules = ft.plan(
+                pre,
+                confs,
+                len(links) > 0 or is_multitask(section),
+                model_branch,
+                use_pretrain_script,
+            )
+        elif model_branch is not None or use_pretrain_script:
+            raise ConfigError("--model-branch and --use-pretrain-script go with --finetune")
+        where = "model/model_dict/{}" if is_multitask(section) else "model"
+        confs = {t: normalize_model_config(c, where.format(t)) for t, c in confs.items()}
+        return confs, links, rules
+
+    def _make_tasks(self, confs: dict[str, dict]) -> dict[str, Task]:
+        tr, start_lr = self.tr, self.lr.start_lr
+        tasks = {}
+        for name, conf in confs.items():
+            if "data_dict" in tr:
+                data_conf = tr["data_dict"][name]
+                loss_conf = (self.config.get("loss_dict") or {}).get(name)
+            else:
+                data_conf = {k: tr[k] for k in ("training_data", "validation_data", "stat_file")}
+                loss_conf = self.config.get("loss")
+            tasks[name] = make_task(name, conf, data_conf, loss_conf, start_lr)
+        return tasks
+
+    def _resolve_auto_sel(self, links: list[SharedLink], skip_neighbor_stat: bool) -> None:
+        """Neighbour counts given as "auto"/"auto:factor" (``sel``; DPA-2's repinit ``nsel``,
+        ``three_body_sel`` and repformer ``nsel``) from the training data of every task that
+        uses the descriptor; computed on rank 0."""
+        groups = [[t for t, _ in link.links] for link in links if link.kind == "descriptor"]
+        linked = {t for g in groups for t in g}
+        groups += [[t] for t in self.tasks if t not in linked]
+        for group in groups:
+            dconf = self.tasks[group[0]].model_config["descriptor"]
+            auto = ["/".join(path) for _, path, _ in auto_selections(dconf)]
+            if not auto:
+                continue
+            if skip_neighbor_stat:
+                raise ConfigError(
+                    f"model/descriptor: {', '.join(auto)} is 'auto': it needs the neighbour "
+                    "statistics, so --skip-neighbor-stat cannot be used"
+                )
+            systems = [s for t in group for s in self.tasks[t].train_systems]
+            ntypes = len(self.tasks[group[0]].model_config["type_map"])
+            if self.dist.is_main:
+                for line in resolve_auto_sel(dconf, systems, ntypes):
+                    log.info("%s", line)
+            dconf = self.dist.broadcast_object(dconf)
+            for t in group:  # a shared descriptor gets one resolved config
+                self.tasks[t].model_config["descriptor"] = copy.deepcopy(dconf)
+
+    def _model_config(self) -> dict:
+        if not self.multi:
+            return self.model.config
+        conf = self.model.config
+        if self.replay is not None:
+            conf["default_head"] = DEFAULT
+        return conf
+
+    def _unique_params(self) -> list[torch.nn.Parameter]:
+        seen, out = set(), []
+        for p in self.model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def _optimizer(self, params):
         opt = self.config["optimizer"]
         cls = torch.optim.AdamW if opt["type"] == "AdamW" else torch.optim.Adam
-        wd = (
-            opt["weight_decay"]
-            if opt["weight_decay"] is not None
-            else (1e-3 if opt["type"] == "AdamW" else 0.0)
-        )
-        self.optimizer = cls(
-            [p for p in self.model.parameters() if p.requires_grad],
+        wd = opt["weight_decay"]
+        if wd is None:
+            wd = 1e-3 if opt["type"] == "AdamW" else 0.0
+        return cls(
+            params,
             lr=self.lr(0),
             betas=(opt["adam_beta1"], opt["adam_beta2"]),
             weight_decay=wd,
         )
-        self.start_step = 0
-        if resume is not None:
-            self._restore(resume)
-            log.info("restarted from %s at step %d", restart, self.start_step)
-        else:
-            if init_model:
-                self._init_from(init_model)
-            else:
-                nb = self.model_config.get("data_stat_nbatch", 10)
-                batches = stat_batches(self.train_systems, sizes, nb, seed)
-                set_model_statistics(
-                    self.model.cpu(), batches, self.model_config, self._stat_file()
-                )
-                self.model.to(self.device)
-        (self.out / "out.json").write_text(
-            json.dumps({**self.config, "model": self.model_config}, indent=2, default=str)
-        )
 
-    # --- setup helpers ----------------------------------------------------------------------
-    def _stat_file(self):
-        sf = self.tr["stat_file"]
-        return None if sf is None else str(sf)
+    def _stat_batches(self, task: Task) -> list[dict]:
+        """Statistics batches of a task: ``data_stat_nbatch`` global batches per system."""
+        nb = task.model_config.get("data_stat_nbatch", 10)
+        sizes = [b * self.dist.world for b in task.batch_sizes]
+        return stat_batches(task.train_systems, sizes, nb, self.seed)
 
-    def _resolve_auto_sel(self, dconf: dict, skip_neighbor_stat: bool) -> None:
-        """Neighbour counts given as "auto"/"auto:factor" (``sel``; DPA-2's repinit ``nsel``,
-        ``three_body_sel`` and repformer ``nsel``) from the training data, in place."""
-        auto = ["/".join(path) for _, path, _ in auto_selections(dconf)]
-        if auto and skip_neighbor_stat:
-            raise ConfigError(
-                f"model/descriptor: {', '.join(auto)} is 'auto': it needs the neighbour "
-                "statistics, so --skip-neighbor-stat cannot be used"
+    @torch.no_grad()
+    def _initial_weights(self, init_model, pre, rules) -> None:
+        """Weights and statistics of a new run (computed on rank 0, broadcast later)."""
+        if init_model:
+            self._init_from(init_model)
+            return
+        if not self.dist.is_main:
+            return
+        for t in self.tasks.values():
+            if t.name in rules:
+                ft.apply(t, rules[t.name], pre, self._stat_batches(t))
+        stats = {}
+        for t in self.tasks.values():
+            if t.name in rules:
+                continue
+            t.model.cpu()
+            stats[t.name] = set_model_statistics(
+                t.model, self._stat_batches(t), t.model_config, t.stat_file
             )
-        for line in resolve_auto_sel(dconf, self.train_systems, len(self.type_map)):
-            log.info("%s", line)
+            t.model.to(self.device)
+        if self.multi:
+            self._merge_shared_stats(stats)
 
-    def _check_types(self, mconf):
-        typed = not DESCRIPTORS.get(mconf["descriptor"]["type"]).mixed_types
-        for s in self.train_systems + self.valid_systems:
-            if s.mixed_type and typed:
-                raise ConfigError(
-                    f"{s.path}: mixed-type data needs a mixed-type descriptor (dpa1, dpa2, "
-                    f"se_e3_tebd); '{mconf['descriptor']['type']}' distinguishes neighbour types"
-                )
-
-    @staticmethod
-    def _sampler(systems, sizes, data_conf, seed):
-        nb = [math.ceil(s.nframes / b) for s, b in zip(systems, sizes)]
-        probs = system_probabilities(nb, data_conf.get("sys_probs"), data_conf["auto_prob"])
-        return MultiSystemSampler(systems, sizes, probs, seed)
+    def _merge_shared_stats(self, stats: dict) -> None:
+        """davg/dstd of a descriptor shared (level 0) by several fresh tasks from the sum of
+        their statistics, as DeePMD-kit's ``share_params`` does."""
+        for group in self.model.shared_descriptor_groups():
+            group = [t for t in group if t in stats]
+            if len(group) < 2:
+                continue
+            base = self.tasks[group[0]]
+            merged = merge_descriptor_stats([stats[t] for t in group])
+            protect = base.model_config.get("data_stat_protect", 1e-2)
+            base.model.descriptor.set_stat(merged, protect)
+            log.info("descriptor statistics merged over the tasks %s", group)
 
     def _init_from(self, path: str):
-        src = model_from_payload(read_file(latest_checkpoint(path)), str(path))
+        obj = read_file(latest_checkpoint(path))
+        if self.multi:
+            if not (isinstance(obj, dict) and "model_dict" in obj.get("model_config", {})):
+                raise ConfigError(
+                    f"--init-model {path}: a multi-task run needs a multi-task "
+                    "lamkit checkpoint (use --finetune for other models)"
+                )
+            try:
+                self.model.load_state_dict(obj["model_state"])
+            except RuntimeError as exc:
+                raise ConfigError(f"--init-model {path}: the architecture differs ({exc})") from exc
+            return
+        src = model_from_payload(obj, str(path))
         if src.type_map != self.model.type_map:
             raise ConfigError(
                 f"--init-model {path}: its type_map {src.type_map} differs from "
@@ -204,13 +334,22 @@ class Trainer:
         self.model.load_state_dict(ck["model_state"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.start_step = int(ck["step"])
-        self.sampler.load_state_dict(ck["sampler"])
-        if self.valid_sampler is not None and ck.get("valid_sampler"):
-            self.valid_sampler.load_state_dict(ck["valid_sampler"])
+        samplers = ck["sampler"] if self.multi else {DEFAULT: ck["sampler"]}
+        vsamplers = ck.get("valid_sampler") if self.multi else {DEFAULT: ck.get("valid_sampler")}
+        for name, t in self.tasks.items():
+            t.sampler.load_state_dict(samplers[name])
+            if t.valid_sampler is not None and (vsamplers or {}).get(name):
+                t.valid_sampler.load_state_dict(vsamplers[name])
+        if ck.get("task_rng") is not None:
+            self.task_rng.bit_generator.state = ck["task_rng"]
         if ck.get("torch_rng") is not None:
             torch.set_rng_state(ck["torch_rng"])
 
     def _payload(self, step: int) -> dict:
+        def per_task(get):
+            states = {n: get(t) for n, t in self.tasks.items()}
+            return states if self.multi else states[DEFAULT]
+
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -221,13 +360,16 @@ class Trainer:
             "step": step,
             "lr": self.lr(step),
             "train_config": self.config,
-            "sampler": self.sampler.state_dict(),
-            "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
+            "sampler": per_task(lambda t: t.sampler.state_dict()),
+            "valid_sampler": per_task(
+                lambda t: t.valid_sampler.state_dict() if t.valid_sampler else None
+            ),
+            "task_rng": self.task_rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
 
     # --- one step -----------------------------------------------------------------------------
-    def _predict(self, batch, builder, create_graph):
+    def _predict(self, task: Task, batch, builder, create_graph):
         sid = batch[keys.SID]
         nbr = builder(
             batch[keys.COORD],
@@ -237,8 +379,8 @@ class Trainer:
         )
         batch = _to(batch, self.device)
         nbr = _to(nbr, self.device)
-        need = self.loss.need
-        pred = self.model(
+        need = task.loss.need
+        pred = task.model(
             batch[keys.COORD],
             batch[keys.ATYPE],
             batch.get(keys.BOX),
@@ -251,29 +393,43 @@ class Trainer:
         )
         return pred, batch
 
-    def train_step(self, step: int) -> dict:
+    def choose_task(self) -> str:
+        if len(self.task_names) == 1:
+            return self.task_names[0]
+        return self.task_names[int(self.task_rng.choice(len(self.task_names), p=self.task_prob))]
+
+    def train_step(self, step: int, task: str = DEFAULT) -> dict:
+        t = self.tasks[task]
         lr = self.lr(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        pred, batch = self._predict(self.sampler.next(), self.builder, create_graph=True)
-        loss, more = self.loss(pred, batch, lr)
+        pred, batch = self._predict(t, t.sampler.next(), t.builder, create_graph=True)
+        loss, more = t.loss(pred, batch, lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.params)
         gmax = self.tr["gradient_max_norm"]
         if gmax:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), gmax)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, gmax)
             if not torch.isfinite(norm):
                 raise FloatingPointError(f"step {step + 1}: the gradient norm is {norm}")
         self.optimizer.step()
         return more
 
-    def validate(self, lr: float) -> dict:
-        if self.valid_sampler is None:
+    def train_metrics(self, task: str, lr: float) -> dict:
+        """Metrics of one training batch of a task that did not run this step (display)."""
+        t = self.tasks[task]
+        pred, batch = self._predict(t, t.sampler.next(), t.builder, False)
+        return t.loss(pred, batch, lr)[1]
+
+    def validate(self, task: str, lr: float) -> dict:
+        t = self.tasks[task]
+        if t.valid_sampler is None:
             return {}
         total, acc = 0, {}
-        for _ in range(self.tr["validation_data"]["numb_btch"]):
-            pred, batch = self._predict(self.valid_sampler.next(), self.vbuilder, False)
-            _, more = self.loss(pred, batch, lr)
+        for _ in range(t.data_config["validation_data"]["numb_btch"]):
+            pred, batch = self._predict(t, t.valid_sampler.next(), t.vbuilder, False)
+            _, more = t.loss(pred, batch, lr)
             n = batch[keys.COORD].shape[1]
             total += n
             for k, v in more.items():
@@ -281,12 +437,18 @@ class Trainer:
         return {k: v / total for k, v in acc.items()}
 
     # --- the loop -----------------------------------------------------------------------------
-    def run(self) -> Path:
+    def run(self) -> Path | None:
         tr = self.tr
-        lcurve = self.out / tr["disp_file"]
-        mode = "a" if self.start_step > 0 and lcurve.exists() else "w"
-        fh = open(lcurve, mode, buffering=1)
-        header_written = mode == "a"
+        main = self.dist.is_main
+        writer = (
+            LcurveWriter(
+                self.out / tr["disp_file"],
+                self.task_names if self.multi else None,
+                append=self.start_step > 0,
+            )
+            if main
+            else None
+        )
         t_start = time.perf_counter()
         t_disp = t_start
         step_times = []
@@ -294,61 +456,31 @@ class Trainer:
         self.model.train()
         for step in range(self.start_step, self.num_steps):
             t0 = time.perf_counter()
-            more = self.train_step(step)
+            task = self.choose_task()
+            more = self.train_step(step, task)
             step_times.append(time.perf_counter() - t0)
-            disp = (step + 1) % tr["disp_freq"] == 0 or step == self.start_step
-            if disp:
+            if (step + 1) % tr["disp_freq"] == 0 or step == self.start_step:
                 lr = self.lr(step)
-                val = self.validate(lr)
-                names = sorted(more)
-                if not header_written:
-                    cols = "".join(
-                        f" {n + '_val':>11s} {n + '_trn':>11s}" if val else f" {n + '_trn':>11s}"
-                        for n in names
-                    )
-                    fh.write(f"# {'step':>5s}{cols}   lr\n")
-                    fh.write(
-                        "# If there is no available reference data, "
-                        "rmse_*_{val,trn} will print nan\n"
-                    )
-                    header_written = True
-                vals = "".join(
-                    (
-                        f" {val.get(n, math.nan):11.2e} {more[n]:11.2e}"
-                        if val
-                        else f" {more[n]:11.2e}"
-                    )
-                    for n in names
-                )
-                fh.write(f"{step + 1:7d}{vals} {lr:10.1e}\n")
-                now = time.perf_counter()
-                done = step + 1 - self.start_step
-                rate = done / (now - t_start)
-                eta = (self.num_steps - step - 1) / max(rate, 1e-12)
-                msg = ", ".join(f"{k} = {v:.2e}" for k, v in more.items())
-                vmsg = ", ".join(f"{k} = {v:.2e}" for k, v in val.items())
-                log.info(
-                    "step %d/%d: trn %s%s | lr %.2e | %.2f steps/s, %.1f s since last, ETA %s",
-                    step + 1,
-                    self.num_steps,
-                    msg,
-                    f" | val {vmsg}" if vmsg else "",
-                    lr,
-                    rate,
-                    now - t_disp,
-                    _hms(eta),
-                )
-                t_disp = now
+                trn, val = {}, {}
+                for name in self.task_names:
+                    m = more if name == task else self.train_metrics(name, lr)
+                    trn[name] = self.dist.reduce_metrics(m)
+                    val[name] = self.validate(name, lr) if main else {}
+                if main:
+                    writer.write(step + 1, trn, val, lr)
+                    t_disp = self._log_progress(step, trn, val, lr, t_start, t_disp)
             if (step + 1) % tr["save_freq"] == 0 or step + 1 == self.num_steps:
-                last_ckpt = save_checkpoint(
-                    self._payload(step + 1),
-                    self.out,
-                    tr["save_ckpt"],
-                    step + 1,
-                    tr["max_ckpt_keep"],
-                )
-                log.info("saved checkpoint %s", last_ckpt)
-        fh.close()
+                if main:
+                    last_ckpt = save_checkpoint(
+                        self._payload(step + 1),
+                        self.out,
+                        tr["save_ckpt"],
+                        step + 1,
+                        tr["max_ckpt_keep"],
+                    )
+                    log.info("saved checkpoint %s", last_ckpt)
+        if writer is not None:
+            writer.close()
         if len(step_times) > 2:
             avg = (
                 float(np.mean(step_times[2:]))
@@ -357,13 +489,32 @@ class Trainer:
             )
             log.info("average training time: %.4f s/step (first 2 steps excluded)", avg)
             self.avg_step_time = avg
-        if lcurve.exists():
-            try:
-                png = plot_lcurve(lcurve)
-                log.info("learning curve plotted to %s", png)
-            except Exception as exc:  # noqa: BLE001 - a plot must not fail a finished run
-                log.warning("could not plot the learning curve: %s", exc)
+        if main and writer is not None and writer.path.exists():
+            writer.plot()
+        self.dist.barrier()
         return last_ckpt
+
+    def _log_progress(self, step, trn, val, lr, t_start, t_disp) -> float:
+        now = time.perf_counter()
+        rate = (step + 1 - self.start_step) / (now - t_start)
+        eta = (self.num_steps - step - 1) / max(rate, 1e-12)
+        parts = []
+        for name in self.task_names:
+            head = f"[{name}] " if self.multi else ""
+            msg = ", ".join(f"{k} = {v:.2e}" for k, v in trn[name].items())
+            vmsg = ", ".join(f"{k} = {v:.2e}" for k, v in val[name].items())
+            parts.append(f"{head}trn {msg}" + (f" | val {vmsg}" if vmsg else ""))
+        log.info(
+            "step %d/%d: %s | lr %.2e | %.2f steps/s, %.1f s since last, ETA %s",
+            step + 1,
+            self.num_steps,
+            " || ".join(parts),
+            lr,
+            rate,
+            now - t_disp,
+            _hms(eta),
+        )
+        return now
 
 
 def _hms(seconds: float) -> str:

@@ -390,6 +390,12 @@ class DescrptDPA2(Descriptor):
         return {keys.DESCRIPTOR: g1, "rot_mat": rot_mat, "g2": g2, "h2": h2, "sw": sw}
 
     # --- statistics: one EnvStat per block ----------------------------------------------------
+    def share_type_embedding(self, tebd: nn.Module) -> None:
+        super().share_type_embedding(tebd)
+        _share_type_embedding(self.repinit, tebd)
+        if self.repinit_three_body is not None:
+            _share_type_embedding(self.repinit_three_body, tebd)
+
     def stat_id(self) -> dict[str, str]:
         return {
             name: env_stat_id(
