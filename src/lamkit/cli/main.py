@@ -7,6 +7,7 @@ lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
 lam example [DIR]      write the built-in example data and input
 lam quickstart [DIR]   example data + a short training + test + freeze
+lam db {init,import,query,hull,export,stats,serve}   crystal-structure database
 """
 
 from __future__ import annotations
@@ -238,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("DIR", nargs="?", default="lamkit-quickstart")
     q.add_argument("--steps", type=int, default=300)
     q.set_defaults(func=_cmd_quickstart)
+
+    from ..db import cli as db_cli  # lam db ...: the crystal-structure database
+
+    d = sub.add_parser("db", help="crystal-structure database: init, import, query, hull, ...")
+    db_cli.add_arguments(d)
+    d.set_defaults(func=db_cli.run)
     return p
 
 
