@@ -1,0 +1,143 @@
+"""The FastAPI application of the crystal database: JSON API under ``/api/v1`` and the web
+page at ``/``.
+
+``create_app(db)`` takes a :class:`lamkit.db.CrystalDB` or a database URL (the app then owns
+the connection and closes it on shutdown). Errors always come back as ``{"detail": "..."}``:
+422 for a malformed parameter or record (naming it), 400 for a filter the database rejects,
+404 for a missing record, 413 for anything over the limits, never a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import DBError, NotFoundError, QueryError, RecordError
+from . import routes, writes
+from .auth import KeyChecker, keys_from_env, parse_keys
+from .limits import BodySizeLimit, Limits
+
+log = logging.getLogger(__name__)
+STATIC = Path(str(files("lamkit.db.service") / "static"))
+API = "/api/v1"
+
+
+@dataclass
+class ServiceState:
+    """What the endpoints share: the database, the key checker and the limits."""
+
+    db: Any
+    keys: KeyChecker
+    limits: Limits
+    dialect: str | None
+
+
+def _open(db_or_url: Any):
+    if db_or_url is None or isinstance(db_or_url, (str, Path)):
+        from .. import CrystalDB
+
+        db = CrystalDB(None if db_or_url is None else str(db_or_url))
+        db.init()
+        return db, True
+    return db_or_url, False
+
+
+def _dialect(db: Any) -> str | None:
+    engine = getattr(db, "engine", None)
+    return getattr(getattr(engine, "dialect", None), "name", None)
+
+
+def _field_of(loc: Iterable[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header", "form")]
+    return ".".join(parts) or "request"
+
+
+def create_app(db: Any = None, api_keys: Iterable[str] | Mapping[str, str] | None = None,
+               max_body_bytes: int = Limits.max_body_bytes, max_atoms: int = Limits.max_atoms,
+               max_records_per_post: int = Limits.max_records_per_post,
+               max_limit: int = Limits.max_limit, keys_from_environment: bool = True) -> FastAPI:
+    """The service app over ``db`` (a CrystalDB, a database URL, or None for the default
+    SQLite file).
+
+    ``api_keys``: ``name:secret`` strings or a ``{name: secret}`` mapping; keys from
+    ``LAMKIT_DB_API_KEYS`` / ``LAMKIT_DB_API_KEYS_FILE`` are added unless
+    ``keys_from_environment`` is False. Without any key the write endpoints answer 403.
+    """
+    keys = parse_keys(api_keys)
+    if keys_from_environment:
+        keys.update(keys_from_env())
+    limits = Limits(max_body_bytes=max_body_bytes, max_atoms=max_atoms,
+                    max_records_per_post=max_records_per_post, max_limit=max_limit,
+                    default_limit=min(Limits.default_limit, max_limit))
+    database, owned = _open(db)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if owned:
+            database.close()
+
+    app = FastAPI(
+        title="lamkit crystal database",
+        version="1",
+        description="Search, download and submit crystal structures and their energies. "
+                    "Writes need an API key in the X-API-Key header.",
+        lifespan=lifespan,
+    )
+    app.state.lamkit = ServiceState(database, KeyChecker(keys), limits, _dialect(database))
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    _add_error_handlers(app)
+
+    @app.get(API, name="api_root", summary="API index", tags=["meta"])
+    def api_root() -> dict[str, Any]:
+        return {"name": "lamkit crystal database", "version": 1, "docs": "/docs",
+                "openapi": "/openapi.json", "writes": app.state.lamkit.keys.enabled}
+
+    app.include_router(routes.router, prefix=API, tags=["read"])
+    app.include_router(writes.router, prefix=API, tags=["write"])
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = []
+        for err in exc.errors():
+            msg = str(err.get("msg", "invalid"))
+            given = err.get("input")
+            shown = "" if given is None or isinstance(given, dict) else f" (got {given!r:.60})"
+            msgs.append(f"{_field_of(err.get('loc', ()))}: {msg}{shown}")
+        return JSONResponse({"detail": "; ".join(msgs) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(QueryError)
+    async def bad_query(_request: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RecordError)
+    async def bad_record(_request: Request, exc: RecordError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(DBError)
+    async def db_error(_request: Request, exc: DBError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse({"detail": f"database error: {exc}"}, status_code=503)

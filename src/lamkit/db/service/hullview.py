@@ -1,0 +1,75 @@
+"""The hull of a chemical system as the service returns it: the core's entries with their
+compositions, the stable ones, and points ready to plot (composition axis / triangle and
+formation energy)."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+from .views import plain_tree
+
+
+@lru_cache(maxsize=4096)
+def _fractions(formula: str) -> tuple[tuple[str, float], ...]:
+    from pymatgen.core import Composition
+
+    comp = Composition(formula).fractional_composition
+    return tuple((el.symbol, float(x)) for el, x in comp.items())
+
+
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": e.get("id"),
+        "formula": e["formula"],
+        "composition": dict(_fractions(e["formula"])),
+        "energy_per_atom": e.get("energy_per_atom"),
+        "formation_energy_per_atom": e.get("formation_energy_per_atom"),
+        "e_above_hull": e.get("e_above_hull"),
+        "stable": bool(e.get("stable")),
+    }
+
+
+def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plot-ready points. Binary: ``x`` = atomic fraction of ``elements[1]``; ternary: ``x, y``
+    in an equilateral triangle with the elements at (0, 0), (1, 0) and (1/2, sqrt(3)/2);
+    ``y`` (binary) or ``z`` (ternary) is the formation energy (eV/atom). ``hull`` lists the
+    stable points in order along x (binary)."""
+    n = len(elements)
+    points = []
+    for e in entries:
+        comp = e["composition"]
+        p: dict[str, Any] = {"id": e["id"], "formula": e["formula"], "stable": e["stable"],
+                             "e_above_hull": e["e_above_hull"]}
+        ef = e["formation_energy_per_atom"]
+        if n == 2:
+            p.update(x=comp.get(elements[1], 0.0), y=ef)
+        elif n == 3:
+            b, c = comp.get(elements[1], 0.0), comp.get(elements[2], 0.0)
+            p.update(x=b + c / 2, y=c * math.sqrt(3) / 2, z=ef)
+        else:
+            p.update(composition=comp, y=ef)
+        points.append(p)
+    kind = {2: "binary", 3: "ternary"}.get(n, "other")
+    out: dict[str, Any] = {"kind": kind, "axes": elements, "points": points}
+    if n == 2:
+        stable = sorted((p for p in points if p["stable"]), key=lambda p: (p["x"], p["y"]))
+        out["hull"] = [[p["x"], p["y"]] for p in stable]
+    return out
+
+
+def hull_view(db: Any, chemsys: str, model: str | None) -> dict[str, Any]:
+    hull = db.hull(chemsys, model=model)
+    data = plain_tree(hull.to_dict())
+    elements = list(data.get("elements") or chemsys.split("-"))
+    entries = [_entry(e) for e in data.get("entries", [])]
+    return {
+        "chemsys": data.get("chemsys", chemsys),
+        "elements": elements,
+        "model": data.get("model"),
+        "entries": entries,
+        "stable": [e for e in entries if e["stable"]],
+        "plot": plot_points(elements, entries),
+        "hull": {"references": data.get("references", {})},
+    }

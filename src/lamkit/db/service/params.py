@@ -1,0 +1,173 @@
+"""Search parameters of ``GET /api/v1/structures`` -> keyword filters of ``CrystalDB.query``.
+
+Every value is checked here so that a bad one gets a 422 naming the parameter (unknown element,
+reversed range, malformed date...). What this layer cannot judge (a cursor, a space-group
+symbol) is left to the core, whose ``QueryError`` becomes a 400.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import HTTPException, Query
+
+from ..query import ORDER_FIELDS
+from ..records import ELEMENTS
+
+_ELEMENTS = frozenset(ELEMENTS)
+_FORMULA = re.compile(r"^(?:[A-Z][a-z]?\d*(?:\.\d+)?|\(|\)\d*)+$")
+
+
+
+class BadParam(HTTPException):
+    """422 naming the query parameter and what is wrong with it."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(422, f"{name}: {message}")
+
+
+def text_param(name: str, value: str | None) -> str | None:
+    """A free-text filter: any characters but control characters (NUL cannot be stored)."""
+    if value is None or value == "":
+        return None
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise BadParam(name, f"control character {bad!r} is not allowed")
+    return value
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """``a,b`` and repeated parameters alike, stripped, empties dropped."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v.strip() for v in value.split(","))
+    return [v for v in out if v]
+
+
+def elements_param(name: str, values: list[str] | None) -> list[str] | None:
+    symbols = split_list(values)
+    if not symbols:
+        return None
+    unknown = [s for s in symbols if s not in _ELEMENTS]
+    if unknown:
+        hint = [s.capitalize() for s in unknown if s.capitalize() in _ELEMENTS]
+        extra = f" (did you mean {', '.join(hint)}? symbols are case-sensitive)" if hint else ""
+        raise BadParam(name, f"unknown element symbol(s) {', '.join(map(repr, unknown))}{extra}")
+    return sorted(set(symbols))
+
+
+def chemsys_param(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    parts = [p for p in re.split(r"[-,\s]+", value.strip()) if p]
+    elements_param("chemsys", parts)
+    return "-".join(sorted(set(parts)))
+
+
+def range_param(lo_name: str, lo: float | None, hi_name: str, hi: float | None):
+    for name, value in ((lo_name, lo), (hi_name, hi)):
+        if value is not None and isinstance(value, float) and not math.isfinite(value):
+            raise BadParam(name, f"must be a finite number, got {value}")
+    if lo is not None and hi is not None and lo > hi:
+        raise BadParam(f"{lo_name}/{hi_name}", f"empty range: {lo_name}={lo} is greater than "
+                                               f"{hi_name}={hi}")
+    if lo is None and hi is None:
+        return None
+    return (lo, hi)
+
+
+def time_param(name: str, value: str | None) -> datetime | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParam(name, f"{value!r} is not an ISO 8601 date or date-time "
+                             f"(e.g. 2024-05-01 or 2024-05-01T12:00:00Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t
+
+
+def spacegroup_param(value: str | None) -> int | str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.lstrip("-").isdigit():
+        number = int(value)
+        if not 1 <= number <= 230:
+            raise BadParam("spacegroup", f"space-group number {number} is not in 1..230")
+        return number
+    if len(value) > 32:
+        raise BadParam("spacegroup", "a space-group symbol is at most 32 characters")
+    return value
+
+
+def formula_param(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip().replace(" ", "")
+    if len(value) > 100 or not _FORMULA.match(value):
+        raise BadParam("formula", f"{value[:40]!r} is not a chemical formula (e.g. NaCl, Fe2O3)")
+    elements_param("formula", re.findall(r"[A-Z][a-z]?", value))
+    return value
+
+
+def order_param(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    key = value.strip().lstrip("+-")
+    if key not in ORDER_FIELDS:
+        raise BadParam("order_by", f"cannot sort by {value!r}; expected one of "
+                                   f"{', '.join(ORDER_FIELDS)} (prefix '-' for descending)")
+    return value.strip().lstrip("+")
+
+
+@dataclass
+class SearchParams:
+    """The query string of ``GET /structures`` as FastAPI parameters."""
+
+    elements: list[str] | None = Query(
+        None, description="Records containing all of these elements: 'Li,O' or repeated.")
+    only_elements: list[str] | None = Query(
+        None, description="Records made only of these elements (any subset of them).")
+    chemsys: str | None = Query(None, description="Exact chemical system, e.g. 'Cl-Na'.")
+    formula: str | None = Query(None, description="Reduced formula, e.g. 'NaCl'.")
+    spacegroup: str | None = Query(None, description="Space-group number (1-230) or symbol.")
+    nsites_min: int | None = Query(None, ge=1, description="Fewest sites in the cell.")
+    nsites_max: int | None = Query(None, ge=1, description="Most sites in the cell.")
+    e_min: float | None = Query(None, description="Lowest energy per atom, eV/atom.")
+    e_max: float | None = Query(None, description="Highest energy per atom, eV/atom.")
+    e_above_hull_max: float | None = Query(None, ge=0, description="eV/atom above the hull.")
+    submitter: str | None = Query(None, max_length=255)
+    submitted_from: str | None = Query(None, description="ISO 8601, inclusive.")
+    submitted_to: str | None = Query(None, description="ISO 8601, inclusive.")
+    tags: list[str] | None = Query(None, description="Records carrying all of these tags.")
+    model: str | None = Query(None, max_length=255, description="Model that computed energies.")
+
+    def filters(self) -> dict[str, Any]:
+        """Keyword filters for ``CrystalDB.query`` / ``count`` (unset ones left out)."""
+        f: dict[str, Any] = {
+            "elements": elements_param("elements", self.elements),
+            "only_elements": elements_param("only_elements", self.only_elements),
+            "chemsys": chemsys_param(self.chemsys),
+            "formula": formula_param(self.formula),
+            "spacegroup": spacegroup_param(self.spacegroup),
+            "nsites": range_param("nsites_min", self.nsites_min, "nsites_max", self.nsites_max),
+            "energy_per_atom": range_param("e_min", self.e_min, "e_max", self.e_max),
+            "e_above_hull_max": self.e_above_hull_max,
+            "submitter": text_param("submitter", self.submitter),
+            "tags": [text_param("tags", t) for t in split_list(self.tags)] or None,
+            "model": text_param("model", self.model),
+        }
+        t0 = time_param("submitted_from", self.submitted_from)
+        t1 = time_param("submitted_to", self.submitted_to)
+        if t0 and t1 and t0 > t1:
+            raise BadParam("submitted_from/submitted_to", "empty range: from is after to")
+        if t0 or t1:
+            f["submitted"] = (t0, t1)
+        return {k: v for k, v in f.items() if v is not None}
