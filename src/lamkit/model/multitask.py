@@ -25,10 +25,13 @@ from .atomic_model import AtomicModel
 class MultiTaskModel(nn.ModuleDict):
     """``{task: AtomicModel}`` with the shared blocks aliased; state keys ``<task>.<name>``."""
 
-    def __init__(self, branches: dict[str, AtomicModel], links: list[SharedLink] = ()):
+    def __init__(
+        self, branches: dict[str, AtomicModel], links: list[SharedLink] = (), share: bool = True
+    ):
         super().__init__(branches)
         self.links = list(links)
-        self.share()
+        if share:  # the trainer shares after computing (and merging) the statistics
+            self.share()
 
     @property
     def tasks(self) -> list[str]:

@@ -417,9 +417,16 @@ class Trainer:
         return more
 
     def train_metrics(self, task: str, lr: float) -> dict:
-        """Metrics of one training batch of a task that did not run this step (display)."""
+        """Metrics of one training batch of a task that did not run this step (display).
+
+        The batch is peeked, not consumed: the sampler is put back as it was, so that how often
+        the run displays (and a restart, which displays at its first step) does not change the
+        batches the tasks train on."""
         t = self.tasks[task]
-        pred, batch = self._predict(t, t.sampler.next(), t.builder, False)
+        state = t.sampler.state_dict()
+        batch = t.sampler.next()
+        t.sampler.load_state_dict(state)
+        pred, batch = self._predict(t, batch, t.builder, False)
         return t.loss(pred, batch, lr)[1]
 
     def validate(self, task: str, lr: float) -> dict:
