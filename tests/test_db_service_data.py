@@ -38,9 +38,11 @@ def _shift(basis: list[list[float]], d: float) -> list[list[float]]:
 
 
 def rocksalt(a: str, b: str, lat: float) -> Structure:  # conventional cell, 8 sites
-    return Structure(Lattice.cubic(lat), [a] * 4 + [b] * 4,
-                     FCC + [[(x + (0.5 if i == 0 else 0)) % 1 for i, x in enumerate(site)]
-                            for site in FCC])
+    return Structure(
+        Lattice.cubic(lat),
+        [a] * 4 + [b] * 4,
+        FCC + [[(x + (0.5 if i == 0 else 0)) % 1 for i, x in enumerate(site)] for site in FCC],
+    )
 
 
 def zincblende(a: str, b: str, lat: float) -> Structure:  # diamond when a == b
@@ -48,8 +50,9 @@ def zincblende(a: str, b: str, lat: float) -> Structure:  # diamond when a == b
 
 
 def antifluorite(anion: str, cation: str, lat: float) -> Structure:  # Li2O, 12 sites
-    return Structure(Lattice.cubic(lat), [anion] * 4 + [cation] * 8,
-                     FCC + _shift(FCC, 0.25) + _shift(FCC, 0.75))
+    return Structure(
+        Lattice.cubic(lat), [anion] * 4 + [cation] * 8, FCC + _shift(FCC, 0.25) + _shift(FCC, 0.75)
+    )
 
 
 def cscl(a: str, b: str, lat: float) -> Structure:
@@ -69,8 +72,9 @@ def simple_cubic(el: str, lat: float) -> Structure:
 
 
 def l12(a: str, b: str, lat: float) -> Structure:  # Cu3Au
-    return Structure(Lattice.cubic(lat), [b, a, a, a],
-                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Structure(
+        Lattice.cubic(lat), [b, a, a, a], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    )
 
 
 def l10(a: str, b: str, lat: float) -> Structure:  # CuAu, tetragonal
@@ -83,13 +87,23 @@ def records() -> list[dict]:
     out = [
         dict(structure=bcc("Na", 4.23), energy=-1.30 * 2, tags=["element"], **toy),
         dict(structure=simple_cubic("Cl", 2.0), energy=-1.80, tags=["element"], **toy),
-        dict(structure=rocksalt("Na", "Cl", NACL_A), energy=-3.40 * 8,
-             tags=["rocksalt", "ground-state"], **toy),
+        dict(
+            structure=rocksalt("Na", "Cl", NACL_A),
+            energy=-3.40 * 8,
+            tags=["rocksalt", "ground-state"],
+            **toy,
+        ),
         dict(structure=cscl("Na", "Cl", 3.4), energy=-3.20 * 2, tags=["cscl"], **toy),
     ]
     for k in range(1, N_ROCKSALT_VARIANTS + 1):
-        out.append(dict(structure=rocksalt("Na", "Cl", NACL_A + 0.02 * k),
-                        energy=(-3.40 + 0.05 * k) * 8, tags=["rocksalt", "strained"], **toy))
+        out.append(
+            dict(
+                structure=rocksalt("Na", "Cl", NACL_A + 0.02 * k),
+                energy=(-3.40 + 0.05 * k) * 8,
+                tags=["rocksalt", "strained"],
+                **toy,
+            )
+        )
     out += [
         dict(structure=fcc("Cu", 3.61), energy=-3.50 * 4, tags=["element"], **toy),
         dict(structure=fcc("Au", 4.08), energy=-3.20 * 4, tags=["element"], **toy),
@@ -97,12 +111,19 @@ def records() -> list[dict]:
         dict(structure=l10("Cu", "Au", 3.85), energy=-3.45 * 2, tags=["L10"], **toy),
         dict(structure=bcc("Li", 3.49), energy=-1.90 * 2, tags=["element"], **toy),
         dict(structure=simple_cubic("O", 2.0), energy=-4.90, tags=["element"], **toy),
-        dict(structure=antifluorite("O", "Li", 4.61), energy=-4.60 * 12,
-             tags=["antifluorite"], **toy),
+        dict(
+            structure=antifluorite("O", "Li", 4.61), energy=-4.60 * 12, tags=["antifluorite"], **toy
+        ),
     ]
     for i, lat in enumerate((6.60, 6.70, 6.80)):
-        out.append(dict(structure=rocksalt("K", "Br", lat), energy=(-3.0 + 0.1 * i) * 8,
-                        model="other", tags=["rocksalt"]))
+        out.append(
+            dict(
+                structure=rocksalt("K", "Br", lat),
+                energy=(-3.0 + 0.1 * i) * 8,
+                model="other",
+                tags=["rocksalt"],
+            )
+        )
     out += [
         dict(structure=zincblende("Si", "Si", 5.43), tags=["no-energy"]),
         dict(structure=zincblende("Ga", "As", 5.65), tags=["no-energy"]),
@@ -154,3 +175,14 @@ def database_url(kind: str) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def client_for(app):
+    """Starlette's TestClient (it warns that it prefers the httpx2 package; httpx is what the
+    project installs, so that one warning is ignored here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")
+        from fastapi.testclient import TestClient
+    return TestClient(app)

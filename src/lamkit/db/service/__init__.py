@@ -19,8 +19,13 @@ def create_app(*args: Any, **kwargs: Any):
     return _create_app(*args, **kwargs)
 
 
-def serve(url: Any = None, host: str = "127.0.0.1", port: int = 8000,
-          api_keys: Iterable[str] | Mapping[str, str] | None = None, **limits: Any) -> None:
+def serve(
+    url: Any = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_keys: Iterable[str] | Mapping[str, str] | None = None,
+    **limits: Any,
+) -> None:
     """Run the service with uvicorn until interrupted.
 
     ``url``: database URL (None: the default SQLite file) or a CrystalDB; ``api_keys``:

@@ -62,10 +62,15 @@ def _field_of(loc: Iterable[Any]) -> str:
     return ".".join(parts) or "request"
 
 
-def create_app(db: Any = None, api_keys: Iterable[str] | Mapping[str, str] | None = None,
-               max_body_bytes: int = Limits.max_body_bytes, max_atoms: int = Limits.max_atoms,
-               max_records_per_post: int = Limits.max_records_per_post,
-               max_limit: int = Limits.max_limit, keys_from_environment: bool = True) -> FastAPI:
+def create_app(
+    db: Any = None,
+    api_keys: Iterable[str] | Mapping[str, str] | None = None,
+    max_body_bytes: int = Limits.max_body_bytes,
+    max_atoms: int = Limits.max_atoms,
+    max_records_per_post: int = Limits.max_records_per_post,
+    max_limit: int = Limits.max_limit,
+    keys_from_environment: bool = True,
+) -> FastAPI:
     """The service app over ``db`` (a CrystalDB, a database URL, or None for the default
     SQLite file).
 
@@ -76,9 +81,13 @@ def create_app(db: Any = None, api_keys: Iterable[str] | Mapping[str, str] | Non
     keys = parse_keys(api_keys)
     if keys_from_environment:
         keys.update(keys_from_env())
-    limits = Limits(max_body_bytes=max_body_bytes, max_atoms=max_atoms,
-                    max_records_per_post=max_records_per_post, max_limit=max_limit,
-                    default_limit=min(Limits.default_limit, max_limit))
+    limits = Limits(
+        max_body_bytes=max_body_bytes,
+        max_atoms=max_atoms,
+        max_records_per_post=max_records_per_post,
+        max_limit=max_limit,
+        default_limit=min(Limits.default_limit, max_limit),
+    )
     database, owned = _open(db)
 
     @asynccontextmanager
@@ -91,7 +100,7 @@ def create_app(db: Any = None, api_keys: Iterable[str] | Mapping[str, str] | Non
         title="lamkit crystal database",
         version="1",
         description="Search, download and submit crystal structures and their energies. "
-                    "Writes need an API key in the X-API-Key header.",
+        "Writes need an API key in the X-API-Key header.",
         lifespan=lifespan,
     )
     app.state.lamkit = ServiceState(database, KeyChecker(keys), limits, _dialect(database))
@@ -100,8 +109,13 @@ def create_app(db: Any = None, api_keys: Iterable[str] | Mapping[str, str] | Non
 
     @app.get(API, name="api_root", summary="API index", tags=["meta"])
     def api_root() -> dict[str, Any]:
-        return {"name": "lamkit crystal database", "version": 1, "docs": "/docs",
-                "openapi": "/openapi.json", "writes": app.state.lamkit.keys.enabled}
+        return {
+            "name": "lamkit crystal database",
+            "version": 1,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "writes": app.state.lamkit.keys.enabled,
+        }
 
     app.include_router(routes.router, prefix=API, tags=["read"])
     app.include_router(writes.router, prefix=API, tags=["write"])

@@ -3,8 +3,8 @@
 A key has a name (recorded as the submitter of what it adds) and a secret. Keys are given as
 ``name:secret`` strings (a bare ``secret`` gets the name ``key-<first 6 hex of its SHA-256>``),
 as a ``{name: secret}`` mapping, in the environment variable ``LAMKIT_DB_API_KEYS``
-(comma-separated) or in a file named by ``LAMKIT_DB_API_KEYS_FILE`` (one key a line, ``#``
-comments). Secrets are compared in constant time.
+(comma-separated; ``LAMKIT_API_KEYS`` too) or in a file named by ``LAMKIT_DB_API_KEYS_FILE``
+(one key a line, ``#`` comments). Secrets are compared in constant time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 
 ENV_KEYS = "LAMKIT_DB_API_KEYS"
+ENV_KEYS_CLI = "LAMKIT_API_KEYS"  # the name `lam db serve` documents; read as well
 ENV_KEYS_FILE = "LAMKIT_DB_API_KEYS_FILE"
 HEADER = "X-API-Key"
 
@@ -35,8 +36,9 @@ def _parse_entry(entry: str, where: str) -> tuple[str, str]:
     return name, secret
 
 
-def parse_keys(keys: Iterable[str] | Mapping[str, str] | None, where: str = "api_keys"
-               ) -> dict[str, str]:
+def parse_keys(
+    keys: Iterable[str] | Mapping[str, str] | None, where: str = "api_keys"
+) -> dict[str, str]:
     """``{secret: name}`` from ``name:secret`` strings, bare secrets or a ``{name: secret}``
     mapping."""
     if keys is None:
@@ -70,7 +72,8 @@ def keys_from_file(path: str | Path) -> dict[str, str]:
 def keys_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Keys from ``LAMKIT_DB_API_KEYS`` and the file named by ``LAMKIT_DB_API_KEYS_FILE``."""
     environ = os.environ if environ is None else environ
-    keys = parse_keys(environ.get(ENV_KEYS), where=ENV_KEYS)
+    keys = parse_keys(environ.get(ENV_KEYS_CLI), where=ENV_KEYS_CLI)
+    keys.update(parse_keys(environ.get(ENV_KEYS), where=ENV_KEYS))
     if environ.get(ENV_KEYS_FILE):
         keys.update(keys_from_file(environ[ENV_KEYS_FILE]))
     return keys
@@ -94,7 +97,8 @@ class KeyChecker:
         given = request.headers.get(HEADER)
         if not given:
             raise HTTPException(
-                401, f"this endpoint needs an API key in the {HEADER} header",
+                401,
+                f"this endpoint needs an API key in the {HEADER} header",
                 headers={"WWW-Authenticate": HEADER},
             )
         if not self._keys:

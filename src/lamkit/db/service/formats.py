@@ -29,8 +29,12 @@ DOWNLOADS: dict[str, tuple[str, str]] = {
 
 #: upload file suffix -> format
 SUFFIXES = {
-    ".cif": "cif", ".vasp": "poscar", ".poscar": "poscar", ".xyz": "extxyz",
-    ".extxyz": "extxyz", ".json": "json",
+    ".cif": "cif",
+    ".vasp": "poscar",
+    ".poscar": "poscar",
+    ".xyz": "extxyz",
+    ".extxyz": "extxyz",
+    ".json": "json",
 }
 
 
@@ -92,8 +96,9 @@ def format_of(filename: str, given: str | None) -> str:
     """The upload format: ``given`` if set, else from the file name's suffix."""
     if given:
         if given not in DOWNLOADS:
-            raise FormatError(f"format: unknown format {given!r}; expected one of "
-                              f"{sorted(DOWNLOADS)}")
+            raise FormatError(
+                f"format: unknown format {given!r}; expected one of {sorted(DOWNLOADS)}"
+            )
         return given
     lower = filename.lower()
     if lower.startswith("poscar") or lower.startswith("contcar"):
@@ -101,9 +106,11 @@ def format_of(filename: str, given: str | None) -> str:
     for suffix, fmt in SUFFIXES.items():
         if lower.endswith(suffix):
             return fmt
-    raise FormatError(f"file: cannot tell the format of {filename!r} from its name; name it "
-                      f"*.cif, *.vasp/POSCAR, *.extxyz/*.xyz or *.json, or give the form field "
-                      f"'format'")
+    raise FormatError(
+        f"file: cannot tell the format of {filename!r} from its name; name it "
+        f"*.cif, *.vasp/POSCAR, *.extxyz/*.xyz or *.json, or give the form field "
+        f"'format'"
+    )
 
 
 def parse_file(text: str, fmt: str, name: str) -> list[Upload]:
@@ -129,8 +136,9 @@ def parse_file(text: str, fmt: str, name: str) -> list[Upload]:
     except json.JSONDecodeError as exc:
         raise FormatError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except Exception as exc:  # noqa: BLE001 - parsers raise anything on garbage
-        raise FormatError(f"{name}: could not read it as {fmt.upper()}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise FormatError(
+            f"{name}: could not read it as {fmt.upper()}: {type(exc).__name__}: {exc}"
+        ) from exc
     raise FormatError(f"{name}: unknown format {fmt!r}")
 
 
@@ -141,8 +149,10 @@ def _parse_cif(text: str, name: str) -> list[Upload]:
     structures = parser.parse_structures(primitive=False)
     if not structures:
         raise FormatError(f"{name}: no structure in this CIF")
-    return [Upload(s, where=f"{name}[{i}]" if len(structures) > 1 else name)
-            for i, s in enumerate(structures)]
+    return [
+        Upload(s, where=f"{name}[{i}]" if len(structures) > 1 else name)
+        for i, s in enumerate(structures)
+    ]
 
 
 def _parse_extxyz(text: str, name: str) -> list[Upload]:
@@ -154,14 +164,21 @@ def _parse_extxyz(text: str, name: str) -> list[Upload]:
     for i, atoms in enumerate(frames):
         where = f"{name}[{i}]"
         if not atoms.pbc.all() or atoms.cell.rank < 3:
-            raise FormatError(f"{where}: a crystal needs a full 3D periodic cell "
-                              f"(pbc={atoms.pbc.tolist()}, cell rank {atoms.cell.rank})")
+            raise FormatError(
+                f"{where}: a crystal needs a full 3D periodic cell "
+                f"(pbc={atoms.pbc.tolist()}, cell rank {atoms.cell.rank})"
+            )
         energy = atoms.info.get("energy")
         if energy is None and atoms.calc is not None:
             energy = atoms.calc.results.get("energy")
-        out.append(Upload(AseAtomsAdaptor.get_structure(atoms), where=where,
-                          energy=None if energy is None else float(energy),
-                          model=atoms.info.get("model")))
+        out.append(
+            Upload(
+                AseAtomsAdaptor.get_structure(atoms),
+                where=where,
+                energy=None if energy is None else float(energy),
+                model=atoms.info.get("model"),
+            )
+        )
     return out
 
 
@@ -213,8 +230,10 @@ def _lattice(value: Any, where: str) -> Lattice:
         where, value = f"{where}.matrix", value.get("matrix")
     matrix = _matrix(value, (3, 3), where)
     if abs(np.linalg.det(matrix)) < 1e-6:
-        raise FormatError(f"{where}: the cell vectors are (nearly) coplanar: volume "
-                          f"{abs(np.linalg.det(matrix)):.3g} Å^3")
+        raise FormatError(
+            f"{where}: the cell vectors are (nearly) coplanar: volume "
+            f"{abs(np.linalg.det(matrix)):.3g} Å^3"
+        )
     return Lattice(matrix)
 
 
@@ -229,8 +248,9 @@ def parse_item(item: Any, where: str) -> Upload:
         try:
             inner = json.loads(inner)
         except json.JSONDecodeError as exc:
-            raise FormatError(f"{where}.structure: a string that is not valid JSON "
-                              f"({exc.msg})") from None
+            raise FormatError(
+                f"{where}.structure: a string that is not valid JSON ({exc.msg})"
+            ) from None
     if isinstance(inner, dict) and "species" in inner and "lattice" in inner:
         # the record JSON of this database nests lattice/species/frac_coords under "structure"
         structure = parse_item(inner, f"{where}.structure").structure
@@ -245,8 +265,10 @@ def parse_item(item: Any, where: str) -> Upload:
         coords = _matrix(item[key], (len(species), 3), f"{where}.{key}")
         structure = Structure(lattice, species, coords, coords_are_cartesian=key == "cart_coords")
     else:
-        raise FormatError(f"{where}: expected 'structure' (a pymatgen Structure dict) or "
-                          f"'lattice', 'species' and 'frac_coords'; got keys {sorted(item)}"[:300])
+        raise FormatError(
+            f"{where}: expected 'structure' (a pymatgen Structure dict) or "
+            f"'lattice', 'species' and 'frac_coords'; got keys {sorted(item)}"[:300]
+        )
     energy = item.get("energy")
     energy = None if energy is None else _number(energy, f"{where}.energy")
     tags = item.get("tags") or []
@@ -256,16 +278,22 @@ def parse_item(item: Any, where: str) -> Upload:
         if item.get(key) is not None and not isinstance(item[key], str):
             raise FormatError(f"{where}.{key}: expected a string")
     for key, text in [("model", item.get("model")), ("source", item.get("source"))] + [
-            (f"tags[{i}]", t) for i, t in enumerate(tags)]:
+        (f"tags[{i}]", t) for i, t in enumerate(tags)
+    ]:
         check_text(text, f"{where}.{key}")
-    return Upload(structure, where=where, energy=energy, model=item.get("model"),
-                  source=item.get("source"), tags=tags)
+    return Upload(
+        structure,
+        where=where,
+        energy=energy,
+        model=item.get("model"),
+        source=item.get("source"),
+        tags=tags,
+    )
 
 
 def _pymatgen_structure(value: Any, where: str) -> Structure:
     if not isinstance(value, dict) or "lattice" not in value or "sites" not in value:
-        raise FormatError(f"{where}: expected a pymatgen Structure dict with 'lattice' and "
-                          f"'sites'")
+        raise FormatError(f"{where}: expected a pymatgen Structure dict with 'lattice' and 'sites'")
     sites = value["sites"]
     if not isinstance(sites, list) or not sites:
         raise FormatError(f"{where}.sites: expected a non-empty list")

@@ -40,8 +40,12 @@ def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str,
     points = []
     for e in entries:
         comp = e["composition"]
-        p: dict[str, Any] = {"id": e["id"], "formula": e["formula"], "stable": e["stable"],
-                             "e_above_hull": e["e_above_hull"]}
+        p: dict[str, Any] = {
+            "id": e["id"],
+            "formula": e["formula"],
+            "stable": e["stable"],
+            "e_above_hull": e["e_above_hull"],
+        }
         ef = e["formation_energy_per_atom"]
         if n == 2:
             p.update(x=comp.get(elements[1], 0.0), y=ef)

@@ -25,13 +25,19 @@ class Limits:
     default_limit: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_atoms", "max_records_per_post", "max_limit",
-                     "default_limit"):
+        for name in (
+            "max_body_bytes",
+            "max_atoms",
+            "max_records_per_post",
+            "max_limit",
+            "default_limit",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Limits.{name} must be at least 1, got {getattr(self, name)}")
         if self.default_limit > self.max_limit:
-            raise ValueError(f"Limits.default_limit ({self.default_limit}) exceeds "
-                             f"max_limit ({self.max_limit})")
+            raise ValueError(
+                f"Limits.default_limit ({self.default_limit}) exceeds max_limit ({self.max_limit})"
+            )
 
 
 def _too_large(cap: int) -> str:
@@ -88,11 +94,15 @@ class BodySizeLimit:
 
 async def _send_error(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

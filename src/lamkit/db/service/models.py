@@ -35,7 +35,8 @@ class StructureSummary(BaseModel):
 class StructurePage(BaseModel):
     records: list[StructureSummary]
     next_cursor: str | None = Field(
-        None, description="Pass as 'cursor' to get the next page; null on the last page.")
+        None, description="Pass as 'cursor' to get the next page; null on the last page."
+    )
     limit: int = Field(description="Page size used (the request's limit, capped).")
     count: int | None = Field(None, description="All matches, when asked with count=true.")
 
@@ -79,10 +80,12 @@ class StructureDetail(StructureSummary):
     sites: list[Site]
     symmetry: Symmetry
     decomposition: list[DecompositionPart] = Field(
-        [], description="Stable phases the structure would decompose into (empty on the hull).")
+        [], description="Stable phases the structure would decompose into (empty on the hull)."
+    )
     downloads: dict[str, str] = Field(description="Format -> URL of the file download.")
     styles: dict[str, dict[str, Any]] = Field(
-        {}, description="Element -> {color (Jmol, hex), radius (covalent, Å)} for pictures.")
+        {}, description="Element -> {color (Jmol, hex), radius (covalent, Å)} for pictures."
+    )
 
 
 class HullEntry(BaseModel):
@@ -103,8 +106,9 @@ class HullResponse(BaseModel):
     entries: list[HullEntry] = Field(description="Every record of the system and its subsystems.")
     plot: dict[str, Any] = Field(
         description="Plot-ready data: for a binary system 'x' is the atomic fraction of the "
-                    "second element and 'y' the formation energy per atom; 'hull' lists the "
-                    "points of the lower hull in order.")
+        "second element and 'y' the formation energy per atom; 'hull' lists the "
+        "points of the lower hull in order."
+    )
     hull: dict[str, Any] | None = Field(None, description="The core's own hull dict.")
 
 

@@ -22,7 +22,6 @@ _ELEMENTS = frozenset(ELEMENTS)
 _FORMULA = re.compile(r"^(?:[A-Z][a-z]?\d*(?:\.\d+)?|\(|\)\d*)+$")
 
 
-
 class BadParam(HTTPException):
     """422 naming the query parameter and what is wrong with it."""
 
@@ -73,8 +72,9 @@ def range_param(lo_name: str, lo: float | None, hi_name: str, hi: float | None):
         if value is not None and isinstance(value, float) and not math.isfinite(value):
             raise BadParam(name, f"must be a finite number, got {value}")
     if lo is not None and hi is not None and lo > hi:
-        raise BadParam(f"{lo_name}/{hi_name}", f"empty range: {lo_name}={lo} is greater than "
-                                               f"{hi_name}={hi}")
+        raise BadParam(
+            f"{lo_name}/{hi_name}", f"empty range: {lo_name}={lo} is greater than {hi_name}={hi}"
+        )
     if lo is None and hi is None:
         return None
     return (lo, hi)
@@ -86,8 +86,11 @@ def time_param(name: str, value: str | None) -> datetime | None:
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadParam(name, f"{value!r} is not an ISO 8601 date or date-time "
-                             f"(e.g. 2024-05-01 or 2024-05-01T12:00:00Z)") from None
+        raise BadParam(
+            name,
+            f"{value!r} is not an ISO 8601 date or date-time "
+            f"(e.g. 2024-05-01 or 2024-05-01T12:00:00Z)",
+        ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t
@@ -122,8 +125,11 @@ def order_param(value: str | None) -> str | None:
         return None
     key = value.strip().lstrip("+-")
     if key not in ORDER_FIELDS:
-        raise BadParam("order_by", f"cannot sort by {value!r}; expected one of "
-                                   f"{', '.join(ORDER_FIELDS)} (prefix '-' for descending)")
+        raise BadParam(
+            "order_by",
+            f"cannot sort by {value!r}; expected one of "
+            f"{', '.join(ORDER_FIELDS)} (prefix '-' for descending)",
+        )
     return value.strip().lstrip("+")
 
 
@@ -132,9 +138,11 @@ class SearchParams:
     """The query string of ``GET /structures`` as FastAPI parameters."""
 
     elements: list[str] | None = Query(
-        None, description="Records containing all of these elements: 'Li,O' or repeated.")
+        None, description="Records containing all of these elements: 'Li,O' or repeated."
+    )
     only_elements: list[str] | None = Query(
-        None, description="Records made only of these elements (any subset of them).")
+        None, description="Records made only of these elements (any subset of them)."
+    )
     chemsys: str | None = Query(None, description="Exact chemical system, e.g. 'Cl-Na'.")
     formula: str | None = Query(None, description="Reduced formula, e.g. 'NaCl'.")
     spacegroup: str | None = Query(None, description="Space-group number (1-230) or symbol.")

@@ -23,8 +23,9 @@ def delete_record(db: Any, record_id: int) -> bool:
 
     with write_tx(db.engine) as conn:
         row = conn.execute(
-            select(records.c.model, records.c.chemsys, records.c.energy)
-            .where(records.c.id == record_id)
+            select(records.c.model, records.c.chemsys, records.c.energy).where(
+                records.c.id == record_id
+            )
         ).first()
         if row is None:
             return False

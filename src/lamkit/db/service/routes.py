@@ -32,16 +32,23 @@ def get_record(db: Any, record_id: int):
     return record
 
 
-@router.get("/structures", response_model=StructurePage, responses=ERRORS,
-            summary="Search structures")
-def search(request: Request, params: Annotated[SearchParams, Depends()],
-           order_by: str | None = Query(
-               None, description="Sort key, '-' prefix for descending: id, energy_per_atom, "
-                                 "e_above_hull, formation_energy_per_atom, nsites, ..."),
-           limit: int | None = Query(None, ge=1, description="Page size (capped by the server)."),
-           cursor: str | None = Query(None, max_length=2000,
-                                      description="'next_cursor' of the previous page."),
-           count: bool = Query(False, description="Also count all matches (slower).")):
+@router.get(
+    "/structures", response_model=StructurePage, responses=ERRORS, summary="Search structures"
+)
+def search(
+    request: Request,
+    params: Annotated[SearchParams, Depends()],
+    order_by: str | None = Query(
+        None,
+        description="Sort key, '-' prefix for descending: id, energy_per_atom, "
+        "e_above_hull, formation_energy_per_atom, nsites, ...",
+    ),
+    limit: int | None = Query(None, ge=1, description="Page size (capped by the server)."),
+    cursor: str | None = Query(
+        None, max_length=2000, description="'next_cursor' of the previous page."
+    ),
+    count: bool = Query(False, description="Also count all matches (slower)."),
+):
     """Structures matching every given filter, one page at a time (keyset paging: pass the
     returned ``next_cursor`` as ``cursor`` for the next page)."""
     st = state(request)
@@ -62,8 +69,12 @@ def search(request: Request, params: Annotated[SearchParams, Depends()],
     }
 
 
-@router.get("/structures/{record_id}", response_model=StructureDetail, responses=ERRORS,
-            summary="One record in full")
+@router.get(
+    "/structures/{record_id}",
+    response_model=StructureDetail,
+    responses=ERRORS,
+    summary="One record in full",
+)
 def structure(request: Request, record_id: RecordId):
     """Lattice parameters, sites with Wyckoff letters, symmetry, energies, the energy above
     the hull with its decomposition, and download links."""
@@ -72,31 +83,53 @@ def structure(request: Request, record_id: RecordId):
     return views.detail(st.db, record, base_url=str(request.url_for("api_root")).rstrip("/"))
 
 
-@router.get("/structures/{record_id}/file", responses={
-    **ERRORS, 200: {"description": "The structure file.",
-                    "content": {mt: {} for mt, _ in DOWNLOADS.values()}}},
-    summary="Download a structure file")
-def structure_file(request: Request, record_id: RecordId,
-                   format: str = Query("cif", description="cif, poscar, extxyz or json.")):
+@router.get(
+    "/structures/{record_id}/file",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "The structure file.",
+            "content": {mt: {} for mt, _ in DOWNLOADS.values()},
+        },
+    },
+    summary="Download a structure file",
+)
+def structure_file(
+    request: Request,
+    record_id: RecordId,
+    format: str = Query("cif", description="cif, poscar, extxyz or json."),
+):
     """The structure as a file download (``Content-Disposition: attachment``)."""
     if format not in DOWNLOADS:
-        raise HTTPException(422, f"format: unknown format {format!r}; expected one of "
-                                 f"{', '.join(DOWNLOADS)}")
+        raise HTTPException(
+            422, f"format: unknown format {format!r}; expected one of {', '.join(DOWNLOADS)}"
+        )
     st = state(request)
     record = get_record(st.db, record_id)
     media_type, suffix = DOWNLOADS[format]
     name = f"{record.formula}_{record.id}{suffix}"
     if format == "poscar":
         name = f"POSCAR_{record.formula}_{record.id}{suffix}"
-    return Response(write_structure(record, format), media_type=media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        write_structure(record, format),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
-@router.get("/hull/{chemsys}", response_model=HullResponse, responses=ERRORS,
-            summary="Convex hull of a chemical system")
-def hull(request: Request, chemsys: str = Path(max_length=200, description="e.g. 'Cl-Na'."),
-         model: str | None = Query(None, max_length=255,
-                                   description="Model whose energies make the hull.")):
+@router.get(
+    "/hull/{chemsys}",
+    response_model=HullResponse,
+    responses=ERRORS,
+    summary="Convex hull of a chemical system",
+)
+def hull(
+    request: Request,
+    chemsys: str = Path(max_length=200, description="e.g. 'Cl-Na'."),
+    model: str | None = Query(
+        None, max_length=255, description="Model whose energies make the hull."
+    ),
+):
     """Stable phases, every entry's energy above the hull, and plot-ready points."""
     system = chemsys_param(chemsys)
     if system is None:

@@ -18,9 +18,24 @@ from .formats import DOWNLOADS
 log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = (
-    "id", "formula", "elements", "chemsys", "nsites", "volume", "density",
-    "spacegroup_number", "spacegroup_symbol", "energy", "energy_per_atom", "model",
-    "formation_energy_per_atom", "e_above_hull", "submitter", "source", "submitted", "tags",
+    "id",
+    "formula",
+    "elements",
+    "chemsys",
+    "nsites",
+    "volume",
+    "density",
+    "spacegroup_number",
+    "spacegroup_symbol",
+    "energy",
+    "energy_per_atom",
+    "model",
+    "formation_energy_per_atom",
+    "e_above_hull",
+    "submitter",
+    "source",
+    "submitted",
+    "tags",
 )
 
 
@@ -60,8 +75,12 @@ def lattice_view(structure: Any) -> dict[str, Any]:
     lat = structure.lattice
     return {
         "matrix": [[float(x) for x in row] for row in lat.matrix],
-        "a": float(lat.a), "b": float(lat.b), "c": float(lat.c),
-        "alpha": float(lat.alpha), "beta": float(lat.beta), "gamma": float(lat.gamma),
+        "a": float(lat.a),
+        "b": float(lat.b),
+        "c": float(lat.c),
+        "alpha": float(lat.alpha),
+        "beta": float(lat.beta),
+        "gamma": float(lat.gamma),
         "volume": float(lat.volume),
     }
 
@@ -74,8 +93,7 @@ def symmetry_of(db: Any, record: Any) -> dict[str, Any]:
         try:
             sym = dict(db.symmetry(record.id) or {})
         except Exception as exc:  # noqa: BLE001 - the page still shows pymatgen's analysis
-            log.warning("CrystalDB.symmetry(%s) failed: %s: %s", record.id,
-                        type(exc).__name__, exc)
+            log.warning("CrystalDB.symmetry(%s) failed: %s: %s", record.id, type(exc).__name__, exc)
     need = {"number", "symbol", "crystal_system", "wyckoffs", "point_group"} - set(sym)
     if need:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -94,8 +112,14 @@ def symmetry_of(db: Any, record: Any) -> dict[str, Any]:
                     "wyckoffs": list(getattr(data, "wyckoffs", []) or []),
                 }
         except Exception:  # noqa: BLE001 - spglib fails on degenerate cells; say so, no 500
-            found = {"number": None, "symbol": None, "crystal_system": None,
-                     "point_group": None, "hall": None, "wyckoffs": []}
+            found = {
+                "number": None,
+                "symbol": None,
+                "crystal_system": None,
+                "point_group": None,
+                "hall": None,
+                "wyckoffs": [],
+            }
         for key in need | {"hall"}:
             sym.setdefault(key, found.get(key))
     return {k: _plain(v) for k, v in sym.items() if isinstance(k, str)}
@@ -104,13 +128,17 @@ def symmetry_of(db: Any, record: Any) -> dict[str, Any]:
 def sites_view(structure: Any, wyckoffs: list[str] | None) -> list[dict[str, Any]]:
     out = []
     for i, site in enumerate(structure):
-        out.append({
-            "index": i,
-            "species": site.specie.symbol if hasattr(site.specie, "symbol") else str(site.specie),
-            "frac_coords": [float(x) for x in site.frac_coords],
-            "cart_coords": [float(x) for x in site.coords],
-            "wyckoff": wyckoffs[i] if wyckoffs and i < len(wyckoffs) else None,
-        })
+        out.append(
+            {
+                "index": i,
+                "species": site.specie.symbol
+                if hasattr(site.specie, "symbol")
+                else str(site.specie),
+                "frac_coords": [float(x) for x in site.frac_coords],
+                "cart_coords": [float(x) for x in site.coords],
+                "wyckoff": wyckoffs[i] if wyckoffs and i < len(wyckoffs) else None,
+            }
+        )
     return out
 
 
@@ -123,16 +151,25 @@ def decomposition_view(decomposition: Any) -> list[dict[str, Any]]:
     out = []
     for item in items:
         if isinstance(item, dict):
-            out.append({"id": _plain(item.get("id")), "formula": item.get("formula"),
-                        "fraction": _plain(item.get("fraction", item.get("amount")))})
+            out.append(
+                {
+                    "id": _plain(item.get("id")),
+                    "formula": item.get("formula"),
+                    "fraction": _plain(item.get("fraction", item.get("amount"))),
+                }
+            )
             continue
         key, fraction = item
         if isinstance(key, int):
             out.append({"id": key, "formula": None, "fraction": float(fraction)})
         else:
-            out.append({"id": _plain(getattr(key, "id", None)),
-                        "formula": getattr(key, "formula", str(key)),
-                        "fraction": float(fraction)})
+            out.append(
+                {
+                    "id": _plain(getattr(key, "id", None)),
+                    "formula": getattr(key, "formula", str(key)),
+                    "fraction": float(fraction),
+                }
+            )
     return out
 
 
@@ -145,8 +182,10 @@ def element_styles(species: list[str]) -> dict[str, dict[str, Any]]:
     for sym in sorted(set(species)):
         z = atomic_numbers.get(sym, 0)
         rgb = jmol_colors[z] if z < len(jmol_colors) else (0.6, 0.6, 0.6)
-        out[sym] = {"color": "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgb),
-                    "radius": float(covalent_radii[z]) if z < len(covalent_radii) else 1.0}
+        out[sym] = {
+            "color": "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgb),
+            "radius": float(covalent_radii[z]) if z < len(covalent_radii) else 1.0,
+        }
     return out
 
 
@@ -169,6 +208,7 @@ def detail(db: Any, record: Any, base_url: str) -> dict[str, Any]:
         if out["e_above_hull"] is None:
             out["e_above_hull"] = _plain(ehull)
         out["decomposition"] = decomposition_view(decomposition)
-    out["downloads"] = {fmt: f"{base_url}/structures/{record.id}/file?format={fmt}"
-                        for fmt in DOWNLOADS}
+    out["downloads"] = {
+        fmt: f"{base_url}/structures/{record.id}/file?format={fmt}" for fmt in DOWNLOADS
+    }
     return out

@@ -23,8 +23,11 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     401: {"model": Error, "description": "No X-API-Key header."},
     403: {"model": Error, "description": "The key is not valid (or writes are off)."},
-    413: {"model": Error, "description": "The request body, a structure or the number of "
-                                          "records is over the server's limit."},
+    413: {
+        "model": Error,
+        "description": "The request body, a structure or the number of "
+        "records is over the server's limit.",
+    },
 }
 
 
@@ -39,27 +42,47 @@ Submitter = Annotated[str, Depends(submitter)]
 def _check_sizes(request: Request, uploads: list[Upload]) -> None:
     limits = state(request).limits
     if len(uploads) > limits.max_records_per_post:
-        raise HTTPException(413, f"records: {len(uploads)} structures in one request; at most "
-                                 f"{limits.max_records_per_post} are accepted")
+        raise HTTPException(
+            413,
+            f"records: {len(uploads)} structures in one request; at most "
+            f"{limits.max_records_per_post} are accepted",
+        )
     for up in uploads:
         if len(up.structure) > limits.max_atoms:
-            raise HTTPException(413, f"{up.where}: {len(up.structure)} atoms; at most "
-                                     f"{limits.max_atoms} per structure are accepted")
+            raise HTTPException(
+                413,
+                f"{up.where}: {len(up.structure)} atoms; at most "
+                f"{limits.max_atoms} per structure are accepted",
+            )
 
 
-def _store(request: Request, uploads: list[Upload], who: str, model: str | None,
-           source: str | None, tags: list[str]) -> dict[str, Any]:
+def _store(
+    request: Request,
+    uploads: list[Upload],
+    who: str,
+    model: str | None,
+    source: str | None,
+    tags: list[str],
+) -> dict[str, Any]:
     _check_sizes(request, uploads)
-    items = [{
-        "structure": up.structure,
-        "energy": up.energy,
-        "model": up.model or model,
-        "source": up.source or source,
-        "tags": sorted(set(up.tags) | set(tags)),
-    } for up in uploads]
+    items = [
+        {
+            "structure": up.structure,
+            "energy": up.energy,
+            "model": up.model or model,
+            "source": up.source or source,
+            "tags": sorted(set(up.tags) | set(tags)),
+        }
+        for up in uploads
+    ]
     report = state(request).db.import_records(items, submitter=who)
-    rejected = [{"where": uploads[r.index].where if 0 <= r.index < len(uploads)
-                 else str(r.source), "reason": str(r.reason)} for r in report.rejected]
+    rejected = [
+        {
+            "where": uploads[r.index].where if 0 <= r.index < len(uploads) else str(r.source),
+            "reason": str(r.reason),
+        }
+        for r in report.rejected
+    ]
     if rejected and not report.added and not report.duplicates:
         raise HTTPException(422, "; ".join(f"{r['where']}: {r['reason']}" for r in rejected[:20]))
     return {
@@ -71,23 +94,42 @@ def _store(request: Request, uploads: list[Upload], who: str, model: str | None,
 
 
 POST_EXAMPLE = {
-    "records": [{
-        "lattice": [[5.64, 0, 0], [0, 5.64, 0], [0, 0, 5.64]],
-        "species": ["Na", "Cl"],
-        "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
-        "energy": -6.8, "model": "my-model", "tags": ["example"],
-    }],
+    "records": [
+        {
+            "lattice": [[5.64, 0, 0], [0, 5.64, 0], [0, 0, 5.64]],
+            "species": ["Na", "Cl"],
+            "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
+            "energy": -6.8,
+            "model": "my-model",
+            "tags": ["example"],
+        }
+    ],
 }
 
 
-@router.post("/structures", response_model=ImportResult, status_code=201,
-             responses=WRITE_ERRORS, summary="Add structures")
-def add_structures(request: Request, who: Submitter,
-                   body: Annotated[Any, Body(examples=[POST_EXAMPLE], description=(
-                       "One record, a list of records, or {'records': [...]}. A record is "
-                       "{'structure': <pymatgen Structure dict>} or {'lattice', 'species', "
-                       "'frac_coords'} (the record JSON of GET /structures/{id}), plus "
-                       "optional 'energy' (eV, total), 'model', 'source', 'tags'."))]):
+@router.post(
+    "/structures",
+    response_model=ImportResult,
+    status_code=201,
+    responses=WRITE_ERRORS,
+    summary="Add structures",
+)
+def add_structures(
+    request: Request,
+    who: Submitter,
+    body: Annotated[
+        Any,
+        Body(
+            examples=[POST_EXAMPLE],
+            description=(
+                "One record, a list of records, or {'records': [...]}. A record is "
+                "{'structure': <pymatgen Structure dict>} or {'lattice', 'species', "
+                "'frac_coords'} (the record JSON of GET /structures/{id}), plus "
+                "optional 'energy' (eV, total), 'model', 'source', 'tags'."
+            ),
+        ),
+    ],
+):
     """Store structures with their energies; the submitter is the API key's name."""
     if isinstance(body, dict) and "records" in body:
         items, prefix = body["records"], "records"
@@ -99,33 +141,47 @@ def add_structures(request: Request, who: Submitter,
         raise HTTPException(422, f"{prefix}: expected a non-empty list of records")
     limits = state(request).limits
     if len(items) > limits.max_records_per_post:
-        raise HTTPException(413, f"{prefix}: {len(items)} records in one request; at most "
-                                 f"{limits.max_records_per_post} are accepted")
+        raise HTTPException(
+            413,
+            f"{prefix}: {len(items)} records in one request; at most "
+            f"{limits.max_records_per_post} are accepted",
+        )
     try:
-        uploads = [parse_item(it, f"{prefix}[{i}]" if prefix == "records" or len(items) > 1
-                              else prefix) for i, it in enumerate(items)]
+        uploads = [
+            parse_item(it, f"{prefix}[{i}]" if prefix == "records" or len(items) > 1 else prefix)
+            for i, it in enumerate(items)
+        ]
     except FormatError as exc:
         raise HTTPException(422, str(exc)) from None
     return _store(request, uploads, who, None, None, [])
 
 
-@router.post("/import", response_model=ImportResult, status_code=201, responses=WRITE_ERRORS,
-             summary="Upload a structure file")
-async def import_file(request: Request, who: Submitter,
-                      file: Annotated[UploadFile, File(description="CIF, POSCAR, extxyz, JSON.")],
-                      format: str | None = Form(None, description="cif, poscar, extxyz or json "
-                                                "(default: from the file name)."),
-                      energy: float | None = Form(None, description="Total energy (eV) of a "
-                                                  "single-structure file."),
-                      model: str | None = Form(None, max_length=255),
-                      source: str | None = Form(None, max_length=1024),
-                      tags: str | None = Form(None, description="Comma-separated.")):
+@router.post(
+    "/import",
+    response_model=ImportResult,
+    status_code=201,
+    responses=WRITE_ERRORS,
+    summary="Upload a structure file",
+)
+async def import_file(
+    request: Request,
+    who: Submitter,
+    file: Annotated[UploadFile, File(description="CIF, POSCAR, extxyz, JSON.")],
+    format: str | None = Form(
+        None, description="cif, poscar, extxyz or json (default: from the file name)."
+    ),
+    energy: float | None = Form(None, description="Total energy (eV) of a single-structure file."),
+    model: str | None = Form(None, max_length=255),
+    source: str | None = Form(None, max_length=1024),
+    tags: str | None = Form(None, description="Comma-separated."),
+):
     """Parse the file, check it and store every structure in it."""
     name = file.filename or "upload"
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
     try:
         for field, text in [("model", model), ("source", source), ("file", name)] + [
-                ("tags", t) for t in tag_list]:
+            ("tags", t) for t in tag_list
+        ]:
             check_text(text, field)
         fmt = format_of(name, format)
         raw = await file.read()
@@ -138,14 +194,21 @@ async def import_file(request: Request, who: Submitter,
         raise HTTPException(422, str(exc)) from None
     if energy is not None:
         if len(uploads) != 1:
-            raise HTTPException(422, f"energy: given once for a file of {len(uploads)} "
-                                     f"structures; put energies in the file instead")
+            raise HTTPException(
+                422,
+                f"energy: given once for a file of {len(uploads)} "
+                f"structures; put energies in the file instead",
+            )
         uploads[0].energy = energy
     return _store(request, uploads, who, model or None, source or name, tag_list)
 
 
-@router.delete("/structures/{record_id}", response_model=Deleted, responses=WRITE_ERRORS,
-               summary="Delete a record")
+@router.delete(
+    "/structures/{record_id}",
+    response_model=Deleted,
+    responses=WRITE_ERRORS,
+    summary="Delete a record",
+)
 def delete_structure(request: Request, record_id: RecordId, who: Submitter):
     """Remove one record; formation energies and hulls of its system are recomputed."""
     if not delete_record(state(request).db, record_id):
