@@ -29,12 +29,17 @@ DPA1 = {
     "neuron": [4, 8],
     "axis_neuron": 4,
     "attn_layer": 0,
-    "tebd_dim": 4,
+    "tebd_dim": 8,  # not ntypes or 2 ntypes (a residual type embedding) for 2 or 3 types
     "seed": 1,
 }
 FIT = {"neuron": [8, 8], "seed": 2}
-LOSS = {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-        "limit_pref_f": 1}
+LOSS = {
+    "type": "ener",
+    "start_pref_e": 0.02,
+    "limit_pref_e": 1,
+    "start_pref_f": 1000,
+    "limit_pref_f": 1,
+}
 
 
 def multitask_config(steps=4, level_b="", model_prob=None, **training) -> dict:
@@ -181,8 +186,14 @@ def test_lcurve_has_columns_per_task(trained):
     head = lines[0].split()
     assert head[:2] == ["#", "step"] and head[-1] == "lr"
     assert head[2:-1] == [
-        "rmse_val_water", "rmse_trn_water", "rmse_e_val_water", "rmse_e_trn_water",
-        "rmse_f_val_water", "rmse_f_trn_water", "rmse_trn_mixed", "rmse_e_trn_mixed",
+        "rmse_val_water",
+        "rmse_trn_water",
+        "rmse_e_val_water",
+        "rmse_e_trn_water",
+        "rmse_f_val_water",
+        "rmse_f_trn_water",
+        "rmse_trn_mixed",
+        "rmse_e_trn_mixed",
         "rmse_f_trn_mixed",
     ]
     rows = [ln.split() for ln in lines if not ln.startswith("#")]

@@ -1,6 +1,6 @@
 """``lam``: the command line, a thin layer over the library.
 
-lam train input.json [--restart CKPT | --init-model MODEL] [-o OUTDIR]
+lam train input.json [-r CKPT | -i MODEL | --finetune PRE [--model-branch B]] [-o DIR]
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
 lam freeze [-c CKPT_OR_DIR] [-o model.pth]
 lam show MODEL [type-map descriptor fitting-net model-branch size]
@@ -44,6 +44,9 @@ def _cmd_train(a) -> int:
         init_model=a.init_model,
         skip_neighbor_stat=a.skip_neighbor_stat,
         device=a.device,
+        finetune=a.finetune,
+        model_branch=a.model_branch,
+        use_pretrain_script=a.use_pretrain_script,
     )
     trainer.run()
     return 0
@@ -153,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-i",
         "--init-model",
         help="start from the weights of a model/checkpoint (lamkit or DeePMD-kit v3 .pt)",
+    )
+    g.add_argument(
+        "-t",
+        "--finetune",
+        help="fine-tune a pretrained model: lamkit or DeePMD-kit v3, single- or multi-task",
+    )
+    t.add_argument(
+        "-m",
+        "--model-branch",
+        default=None,
+        help="branch of a multi-task pretrained model to fine-tune from (RANDOM: a new fitting)",
+    )
+    t.add_argument(
+        "--use-pretrain-script",
+        action="store_true",
+        help="take the descriptor and fitting settings from the pretrained model, not the input",
     )
     t.add_argument("-o", "--output", default=".", help="folder for checkpoints and lcurve.out")
     t.add_argument("--skip-neighbor-stat", action="store_true")

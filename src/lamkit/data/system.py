@@ -16,7 +16,7 @@ Sets are read in lexicographic order and concatenated.  Everything is float64 in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,24 @@ class System:
         """Put an atomic array (atoms along ``axis``) back into the file's atom order."""
         inverse = np.argsort(self.atom_order)
         return np.take(arr, inverse, axis=axis)
+
+
+def select_frames(system: System, frames: Sequence[int] | np.ndarray) -> System:
+    """A system holding only the given frames (in that order) of ``system``."""
+    idx = np.asarray(frames, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= system.nframes):
+        raise DataError(
+            f"{system.path}: frame indices must lie in [0, {system.nframes}), got "
+            f"{idx.min()}..{idx.max()}"
+        )
+    return replace(
+        system,
+        coords=system.coords[idx],
+        box=None if system.box is None else system.box[idx],
+        atype=system.atype[idx],
+        labels={k: v[idx] for k, v in system.labels.items()},
+        natoms_vec=system.natoms_vec[idx],
+    )
 
 
 def make_system(

@@ -115,10 +115,10 @@ class Trainer:
         self.lr = LearningRate(lr_conf, self.num_steps)
         self.tasks = self._make_tasks(confs)
         self.replay = None
-        if tr.get("replay") and resume is None:
+        if tr.get("replay"):
             from .replay import add_replay_task
 
-            self.replay = add_replay_task(self, pre, rules, tr["replay"])
+            self.replay = add_replay_task(self, tr["replay"], pre, rules, links, resume)
             self.multi = True
         if resume is None:
             self._resolve_auto_sel(links, skip_neighbor_stat)
@@ -170,7 +170,10 @@ class Trainer:
             mc = resume["model_config"]
             if "model_dict" in mc:
                 links = [SharedLink.from_dict(d) for d in mc.get("shared_links", [])]
-                return dict(mc["model_dict"]), links, {}
+                confs = dict(mc["model_dict"])
+                if resume.get("replay"):  # rebuilt with its own data by add_replay_task
+                    confs.pop("replay", None)
+                return confs, links, {}
             return {DEFAULT: mc}, [], {}
         section = self.config["model"]
         if is_multitask(section):
@@ -365,6 +368,7 @@ class Trainer:
                 lambda t: t.valid_sampler.state_dict() if t.valid_sampler else None
             ),
             "task_rng": self.task_rng.bit_generator.state,
+            "replay": None if self.replay is None else self.replay.to_dict(),
             "torch_rng": torch.get_rng_state(),
         }
 
