@@ -133,6 +133,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+                loc = list(err.get("loc", ()))
+                where = f" at character {loc[-1]}" if len(loc) > 1 else ""
+                reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+                msgs.append(f"body: not valid JSON ({reason}{where})")
+                continue
             msg = str(err.get("msg", "invalid"))
             given = err.get("input")
             shown = "" if given is None or isinstance(given, dict) else f" (got {given!r:.60})"
