@@ -48,7 +48,10 @@ def _cmd_train(a) -> int:
         model_branch=a.model_branch,
         use_pretrain_script=a.use_pretrain_script,
     )
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        trainer.dist.close()
     return 0
 
 

@@ -89,6 +89,13 @@ class Trainer:
         self.out = Path(output)
         self.device = _device(device)
         self.dist = DistContext.from_env(self.device)
+        if self.dist.enabled and self.dist.is_main:
+            log.info(
+                "data parallel: %d processes, each with its slice of every global batch",
+                self.dist.world,
+            )
+        if not self.dist.is_main:  # rank 0 alone logs (warnings and errors still show)
+            logging.getLogger("lamkit").setLevel(logging.WARNING)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.config = normalize_input(copy.deepcopy(config))
