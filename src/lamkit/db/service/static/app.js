@@ -11,7 +11,12 @@
   const viewer = new CellViewer.Viewer($("structure-canvas"));
   // cursors[i] is the cursor that fetches page i (null for the first page)
   let paging = { query: null, cursors: [null], page: 0, next: null };
+  // finished searches, on <body data-searches>: lets scripts and tests wait for an answer
+  let searches = 0;
 
+  // a search form field by name (not form.elements[...]: the input named "elements" shadows
+  // the form's own .elements property)
+  const field = (name) => $("search-form").querySelector(`[name="${name}"]`);
   const fmt = (x, digits = 3) => (x === null || x === undefined || Number.isNaN(x) ? "–"
     : Number(x).toFixed(digits));
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({
@@ -36,10 +41,9 @@
 
   // ------------------------------------------------------------------ search
   function formQuery() {
-    const form = $("search-form");
     const q = new URLSearchParams();
     for (const name of FIELDS) {
-      const el = form.elements[name];
+      const el = field(name);
       const value = el ? el.value.trim() : "";
       if (value !== "" && !(name === "order_by" && value === "id")) q.set(name, value);
     }
@@ -47,9 +51,8 @@
   }
 
   function fillForm(q) {
-    const form = $("search-form");
     for (const name of FIELDS) {
-      const el = form.elements[name];
+      const el = field(name);
       if (!el) continue;
       if (q.has(name)) el.value = q.get(name);
       else if (el.tagName === "SELECT") el.selectedIndex = name === "limit" ? 1 : 0;
@@ -80,6 +83,7 @@
       message(`Search failed: ${err.message}`, true);
     } finally {
       $("search-button").disabled = false;
+      document.body.dataset.searches = String(++searches);
     }
   }
 
@@ -123,9 +127,11 @@
     try {
       r = await getJSON(`${API}/structures/${encodeURIComponent(id)}`);
     } catch (err) {
+      $("detail-body").classList.add("hidden");  // nothing of another record stays on show
       $("detail-title").textContent = `Record ${id}: ${err.message}`;
       return;
     }
+    $("detail-body").classList.remove("hidden");
     for (const tr of $("results-body").children) {
       tr.classList.toggle("selected", tr.dataset.id === String(r.id));
     }
