@@ -41,9 +41,11 @@ def search(
     order_by: str | None = Query(
         None,
         description="Sort key, '-' prefix for descending: id, energy_per_atom, "
-        "e_above_hull, formation_energy_per_atom, nsites, ...",
+        "e_above_hull, nsites, submitted or formula.",
     ),
-    limit: int | None = Query(None, ge=1, description="Page size (capped by the server)."),
+    limit: int | None = Query(
+        None, ge=1, description="Page size (capped by the server, 500 by default)."
+    ),
     cursor: str | None = Query(
         None, max_length=2000, description="'next_cursor' of the previous page."
     ),
