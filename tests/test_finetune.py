@@ -400,3 +400,18 @@ def test_replay_errors(pretrained_single, pretrained_multi, tmp_path, data2):
     conf["training"]["replay"]["nframs"] = 3
     with pytest.raises(ConfigError, match="Did you mean 'nframes'"):
         Trainer(conf, tmp_path / "d", finetune=str(pretrained_single))
+
+
+def test_change_bias_of_one_head_of_a_multitask_checkpoint(pretrained_multi, tmp_path, data2):
+    from lamkit.cli.main import main
+
+    out = tmp_path / "changed.pt"
+    args = ["change-bias", str(pretrained_multi), "-s", str(data2), "--model-branch", "mixed"]
+    assert main([*args, "-o", str(out)]) == 0
+    before = {h: load_model(pretrained_multi, head=h) for h in ("water", "mixed")}
+    after = {h: load_model(out, head=h) for h in ("water", "mixed")}
+    assert torch.equal(before["water"].out_bias, after["water"].out_bias)  # untouched
+    assert not torch.equal(before["mixed"].out_bias, after["mixed"].out_bias)
+    e, _, _ = predict(after["mixed"], data2, n=8)
+    labels = torch.as_tensor(np.load(data2 / "set.000" / "energy.npy").astype(np.float64))
+    assert abs(float((labels - e).mean())) < 1e-6 * abs(float(labels.mean()))

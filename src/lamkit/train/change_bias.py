@@ -28,7 +28,14 @@ import torch
 from ..data import load_systems
 from ..data.system import DataRequirement
 from ..errors import ConfigError
-from ..model.io import FORMAT, atomic_save, model_from_payload, read_file, save_model
+from ..model.io import (
+    FORMAT,
+    atomic_save,
+    choose_head,
+    model_from_payload,
+    read_file,
+    save_model,
+)
 from .stats import energy_bias, stat_batches
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,7 @@ def change_bias(
     with torch.no_grad():
         model.out_bias.copy_(torch.as_tensor(new.reshape(model.out_bias.shape)))
     out = Path(output) if output is not None else default_output(model_file)
-    _write(obj, model, model_file, out)
+    _write(obj, model, model_file, out, head)
     log.info(
         "energy bias per type %s: %s -> %s",
         model.type_map,
@@ -106,13 +113,18 @@ def _fit(model, systems, mode, numb_batch, seed, old) -> np.ndarray:
     return old + delta.reshape(-1)
 
 
-def _write(obj, model, source, out: Path) -> None:
+def _write(obj, model, source, out: Path, head: str | None) -> None:
     if isinstance(obj, dict) and obj.get("format") == FORMAT and "model_state" in obj:
         payload = copy.copy(obj)
         state = dict(obj["model_state"])
+        conf = obj["model_config"]
+        # a multi-task checkpoint keeps one state per branch, keys "<branch>.<name>"
+        prefix = f"{choose_head(conf, head, str(source))}." if "model_dict" in conf else ""
         for k, v in model.state_dict().items():
             if k.endswith("out_bias"):
-                state[k] = v.detach().cpu()
+                if prefix + k not in state:
+                    raise ConfigError(f"{source}: no '{prefix + k}' in the model state")
+                state[prefix + k] = v.detach().cpu()
         payload["model_state"] = state
         atomic_save(payload, out)
     else:  # a DeePMD-kit checkpoint: written as a lamkit frozen model
