@@ -258,3 +258,54 @@ def test_out_json_records_the_branches(trained):
     conf = json.loads((out / "out.json").read_text())
     assert set(conf["model"]["model_dict"]) == {"water", "mixed"}
     assert conf["model"]["shared_links"][0]["links"] == [["water", 0], ["mixed", 0]]
+
+
+def test_energy_and_property_tasks_share_a_descriptor(tmp_path):
+    """One task fits water energies, the other a molecular property (HOMO, LUMO, gap) on the
+    property example data; the shared type map covers both datasets."""
+    from lamkit.infer.deep_property import open_model
+
+    water = need_shared("water", "data_0")
+    prop = need_shared("property", "data_0")
+    conf = {
+        "model": {
+            "shared_dict": {"tm": ["H", "C", "N", "O"], "desc": DPA1},
+            "model_dict": {
+                "water": {"type_map": "tm", "descriptor": "desc", "fitting_net": dict(FIT)},
+                "homo": {
+                    "type_map": "tm",
+                    "descriptor": "desc",
+                    "fitting_net": {
+                        "type": "property",
+                        "intensive": True,
+                        "task_dim": 3,
+                        "property_name": "band_prop",
+                        "neuron": [8, 8],
+                        "seed": 4,
+                    },
+                },
+            },
+        },
+        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 50},
+        "loss_dict": {"water": LOSS, "homo": {"type": "property", "loss_func": "smooth_mae"}},
+        "training": {
+            "data_dict": {
+                "water": {"training_data": {"systems": [str(water)], "batch_size": 1}},
+                "homo": {"training_data": {"systems": [str(prop)], "batch_size": 2}},
+            },
+            "numb_steps": 4,
+            "seed": 3,
+            "disp_freq": 2,
+            "save_freq": 4,
+        },
+    }
+    trainer = Trainer(conf, tmp_path)
+    trainer.run()
+    assert trainer.model["water"].descriptor is trainer.model["homo"].descriptor
+    head = (tmp_path / "lcurve.out").read_text().splitlines()[0].split()
+    assert "rmse_e_trn_water" in head and any(c.endswith("_trn_homo") for c in head)
+    model = open_model(tmp_path / "model.ckpt.pt", head="homo")
+    coord = np.load(prop / "set.000000" / "coord.npy")[:2]
+    types = np.load(prop / "set.000000" / "real_atom_types.npy")[:2]
+    (out,) = model.eval(coord, None, types, mixed_type=True)
+    assert out.shape == (2, 3) and np.isfinite(out).all()
