@@ -1,6 +1,7 @@
 """Shared data of the service and web page tests (no tests here): a few dozen small crystals
-with energies chosen so that the hull answers are known by hand, and the database URLs to run
-against (SQLite always, PostgreSQL when ``LAMKIT_TEST_PG_URL`` is set).
+with energies chosen so that the hull answers are known by hand, the database URLs to run
+against (SQLite always, PostgreSQL when ``LAMKIT_TEST_PG_URL`` is set), the ``served`` fixture
+(the filled database behind a TestClient, once per backend) and response helpers.
 
 Energies (model "toy", eV/atom):
   Na bcc -1.30, Cl simple cubic -1.80          -> refs; NaCl rocksalt -3.40 is on the hull
@@ -18,7 +19,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -217,3 +220,94 @@ def running_server(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+# ---------------------------------------------------------------------------- the service
+KINDS = ["sqlite", "postgresql"]
+KEY = "s3cret-bob"  # the API key of the submitter "bob"
+API = "/api/v1"
+
+
+@dataclass
+class Served:
+    kind: str
+    db: object  # lamkit.db.CrystalDB
+    client: object  # starlette TestClient
+
+
+@contextmanager
+def serving(kind: str) -> Iterator[Served]:
+    """The filled test database of ``kind`` and a TestClient of the service over it, with the
+    write key ``KEY`` of "bob" (the tests' module-scoped ``served`` fixture, once per backend).
+    Writing tests only add Fe, Ni and Co structures, so the hand-known answers about the other
+    systems hold in any test order."""
+    from lamkit.db import CrystalDB
+    from lamkit.db.service import create_app
+
+    with database_url(kind) as url:
+        db = CrystalDB(url).init()
+        fill(db)
+        app = create_app(db, api_keys=[f"bob:{KEY}"], keys_from_environment=False)
+        try:
+            with client_for(app) as client:
+                yield Served(kind, db, client)
+        finally:
+            db.close()  # before database_url drops the PostgreSQL schema
+        db.close()
+
+
+def ok(response, status: int = 200):
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def fails(response, status: int, *words: str) -> str:
+    """The 'detail' of an error response, checked for the status and the words it must name."""
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str), detail
+    for word in words:
+        assert word in detail, f"{word!r} not in {detail!r}"
+    return detail
+
+
+def api_ids(client, params: dict, page: int = 500) -> list[int]:
+    """Ids of every match of a search, following the cursors."""
+    out: list[int] = []
+    cursor = None
+    while True:
+        query = dict(params, limit=page) | ({"cursor": cursor} if cursor else {})
+        body = ok(client.get(f"{API}/structures", params=query))
+        out += [r["id"] for r in body["records"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out
+
+
+def core_ids(db, **kwargs) -> list[int]:
+    return [r.id for r in db.query(limit=1000, **kwargs).records]
+
+
+def one(db, **filters):
+    """The one record matching the filters."""
+    (rec,) = db.query(limit=2, **filters).records
+    return rec
+
+
+def same_structure(a: Structure, b: Structure, tol: float = 1e-4) -> bool:
+    """Same lattice parameters and the same species at the same fractional positions (any
+    order, modulo lattice translations)."""
+    if len(a) != len(b):
+        return False
+    if not np.allclose(a.lattice.parameters, b.lattice.parameters, atol=tol):
+        return False
+    left = [(s.specie.symbol, s.frac_coords) for s in b]
+    for site in a:
+        for i, (sym, f) in enumerate(left):
+            d = site.frac_coords - f
+            if sym == site.specie.symbol and np.abs(d - np.round(d)).max() < tol:
+                left.pop(i)
+                break
+        else:
+            return False
+    return True

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DBError, NotFoundError, QueryError, RecordError
 from . import routes, writes
@@ -144,6 +145,16 @@ def _add_error_handlers(app: FastAPI) -> None:
             shown = "" if given is None or isinstance(given, dict) else f" (got {given!r:.60})"
             msgs.append(f"{_field_of(err.get('loc', ()))}: {msg}{shown}")
         return JSONResponse({"detail": "; ".join(msgs) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            # FastAPI's words when the JSON decoder gives up (e.g. nesting too deep)
+            detail = "body: could not be parsed as JSON (malformed, or nested too deeply)"
+        return JSONResponse(
+            {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(QueryError)
     async def bad_query(_request: Request, exc: QueryError) -> JSONResponse:

@@ -182,26 +182,64 @@ def _parse_extxyz(text: str, name: str) -> list[Upload]:
     return out
 
 
+def bad_character(text: str) -> str | None:
+    """What is wrong with the first character that cannot be stored as text in both SQLite
+    and PostgreSQL (control characters, NUL among them; lone UTF-16 surrogates, which have no
+    UTF-8 form), or None."""
+    for c in text:
+        if ord(c) < 32 or ord(c) == 127:
+            return f"control character {c!r} is not allowed"
+        if 0xD800 <= ord(c) <= 0xDFFF:
+            return f"lone surrogate {c!r} is not a character"
+    return None
+
+
 def check_text(text: str | None, where: str, max_len: int = 1024) -> None:
-    """Free text to store: no control characters (NUL cannot be stored), bounded length."""
+    """Free text to store: characters both databases can store, bounded length."""
     if text is None:
         return
     if len(text) > max_len:
         raise FormatError(f"{where}: {len(text)} characters; at most {max_len}")
-    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    bad = bad_character(text)
     if bad is not None:
-        raise FormatError(f"{where}: control character {bad!r} is not allowed")
+        raise FormatError(f"{where}: {bad}")
 
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FormatError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise FormatError(f"{where}: expected a finite number, got {value!r}")
-    return float(value)
+        raise FormatError(f"{where}: expected a number, got {value!r:.60}")
+    try:
+        x = float(value)  # an int too large for a float overflows here
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise FormatError(f"{where}: expected a finite number, got {value!r:.60}")
+    return x
 
 
-def _matrix(value: Any, shape: tuple[int, int], where: str) -> np.ndarray:
+#: Longest cell vector accepted (Å) and largest fractional coordinate: beyond these a cell is
+#: a typo or an attack, and its numbers lose all precision.
+MAX_CELL_LENGTH = 10_000.0
+MAX_FRAC = 1_000.0
+
+
+def check_geometry(structure: Structure, where: str) -> None:
+    """Refuse cells with absurd vector lengths or atoms absurdly far outside the cell."""
+    lengths = np.asarray(structure.lattice.abc, dtype=float)
+    if not np.all(np.isfinite(lengths)) or lengths.max() > MAX_CELL_LENGTH:
+        raise FormatError(
+            f"{where}: cell vector lengths {np.round(lengths, 3).tolist()} Å; at most "
+            f"{MAX_CELL_LENGTH:g} Å are accepted"
+        )
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    if frac.size and (not np.all(np.isfinite(frac)) or np.abs(frac).max() > MAX_FRAC):
+        raise FormatError(
+            f"{where}: fractional coordinates up to {np.abs(frac).max():.3g}; at most "
+            f"{MAX_FRAC:g} (in cell lengths) are accepted"
+        )
+
+
+def _matrix(value: Any, shape: tuple[int, int], where: str, bound: float = math.inf) -> np.ndarray:
     if not isinstance(value, list) or len(value) != shape[0]:
         raise FormatError(f"{where}: expected a list of {shape[0]} rows of {shape[1]} numbers")
     rows = []
@@ -209,6 +247,9 @@ def _matrix(value: Any, shape: tuple[int, int], where: str) -> np.ndarray:
         if not isinstance(row, list) or len(row) != shape[1]:
             raise FormatError(f"{where}[{i}]: expected {shape[1]} numbers, got {row!r}"[:200])
         rows.append([_number(x, f"{where}[{i}][{j}]") for j, x in enumerate(row)])
+        big = next((j for j, x in enumerate(rows[-1]) if abs(x) > bound), None)
+        if big is not None:
+            raise FormatError(f"{where}[{i}][{big}]: {rows[-1][big]:.3g} is beyond ±{bound:g}")
     return np.array(rows, dtype=float)
 
 
@@ -228,7 +269,7 @@ def _species(value: Any, where: str) -> list[str]:
 def _lattice(value: Any, where: str) -> Lattice:
     if isinstance(value, dict):  # {"matrix": ...} as in pymatgen and the record JSON
         where, value = f"{where}.matrix", value.get("matrix")
-    matrix = _matrix(value, (3, 3), where)
+    matrix = _matrix(value, (3, 3), where, bound=MAX_CELL_LENGTH)
     if abs(np.linalg.det(matrix)) < 1e-6:
         raise FormatError(
             f"{where}: the cell vectors are (nearly) coplanar: volume "
@@ -262,7 +303,8 @@ def parse_item(item: Any, where: str) -> Upload:
         key = "frac_coords" if "frac_coords" in item else "cart_coords"
         if key not in item:
             raise FormatError(f"{where}: needs 'frac_coords' or 'cart_coords' with 'species'")
-        coords = _matrix(item[key], (len(species), 3), f"{where}.{key}")
+        bound = MAX_FRAC if key == "frac_coords" else MAX_FRAC * MAX_CELL_LENGTH
+        coords = _matrix(item[key], (len(species), 3), f"{where}.{key}", bound=bound)
         structure = Structure(lattice, species, coords, coords_are_cartesian=key == "cart_coords")
     else:
         raise FormatError(
@@ -314,6 +356,7 @@ def _pymatgen_structure(value: Any, where: str) -> Structure:
         key = "abc" if "abc" in site else "xyz"
         if key not in site:
             raise FormatError(f"{w}: needs 'abc' (fractional) or 'xyz' (Cartesian) coordinates")
-        xyz = _matrix([site[key]], (1, 3), f"{w}.{key}")[0]
+        bound = MAX_FRAC if key == "abc" else MAX_FRAC * MAX_CELL_LENGTH
+        xyz = _matrix([site[key]], (1, 3), f"{w}.{key}", bound=bound)[0]
         coords.append(xyz if key == "abc" else lattice.get_fractional_coords(xyz))
     return Structure(lattice, species, np.array(coords))

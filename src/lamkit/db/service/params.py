@@ -17,6 +17,7 @@ from fastapi import HTTPException, Query
 
 from ..query import ORDER_FIELDS
 from ..records import ELEMENTS
+from .formats import bad_character
 
 _ELEMENTS = frozenset(ELEMENTS)
 _FORMULA = re.compile(r"^(?:[A-Z][a-z]?\d*(?:\.\d+)?|\(|\)\d*)+$")
@@ -33,9 +34,9 @@ def text_param(name: str, value: str | None) -> str | None:
     """A free-text filter: any characters but control characters (NUL cannot be stored)."""
     if value is None or value == "":
         return None
-    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    bad = bad_character(value)
     if bad is not None:
-        raise BadParam(name, f"control character {bad!r} is not allowed")
+        raise BadParam(name, bad)
     return value
 
 
@@ -146,8 +147,10 @@ class SearchParams:
     chemsys: str | None = Query(None, description="Exact chemical system, e.g. 'Cl-Na'.")
     formula: str | None = Query(None, description="Reduced formula, e.g. 'NaCl'.")
     spacegroup: str | None = Query(None, description="Space-group number (1-230) or symbol.")
-    nsites_min: int | None = Query(None, ge=1, description="Fewest sites in the cell.")
-    nsites_max: int | None = Query(None, ge=1, description="Most sites in the cell.")
+    nsites_min: int | None = Query(
+        None, ge=1, le=1_000_000, description="Fewest sites in the cell."
+    )
+    nsites_max: int | None = Query(None, ge=1, le=1_000_000, description="Most sites in the cell.")
     e_min: float | None = Query(None, description="Lowest energy per atom, eV/atom.")
     e_max: float | None = Query(None, description="Highest energy per atom, eV/atom.")
     e_above_hull_max: float | None = Query(None, ge=0, description="eV/atom above the hull.")

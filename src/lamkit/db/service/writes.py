@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Request, UploadFile
 
-from .formats import FormatError, Upload, check_text, format_of, parse_file, parse_item
+from .formats import (
+    FormatError,
+    Upload,
+    check_geometry,
+    check_text,
+    format_of,
+    parse_file,
+    parse_item,
+)
 from .models import Deleted, Error, ImportResult
 from .removal import delete_record
 from .routes import ERRORS, RecordId, state
@@ -22,6 +30,7 @@ router = APIRouter()
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     401: {"model": Error, "description": "No X-API-Key header."},
+    415: {"model": Error, "description": "The body is not JSON (POST /structures)."},
     403: {"model": Error, "description": "The key is not valid (or writes are off)."},
     413: {
         "model": Error,
@@ -54,6 +63,10 @@ def _check_sizes(request: Request, uploads: list[Upload]) -> None:
                 f"{up.where}: {len(up.structure)} atoms; at most "
                 f"{limits.max_atoms} per structure are accepted",
             )
+        try:
+            check_geometry(up.structure, up.where)
+        except FormatError as exc:
+            raise HTTPException(422, str(exc)) from None
 
 
 def _store(
@@ -131,6 +144,11 @@ def add_structures(
     ],
 ):
     """Store structures with their energies; the submitter is the API key's name."""
+    if isinstance(body, bytes):  # FastAPI hands over the raw body when it is not JSON
+        kind = request.headers.get("content-type") or "none"
+        raise HTTPException(
+            415, f"body: expected JSON with Content-Type: application/json; got Content-Type {kind}"
+        )
     if isinstance(body, dict) and "records" in body:
         items, prefix = body["records"], "records"
     elif isinstance(body, list):
