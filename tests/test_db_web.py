@@ -211,7 +211,8 @@ def test_search_by_elements_lists_what_the_api_returns(browser, site, tmp_path):
     base, db = site
     browser.get(base + "/")
     wait_for(browser, lambda d: "Showing" in text_of(d, "message"), "the first results")
-    assert "structures" in text_of(browser, "db-stats")
+    n = db.count()
+    wait_for(browser, lambda d: f"{n} structures" in text_of(d, "db-stats"), "the header counts")
     assert listed_ids(browser) == [r.id for r in db.query(limit=25).records]
 
     search(browser, elements="Na, Cl")
