@@ -150,8 +150,11 @@ def searches(driver) -> int:
 
 
 def listed_ids(driver) -> list[int]:
-    rows = driver.find_elements("css selector", "#results-body tr")
-    return [int(r.get_attribute("data-id")) for r in rows]
+    """Record ids of the result rows, read in one script (rows replaced by a new page while
+    being read one by one would be stale elements)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results-body tr')].map(tr => +tr.dataset.id)"
+    )
 
 
 def open_record(driver, record_id: int) -> None:
