@@ -112,3 +112,27 @@ def test_multitask_lcurve_columns_match_the_reference(work, tmp_path):
     Trainer(config, tmp_path).run()
     ours = (tmp_path / "lcurve.out").read_text().splitlines()[0][1:].split()
     assert ours == rf.lcurve_header(work["multi"].parent)
+
+
+def test_new_element_keeps_old_element_forces_as_the_reference(work):
+    """Fine-tuning onto data with an element the pretrained model never saw: the new type's
+    embedding rows are random in both tools (the reference draws them from torch's global
+    generator), so the models differ on frames with the new element and, through the bias
+    refit, by a constant per type; on O/H frames the forces are the reference's exactly."""
+    from .test_finetune import subset
+
+    data = subset(rf.water(2), work["root"] / "na_water", rf.NFRAMES, retype=0)
+    config = rf.finetune_input(True, data, type_map=["O", "H", "Na"], branch="water_a")
+    ref_ckpt = rf.reference_finetune(work["root"] / "ref_na", work["multi"], config, "water_a")
+    trainer = Trainer(
+        copy.deepcopy(config),
+        work["root"] / "lam_na",
+        finetune=str(work["multi"]),
+        model_branch="water_a",
+    )
+    assert trainer.model.type_map == ["O", "H", "Na"]
+    _, f_ref = rf.reference_energies(ref_ckpt, rf.water(3), NEVAL)
+    _, f = lamkit_predictions(trainer.model)
+    np.testing.assert_allclose(f.numpy(), f_ref, rtol=0, atol=1e-8)
+    ref_bias = rf.branch_tensors(rf.load_state(ref_ckpt))["out_bias"].reshape(-1)
+    torch.testing.assert_close(trainer.model.out_bias.reshape(-1), ref_bias, rtol=1e-3, atol=0)
