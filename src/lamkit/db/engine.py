@@ -38,7 +38,7 @@ def make_engine(url: str | Path | None, **kwargs) -> Engine:
     text = normalise_url(url)
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise DBError(f"database URL '{text}' is not valid: {exc}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise DBError(

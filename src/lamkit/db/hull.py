@@ -180,7 +180,14 @@ def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]
     missing = [el for el in elements if el not in have]
     if missing:
         return None, missing
-    pd = PhaseDiagram(pd_entries + extra, [Element(el) for el in elements])
+    # Only the lowest entry of each composition can be on the hull: the phase diagram is built
+    # from those (a large system holds thousands of polymorphs), every entry is measured after.
+    lowest: dict[str, Any] = {}
+    for e in pd_entries:
+        key = e.composition.reduced_formula
+        if key not in lowest or e.energy_per_atom < lowest[key].energy_per_atom:
+            lowest[key] = e
+    pd = PhaseDiagram(list(lowest.values()) + extra, [Element(el) for el in elements])
     return pd, pd_entries
 
 
@@ -189,13 +196,20 @@ def _hull_energies(pd, pd_entries) -> tuple[np.ndarray, np.ndarray]:
     composition, is convex and piecewise linear, so it is the maximum of its facet planes
     (pymatgen's ``qhull_data`` rows are [fractions of elements 1.., energy per atom]); this
     evaluates all entries at once instead of one decomposition each."""
-    form = np.array([pd.get_form_energy_per_atom(e) for e in pd_entries], dtype=np.float64)
+    fractions: dict[str, list[float]] = {}
+    rows = []
+    for e in pd_entries:
+        key = e.composition.reduced_formula
+        if key not in fractions:
+            fractions[key] = [e.composition.get_atomic_fraction(el) for el in pd.elements]
+        rows.append(fractions[key])
+    x_all = np.array(rows, dtype=np.float64).reshape(len(pd_entries), len(pd.elements))
     epa = np.array([e.energy_per_atom for e in pd_entries], dtype=np.float64)
+    refs = np.array([pd.el_refs[el].energy_per_atom for el in pd.elements], dtype=np.float64)
+    form = epa - x_all @ refs
     if len(pd.elements) == 1:
-        return form, epa - epa.min()
-    x = np.array(
-        [[e.composition.get_atomic_fraction(el) for el in pd.elements[1:]] for e in pd_entries]
-    )
+        return form, np.maximum(epa - refs[0], 0.0)
+    x = x_all[:, 1:]
     data = np.asarray(pd.qhull_data)
     best = np.full(len(pd_entries), -np.inf)
     for facet in pd.facets:

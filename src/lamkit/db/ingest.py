@@ -87,9 +87,18 @@ def _insert(conn: Connection, table):
     return mod.insert(table)
 
 
+#: Columns written by an import (all but the id), in the order of the bulk paths below.
+_COLUMNS = [c.name for c in records.columns if c.name != "id"]
+
+
 def insert_rows(conn: Connection, rows: list[dict]) -> list[int]:
     """Insert rows made by :func:`records.make_row` (skipping stored content hashes) and their
-    chemical systems; returns the ids of the rows actually inserted."""
+    chemical systems; returns the ids of the rows actually inserted, in input order.
+
+    Bulk paths: one ``executemany`` of a plain ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite
+    (the write lock makes the new ids the contiguous range above the old maximum), and ``COPY``
+    into a temporary table then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``
+    on PostgreSQL."""
     if not rows:
         return []
     systems = {}
@@ -103,12 +112,61 @@ def insert_rows(conn: Connection, rows: list[dict]) -> list[int]:
                 "mask_hi": hi,
             }
     conn.execute(_insert(conn, chemsystems).on_conflict_do_nothing(), list(systems.values()))
-    stmt = (
+    if conn.dialect.name == "sqlite":
+        return _insert_sqlite(conn, rows)
+    if conn.dialect.name == "postgresql":
+        return _insert_postgresql(conn, rows)
+    stmt = (  # pragma: no cover - only SQLite and PostgreSQL are accepted by make_engine
         _insert(conn, records)
         .on_conflict_do_nothing(index_elements=["content_hash"])
         .returning(records.c.id)
     )
     return [int(i) for i in conn.execute(stmt, rows).scalars().all()]
+
+
+def _sqlite_time(t) -> str:
+    # the text form SQLAlchemy's SQLite DateTime type stores and parses
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _insert_sqlite(conn: Connection, rows: list[dict]) -> list[int]:
+    names = ", ".join(_COLUMNS)
+    marks = ", ".join("?" * len(_COLUMNS))
+    sql = f"INSERT INTO records ({names}) VALUES ({marks}) ON CONFLICT (content_hash) DO NOTHING"
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM records").scalar_one()
+    data = []
+    for r in rows:
+        values = [r[c] for c in _COLUMNS]
+        values[_COLUMNS.index("submitted")] = _sqlite_time(r["submitted"])
+        data.append(tuple(values))
+    conn.exec_driver_sql(sql, data)
+    after = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM records").scalar_one()
+    return list(range(int(before) + 1, int(after) + 1))
+
+
+_PG_STAGE = "lamkit_import_stage"
+
+
+def _insert_postgresql(conn: Connection, rows: list[dict]) -> list[int]:
+    names = ", ".join(_COLUMNS)
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ON COMMIT DROP AS "
+            f"SELECT 0::bigint AS ord, {names} FROM records WITH NO DATA"
+        )
+        with cur.copy(f"COPY {_PG_STAGE} (ord, {names}) FROM STDIN") as copy:
+            for i, r in enumerate(rows):
+                copy.write_row((i, *(r[c] for c in _COLUMNS)))
+        cur.execute(
+            f"INSERT INTO records ({names}) SELECT {names} FROM {_PG_STAGE} ORDER BY ord "
+            "ON CONFLICT (content_hash) DO NOTHING RETURNING id"
+        )
+        ids = sorted(int(r[0]) for r in cur.fetchall())
+        cur.execute(f"TRUNCATE {_PG_STAGE}")
+    finally:
+        cur.close()
+    return ids
 
 
 def _row_of(item: Item, model, submitter, source) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import StructureArrays
+from .records import StructureArrays, is_atoms
 
 #: File suffixes picked up when a folder is imported (plus POSCAR/CONTCAR names, deepmd folders).
 KNOWN_SUFFIXES = (".cif", ".json", ".jsonl", ".ndjson", ".extxyz", ".xyz", ".vasp", ".poscar")
@@ -48,7 +48,7 @@ def item_from_object(obj: Any, source: str, index: int) -> Item:
         return item_from_dict(obj, source, index)
     if isinstance(obj, tuple) and len(obj) == 2:
         return Item(source, index, obj[0], energy=obj[1])
-    if type(obj).__module__.startswith("ase"):
+    if is_atoms(obj):
         return _item_from_atoms(obj, source, index)
     return Item(source, index, obj)
 

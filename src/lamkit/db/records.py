@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -85,6 +86,13 @@ class StructureArrays:
     frac_coords: np.ndarray
 
 
+def is_atoms(obj: Any) -> bool:
+    """Whether ``obj`` is an ase.Atoms (subclasses too, e.g. pymatgen's MSONAtoms)."""
+    from ase import Atoms
+
+    return isinstance(obj, Atoms)
+
+
 def arrays_from(obj: Any) -> StructureArrays:
     """Lattice, species and fractional coordinates of a pymatgen Structure, an ase.Atoms, a
     :class:`Record`, or a dict (``Record.to_dict()``'s ``structure`` with lattice / species /
@@ -93,14 +101,13 @@ def arrays_from(obj: Any) -> StructureArrays:
         return StructureArrays(obj.lattice, list(obj.species), obj.frac_coords)
     if isinstance(obj, StructureArrays):
         return obj
-    mod = type(obj).__module__
-    if mod.startswith("ase"):
+    if is_atoms(obj):
         return StructureArrays(
             np.asarray(obj.cell.array, dtype=np.float64),
             list(obj.get_chemical_symbols()),
             np.asarray(obj.get_scaled_positions(wrap=False), dtype=np.float64),
         )
-    if mod.startswith("pymatgen"):
+    if type(obj).__module__.startswith("pymatgen") and hasattr(obj, "is_ordered"):
         if not obj.is_ordered:
             raise RecordError(
                 "disordered structure (partial occupancies); only ordered structures are stored"
@@ -190,7 +197,16 @@ def validate(s: StructureArrays) -> StructureArrays:
 
 def min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float = MIN_DISTANCE) -> float:
     """Shortest distance (Å) between two sites, periodic images included, or ``inf`` if none is
-    shorter than ``cutoff``."""
+    shorter than ``cutoff``.  Cached on the exact bytes of the geometry."""
+    key = (lattice.tobytes(), frac.tobytes(), float(cutoff))
+    hit = _GEOMETRY_CACHE.get(("d", key))
+    if hit is None:
+        hit = _min_distance(lattice, frac, cutoff)
+        _cache_put(("d", key), hit)
+    return hit
+
+
+def _min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float) -> float:
     from vesin import NeighborList
 
     cart = frac @ lattice
@@ -201,8 +217,29 @@ def min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float = MIN_DIST
     return float(d.min()) if len(d) else math.inf
 
 
+# Exact caches of the geometry-only results (minimum distance, space group).  High-throughput
+# sets decorate the same prototype cells with many element combinations, and the space group
+# depends only on which sites carry equal species, not on their names, so the key is the exact
+# lattice and coordinate bytes plus the pattern of species (first-occurrence indices).
+_GEOMETRY_CACHE: dict = {}
+_CACHE_MAX = 200_000
+
+
+def _cache_put(key, value) -> None:
+    if len(_GEOMETRY_CACHE) >= _CACHE_MAX:
+        _GEOMETRY_CACHE.clear()
+    _GEOMETRY_CACHE[key] = value
+
+
+def _species_pattern(species) -> bytes:
+    first: dict[str, int] = {}
+    return bytes(first.setdefault(el, len(first)) for el in species)
+
+
 def load_spglib():
     """spglib with exceptions on errors (its future default; the old mode warns on every call)."""
+    # spglib's C library prints "No centring was found" and the like to stderr unless told not to
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
     import spglib
     import spglib.error
 
@@ -212,7 +249,18 @@ def load_spglib():
 
 def spacegroup(lattice: np.ndarray, frac: np.ndarray, species) -> tuple[int | None, str | None]:
     """spglib space group (number, Hermann-Mauguin symbol) at ``SYMPREC``; (None, None) if spglib
-    finds none."""
+    finds none.  Cached (exactly) on the geometry and the species pattern."""
+    if len(species) > 255:
+        return _spacegroup(lattice, frac, species)
+    key = ("s", lattice.tobytes(), frac.tobytes(), _species_pattern(species))
+    hit = _GEOMETRY_CACHE.get(key)
+    if hit is None:
+        hit = _spacegroup(lattice, frac, species)
+        _cache_put(key, hit)
+    return hit
+
+
+def _spacegroup(lattice: np.ndarray, frac: np.ndarray, species) -> tuple[int | None, str | None]:
     spglib = load_spglib()
     numbers = [atomic_numbers[el] for el in species]
     try:
