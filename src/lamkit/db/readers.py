@@ -168,7 +168,11 @@ def _iter_cif(path: Path) -> Iterator[Item]:
 
 
 def _json_items(data: Any, source: str) -> Iterator[Item]:
-    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+    if (  # the public API's envelope {"code", "data": {"items": [...], "nextStartId"}}
+        isinstance(data, dict)
+        and isinstance(data.get("data"), dict)
+        and isinstance(data["data"].get("items"), list)
+    ):
         data = data["data"]
     if isinstance(data, dict) and isinstance(data.get("items"), list):
         data = data["items"]
