@@ -359,11 +359,48 @@ def test_hull_known_by_hand(served):
     aucu = ok(c.get(f"{API}/hull/Au-Cu"))
     (entry,) = [e for e in aucu["entries"] if e["id"] == one(db, tags=["L10"]).id]
     assert entry["e_above_hull"] == pytest.approx(CUAU_EHULL, abs=1e-6)
-    # no elemental references, another model, a system without energies, bad input
+    # energies without elemental references: 400, naming what is missing
     fails(c.get(f"{API}/hull/Br-K", params={"model": "other"}), 400, "no elemental reference")
-    fails(c.get(f"{API}/hull/Cl-Na", params={"model": "nope"}), 400, "nope")
+    fails(c.get(f"{API}/hull/Br-K"), 400, "no elemental reference")
+    fails(c.get(f"{API}/hull/Mg-O"), 400, "no elemental reference", "Mg")  # MgO has none
     fails(c.get(f"{API}/hull/Xx-Na"), 422, "chemsys", "Xx")
-    fails(c.get(f"{API}/hull/Ga-As"), 400, "As-Ga")
+
+
+@pytest.mark.parametrize(
+    "chemsys,model,words",
+    [
+        ("Ga-As", None, ["hull As-Ga", "no energies are stored for As-Ga or its subsystems"]),
+        ("As-Ga", None, ["nothing to build a hull of"]),
+        ("Si", None, ["hull Si", "no energies"]),
+        ("Pt-Zr", None, ["hull Pt-Zr", "no energies"]),  # nothing stored at all
+        ("Cl-Na", "nope", ["no energies of model 'nope'", "other models are stored"]),
+        ("As-Ga", "toy", ["no energies of model 'toy'", "As-Ga"]),
+    ],
+)
+def test_hull_without_energies_is_404(served, chemsys, model, words):
+    """No stored energies (of the model) in the system or its subsystems: no hull, 404."""
+    params = {"model": model} if model else {}
+    detail = fails(served.client.get(f"{API}/hull/{chemsys}", params=params), 404, *words)
+    if model == "toy":
+        assert "other models" not in detail
+
+
+def test_stats_count_records_without_model_apart(served):
+    db = served.db
+    rows = db.query(limit=1000).records
+    body = ok(served.client.get(f"{API}/stats"))
+    assert body["records"] == db.count() == len(rows)
+    by_model: dict[str, int] = {}
+    for r in rows:
+        if r.model is not None:
+            by_model[r.model] = by_model.get(r.model, 0) + 1
+    assert body["by_model"] == by_model
+    assert "None" not in body["by_model"] and "null" not in body["by_model"]
+    # Si, GaAs and MgO carry no energy and no model (plus what writing tests added)
+    assert body["without_model"] == sum(r.model is None for r in rows) >= 3
+    assert body["without_submitter"] == sum(r.submitter is None for r in rows)
+    assert sum(body["by_model"].values()) + body["without_model"] == body["records"]
+    assert sum(body["by_submitter"].values()) + body["without_submitter"] == body["records"]
 
 
 # ---------------------------------------------------------------------------- hostile reads

@@ -122,6 +122,29 @@ def test_posted_records_land_in_the_database(served):
     fails(c.delete(f"{API}/structures/{one[0]}", headers=key), 404)
 
 
+def test_stats_tell_a_model_named_none_from_no_model(served):
+    """A model literally named "None" and records without a model are counted apart (the
+    core keys the latter by None, which JSON would also spell "None")."""
+    c, key = served.client, {"X-API-Key": KEY}
+
+    def fe(a: float, **extra) -> dict:
+        return {"lattice": [[a, 0, 0], [0, a, 0], [0, 0, a]], "species": ["Fe", "Fe"]} | {
+            "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]],
+            **extra,
+        }
+
+    before = ok(c.get(f"{API}/stats"))
+    posted = [fe(2.861, model="None", energy=-16.0), fe(2.862), fe(2.863)]
+    body = ok(c.post(f"{API}/structures", json=posted, headers=key), 201)
+    assert len(body["added"]) == 3
+    after = ok(c.get(f"{API}/stats"))
+    assert after["by_model"].get("None", 0) == before["by_model"].get("None", 0) + 1
+    assert after["without_model"] == before["without_model"] + 2
+    assert after["by_submitter"]["bob"] == before["by_submitter"].get("bob", 0) + 3
+    assert after["without_submitter"] == before["without_submitter"] == 0
+    assert sum(after["by_model"].values()) + after["without_model"] == after["records"]
+
+
 def _cif(structure: Structure) -> bytes:
     from pymatgen.io.cif import CifWriter
 

@@ -5,10 +5,17 @@ formation energy)."""
 from __future__ import annotations
 
 import math
+import sys
 from functools import lru_cache
 from typing import Any
 
+from fastapi import HTTPException
+
+from ..errors import QueryError
 from .views import plain_tree
+
+#: every finite energy per atom: an energy range that only leaves out records without one
+_ANY_ENERGY = (-sys.float_info.max, sys.float_info.max)
 
 
 @lru_cache(maxsize=4096)
@@ -63,8 +70,48 @@ def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str,
     return out
 
 
+def _stored_energies(db: Any, elements: list[str], model: str | None) -> int:
+    """Records with an energy (of ``model`` if given) in the system or its subsystems: the
+    records a hull of the system is built from."""
+    filters: dict[str, Any] = {"only_elements": elements, "energy_per_atom": _ANY_ENERGY}
+    if model is not None:
+        filters["model"] = model
+    return db.count(**filters)
+
+
+def no_energies(db: Any, chemsys: str, model: str | None) -> HTTPException | None:
+    """The 404 of a hull request whose system (with its subsystems) holds no energies (of
+    ``model``, if given), else None: there is no hull to show, whatever the request."""
+    elements = chemsys.split("-")
+    if _stored_energies(db, elements, model):
+        return None
+    where = f"{chemsys} or its subsystems"
+    if model is None:
+        return HTTPException(
+            404, f"hull {chemsys}: no energies are stored for {where}; nothing to build a hull of"
+        )
+    hint = ""
+    if _stored_energies(db, elements, None):
+        hint = " (energies of other models are stored: leave out model, or choose another)"
+    return HTTPException(
+        404, f"hull {chemsys}: no energies of model {model!r} are stored for {where}{hint}"
+    )
+
+
 def hull_view(db: Any, chemsys: str, model: str | None) -> dict[str, Any]:
-    hull = db.hull(chemsys, model=model)
+    """The service's answer for the hull of ``chemsys`` (elements joined by '-', sorted).
+
+    404 when the system and its subsystems hold no energies (of ``model``); the core's other
+    refusals (no elemental reference, energies of several models and no ``model``) stay
+    QueryErrors, answered 400."""
+    try:
+        hull = db.hull(chemsys, model=model)
+    except QueryError:
+        # asked only on the error path: a hull that builds costs no extra query
+        missing = no_energies(db, chemsys, model)
+        if missing is not None:
+            raise missing from None
+        raise
     data = plain_tree(hull.to_dict())
     elements = list(data.get("elements") or chemsys.split("-"))
     entries = [_entry(e) for e in data.get("entries", [])]

@@ -18,6 +18,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Error, "description": "No such record."},
     422: {"model": Error, "description": "A malformed parameter, named in 'detail'."},
 }
+HULL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {
+        "model": Error,
+        "description": "The system's energies cannot make a hull: an element without a "
+        "reference energy, or energies of several models and no 'model' given.",
+    },
+    404: {
+        "model": Error,
+        "description": "No energies (of 'model', if given) are stored for the system or its "
+        "subsystems.",
+    },
+}
 RecordId = Annotated[int, Path(ge=1, le=2**62, description="Record id.")]
 
 
@@ -122,7 +135,7 @@ def structure_file(
 @router.get(
     "/hull/{chemsys}",
     response_model=HullResponse,
-    responses=ERRORS,
+    responses=HULL_ERRORS,
     summary="Convex hull of a chemical system",
 )
 def hull(
@@ -132,7 +145,9 @@ def hull(
         None, max_length=255, description="Model whose energies make the hull."
     ),
 ):
-    """Stable phases, every entry's energy above the hull, and plot-ready points."""
+    """Stable phases, every entry's energy above the hull, and plot-ready points. 404 when
+    no energies are stored for the system (of ``model``); 400 when an element lacks a
+    reference energy or several models' energies are stored and ``model`` is not given."""
     system = chemsys_param(chemsys)
     if system is None:
         raise HTTPException(422, "chemsys: give elements joined by '-', e.g. 'Cl-Na'")
@@ -142,8 +157,10 @@ def hull(
 
 @router.get("/stats", summary="Database statistics")
 def stats(request: Request) -> dict[str, Any]:
-    """Counts by element, system, space group and model (as the core reports them)."""
-    return views.plain_tree(state(request).db.stats())
+    """Counts of records, chemical systems and elements; records per submitter
+    (``by_submitter``) and per model (``by_model``). Records without a model or submitter are
+    counted in ``without_model`` / ``without_submitter``, not under a key of their own."""
+    return views.stats_view(state(request).db.stats())
 
 
 @router.get("/health", response_model=Health, summary="Liveness and database check")

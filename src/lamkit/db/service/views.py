@@ -62,6 +62,23 @@ def plain_tree(value: Any) -> Any:
     return _plain(value)
 
 
+#: per-value counts of the core's stats -> the count of records without a value
+_UNSET_COUNTS = {"by_model": "without_model", "by_submitter": "without_submitter"}
+
+
+def stats_view(stats: dict[str, Any]) -> dict[str, Any]:
+    """The core's ``CrystalDB.stats()`` made JSON-ready. Its per-model and per-submitter counts
+    key records without one by None, which JSON would turn into the string "None" (and clash
+    with a model of that name): those counts move to ``without_model`` and
+    ``without_submitter`` (0 when every record has one)."""
+    out = dict(stats)
+    for key, unset in _UNSET_COUNTS.items():
+        counts = dict(out.get(key) or {})
+        out[unset] = int(counts.pop(None, 0) or 0)
+        out[key] = counts
+    return plain_tree(out)
+
+
 def summary(record: Any) -> dict[str, Any]:
     """The search-result row of a record."""
     out = {name: _plain(getattr(record, name, None)) for name in SUMMARY_FIELDS}
