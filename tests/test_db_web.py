@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ from .test_db_service_data import (
     IN_CI,
     N_NACL,
     NACL_A,
+    bcc,
     database_url,
+    fcc,
     fill,
     running_server,
 )
@@ -45,6 +48,11 @@ CHROME_FLAGS = [
     "--force-device-scale-factor=1",
 ]
 WAIT_S = 20
+#: two records of another submitter, submitted long ago (the rest are "alice"'s, of today)
+CAROL = [
+    dict(structure=bcc("Fe", 2.87), submitter="carol", submitted="2020-03-01T12:00:00Z"),
+    dict(structure=fcc("Ni", 3.52), submitter="carol", submitted="2021-06-15T08:00:00Z"),
+]
 
 
 def _missing(reason: str):
@@ -71,6 +79,7 @@ def site():
     with database_url("sqlite") as url:
         db = CrystalDB(url).init()
         fill(db)
+        db.import_records(CAROL)
         app = create_app(db, keys_from_environment=False)
         with running_server(app) as base:
             yield base, db
@@ -242,6 +251,57 @@ def test_search_by_elements_lists_what_the_api_returns(browser, site, tmp_path):
     assert listed_ids(browser) == [
         r.id for r in db.query(only_elements=["Au", "Cu"], e_above_hull_max=0).records
     ]
+    assert console_errors(browser) == []
+
+
+def form_values(driver, *names: str) -> dict[str, str]:
+    return {n: driver.find_element("id", f"f-{n}").get_attribute("value") for n in names}
+
+
+def test_search_by_sites_submitter_and_submission_date(browser, site):
+    base, db = site
+    browser.get(base + "/")
+    wait_for(browser, lambda d: "Showing" in text_of(d, "message"), "the first results")
+
+    def utc(*args: int) -> datetime:
+        return datetime(*args, tzinfo=timezone.utc)
+
+    # (form fields, the same search as CrystalDB.query keywords, how many it finds)
+    cases = [
+        ({"nsmin": "4", "nsmax": "8"}, dict(nsites=(4, 8)), None),
+        ({"nsmin": "12"}, dict(nsites=(12, None)), 1),  # Li2O
+        ({"submitter": "carol"}, dict(submitter="carol"), 2),
+        ({"submitter": "carol", "nsmax": "2"}, dict(submitter="carol", nsites=(None, 2)), 1),
+        # a date as "to" includes that day: Fe, submitted at noon on 2020-03-01
+        (
+            {"from": "2020-03-01", "to": "2020-03-01"},
+            dict(submitted=(utc(2020, 3, 1), utc(2020, 3, 1, 23, 59, 59, 999999))),
+            1,
+        ),
+        ({"to": "2020-02-29"}, dict(submitted=(None, utc(2020, 2, 29, 23, 59, 59))), 0),
+        (
+            {"from": "2021-01-01T00:00:00Z", "to": "2021-12-31", "nsmin": "3"},
+            dict(submitted=(utc(2021, 1, 1), utc(2022, 1, 1)), nsites=(3, None)),
+            1,
+        ),
+    ]
+    for fields, query, n in cases:
+        search(browser, **fields)
+        want = [r.id for r in db.query(limit=25, **query).records]
+        assert n is None or len(want) == n, (fields, want)
+        assert listed_ids(browser) == want, fields
+        if not want:
+            assert "No structure matches" in text_of(browser, "message")
+    # the fields live in the URL: a link fills the form and runs the search
+    fe = db.query(submitter="carol", nsites=(None, 2)).records[0].id
+    browser.get(f"{base}/#search?submitter=carol&nsites_max=2&submitted_to=2020-03-01")
+    wait_for(browser, lambda d: listed_ids(d) == [fe], "the search of a link")
+    assert form_values(browser, "submitter", "nsmax", "nsmin", "to") == {
+        "submitter": "carol",
+        "nsmax": "2",
+        "nsmin": "",
+        "to": "2020-03-01",
+    }
     assert console_errors(browser) == []
 
 

@@ -7,7 +7,11 @@
   const API = "/api/v1";
   const $ = (id) => document.getElementById(id);
   const FIELDS = ["elements", "only_elements", "chemsys", "formula", "spacegroup", "e_min",
-    "e_max", "e_above_hull_max", "order_by", "limit"];
+    "e_max", "e_above_hull_max", "nsites_min", "nsites_max", "submitter", "submitted_from",
+    "submitted_to", "order_by", "limit"];
+  // a bare date (YYYY-MM-DD) as "submitted to" means the whole day: the API's bound is
+  // inclusive and a date alone is its first instant (UTC)
+  const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/;
   const viewer = new CellViewer.Viewer($("structure-canvas"));
   // cursors[i] is the cursor that fetches page i (null for the first page)
   let paging = { query: null, cursors: [null], page: 0, next: null };
@@ -66,6 +70,8 @@
     paging.page = page;
     const params = new URLSearchParams(q);
     if (!params.has("limit")) params.set("limit", "25");
+    const to = params.get("submitted_to");
+    if (to && DATE_ONLY.test(to)) params.set("submitted_to", `${to}T23:59:59.999999Z`);
     const cursor = paging.cursors[page];
     if (cursor) params.set("cursor", cursor);
     if (page === 0) params.set("count", "true");
