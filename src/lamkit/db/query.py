@@ -122,13 +122,14 @@ def between(col, lo, hi) -> list:
 
 
 def _strings(value, name: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable):
+    out = [value] if isinstance(value, str) else None
+    if out is None and isinstance(value, Iterable):
         out = [str(v) for v in value]
-        if out:
-            return out
-    raise QueryError(f"{name}: expected a string or a list of strings; found {value!r}")
+    if not out:
+        raise QueryError(f"{name}: expected a string or a list of strings; found {value!r}")
+    if any("\x00" in v for v in out):  # PostgreSQL refuses NUL in text; no stored value has one
+        raise QueryError(f"{name}: contains a NUL character")
+    return out
 
 
 def normalise_formula(formula: str) -> str:
@@ -275,9 +276,32 @@ def decode_cursor(cursor: str, order_by: str) -> tuple[Any, int]:
             f"cursor: it was made for order_by='{order}' but this query has order_by='{order_by}'"
         )
     name, _ = parse_order(order_by)
+    if not _cursor_value_ok(name, value) or not -(2**63) <= last_id < 2**63:
+        raise QueryError("cursor: not a cursor returned by a previous page")
     if name == "submitted" and value is not None:
         value = datetime.fromisoformat(value)
     return value, last_id
+
+
+def _cursor_value_ok(name: str, value) -> bool:
+    """Whether a decoded cursor value has the type of its sort key (a forged cursor must give
+    a 400, not a database error)."""
+    if value is None:
+        return name != "id"
+    if name in ("id", "nsites"):
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+    if name in ("energy_per_atom", "e_above_hull"):
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if not isinstance(value, str) or "\x00" in value or len(value) > 255:
+        return False
+    if name == "submitted":
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+    return True
 
 
 def keyset(order_by: str, cursor: str | None) -> tuple[list, list]:
