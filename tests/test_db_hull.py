@@ -1,0 +1,239 @@
+"""Convex hulls against a direct pymatgen PhaseDiagram, hulls kept up to date on insert, energy
+above hull of new structures, duplicates, symmetry against spglib, and exports that read back,
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import ase.io
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import spglib
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition, Structure
+
+from lamkit.db import QueryError, synthetic
+from tests.db_fixtures import BACKENDS, crystal_db
+from tests.test_db_service_data import CUAU_EHULL, N_NACL, fill, l10, rocksalt
+
+POOL = ("Li", "Fe", "O", "Na", "Cl")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def hulls(request):
+    """The hand-made set (known answers) plus ~150 synthetic Li-Fe-O-Na-Cl structures."""
+    with crystal_db(request.param) as db:
+        fill(db)
+        items = list(synthetic.generate(150, seed=11, elements=POOL, model="syn", strain=0.01))
+        rep = db.import_records(items, batch_size=40)
+        assert rep.added == 150
+        yield db
+
+
+def _direct_hull(records, model: str) -> dict[int, tuple[float, float]]:
+    """id -> (formation energy, e_above_hull) per record from one pymatgen PhaseDiagram per
+    chemical system (the records of that model whose system is a subset)."""
+    mine = [r for r in records if r.model == model and r.energy is not None]
+    out = {}
+    for cs in {r.chemsys for r in mine}:
+        els = set(cs.split("-"))
+        entries = [
+            PDEntry(Composition(" ".join(r.species)), r.energy, attribute=r.id)
+            for r in mine
+            if set(r.elements) <= els
+        ]
+        try:
+            pd = PhaseDiagram(entries)
+        except ValueError:  # no elemental entry for some element: no hull for this system
+            for r in mine:
+                if r.chemsys == cs:
+                    out[r.id] = (None, None)
+            continue
+        for e in entries:
+            rec = next(r for r in mine if r.id == e.attribute)
+            if rec.chemsys == cs:
+                out[rec.id] = (pd.get_form_energy_per_atom(e), pd.get_e_above_hull(e))
+    return out
+
+
+def test_stored_hull_energies_match_pymatgen(hulls):
+    records = list(hulls.iter_query())
+    for model in ("toy", "syn", "other"):
+        want = _direct_hull(records, model)
+        assert len(want) >= 3
+        for r in records:
+            if r.id in want:
+                form, ehull = want[r.id]
+                if ehull is None:
+                    assert r.e_above_hull is None, r
+                    continue
+                assert r.formation_energy_per_atom == pytest.approx(form, abs=1e-9), r
+                assert r.e_above_hull == pytest.approx(ehull, abs=1e-9), r
+    no_energy = [r for r in records if r.energy is None]
+    assert no_energy and all(r.e_above_hull is None for r in no_energy)
+
+
+def test_known_answers(hulls):
+    h = hulls.hull("Cu-Au")
+    by_formula = {}
+    for e in h.entries:
+        by_formula.setdefault(e["formula"], []).append(e)
+    assert by_formula["CuAu"][0]["e_above_hull"] == pytest.approx(CUAU_EHULL, abs=1e-9)
+    cu3au = Composition("Cu3Au").reduced_formula
+    assert by_formula[cu3au][0]["stable"]
+    assert {e["formula"] for e in h.stable} == {"Cu", "Au", cu3au}
+    nacl = hulls.hull("Na-Cl", model="toy")
+    assert sum(e["chemsys"] == "Cl-Na" for e in nacl.entries) == N_NACL
+    cscl = [e for e in nacl.entries if e["formula"] == "NaCl"]
+    assert sorted(round(e["e_above_hull"], 9) for e in cscl)[-1] == pytest.approx(0.55)
+    assert json.loads(json.dumps(h.to_dict()))["chemsys"] == "Au-Cu"
+
+
+def test_hull_errors(hulls):
+    with pytest.raises(QueryError, match="several models"):
+        hulls.hull("Na-Cl")
+    with pytest.raises(QueryError, match="no energies of model 'nope'"):
+        hulls.hull("Na-Cl", model="nope")
+    with pytest.raises(QueryError, match="no records with energies"):
+        hulls.hull("Si")
+    with pytest.raises(QueryError, match="unknown element"):
+        hulls.hull("Na-Zz")
+
+
+def test_e_above_hull_of_a_new_structure(hulls):
+    records = list(hulls.iter_query(model="syn", only_elements=["Li", "Fe", "O"]))
+    entries = [PDEntry(Composition(" ".join(r.species)), r.energy) for r in records]
+    pd = PhaseDiagram(entries)
+    for formula, epa in (("Li2FeO3", -5.0), ("LiFeO2", -3.0), ("FeO", -9.0)):
+        comp = Composition(formula)
+        e, decomp = hulls.e_above_hull(comp, epa * comp.num_atoms, model="syn")
+        direct = pd.get_e_above_hull(PDEntry(comp, epa * comp.num_atoms), allow_negative=True)
+        assert e == pytest.approx(direct, abs=1e-9)
+        assert sum(p["fraction"] for p in decomp) == pytest.approx(1.0)
+        assert all(p["id"] is None or hulls.get(p["id"]).model == "syn" for p in decomp)
+    s = rocksalt("Na", "Cl", 5.64)
+    e, decomp = hulls.e_above_hull(s, -3.0 * 8, model="toy")
+    assert e == pytest.approx(0.40, abs=1e-9)
+    assert [p["formula"] for p in decomp] == ["NaCl"]
+
+
+def test_hulls_follow_inserts_and_declared_references():
+    for kind in BACKENDS:
+        with crystal_db(kind) as db:
+            fill(db)
+            cuau = db.query(formula="CuAu").records[0]
+            assert cuau.e_above_hull == pytest.approx(CUAU_EHULL)
+            # a new ground state at CuAu: the old L1_0 record is now 0.05 eV/atom above it
+            new = db.add(l10("Cu", "Au", 3.80), energy=(-3.45 - 0.05) * 2, model="toy")
+            assert new.e_above_hull == pytest.approx(0.0, abs=1e-12)
+            assert db.get(cuau.id).e_above_hull == pytest.approx(0.05)
+            # Cu3Au has not moved: the hull at x_Au = 1/4 still passes through it
+            l12 = db.query(formula="Cu3Au").records[0]
+            assert l12.e_above_hull == pytest.approx(0.0, abs=1e-12)
+            # a declared reference below the elemental records moves every formation energy
+            db.set_references("toy", {"Cu": -3.60})
+            assert db.references("toy")["Cu"]["source"] == "declared"
+            cu = db.query(chemsys="Cu").records[0]
+            assert cu.e_above_hull == pytest.approx(0.10)
+            assert db.get(l12.id).formation_energy_per_atom == pytest.approx(
+                -3.60 - (0.75 * -3.60 + 0.25 * -3.20)
+            )
+            assert db.update_hulls() > 0
+
+
+# ------------------------------------------------------------------ duplicates and symmetry
+def test_match_and_find_duplicates():
+    for kind in BACKENDS:
+        with crystal_db(kind) as db:
+            base = rocksalt("Na", "Cl", 5.64)
+            a = db.add(base, energy=-27.2, model="m")
+            nudged = base.copy()
+            nudged.perturb(0.02)
+            b = db.add(nudged, energy=-27.3, model="m")
+            c = db.add(base * (1, 1, 2), energy=-54.4, model="m")  # supercell
+            d = db.add(rocksalt("Na", "Cl", 5.64), energy=-20.0, model="m")  # energy 26 % off
+            e = db.add(rocksalt("K", "Cl", 6.29), energy=-27.2, model="m")
+            groups = db.find_duplicates()
+            assert groups == [sorted([a.id, b.id, c.id])]
+            assert sorted(r.id for r in db.match(base, energy=-27.2)) == [a.id, b.id, c.id]
+            assert [r.id for r in db.match(base)] == [a.id, b.id, c.id, d.id]
+            assert db.match(rocksalt("Na", "Cl", 5.64 * 1.0), energy=-27.2, model="x") == []
+            assert [r.id for r in db.match(rocksalt("K", "Cl", 6.29))] == [e.id]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_symmetry_matches_spglib(seed):
+    items = list(synthetic.generate(8, seed=seed, strain=0.005))
+    with crystal_db("sqlite") as db:
+        rep = db.import_records(items)
+        for rid in rep.added_ids:
+            rec = db.get(rid)
+            sym = db.symmetry(rid)
+            cell = (
+                rec.lattice,
+                rec.frac_coords,
+                [Structure(rec.lattice, [el], [[0, 0, 0]]).species[0].Z for el in rec.species],
+            )
+            ds = spglib.get_symmetry_dataset(cell, symprec=0.1)
+            assert sym["number"] == ds.number == rec.spacegroup_number
+            assert sym["symbol"] == ds.international == rec.spacegroup_symbol
+            assert sym["wyckoffs"] == list(ds.wyckoffs)
+            assert sym["equivalent_atoms"] == [int(i) for i in ds.equivalent_atoms]
+            assert sym["n_operations"] == len(ds.rotations)
+            assert len(sym["primitive"]["species"]) <= rec.nsites
+            tight = db.symmetry(rid, symprec=1e-5)
+            assert tight["number"] <= sym["number"]
+
+
+# ------------------------------------------------------------------ export
+def _sites(rec) -> list:
+    frac = np.round(rec.frac_coords % 1.0, 5) % 1.0
+    return sorted((el, *map(float, f)) for el, f in zip(rec.species, frac))
+
+
+def test_exports_read_back(hulls, tmp_path):
+    flt = {"only_elements": ["Na", "Cl", "Cu", "Au"]}
+    recs = list(hulls.iter_query(**flt))
+    n = len(recs)
+    assert hulls.export(tmp_path / "a.zip", "cif-zip", **flt) == n
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        names = sorted(x for x in zf.namelist() if x.endswith(".cif"))
+        index = [json.loads(line) for line in zf.read("index.jsonl").decode().splitlines()]
+        assert len(names) == n and [d["id"] for d in index] == [r.id for r in recs]
+        zf.extractall(tmp_path / "cifs", members=names)
+    with crystal_db("sqlite") as other:
+        rep = other.import_files([tmp_path / "cifs"], progress=False)
+        assert rep.added == n and not rep.rejected
+        back = {r.source: r for r in other.iter_query()}
+        for r in recs:
+            b = back[f"{r.public_id}_{r.formula}.cif"]
+            # CifWriter groups sites by element: compare the sets of (species, position)
+            assert np.allclose(b.structure.lattice.abc, r.structure.lattice.abc, atol=1e-5)
+            assert np.allclose(b.structure.lattice.angles, r.structure.lattice.angles, atol=1e-5)
+            assert _sites(b) == _sites(r)
+
+    assert hulls.export(tmp_path / "a.extxyz", "extxyz", **flt) == n
+    frames = ase.io.read(tmp_path / "a.extxyz", index=":")
+    assert len(frames) == n
+    for f, r in zip(frames, recs):
+        assert f.get_chemical_symbols() == r.species
+        # extxyz writes 8 decimals
+        assert np.allclose(f.cell.array, r.lattice, atol=1e-7)
+        assert np.allclose(f.get_scaled_positions(wrap=False), r.frac_coords, atol=1e-7)
+        if r.energy is not None:
+            assert f.get_potential_energy() == pytest.approx(r.energy, abs=1e-10)
+
+    assert hulls.export(tmp_path / "a.parquet", "parquet", **flt) == n
+    table = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    for row, r in zip(table, recs):
+        assert row["id"] == r.id and row["formula"] == r.formula
+        assert np.array(row["lattice"]).tobytes() == r.lattice.reshape(-1).tobytes()
+        assert np.array(row["frac_coords"]).tobytes() == r.frac_coords.reshape(-1).tobytes()
+        assert row["e_above_hull"] == r.e_above_hull and row["submitted"] == r.submitted
+
+    with pytest.raises(QueryError, match="not one of"):
+        hulls.export(tmp_path / "x", "pdf")
+    assert hulls.export(tmp_path / "none.parquet", "parquet", formula="Au7O3") == 0
