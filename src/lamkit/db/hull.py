@@ -69,8 +69,22 @@ def load_references(conn: Connection, model: str | None) -> dict[str, dict]:
     }
 
 
+#: Key of the PostgreSQL advisory lock that serialises hull updates.
+_HULL_LOCK = 0x1A3C_DB01
+
+
+def serialise_hull_updates(conn: Connection) -> None:
+    """Take the hull-update lock until the transaction ends.  Concurrent writers on PostgreSQL
+    would otherwise both replace the same ``elemental_refs`` rows (READ COMMITTED lets the
+    second delete miss the first's insert: a duplicate key).  SQLite's write transactions are
+    serial already (BEGIN IMMEDIATE)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_HULL_LOCK})")
+
+
 def declare_references(conn: Connection, model: str | None, energies: dict[str, float]) -> None:
     """Store declared references (eV/atom) for ``model`` and recompute the affected hulls."""
+    serialise_hull_updates(conn)
     els = parse_elements(list(energies), "references")
     values = {el: float(energies[el]) for el in els}
     bad = [el for el, e in values.items() if not np.isfinite(e)]
@@ -252,6 +266,7 @@ def update_hulls(
     (model, chemsys) pairs changed.  Returns the number of phase diagrams built."""
     from tqdm.auto import tqdm
 
+    serialise_hull_updates(conn)
     by_model: dict[str | None, set[str]] = defaultdict(set)
     for model, cs in touched:
         by_model[model].add(cs)

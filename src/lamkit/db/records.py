@@ -30,6 +30,8 @@ from .errors import RecordError
 SYMPREC = 0.1
 #: Two atoms closer than this (Å) make a structure invalid (overlapping atoms).
 MIN_DISTANCE = 0.5
+#: Largest cell volume accepted (Å^3): beyond it distances lose all precision.
+MAX_VOLUME = 1e12
 #: Largest structure accepted, in sites.
 MAX_SITES = 5000
 #: Valid element symbols: H (Z=1) to Og (Z=118).
@@ -183,10 +185,10 @@ def validate(s: StructureArrays) -> StructureArrays:
     if not np.isfinite(frac).all():
         raise RecordError("fractional coordinates contain NaN or infinite values")
     volume = det3(lattice)
-    if not volume > 1e-6:
+    if not 1e-6 < volume < MAX_VOLUME:
         raise RecordError(
-            f"cell volume is {volume:.6g} Å^3; expected a positive volume (a right-handed, "
-            "non-degenerate lattice)"
+            f"cell volume is {volume:.6g} Å^3; expected a positive volume below "
+            f"{MAX_VOLUME:.0e} Å^3 (a right-handed, non-degenerate lattice)"
         )
     dmin = min_distance(lattice, frac)
     if dmin < MIN_DISTANCE:
