@@ -120,48 +120,48 @@ def test_e_above_hull_of_a_new_structure(hulls):
     assert [p["formula"] for p in decomp] == ["NaCl"]
 
 
-def test_hulls_follow_inserts_and_declared_references():
-    for kind in BACKENDS:
-        with crystal_db(kind) as db:
-            fill(db)
-            cuau = db.query(formula="CuAu").records[0]
-            assert cuau.e_above_hull == pytest.approx(CUAU_EHULL)
-            # a new ground state at CuAu: the old L1_0 record is now 0.05 eV/atom above it
-            new = db.add(l10("Cu", "Au", 3.80), energy=(-3.45 - 0.05) * 2, model="toy")
-            assert new.e_above_hull == pytest.approx(0.0, abs=1e-12)
-            assert db.get(cuau.id).e_above_hull == pytest.approx(0.05)
-            # Cu3Au has not moved: the hull at x_Au = 1/4 still passes through it
-            l12 = db.query(formula="Cu3Au").records[0]
-            assert l12.e_above_hull == pytest.approx(0.0, abs=1e-12)
-            # a declared reference below the elemental records moves every formation energy
-            db.set_references("toy", {"Cu": -3.60})
-            assert db.references("toy")["Cu"]["source"] == "declared"
-            cu = db.query(chemsys="Cu").records[0]
-            assert cu.e_above_hull == pytest.approx(0.10)
-            assert db.get(l12.id).formation_energy_per_atom == pytest.approx(
-                -3.60 - (0.75 * -3.60 + 0.25 * -3.20)
-            )
-            assert db.update_hulls() > 0
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_hulls_follow_inserts_and_declared_references(kind):
+    with crystal_db(kind) as db:
+        fill(db)
+        cuau = db.query(formula="CuAu").records[0]
+        assert cuau.e_above_hull == pytest.approx(CUAU_EHULL)
+        # a new ground state at CuAu: the old L1_0 record is now 0.05 eV/atom above it
+        new = db.add(l10("Cu", "Au", 3.80), energy=(-3.45 - 0.05) * 2, model="toy")
+        assert new.e_above_hull == pytest.approx(0.0, abs=1e-12)
+        assert db.get(cuau.id).e_above_hull == pytest.approx(0.05)
+        # Cu3Au has not moved: the hull at x_Au = 1/4 still passes through it
+        l12 = db.query(formula="Cu3Au").records[0]
+        assert l12.e_above_hull == pytest.approx(0.0, abs=1e-12)
+        # a declared reference below the elemental records moves every formation energy
+        db.set_references("toy", {"Cu": -3.60})
+        assert db.references("toy")["Cu"]["source"] == "declared"
+        cu = db.query(chemsys="Cu").records[0]
+        assert cu.e_above_hull == pytest.approx(0.10)
+        assert db.get(l12.id).formation_energy_per_atom == pytest.approx(
+            -3.60 - (0.75 * -3.60 + 0.25 * -3.20)
+        )
+        assert db.update_hulls() > 0
 
 
 # ------------------------------------------------------------------ duplicates and symmetry
-def test_match_and_find_duplicates():
-    for kind in BACKENDS:
-        with crystal_db(kind) as db:
-            base = rocksalt("Na", "Cl", 5.64)
-            a = db.add(base, energy=-27.2, model="m")
-            nudged = base.copy()
-            nudged.perturb(0.02)
-            b = db.add(nudged, energy=-27.3, model="m")
-            c = db.add(base * (1, 1, 2), energy=-54.4, model="m")  # supercell
-            d = db.add(rocksalt("Na", "Cl", 5.64), energy=-20.0, model="m")  # energy 26 % off
-            e = db.add(rocksalt("K", "Cl", 6.29), energy=-27.2, model="m")
-            groups = db.find_duplicates()
-            assert groups == [sorted([a.id, b.id, c.id])]
-            assert sorted(r.id for r in db.match(base, energy=-27.2)) == [a.id, b.id, c.id]
-            assert [r.id for r in db.match(base)] == [a.id, b.id, c.id, d.id]
-            assert db.match(rocksalt("Na", "Cl", 5.64 * 1.0), energy=-27.2, model="x") == []
-            assert [r.id for r in db.match(rocksalt("K", "Cl", 6.29))] == [e.id]
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_match_and_find_duplicates(kind):
+    with crystal_db(kind) as db:
+        base = rocksalt("Na", "Cl", 5.64)
+        a = db.add(base, energy=-27.2, model="m")
+        nudged = base.copy()
+        nudged.perturb(0.02)
+        b = db.add(nudged, energy=-27.3, model="m")
+        c = db.add(base * (1, 1, 2), energy=-54.4, model="m")  # supercell
+        d = db.add(rocksalt("Na", "Cl", 5.64), energy=-20.0, model="m")  # energy 26 % off
+        e = db.add(rocksalt("K", "Cl", 6.29), energy=-27.2, model="m")
+        groups = db.find_duplicates()
+        assert groups == [sorted([a.id, b.id, c.id])]
+        assert sorted(r.id for r in db.match(base, energy=-27.2)) == [a.id, b.id, c.id]
+        assert [r.id for r in db.match(base)] == [a.id, b.id, c.id, d.id]
+        assert db.match(rocksalt("Na", "Cl", 5.64 * 1.0), energy=-27.2, model="x") == []
+        assert [r.id for r in db.match(rocksalt("K", "Cl", 6.29))] == [e.id]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -168,26 +168,26 @@ def test_keyset_pages_cover_all_matches_once_in_order(filled, order_by):
         assert seen == sorted(seen, key=_sort_key(name, desc))
 
 
-def test_pages_neither_repeat_nor_skip_when_records_arrive_between_pages():
-    for kind in BACKENDS:
-        with crystal_db(kind) as db:
-            items = list(synthetic.generate(30, seed=5, elements=("Na", "Cl", "K")))
-            db.import_records(items[:20])
-            first = db.query(order_by="energy_per_atom", limit=8)
-            db.import_records(items[20:])  # lands before and after the cursor
-            rest = list(first.records)
-            cursor = first.next_cursor
-            while cursor:
-                page = db.query(order_by="energy_per_atom", limit=8, cursor=cursor)
-                rest += page.records
-                cursor = page.next_cursor
-            ids = [r.id for r in rest]
-            assert len(ids) == len(set(ids))
-            epa = [r.energy_per_atom for r in rest]
-            assert epa == sorted(epa)
-            last_first = first.records[-1].energy_per_atom
-            later = [r for r in db.iter_query() if r.energy_per_atom > last_first]
-            assert {r.id for r in later} <= set(ids)
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_pages_neither_repeat_nor_skip_when_records_arrive_between_pages(kind):
+    with crystal_db(kind) as db:
+        items = list(synthetic.generate(30, seed=5, elements=("Na", "Cl", "K")))
+        db.import_records(items[:20])
+        first = db.query(order_by="energy_per_atom", limit=8)
+        db.import_records(items[20:])  # lands before and after the cursor
+        rest = list(first.records)
+        cursor = first.next_cursor
+        while cursor:
+            page = db.query(order_by="energy_per_atom", limit=8, cursor=cursor)
+            rest += page.records
+            cursor = page.next_cursor
+        ids = [r.id for r in rest]
+        assert len(ids) == len(set(ids))
+        epa = [r.energy_per_atom for r in rest]
+        assert epa == sorted(epa)
+        last_first = first.records[-1].energy_per_atom
+        later = [r for r in db.iter_query() if r.energy_per_atom > last_first]
+        assert {r.id for r in later} <= set(ids)
 
 
 def test_result_kinds(filled):
