@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import combinations
 from typing import Any
 
@@ -172,17 +173,76 @@ def _load_entries(conn: Connection, model: str | None, systems: list[str]) -> _E
     )
 
 
-def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]):
-    """(PhaseDiagram, its PDEntries in the order of ``entries``) or (None, reason)."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition, Element
+def _concat(parts: list[_Entries]) -> _Entries:
+    return _Entries(
+        [i for p in parts for i in p.ids],
+        [f for p in parts for f in p.formulas],
+        [c for p in parts for c in p.chemsys],
+        np.concatenate([p.epa for p in parts]) if parts else np.zeros(0),
+    )
 
+
+def _take(entries: _Entries, idx: list[int]) -> _Entries:
+    return _Entries(
+        [entries.ids[i] for i in idx],
+        [entries.formulas[i] for i in idx],
+        [entries.chemsys[i] for i in idx],
+        entries.epa[idx] if idx else np.zeros(0),
+    )
+
+
+class _EntryCache:
+    """Entries per chemical system of one model, loaded once per hull update (an elemental or
+    binary system is a subsystem of many ternaries)."""
+
+    def __init__(self, conn: Connection, model: str | None):
+        self.conn, self.model, self.systems = conn, model, {}
+
+    def get(self, systems: list[str]) -> _Entries:
+        missing = [s for s in systems if s not in self.systems]
+        for k in range(0, len(missing), 500):
+            part = missing[k : k + 500]
+            loaded = _load_entries(self.conn, self.model, part)
+            rows: dict[str, list[int]] = {s: [] for s in part}
+            for i, cs in enumerate(loaded.chemsys):
+                rows[cs].append(i)
+            for cs, idx in rows.items():
+                self.systems[cs] = _take(loaded, idx)
+        return _concat([self.systems[s] for s in systems])
+
+
+@lru_cache(maxsize=65536)
+def _composition(formula: str):
+    from pymatgen.core import Composition
+
+    return Composition(formula)
+
+
+@lru_cache(maxsize=65536)
+def _fractions(formula: str, elements: tuple[str, ...]) -> tuple[float, ...]:
+    comp = _composition(formula)
+    return tuple(comp.get_atomic_fraction(el) for el in elements)
+
+
+def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]):
+    """(PhaseDiagram, None) or (None, elements without a reference).
+
+    Only the lowest entry of each composition can be on the hull, so the diagram is built from
+    those (a large system holds thousands of polymorphs; each becomes one PDEntry, whose
+    ``attribute`` is its record id), plus the declared references."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Element
+
+    lowest: dict[str, tuple[float, int]] = {}
+    for rid, formula, epa in zip(entries.ids, entries.formulas, entries.epa.tolist()):
+        if formula not in lowest or epa < lowest[formula][0]:
+            lowest[formula] = (epa, rid)
     pd_entries = []
-    for rid, formula, epa in zip(entries.ids, entries.formulas, entries.epa):
-        comp = Composition(formula)
-        pd_entries.append(PDEntry(comp, float(epa) * comp.num_atoms, name=formula, attribute=rid))
+    for formula, (epa, rid) in lowest.items():
+        comp = _composition(formula)
+        pd_entries.append(PDEntry(comp, epa * comp.num_atoms, name=formula, attribute=rid))
     extra = [
-        PDEntry(Composition(el), refs[el]["energy_per_atom"], name=el, attribute=None)
+        PDEntry(_composition(el), refs[el]["energy_per_atom"], name=el, attribute=None)
         for el in elements
         if el in refs and refs[el]["source"] == _DECLARED
     ]
@@ -194,38 +254,26 @@ def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]
     missing = [el for el in elements if el not in have]
     if missing:
         return None, missing
-    # Only the lowest entry of each composition can be on the hull: the phase diagram is built
-    # from those (a large system holds thousands of polymorphs), every entry is measured after.
-    lowest: dict[str, Any] = {}
-    for e in pd_entries:
-        key = e.composition.reduced_formula
-        if key not in lowest or e.energy_per_atom < lowest[key].energy_per_atom:
-            lowest[key] = e
-    pd = PhaseDiagram(list(lowest.values()) + extra, [Element(el) for el in elements])
-    return pd, pd_entries
+    return PhaseDiagram(pd_entries + extra, [Element(el) for el in elements]), None
 
 
-def _hull_energies(pd, pd_entries) -> tuple[np.ndarray, np.ndarray]:
+def _hull_energies(pd, entries: _Entries) -> tuple[np.ndarray, np.ndarray]:
     """(formation energy, e_above_hull) per entry, eV/atom.  The lower hull, as a function of
     composition, is convex and piecewise linear, so it is the maximum of its facet planes
     (pymatgen's ``qhull_data`` rows are [fractions of elements 1.., energy per atom]); this
     evaluates all entries at once instead of one decomposition each."""
-    fractions: dict[str, list[float]] = {}
-    rows = []
-    for e in pd_entries:
-        key = e.composition.reduced_formula
-        if key not in fractions:
-            fractions[key] = [e.composition.get_atomic_fraction(el) for el in pd.elements]
-        rows.append(fractions[key])
-    x_all = np.array(rows, dtype=np.float64).reshape(len(pd_entries), len(pd.elements))
-    epa = np.array([e.energy_per_atom for e in pd_entries], dtype=np.float64)
+    els = tuple(el.symbol for el in pd.elements)
+    n = len(entries.ids)
+    x_all = np.array([_fractions(f, els) for f in entries.formulas], dtype=np.float64)
+    x_all = x_all.reshape(n, len(els))
+    epa = np.asarray(entries.epa, dtype=np.float64)
     refs = np.array([pd.el_refs[el].energy_per_atom for el in pd.elements], dtype=np.float64)
     form = epa - x_all @ refs
-    if len(pd.elements) == 1:
+    if len(els) == 1:
         return form, np.maximum(epa - refs[0], 0.0)
     x = x_all[:, 1:]
     data = np.asarray(pd.qhull_data)
-    best = np.full(len(pd_entries), -np.inf)
+    best = np.full(n, -np.inf)
     for facet in pd.facets:
         pts = data[list(facet)]
         a = np.hstack([pts[:, :-1], np.ones((len(pts), 1))])
@@ -281,6 +329,7 @@ def update_hulls(
         affected = _affected({k: v for k, v in stored.items() if k in with_model}, systems)
         done: set[str] = set()
         updates: list[dict] = []
+        cache = _EntryCache(conn, model)
         queue = _maximal(stored[a] for a in affected)
         bar = tqdm(
             total=len(queue),
@@ -292,31 +341,35 @@ def update_hulls(
             top = queue.pop(0)
             bar.update(1)
             subs = [chemsys_of(s) for s in _subsets(top) if chemsys_of(s) in with_model]
-            entries = _load_entries(conn, model, subs)
-            pd, pd_entries = _phase_diagram(entries, refs, sorted(top))
+            entries = cache.get(subs)
+            pd, missing = _phase_diagram(entries, refs, sorted(top))
             if pd is not None:
                 built += 1
-                form, ehull = _hull_energies(pd, pd_entries)
                 finished = set(subs)
             else:
                 # no reference for some elements: systems without them get their own hulls
-                missing = set(pd_entries)
                 rest = [
                     stored[s]
                     for s in subs
-                    if s in affected and s not in done and not (stored[s] & missing)
+                    if s in affected and s not in done and not (stored[s] & set(missing))
                 ]
                 new = [t for t in _maximal(rest) if t != top]
                 queue.extend(new)
                 bar.total += len(new)
-                form = _formation_from_refs(entries, refs)
-                ehull = np.full(len(entries.ids), np.nan)
-                finished = {s for s in subs if stored[s] & missing}
-            for i, rid in enumerate(entries.ids):
-                cs = entries.chemsys[i]
-                if cs in affected and cs not in done and cs in finished:
-                    updates.append({"rid": rid, "f": _num(form[i]), "e": _num(ehull[i])})
-            done.update(s for s in finished if s in affected)
+                finished = {s for s in subs if stored[s] & set(missing)}
+            todo = finished & affected - done
+            idx = [i for i, cs in enumerate(entries.chemsys) if cs in todo]
+            mine = _take(entries, idx)
+            if pd is not None:
+                form, ehull = _hull_energies(pd, mine)
+            else:
+                form = _formation_from_refs(mine, refs)
+                ehull = np.full(len(mine.ids), np.nan)
+            updates += [
+                {"rid": rid, "f": _num(f), "e": _num(e)}
+                for rid, f, e in zip(mine.ids, form.tolist(), ehull.tolist())
+            ]
+            done |= todo
             if len(updates) >= 5000:
                 _write(conn, updates)
                 updates = []
@@ -330,11 +383,9 @@ def _num(x: float) -> float | None:
 
 
 def _formation_from_refs(entries: _Entries, refs: dict[str, dict]) -> np.ndarray:
-    from pymatgen.core import Composition
-
     out = np.full(len(entries.ids), np.nan)
     for i, formula in enumerate(entries.formulas):
-        comp = Composition(formula)
+        comp = _composition(formula)
         if all(el.symbol in refs for el in comp.elements):
             ref = sum(
                 comp.get_atomic_fraction(el) * refs[el.symbol]["energy_per_atom"]
@@ -437,20 +488,20 @@ def _context(conn: Connection, chemsys, model):
     model = _pick_model(conn, systems, model, name)
     refs = load_references(conn, model)
     entries = _load_entries(conn, model, systems)
-    pd, pd_entries = _phase_diagram(entries, refs, els)
+    pd, missing = _phase_diagram(entries, refs, els)
     if pd is None:
         raise QueryError(
             f"hull {name} (model {model!r}): no elemental reference for "
-            f"{', '.join(pd_entries)}; store an elemental structure with an "
+            f"{', '.join(missing)}; store an elemental structure with an "
             "energy or declare references with set_references()"
         )
-    return name, model, refs, entries, pd, pd_entries
+    return name, model, refs, entries, pd
 
 
 def build_hull(conn: Connection, chemsys, model: str | None = None) -> Hull:
     """The :class:`Hull` of ``chemsys`` from the stored energies."""
-    name, model, refs, entries, pd, pd_entries = _context(conn, chemsys, model)
-    form, ehull = _hull_energies(pd, pd_entries)
+    name, model, refs, entries, pd = _context(conn, chemsys, model)
+    form, ehull = _hull_energies(pd, entries)
     rows = [
         {
             "id": rid,
@@ -494,7 +545,7 @@ def e_above_hull_of(conn: Connection, obj: Any, energy: float, model: str | None
     if not np.isfinite(energy):
         raise QueryError(f"energy: expected a finite number (eV); found {energy}")
     els = sorted(el.symbol for el in comp.elements)
-    _, _, _, _, pd, _ = _context(conn, els, model)
+    _, _, _, _, pd = _context(conn, els, model)
     decomp, e = pd.get_decomp_and_e_above_hull(PDEntry(comp, energy), allow_negative=True)
     parts = [
         {
