@@ -17,7 +17,7 @@ from pymatgen.core import Composition, Structure
 
 from lamkit.db import QueryError, synthetic
 from tests.db_fixtures import BACKENDS, crystal_db
-from tests.test_db_service_data import CUAU_EHULL, N_NACL, fill, l10, rocksalt
+from tests.test_db_service_data import CUAU_EHULL, N_NACL, fcc, fill, l10, rocksalt
 
 POOL = ("Li", "Fe", "O", "Na", "Cl")
 
@@ -142,6 +142,49 @@ def test_hulls_follow_inserts_and_declared_references(kind):
             -3.60 - (0.75 * -3.60 + 0.25 * -3.20)
         )
         assert db.update_hulls() > 0
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_inserts_above_the_hull_take_the_shortcut_and_agree_with_a_full_update(kind, monkeypatch):
+    from lamkit.db import hull as hull_module
+
+    with crystal_db(kind) as db:
+        fill(db)
+        calls = []
+        full = hull_module.update_hulls
+
+        def spy(*args, **kwargs):
+            calls.append(args[1])
+            return full(*args, **kwargs)
+
+        monkeypatch.setattr(hull_module, "update_hulls", spy)
+        # above the hull: a strained NaCl, a Cu above the reference, a batch of two
+        a = db.add(rocksalt("Na", "Cl", 5.9), energy=-3.0 * 8, model="toy")
+        b = db.add(fcc("Cu", 3.7), energy=-3.4 * 4, model="toy")
+        rep = db.import_records(
+            [(l10("Cu", "Au", 3.9), -3.3 * 2), (rocksalt("Na", "Cl", 6.0), -2.9 * 8)],
+            model="toy",
+        )
+        assert calls == [] and rep.added == 2
+        assert a.e_above_hull == pytest.approx(0.40) and b.e_above_hull == pytest.approx(0.10)
+        # a new ground state goes the long way
+        db.add(l10("Cu", "Au", 3.82), energy=-3.5 * 2, model="toy")
+        assert len(calls) == 1
+        before = {r.id: (r.e_above_hull, r.formation_energy_per_atom) for r in db.iter_query()}
+        monkeypatch.setattr(hull_module, "update_hulls", full)
+        db.update_hulls()
+        after = {r.id: (r.e_above_hull, r.formation_energy_per_atom) for r in db.iter_query()}
+        assert after.keys() == before.keys()
+        for rid, (e, f) in before.items():
+            if e is None:
+                assert after[rid][0] is None
+            else:
+                assert after[rid] == pytest.approx((e, f), abs=1e-12)
+        records = list(db.iter_query())
+        for rid, (form, ehull) in _direct_hull(records, "toy").items():
+            got = db.get(rid)
+            assert got.e_above_hull == pytest.approx(ehull, abs=1e-9)
+            assert got.formation_energy_per_atom == pytest.approx(form, abs=1e-9)
 
 
 # ------------------------------------------------------------------ duplicates and symmetry

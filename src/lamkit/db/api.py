@@ -111,12 +111,13 @@ class CrystalDB:
         self._ensure()
         row = make_row(structure_or_atoms, energy, model, source, submitter, submitted, tags)
         with write_tx(self.engine) as conn:
-            _ingest.insert_rows(conn, [row])
+            new = _ingest.insert_rows(conn, [row])
             rid = conn.execute(
                 select(records.c.id).where(records.c.content_hash == row["content_hash"])
             ).scalar_one()
             if update_hull and row["energy"] is not None:
-                _hull.update_hulls(conn, {(row["model"], row["chemsys"])})
+                if not _hull.update_after_insert(conn, new):
+                    _hull.update_hulls(conn, {(row["model"], row["chemsys"])})
         rec = self.get(rid)
         assert rec is not None
         return rec

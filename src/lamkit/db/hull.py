@@ -257,7 +257,7 @@ def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]
     return PhaseDiagram(pd_entries + extra, [Element(el) for el in elements]), None
 
 
-def _hull_energies(pd, entries: _Entries) -> tuple[np.ndarray, np.ndarray]:
+def _hull_energies(pd, entries: _Entries, clamp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(formation energy, e_above_hull) per entry, eV/atom.  The lower hull, as a function of
     composition, is convex and piecewise linear, so it is the maximum of its facet planes
     (pymatgen's ``qhull_data`` rows are [fractions of elements 1.., energy per atom]); this
@@ -269,8 +269,9 @@ def _hull_energies(pd, entries: _Entries) -> tuple[np.ndarray, np.ndarray]:
     epa = np.asarray(entries.epa, dtype=np.float64)
     refs = np.array([pd.el_refs[el].energy_per_atom for el in pd.elements], dtype=np.float64)
     form = epa - x_all @ refs
+    low = 0.0 if clamp else -np.inf
     if len(els) == 1:
-        return form, np.maximum(epa - refs[0], 0.0)
+        return form, np.maximum(epa - refs[0], low)
     x = x_all[:, 1:]
     data = np.asarray(pd.qhull_data)
     best = np.full(n, -np.inf)
@@ -282,7 +283,7 @@ def _hull_energies(pd, entries: _Entries) -> tuple[np.ndarray, np.ndarray]:
         except np.linalg.LinAlgError:
             continue
         best = np.maximum(best, x @ coef[:-1] + coef[-1])
-    return form, np.maximum(epa - best, 0.0)
+    return form, np.maximum(epa - best, low)
 
 
 def _maximal(systems: Iterable[frozenset[str]]) -> list[frozenset[str]]:
@@ -376,6 +377,59 @@ def update_hulls(
         bar.close()
         _write(conn, updates)
     return built
+
+
+#: Largest number of new records for which :func:`update_after_insert` tries its shortcut.
+FAST_PATH_MAX = 1000
+
+
+def update_after_insert(conn: Connection, new_ids: list[int]) -> bool:
+    """Hull upkeep after inserting ``new_ids`` when none of them lowers a hull.
+
+    A new entry strictly above the hull of its own system (built from the records stored before
+    it) is also above the hull of every system containing it (more entries only lower a hull),
+    and it cannot be an elemental reference: no stored hull or formation energy changes, and
+    only the new records need their own values.  Returns False, having written nothing, when
+    that does not hold (an entry on or below a hull, a system without references, too many
+    records): the caller then runs :func:`update_hulls`."""
+    if not new_ids or len(new_ids) > FAST_PATH_MAX:
+        return False
+    serialise_hull_updates(conn)
+    c = records.c
+    new = conn.execute(
+        select(c.id, c.formula, c.chemsys, c.energy_per_atom, c.model).where(
+            c.id.in_(new_ids), c.energy_per_atom.is_not(None)
+        )
+    ).all()
+    fresh = set(new_ids)
+    groups: dict[tuple, list] = defaultdict(list)
+    for row in new:
+        groups[(row.model, row.chemsys)].append(row)
+    stored = _stored_systems(conn)
+    updates = []
+    for (model, cs), rows in groups.items():
+        els = frozenset(cs.split("-"))
+        subs = [s for s, e in stored.items() if e <= els]
+        entries = _load_entries(conn, model, subs)
+        old = _take(entries, [i for i, rid in enumerate(entries.ids) if rid not in fresh])
+        pd, _ = _phase_diagram(old, load_references(conn, model), sorted(els))
+        if pd is None:
+            return False
+        mine = _Entries(
+            [r.id for r in rows],
+            [r.formula for r in rows],
+            [r.chemsys for r in rows],
+            np.array([r.energy_per_atom for r in rows], dtype=np.float64),
+        )
+        form, above = _hull_energies(pd, mine, clamp=False)
+        if not (above > 1e-9).all():
+            return False
+        updates += [
+            {"rid": rid, "f": _num(f), "e": _num(e)}
+            for rid, f, e in zip(mine.ids, form.tolist(), above.tolist())
+        ]
+    _write(conn, updates)
+    return True
 
 
 def _num(x: float) -> float | None:

@@ -252,9 +252,12 @@ def import_items(
     finally:
         bar.close()
     if update_hull and touched:
-        with write_tx(db.engine) as conn:
-            from .hull import update_hulls
+        from .hull import update_after_insert, update_hulls
 
-            report.hull_diagrams = update_hulls(conn, touched, progress=progress)
+        with write_tx(db.engine) as conn:
+            # new records above every hull only need their own values; a re-run (duplicates
+            # skipped) may follow a killed import whose records have none, so it recomputes
+            if report.duplicates or not update_after_insert(conn, report.added_ids):
+                report.hull_diagrams = update_hulls(conn, touched, progress=progress)
     report.seconds = time.perf_counter() - start
     return report
