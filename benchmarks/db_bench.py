@@ -140,11 +140,13 @@ def run_backend(kind: str, args, sample: dict) -> dict:
             out["size_bytes"] = Path(url.split("///", 1)[1]).stat().st_size
         else:
             with db.engine.connect() as conn:
-                out["size_bytes"] = conn.exec_driver_sql(
-                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-                ).scalar_one()
+                out["size_bytes"] = int(
+                    conn.exec_driver_sql(
+                        "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                    ).scalar_one()
+                )
         db.close()
     finally:
         if not args.keep:
