@@ -128,13 +128,15 @@ def subset_system(src: Path, dst: Path, nframes: int) -> Path:
     return dst
 
 
-def reference_env() -> dict:
+def reference_env(threads: int = 1) -> dict:
+    """The environment of a reference subprocess: ``threads`` intra-op threads, no data-loader
+    workers."""
     env = dict(os.environ)
     env.update(
         NUM_WORKERS="0",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        DP_INTRA_OP_PARALLELISM_THREADS="1",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
         DP_INTER_OP_PARALLELISM_THREADS="1",
     )
     return env
@@ -374,8 +376,16 @@ def reference_energies(
     ckpt = Path(ckpt).resolve()
     out = ckpt.parent / f"eval_{ckpt.stem}_{Path(system).name}_{head or ''}_{nframes}.npz"
     proc = subprocess.run(
-        [sys.executable, "-c", _EVAL_SCRIPT, str(ckpt), str(system), str(nframes), head or "",
-         str(out)],
+        [
+            sys.executable,
+            "-c",
+            _EVAL_SCRIPT,
+            str(ckpt),
+            str(system),
+            str(nframes),
+            head or "",
+            str(out),
+        ],
         env=reference_env(),
         capture_output=True,
         text=True,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import torch
 from lamkit.examples import water_se_e2_a_config
 
 from .conftest import require_reference
+from .reference_finetune import reference_env
 
 pytestmark = pytest.mark.reference
 
@@ -62,14 +62,7 @@ def _reference_available():
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(
-        NUM_WORKERS="0",
-        OMP_NUM_THREADS="2",
-        DP_INTRA_OP_PARALLELISM_THREADS="2",
-        DP_INTER_OP_PARALLELISM_THREADS="1",
-    )
-    return env
+    return reference_env(threads=2)
 
 
 DP = [sys.executable, "-m", "deepmd", "--pt"]
