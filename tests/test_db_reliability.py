@@ -19,8 +19,8 @@ from tests.db_fixtures import BACKENDS, backend_param
 from tests.test_db_service_data import database_url
 
 db = backend_param()
-N_KILL = 6000
-BATCH = 200
+N_KILL = 10000
+BATCH = 100
 
 
 def _write_jsonl(path, items) -> None:
