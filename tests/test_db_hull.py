@@ -280,3 +280,31 @@ def test_exports_read_back(hulls, tmp_path):
     with pytest.raises(QueryError, match="not one of"):
         hulls.export(tmp_path / "x", "pdf")
     assert hulls.export(tmp_path / "none.parquet", "parquet", formula="Au7O3") == 0
+
+
+def test_hull_entries_are_exactly_on_the_hull(tmp_path):
+    """Every stable record (elemental references included) stores e_above_hull == 0, so that
+    ``e_above_hull_max=0`` selects the whole hull (rounding of the facet planes is snapped);
+    both for a bulk import (one hull update) and for single inserts."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from lamkit.db import CrystalDB
+
+    cases = ((bulk("NaCl", "rocksalt", a=5.6), -6.8), (bulk("Na", "bcc", a=4.2), -1.3),
+             (bulk("Cl", "fcc", a=5.0), -1.8))  # fmt: skip
+    files = []
+    for k, (atoms, e) in enumerate(cases):
+        atoms.calc = SinglePointCalculator(atoms, energy=e * len(atoms))
+        files.append(tmp_path / f"s{k}.extxyz")
+        write(files[-1], atoms)
+    bulk_db = CrystalDB(tmp_path / "bulk.db").init()
+    bulk_db.import_files(files, model="m")
+    one_db = CrystalDB(tmp_path / "one.db").init()
+    for atoms, e in cases:
+        one_db.add(atoms, energy=e * len(atoms), model="m")
+    for db in (bulk_db, one_db):
+        recs = db.query(limit=10).records
+        assert sorted(r.e_above_hull for r in recs) == [0.0, 0.0, 0.0]
+        assert len(db.query(e_above_hull_max=0).records) == 3

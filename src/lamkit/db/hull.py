@@ -271,7 +271,7 @@ def _hull_energies(pd, entries: _Entries, clamp: bool = True) -> tuple[np.ndarra
     form = epa - x_all @ refs
     low = 0.0 if clamp else -np.inf
     if len(els) == 1:
-        return form, np.maximum(epa - refs[0], low)
+        return form, _snap(np.maximum(epa - refs[0], low))
     x = x_all[:, 1:]
     data = np.asarray(pd.qhull_data)
     best = np.full(n, -np.inf)
@@ -283,7 +283,16 @@ def _hull_energies(pd, entries: _Entries, clamp: bool = True) -> tuple[np.ndarra
         except np.linalg.LinAlgError:
             continue
         best = np.maximum(best, x @ coef[:-1] + coef[-1])
-    return form, np.maximum(epa - best, low)
+    return form, _snap(np.maximum(epa - best, low))
+
+
+#: Distances to the hull below this (eV/atom) are rounding of the facet planes: stored as 0, so
+#: that ``e_above_hull_max=0`` finds every hull entry.
+SNAP = 1e-9
+
+
+def _snap(e: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(e) < SNAP, 0.0, e)
 
 
 def _maximal(systems: Iterable[frozenset[str]]) -> list[frozenset[str]]:
