@@ -44,7 +44,9 @@ def lamkit_predictions(model):
     return out["energy"].detach().reshape(-1).numpy(), out["force"].detach().reshape(NEVAL, -1)
 
 
-def compare(work, name, config, pretrained, branch=None, use_pretrain_script=False):
+def both_finetune(work, name, config, pretrained, branch=None, use_pretrain_script=False):
+    """The same fine-tuning set-up by the reference (its ``model.ckpt-0.pt``) and by lamkit
+    (the model before the first step)."""
     ref_ckpt = rf.reference_finetune(
         work["root"] / f"ref_{name}", pretrained, config, branch, use_pretrain_script
     )
@@ -55,16 +57,21 @@ def compare(work, name, config, pretrained, branch=None, use_pretrain_script=Fal
         model_branch=branch,
         use_pretrain_script=use_pretrain_script,
     )
-    model = trainer.model
-    ref_state = rf.branch_tensors(rf.load_state(ref_ckpt))
-    torch.testing.assert_close(
-        model.out_bias.reshape(-1), ref_state["out_bias"].reshape(-1), rtol=1e-10, atol=0
-    )
+    return ref_ckpt, trainer.model
+
+
+def ref_bias(ref_ckpt) -> torch.Tensor:
+    return rf.branch_tensors(rf.load_state(ref_ckpt))["out_bias"].reshape(-1)
+
+
+def compare(work, name, config, pretrained, branch=None, use_pretrain_script=False):
+    ref_ckpt, model = both_finetune(work, name, config, pretrained, branch, use_pretrain_script)
+    torch.testing.assert_close(model.out_bias.reshape(-1), ref_bias(ref_ckpt), rtol=1e-10, atol=0)
     e_ref, f_ref = rf.reference_energies(ref_ckpt, rf.water(3), NEVAL)
     e, f = lamkit_predictions(model)
     np.testing.assert_allclose(e, e_ref, rtol=1e-10, atol=0)
     np.testing.assert_allclose(f.numpy(), f_ref, rtol=0, atol=1e-8)
-    return model, ref_state
+    return model
 
 
 def test_branch_of_a_reference_multitask_checkpoint(work):
@@ -81,26 +88,17 @@ def test_use_pretrain_script_with_another_descriptor_in_the_input(work):
     other = copy.deepcopy(rf.DESCRIPTOR)
     other["repformer"]["nlayers"] = 1
     config = rf.finetune_input(True, work["data"], branch="water_a", descriptor=other)
-    model, _ = compare(work, "script", config, work["multi"], "water_a", True)
+    model = compare(work, "script", config, work["multi"], "water_a", True)
     assert model.config["descriptor"]["repformer"]["nlayers"] == 2
 
 
 def test_random_fitting_bias_and_descriptor(work):
     config = rf.finetune_input(True, work["data"], branch="water_a")
-    ref_ckpt = rf.reference_finetune(work["root"] / "ref_random", work["multi"], config, "RANDOM")
-    trainer = Trainer(
-        copy.deepcopy(config),
-        work["root"] / "lam_random",
-        finetune=str(work["multi"]),
-        model_branch="RANDOM",
-    )
-    ref_state = rf.branch_tensors(rf.load_state(ref_ckpt))
-    torch.testing.assert_close(
-        trainer.model.out_bias.reshape(-1), ref_state["out_bias"].reshape(-1), rtol=1e-10, atol=0
-    )
+    ref_ckpt, model = both_finetune(work, "random", config, work["multi"], "RANDOM")
+    torch.testing.assert_close(model.out_bias.reshape(-1), ref_bias(ref_ckpt), rtol=1e-10, atol=0)
     # the descriptor is the pretrained one in both (the fittings are random in both)
     ref_model = load_deepmd_checkpoint(ref_ckpt)
-    ours = trainer.model.state_dict()
+    ours = model.state_dict()
     for key, value in ref_model.state_dict().items():
         if key.startswith("descriptor."):
             torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
@@ -123,16 +121,9 @@ def test_new_element_keeps_old_element_forces_as_the_reference(work):
 
     data = subset(rf.water(2), work["root"] / "na_water", rf.NFRAMES, retype=0)
     config = rf.finetune_input(True, data, type_map=["O", "H", "Na"], branch="water_a")
-    ref_ckpt = rf.reference_finetune(work["root"] / "ref_na", work["multi"], config, "water_a")
-    trainer = Trainer(
-        copy.deepcopy(config),
-        work["root"] / "lam_na",
-        finetune=str(work["multi"]),
-        model_branch="water_a",
-    )
-    assert trainer.model.type_map == ["O", "H", "Na"]
+    ref_ckpt, model = both_finetune(work, "na", config, work["multi"], "water_a")
+    assert model.type_map == ["O", "H", "Na"]
     _, f_ref = rf.reference_energies(ref_ckpt, rf.water(3), NEVAL)
-    _, f = lamkit_predictions(trainer.model)
+    _, f = lamkit_predictions(model)
     np.testing.assert_allclose(f.numpy(), f_ref, rtol=0, atol=1e-8)
-    ref_bias = rf.branch_tensors(rf.load_state(ref_ckpt))["out_bias"].reshape(-1)
-    torch.testing.assert_close(trainer.model.out_bias.reshape(-1), ref_bias, rtol=1e-3, atol=0)
+    torch.testing.assert_close(model.out_bias.reshape(-1), ref_bias(ref_ckpt), rtol=1e-3, atol=0)

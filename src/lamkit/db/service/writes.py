@@ -48,14 +48,16 @@ def submitter(request: Request) -> str:
 Submitter = Annotated[str, Depends(submitter)]
 
 
+def _check_count(request: Request, n: int, where: str, noun: str) -> None:
+    """413 when one request carries more than ``max_records_per_post`` items."""
+    most = state(request).limits.max_records_per_post
+    if n > most:
+        raise HTTPException(413, f"{where}: {n} {noun} in one request; at most {most} are accepted")
+
+
 def _check_sizes(request: Request, uploads: list[Upload]) -> None:
     limits = state(request).limits
-    if len(uploads) > limits.max_records_per_post:
-        raise HTTPException(
-            413,
-            f"records: {len(uploads)} structures in one request; at most "
-            f"{limits.max_records_per_post} are accepted",
-        )
+    _check_count(request, len(uploads), "records", "structures")
     for up in uploads:
         if len(up.structure) > limits.max_atoms:
             raise HTTPException(
@@ -157,13 +159,7 @@ def add_structures(
         items, prefix = [body], "body"
     if not isinstance(items, list) or not items:
         raise HTTPException(422, f"{prefix}: expected a non-empty list of records")
-    limits = state(request).limits
-    if len(items) > limits.max_records_per_post:
-        raise HTTPException(
-            413,
-            f"{prefix}: {len(items)} records in one request; at most "
-            f"{limits.max_records_per_post} are accepted",
-        )
+    _check_count(request, len(items), prefix, "records")
     try:
         uploads = [
             parse_item(it, f"{prefix}[{i}]" if prefix == "records" or len(items) > 1 else prefix)
