@@ -24,8 +24,8 @@ class LcurveWriter:
         self.fh = open(self.path, "a" if append else "w", buffering=1)
         self.header_written = append
 
-    def _columns(self, trn: dict, val: dict) -> list[tuple[str, str, str]]:
-        """(column name, task, metric) in file order; ``val`` columns first per metric."""
+    def _columns(self, trn: dict, val: dict) -> list[tuple[str, str, str, str]]:
+        """(column name, "val"|"trn", task, metric) in file order; ``val`` first per metric."""
         cols = []
         for task in self.tasks or [None]:
             key = task if self.tasks else next(iter(trn))
