@@ -209,6 +209,14 @@ VARIANTS = {
         use_sqrt_nnei=False,
     ),
     "strip-exclude-OH": dict(tebd_input_mode="strip", exclude_types=[[0, 1]]),
+    # eval mode: the inference path (fused attention-weight backward, SmoothAttentionWeights)
+    "all-updates-eval": dict(
+        update_g1_has_attn=True,
+        update_g2_has_g1g1=True,
+        update_g2_has_attn=True,
+        update_h2=True,
+        update_residual=0.2,  # attention weights that matter (0.5 is beyond the FD step's reach)
+    ),
 }
 
 
@@ -218,7 +226,8 @@ class TestDPA2Physics(ModelPhysicsTests):
         extra = VARIANTS[request.param]
 
         def make(precision: str = "float64"):
-            return tiny_model(precision, **extra)
+            model = tiny_model(precision, **extra)
+            return model.eval() if request.param.endswith("-eval") else model
 
         return make
 

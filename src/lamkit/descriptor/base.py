@@ -11,6 +11,8 @@ types (``mixed_types``), so the caller builds the right neighbour data.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -90,6 +92,18 @@ class Descriptor(nn.Module):
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # --- compiled inference (lamkit.infer.compiled) -----------------------------------------
+    def graph_inputs(self, ext_coord, ext_atype, nlist, step: int = 1) -> dict[str, torch.Tensor]:
+        """Tensors that ``forward`` derives from the input *values* with Python decisions
+        (shapes that depend on data), computed outside a traced graph; ``step`` rounds such
+        widths up so that fewer distinct shapes occur. None for most descriptors."""
+        return {}
+
+    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
+        """Context in which ``forward`` takes ``inputs`` (from :meth:`graph_inputs`) instead
+        of deriving them."""
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def env_stat(self, samples):

@@ -12,11 +12,26 @@ def smooth_switch(r: torch.Tensor, rmin: float, rmax: float) -> torch.Tensor:
     return u * u * u * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
 
 
+def gather_rows(ext: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``ext[f, index[f, ...]]`` for ext [nf, nall, d] and index [nf, ...] (-1 -> row 0):
+    shape ``[nf, ..., d]``.
+
+    Rows are taken with ``index_select`` from the frames stacked into one ``[nf * nall, d]``
+    matrix: its backward (``index_add_``) is several times faster on CPU than the
+    ``scatter_add_`` behind ``torch.gather`` along a middle axis.
+    """
+    nf, nall, d = ext.shape
+    idx = index.clamp(min=0)
+    if nf > 1:
+        offset = torch.arange(0, nf * nall, nall, device=idx.device)
+        idx = idx + offset.view((nf,) + (1,) * (idx.dim() - 1))
+    rows = ext.reshape(nf * nall, d).index_select(0, idx.reshape(-1))
+    return rows.view(*index.shape, d)
+
+
 def gather_neighbors(ext: torch.Tensor, nlist: torch.Tensor) -> torch.Tensor:
     """``ext[f, nlist[f, i, j]]`` for ext [nf, nall, d] and nlist [nf, nloc, nnei] (-1 -> 0)."""
-    nf, nloc, nnei = nlist.shape
-    idx = nlist.clamp(min=0).reshape(nf, nloc * nnei, 1).expand(-1, -1, ext.shape[-1])
-    return torch.gather(ext, 1, idx).reshape(nf, nloc, nnei, ext.shape[-1])
+    return gather_rows(ext, nlist)
 
 
 def environment_matrix(

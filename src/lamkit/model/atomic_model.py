@@ -21,6 +21,7 @@ from torch import nn
 from .. import keys
 from ..descriptor import Descriptor
 from ..fitting import OutputDef
+from ..geometry.env import gather_rows
 from ..geometry.neighbor import NeighborBuilder
 from ..nn.chunking import chunked_evaluation, map_rows
 
@@ -92,8 +93,7 @@ class AtomicModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``."""
         mapping = nbr[keys.MAPPING]
-        idx = mapping.unsqueeze(-1).expand(-1, -1, 3)
-        ext = torch.gather(coord, 1, idx)
+        ext = gather_rows(coord, mapping)
         if box is not None:
             cell = box.reshape(-1, 3, 3).to(coord.dtype)
             ext = ext + torch.bmm(nbr[keys.SHIFT].to(coord.dtype), cell)

@@ -15,6 +15,9 @@ DeePMD-kit's argcheck, defaults included.
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -35,6 +38,9 @@ from ..dpa1 import DPA1
 from ..env_stat import EnvStat
 from ..se_e3_tebd import SeE3Tebd
 from .repformers import Repformers
+
+# lists given by compiled inference (DescrptDPA2.using_graph_inputs), by descriptor id
+_GIVEN_LISTS: ContextVar[dict | None] = ContextVar("lamkit_dpa2_given_lists", default=None)
 
 _NSEL_DOC = "neighbour slots (one number, all types), or 'auto' / 'auto:factor'"
 
@@ -370,10 +376,33 @@ class DescrptDPA2(Descriptor):
             out[name] = nl
         return out
 
+    def graph_inputs(self, ext_coord, ext_atype, nlist, step: int = 1) -> dict[str, torch.Tensor]:
+        """The trimmed lists (:meth:`trimmed`), each widened with empty slots to a multiple of
+        ``step`` (at most its ``nsel``; exact wherever trimming is)."""
+        ext_coord = ext_coord.detach().to(self.dtype)
+        out = {}
+        for name, nl in self.trimmed(self.sub_lists(ext_coord, ext_atype, nlist)).items():
+            width, nsel = nl.shape[-1], self._blocks()[name].nnei
+            target = min(nsel, -(-width // step) * step)
+            if target > width:
+                nl = torch.nn.functional.pad(nl, (0, target - width), value=-1)
+            out[name] = nl
+        return out
+
+    @contextlib.contextmanager
+    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
+        token = _GIVEN_LISTS.set({**(_GIVEN_LISTS.get() or {}), id(self): inputs})
+        try:
+            yield
+        finally:
+            _GIVEN_LISTS.reset(token)
+
     def forward(self, ext_coord, ext_atype, nlist, mapping=None):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        lists = self.trimmed(self.sub_lists(ext_coord.detach(), ext_atype, nlist))
+        lists = (_GIVEN_LISTS.get() or {}).get(id(self))
+        if lists is None:
+            lists = self.trimmed(self.sub_lists(ext_coord.detach(), ext_atype, nlist))
         g1 = self.repinit(ext_coord, ext_atype, lists["repinit"])[keys.DESCRIPTOR]
         if self.repinit_three_body is not None:
             g3 = self.repinit_three_body(ext_coord, ext_atype, lists["three_body"])

@@ -83,13 +83,15 @@ class PairContext:
         return self.nnei - self.mask.shape[-1]
 
     def attention_factors(self, h2, hidden: int, gate: bool):
-        """``(pre, shift, post)`` [nf, nloc, J, 1, J(+1)]: logits ``= qk * pre + shift`` and the
-        weights ``= softmax * post`` (smooth mode; non-smooth keeps the masks).
+        """``(pre, shift)`` [nf, nloc, J, 1, J(+1)] and ``post`` [nf, nloc, J, 1, J]: logits
+        ``= qk * pre + shift`` and the weights ``= softmax[..., :J] * post`` (smooth mode;
+        non-smooth keeps the masks).
 
         In smooth mode an empty slot's logit is exactly ``-ATTN_SHIFT``, so the slots cut off
         the list (``npad``) still sit in the softmax denominator of the reference. One extra
-        column with logit ``-ATTN_SHIFT + log(npad)`` (and a zero weight) stands for all of
-        them, which keeps the result exact while the work shrinks with ``J^2``.
+        logit column ``-ATTN_SHIFT + log(npad)`` stands for all of them (their weights are
+        zero, so the weights drop it again), which keeps the result exact while the work
+        shrinks with ``J^2``.
         """
         key = (id(h2), hidden, gate)
         if self._attn is not None and self._attn[0] == key:
@@ -104,12 +106,60 @@ class PairContext:
                 pad = math.log(self.npad) - ATTN_SHIFT
                 pre = torch.nn.functional.pad(pre, (0, 1))
                 shift = torch.nn.functional.pad(shift, (0, 1), value=pad)
-                post = torch.nn.functional.pad(post, (0, 1))
             out = (pre, shift, post)
         else:
             out = (pre, None, hh * (1.0 / 3.0**0.5))
         self._attn = (key, out)
         return out
+
+
+class SmoothAttentionWeights(torch.autograd.Function):
+    """``w = softmax(shift + a * pre)[..., :J] * post`` with a hand-written backward.
+
+    Shapes: ``a [*, J, nh, K]`` (K = J, or J + 1 with the column standing for cut slots),
+    ``pre``/``shift`` ``[*, J, 1, K]``, ``post [*, J, 1, J]``; ``w [*, J, nh, J]`` is returned
+    without the extra column (its weight is zero), so the value products need no padding.
+
+    Autograd would run eleven separate passes over ``[J, nh, K]`` tensors in the backward,
+    each allocating a new one; this backward shares one product between the softmax and the
+    ``post`` gradients and works in place on its own temporaries (the same formulas, so the
+    results agree with the plain ops to rounding). When the backward itself is being
+    differentiated (``create_graph``, e.g. a force loss) it recomputes the softmax from the
+    inputs with out-of-place ops, so second derivatives are exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, a, pre, shift, post):
+        # softmax in place on the one new tensor (faster than torch.softmax for rows this short)
+        sm = torch.addcmul(shift, a, pre)
+        sm = sm.sub_(sm.amax(-1, keepdim=True)).exp_()
+        sm = sm.div_(sm.sum(-1, keepdim=True))
+        nnei = post.shape[-1]
+        ctx.save_for_backward(a, pre, shift, post, sm)
+        return sm[..., :nnei] * post
+
+    @staticmethod
+    def backward(ctx, gw):
+        a, pre, shift, post, sm = ctx.saved_tensors
+        nnei, nk = post.shape[-1], a.shape[-1]
+        if torch.is_grad_enabled():  # differentiable path for double backward
+            sm = torch.softmax(torch.addcmul(shift, a, pre), dim=-1)
+            t = gw * sm[..., :nnei]
+            gpost = t.sum(-2, keepdim=True)
+            u = t * post  # = (gw * post) * sm: the softmax input-gradient product
+            s = u.sum(-1, keepdim=True)
+            gl = torch.nn.functional.pad(u, (0, nk - nnei)) - sm * s
+        else:
+            t = gw * sm[..., :nnei]
+            gpost = t.sum(-2, keepdim=True)
+            u = t.mul_(post)
+            s = u.sum(-1, keepdim=True)
+            gl = sm * s.neg_()
+            gl[..., :nnei] += u
+        gshift = gl.sum(-2, keepdim=True)
+        gpre = (gl * a).sum(-2, keepdim=True)
+        ga = gl * pre if torch.is_grad_enabled() else gl.mul_(pre)
+        return ga, gpre, gshift, gpost
 
 
 def pair_moment(feat, h2, weight) -> torch.Tensor:
@@ -125,7 +175,7 @@ def symmetrize(hf: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class Atten2Map(nn.Module):
-    """Pair-pair attention weights ``AA [nf, nloc, J, nh, J(+1)]`` from g2 (and h2).
+    """Pair-pair attention weights ``AA [nf, nloc, J, nh, J]`` from g2 (and h2).
 
     Heads sit between the two slot axes, so every head's logits of one atom come from one
     ``[J * nh, C] @ [C, J]`` product and the weighted sums of all heads from one
@@ -164,9 +214,12 @@ class Atten2Map(nn.Module):
                 k = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, 1))
             a = torch.matmul(q.transpose(2, 3), k.permute(0, 1, 3, 4, 2)).transpose(2, 3)
         if self.smooth:
-            # (a * hh / sqrt(nd) + 20) * sw_j sw_k - 20, in one pass
+            # softmax((a * hh / sqrt(nd) + 20) * sw_j sw_k - 20) * post: empty slots have
+            # sw = 0, so no mask is needed
+            if not self.training and a.requires_grad:  # inference forces: fused backward
+                return SmoothAttentionWeights.apply(a, pre, shift, post)
             a = torch.softmax(torch.addcmul(shift, a, pre), dim=-1)
-            return a * post  # empty slots have sw = 0: no mask needed
+            return a[..., :nnei] * post
         mask = ctx.mask
         a = (a * pre).masked_fill(~mask[:, :, None, None, :], float("-inf"))
         a = torch.softmax(a, dim=-1)
@@ -183,7 +236,7 @@ class Atten2MultiHeadApply(nn.Module):
         self.nhead = nhead
 
     def forward(self, aa, g2):
-        """aa [nf, nloc, J, nh, J(+1)], g2 [nf, nloc, J, ng2].
+        """aa [nf, nloc, J, nh, J], g2 [nf, nloc, J, ng2].
 
         ``head_map(concat_h(aa_h @ (g2 V_h)))`` computed as ``sum_h aa_h @ (g2 (V_h H_h)) + b``:
         the value and head maps are folded into one [ng2, nh * ng2] matrix, so the
@@ -197,11 +250,8 @@ class Atten2MultiHeadApply(nn.Module):
         wh = self.head_map.matrix.view(ng2, nh, -1)
         folded = torch.einsum("ich,cho->iho", wv, wh).reshape(ng2, -1)
         u = torch.matmul(g2, folded).view(nf, nloc, nnei, nh, -1).transpose(2, 3)
-        nk = aa.shape[-1]
-        if nk != nnei:  # the extra column of cut slots (zero weight)
-            u = torch.nn.functional.pad(u, (0, 0, 0, 1))
-        u = u.reshape(nf, nloc, nh * nk, -1)
-        out = torch.matmul(aa.reshape(nf, nloc, nnei, nh * nk), u)  # [nf, nloc, J, ng2]
+        u = u.reshape(nf, nloc, nh * nnei, -1)
+        out = torch.matmul(aa.reshape(nf, nloc, nnei, nh * nnei), u)  # [nf, nloc, J, ng2]
         return out + self.head_map.bias
 
 
@@ -211,10 +261,8 @@ class Atten2EquiVarApply(nn.Module):
         self.head_map = Dense(nhead, 1, None, bias=False, dtype=dtype, generator=generator)
 
     def forward(self, aa, h2):
-        """aa [nf, nloc, J, nh, J(+1)], h2 [nf, nloc, J, 3] -> [nf, nloc, J, 3]."""
+        """aa [nf, nloc, J, nh, J], h2 [nf, nloc, J, 3] -> [nf, nloc, J, 3]."""
         nf, nloc, nnei, nh, nk = aa.shape
-        if nk != nnei:  # the extra column of cut slots (zero weight)
-            h2 = torch.nn.functional.pad(h2, (0, 0, 0, 1))
         out = torch.matmul(aa.reshape(nf, nloc, nnei * nh, nk), h2).view(nf, nloc, nnei, nh, 3)
         return self.head_map(out.transpose(-1, -2)).squeeze(-1)
 

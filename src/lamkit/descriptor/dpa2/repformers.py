@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...geometry.env import environment_matrix
+from ...geometry.env import environment_matrix, gather_rows
 from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from .repformer_layer import PairContext, RepformerLayer, pair_moment
@@ -106,10 +106,10 @@ class Repformers(nn.Module):
                 raise ValueError("repformers need `mapping` when there are ghost atoms")
             index = None
         else:
-            index = mapping.unsqueeze(-1).expand(-1, -1, self.g1_dim)
+            index = mapping
         ctx = PairContext(mask, sw, self.nnei, self.smooth, self.use_sqrt_nnei)
         for layer in self.layers:
-            g1_ext = g1 if index is None else torch.gather(g1, 1, index)
+            g1_ext = g1 if index is None else gather_rows(g1, index)
             if bounds is None:
                 g1, g2, h2 = layer(g1_ext, g2, h2, nl, ctx)
             else:
