@@ -9,7 +9,10 @@ blocks of ``--block`` calls whose order alternates, so slow phases of a shared m
 Printed: mean and median wall ms/eval, process CPU ms/eval, the ratio reference/lamkit, and the
 largest relative difference between the two outputs (max |diff| / max |value|).
 
-    python3 benchmarks/bench_infer_water.py [--model dpa2-medium] [--ckpt model.ckpt.pt]
+    python3 benchmarks/bench_infer_water.py [--model dpa2-medium] [--ckpt model.ckpt.pt] [--compile]
+
+``--compile`` adds a third contender, ``DeepPot(..., compile=True)`` (compiled graphs,
+:mod:`lamkit.infer.compiled`); its one-off compilation happens in the warm-up and is printed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--compile", action="store_true", help="also time DeepPot(compile=True)")
     a = p.parse_args(argv)
 
     # the same thread settings for both; set before torch/deepmd are imported
@@ -88,10 +92,15 @@ def main(argv=None) -> int:
             "lamkit": lambda: lam.eval(coord, box, atype),
             "deepmd": lambda: ref.eval(coord, box, atype),
         }
-        outputs = {}
+        if a.compile:
+            lamc = LamDeepPot(str(ckpt), compile=True)
+            calls["lamkit-compiled"] = lambda: lamc.eval(coord, box, atype)
+        outputs, t_warm = {}, {}
         for name, fn in calls.items():
+            t0 = time.perf_counter()
             for _ in range(max(1, a.warmup)):
                 outputs[name] = fn()
+            t_warm[name] = time.perf_counter() - t0
 
         wall = {n: [] for n in calls}
         cpu = {n: 0.0 for n in calls}
@@ -111,9 +120,11 @@ def main(argv=None) -> int:
 
     names = ("energy", "force", "virial")
     diffs = {}
-    for n, r, g in zip(names, outputs["deepmd"], outputs["lamkit"]):
-        r, g = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64).reshape(r.shape)
-        diffs[n] = float(np.abs(r - g).max() / max(np.abs(r).max(), 1e-300))
+    for tool in (t for t in calls if t != "deepmd"):
+        for n, r, g in zip(names, outputs["deepmd"], outputs[tool]):
+            r = np.asarray(r, dtype=np.float64)
+            g = np.asarray(g, dtype=np.float64).reshape(r.shape)
+            diffs[f"{tool} {n}"] = float(np.abs(r - g).max() / max(np.abs(r).max(), 1e-300))
 
     n_each = nblocks * a.block
     print(f"# model {a.model}, checkpoint {ckpt}")
@@ -124,6 +135,7 @@ def main(argv=None) -> int:
     )
     print(f"# load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"# model load: lamkit {t_lam_load:.2f} s, deepmd {t_ref_load:.2f} s")
+    print("# warm-up: " + ", ".join(f"{n} {t:.1f} s" for n, t in t_warm.items()))
     print("| | mean ms/eval | median ms/eval | min ms/eval | CPU ms/eval |")
     print("|---|---|---|---|---|")
     stats = {}
@@ -134,11 +146,12 @@ def main(argv=None) -> int:
             f"| {name} | {stats[name][0]:.1f} | {stats[name][1]:.1f} | {stats[name][2]:.1f} | "
             f"{stats[name][3]:.1f} |"
         )
-    print(
-        f"ratio deepmd/lamkit: mean {stats['deepmd'][0] / stats['lamkit'][0]:.2f}, "
-        f"median {stats['deepmd'][1] / stats['lamkit'][1]:.2f}, "
-        f"CPU {stats['deepmd'][3] / stats['lamkit'][3]:.2f}"
-    )
+    for tool in (t for t in calls if t != "deepmd"):
+        print(
+            f"ratio deepmd/{tool}: mean {stats['deepmd'][0] / stats[tool][0]:.2f}, "
+            f"median {stats['deepmd'][1] / stats[tool][1]:.2f}, "
+            f"CPU {stats['deepmd'][3] / stats[tool][3]:.2f}"
+        )
     print(
         "max relative difference (max|diff|/max|ref|): "
         + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())

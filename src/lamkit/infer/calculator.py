@@ -29,6 +29,8 @@ class LamCalculator(Calculator):
         chunk_atoms: systems with more atoms are evaluated in slices of this many centre
             atoms (the same results in bounded memory, see :class:`DeepPot`); 0: never.
             Default: ``$LAMKIT_CHUNK_ATOMS`` or 1024.
+        compile: evaluate through compiled graphs (see :class:`DeepPot`; for long
+            simulations: a compilation per shape bucket, then faster steps).
         label, neighbor_list: as in ``deepmd.calculator.DP`` (``neighbor_list`` is ignored).
 
     Atoms with any periodic direction are evaluated in their (fully periodic) cell, like the
@@ -56,6 +58,7 @@ class LamCalculator(Calculator):
         label: str = "lamkit",
         neighbor_list=None,
         chunk_atoms: int | None = None,
+        compile: bool = False,
         **kwargs,
     ):
         super().__init__(label=label, **kwargs)
@@ -63,6 +66,10 @@ class LamCalculator(Calculator):
             self.dp = model
             if chunk_atoms is not None:
                 self.dp.budget.chunk_atoms = int(chunk_atoms) or None
+            if compile and model.compiled is None:
+                raise ValueError(
+                    "compile=True with a DeepPot: create it with DeepPot(..., compile=True)"
+                )
         else:
             self.dp = DeepPot(
                 model,
@@ -70,6 +77,7 @@ class LamCalculator(Calculator):
                 device=device,
                 neighbor_list=neighbor_list,
                 chunk_atoms=chunk_atoms,
+                compile=compile,
             )
         type_map = self.dp.get_type_map()
         if type_dict is None:

@@ -11,17 +11,16 @@ A traced graph is only valid for the input shapes it was traced with, so graphs 
 a shape key: frames, atoms, extended (ghost) atoms rounded up to a bucket, and the widths of
 the neighbour lists a descriptor trims from the data (:meth:`Descriptor.graph_inputs`, rounded
 up to a multiple of ``width_step``). Padding is exact: extra ghost atoms are referenced by no
-neighbour list, and extra list slots are empty slots. Models whose networks depend on the atom
-types through Python decisions (type-sorted networks: se_e2_a, per-type fittings) also key on
-the types. Each new key costs one trace and compile (about a minute for DPA-2 medium on two
-cores the first time; Inductor caches compiled kernels on disk, so later processes take
-seconds). Everything else (atomic virials, frames sliced into chunks of atoms, models other
-than energy models) is evaluated eagerly, with identical results up to rounding.
+neighbour list, and extra list slots are empty slots. Models with type-sorted networks
+(se_e2_a, per-type fittings: shapes that depend on the types) are refused. Each new key costs
+one trace and compile (about a minute for DPA-2 medium on two cores the first time; Inductor
+caches compiled kernels on disk, so later processes take less). Everything else (atomic
+virials, frames sliced into chunks of atoms) is evaluated eagerly, with the same results up to
+rounding.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import warnings
@@ -63,14 +62,19 @@ class CompiledEnergy:
         self.compile_seconds = 0.0
         self.error: str | None = None  # why compilation was given up (then eager is used)
         desc, fit = model.descriptor, model.fitting
-        self.type_keyed = not (desc.mixed_types and getattr(fit, "mixed_types", True))
+        if not (desc.mixed_types and getattr(fit, "mixed_types", True)):
+            raise ValueError(
+                "compiled inference needs a model whose networks do not depend on the atom "
+                f"types through data-dependent selections; {type(desc).__name__} with "
+                f"{type(fit).__name__} sorts atoms by type (evaluate it without compile=True)"
+            )
 
     def supports(self, do_atomic_virial: bool, chunk_atoms: int | None) -> bool:
         """Whether a call with these options goes through a compiled graph."""
         return self.error is None and not do_atomic_virial and not chunk_atoms
 
     def _key(self, coord, atype, box, fparam, aparam, nall_pad, lists) -> tuple:
-        key = (
+        return (
             tuple(coord.shape),
             nall_pad,
             box is None,
@@ -79,9 +83,6 @@ class CompiledEnergy:
             tuple((name, tuple(t.shape)) for name, t in lists.items()),
             str(coord.device),
         )
-        if self.type_keyed:
-            key += (hashlib.sha1(atype.cpu().numpy().tobytes()).hexdigest(),)
-        return key
 
     def _graph_function(self, names: list[str], nloc: int):
         """``run(*tensors)`` for tensors named ``names`` (ext_coord, ext_atype, nlist, mapping,
