@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..nn.rows import take_rows
+
 
 def smooth_switch(r: torch.Tensor, rmin: float, rmax: float) -> torch.Tensor:
     """``u^3 (-6u^2 + 15u - 10) + 1`` with ``u = (clamp(r, rmin, rmax) - rmin)/(rmax - rmin)``:
@@ -16,16 +18,16 @@ def gather_rows(ext: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``ext[f, index[f, ...]]`` for ext [nf, nall, d] and index [nf, ...] (-1 -> row 0):
     shape ``[nf, ..., d]``.
 
-    Rows are taken with ``index_select`` from the frames stacked into one ``[nf * nall, d]``
-    matrix: its backward (``index_add_``) is several times faster on CPU than the
-    ``scatter_add_`` behind ``torch.gather`` along a middle axis.
+    Rows are taken from the frames stacked into one ``[nf * nall, d]`` matrix
+    (:func:`lamkit.nn.rows.take_rows`): its backward (``index_add_``) is several times faster
+    on CPU than the ``scatter_add_`` behind ``torch.gather`` along a middle axis.
     """
     nf, nall, d = ext.shape
     idx = index.clamp(min=0)
     if nf > 1:
         offset = torch.arange(0, nf * nall, nall, device=idx.device)
         idx = idx + offset.view((nf,) + (1,) * (idx.dim() - 1))
-    rows = ext.reshape(nf * nall, d).index_select(0, idx.reshape(-1))
+    rows = take_rows(ext.reshape(nf * nall, d), idx.reshape(-1))
     return rows.view(*index.shape, d)
 
 
