@@ -3,22 +3,35 @@
 
 Both APIs load the same weights (a reference ``dp --pt train`` checkpoint: ``--ckpt``, or the
 reference is trained for one step here on the ``--model`` water config, see water_models.py)
-and evaluate data_3 frame 0 (energy, forces, virial),
-``--evals`` times each after ``--warmup`` calls. The two run in one process, interleaved in
-blocks of ``--block`` calls whose order alternates, so slow phases of a shared machine hit both.
-Printed: mean and median wall ms/eval, process CPU ms/eval, the ratio reference/lamkit, and the
-largest relative difference between the two outputs (max |diff| / max |value|).
+and evaluate data_3 frame 0 (energy, forces, virial), ``--evals`` times each after
+``--warmup`` calls, interleaved in blocks of ``--block`` calls whose order alternates, so slow
+phases of a shared machine hit every tool. Printed: mean and median wall ms/eval, CPU ms/eval,
+the ratio reference/lamkit, and the largest relative difference between the outputs
+(max |diff| / max |value|).
 
-    python3 benchmarks/bench_infer_water.py [--model dpa2-medium] [--ckpt model.ckpt.pt] [--compile]
+By default the tools share one process (and so one heap and the caches: each runs right after
+the other has swept its own working set through them). ``--isolated`` runs each tool in its own
+worker process (children of this one, kept alive and driven block by block in the same
+alternating order), which is how a user runs either of them.
+
+lamkit tunes glibc malloc in its process (``lamkit.runtime.tune_allocator``), which in the
+shared process also serves the reference; ``--isolated --tune-ref-malloc`` gives the
+reference's own process the same settings (``GLIBC_TUNABLES``), so that only the computation
+differs.
 
 ``--compile`` adds a third contender, ``DeepPot(..., compile=True)`` (compiled graphs,
 :mod:`lamkit.infer.compiled`); its one-off compilation happens in the warm-up and is printed.
+
+    python3 benchmarks/bench_infer_water.py [--model dpa2-medium] [--ckpt model.ckpt.pt]
+        [--compile] [--isolated [--tune-ref-malloc]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +43,126 @@ from water_models import MODELS, reference_checkpoint, water_config  # noqa: E40
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
+TOOLS = ("lamkit", "deepmd", "lamkit-compiled")
 
 
 def train_reference(model: str, data: Path, workdir: Path, env: dict) -> Path:
     """One reference training step of the ``model`` water config."""
     return reference_checkpoint(water_config(model, data, 1), workdir, env)
+
+
+def set_threads(threads: int) -> None:
+    """The same thread settings for every tool; before torch/deepmd are imported."""
+    os.environ.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        DP_INTRA_OP_PARALLELISM_THREADS=str(threads),
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        NUM_WORKERS="0",
+    )
+
+
+def frame(data: Path):
+    import numpy as np
+
+    d3 = data / "data_3"
+    coord = np.load(d3 / "set.000" / "coord.npy")[:1].astype(np.float64)
+    box = np.load(d3 / "set.000" / "box.npy")[:1].astype(np.float64)
+    atype = np.loadtxt(d3 / "type.raw", dtype=np.int64).reshape(-1)
+    return coord, box, atype
+
+
+def load_tool(name: str, ckpt: Path, data: Path):
+    """``(call, load seconds)``: ``call()`` evaluates the frame with tool ``name``."""
+    coord, box, atype = frame(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        if name == "deepmd":
+            from deepmd.infer import DeepPot
+
+            dp = DeepPot(str(ckpt))
+        else:
+            from lamkit.infer.deep_pot import DeepPot
+
+            dp = DeepPot(str(ckpt), compile=name == "lamkit-compiled")
+        t_load = time.perf_counter() - t0
+
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dp.eval(coord, box, atype)
+
+    return call, t_load
+
+
+def run_block(call, n: int) -> tuple[list[float], float]:
+    """Wall seconds of ``n`` calls and their process CPU seconds."""
+    c0 = time.process_time()
+    wall = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        wall.append(time.perf_counter() - t0)
+    return wall, time.process_time() - c0
+
+
+def worker(a) -> int:
+    """``--worker NAME``: load, warm up, report; then run blocks as asked on stdin."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(a.threads)
+    call, t_load = load_tool(a.worker, a.ckpt, a.data)
+    t0 = time.perf_counter()
+    for _ in range(max(1, a.warmup)):
+        out = call()
+    t_warm = time.perf_counter() - t0
+    first = {
+        "load": t_load,
+        "warm": t_warm,
+        "out": [np.asarray(x, dtype=np.float64).ravel().tolist() for x in out[:3]],
+    }
+    print(json.dumps(first), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        if n <= 0:
+            break
+        wall, cpu = run_block(call, n)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+    return 0
+
+
+class Remote:
+    """A worker process driven over stdin/stdout."""
+
+    def __init__(self, name: str, a, ckpt: Path, data: Path):
+        cmd = [sys.executable, __file__, "--worker", name, "--ckpt", str(ckpt)]
+        cmd += ["--data", str(data), "--threads", str(a.threads), "--warmup", str(a.warmup)]
+        env = dict(os.environ)
+        if name == "deepmd" and a.tune_ref_malloc:  # lamkit.runtime.tune_allocator's settings
+            env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.first = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.proc.args[3]} died")
+        return json.loads(line)
+
+    def block(self, n: int) -> tuple[list[float], float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        r = self._read()
+        return r["wall"], r["cpu"]
+
+    def close(self) -> None:
+        self.proc.stdin.write("0\n")
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv=None) -> int:
@@ -48,105 +176,91 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--compile", action="store_true", help="also time DeepPot(compile=True)")
-    a = p.parse_args(argv)
-
-    # the same thread settings for both; set before torch/deepmd are imported
-    os.environ.update(
-        OMP_NUM_THREADS=str(a.threads),
-        MKL_NUM_THREADS=str(a.threads),
-        DP_INTRA_OP_PARALLELISM_THREADS=str(a.threads),
-        DP_INTER_OP_PARALLELISM_THREADS="1",
-        NUM_WORKERS="0",
+    p.add_argument("--isolated", action="store_true", help="each tool in its own process")
+    p.add_argument(
+        "--tune-ref-malloc",
+        action="store_true",
+        help="with --isolated: the reference's process gets lamkit's malloc settings",
     )
+    p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.data = a.data.resolve()
+
+    set_threads(a.threads)
+    if a.worker:
+        return worker(a)
     import numpy as np
     import torch
 
     torch.set_num_threads(a.threads)
-    data = a.data.resolve()
     ckpt = a.ckpt
     if ckpt is None:
         work = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_infer_water_"))).resolve()
         print(f"# training the reference 1 step in {work} ...", flush=True)
-        ckpt = train_reference(a.model, data, work, dict(os.environ))
+        ckpt = train_reference(a.model, a.data, work, dict(os.environ))
     ckpt = ckpt.resolve()
+    names = [t for t in TOOLS if a.compile or t != "lamkit-compiled"]
 
-    d3 = data / "data_3"
-    coord = np.load(d3 / "set.000" / "coord.npy")[:1].astype(np.float64)
-    box = np.load(d3 / "set.000" / "box.npy")[:1].astype(np.float64)
-    atype = np.loadtxt(d3 / "type.raw", dtype=np.int64).reshape(-1)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from deepmd.infer import DeepPot as RefDeepPot
-
-        from lamkit.infer.deep_pot import DeepPot as LamDeepPot
-
-        t0 = time.perf_counter()
-        ref = RefDeepPot(str(ckpt))
-        t_ref_load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        lam = LamDeepPot(str(ckpt))
-        t_lam_load = time.perf_counter() - t0
-
-        calls = {
-            "lamkit": lambda: lam.eval(coord, box, atype),
-            "deepmd": lambda: ref.eval(coord, box, atype),
-        }
-        if a.compile:
-            lamc = LamDeepPot(str(ckpt), compile=True)
-            calls["lamkit-compiled"] = lambda: lamc.eval(coord, box, atype)
-        outputs, t_warm = {}, {}
-        for name, fn in calls.items():
+    t_load, t_warm, outputs, blocks = {}, {}, {}, {}
+    remotes = []
+    for name in names:
+        if a.isolated:
+            r = Remote(name, a, ckpt, a.data)
+            remotes.append(r)
+            t_load[name], t_warm[name] = r.first["load"], r.first["warm"]
+            outputs[name] = r.first["out"]
+            blocks[name] = r.block
+        else:
+            call, t_load[name] = load_tool(name, ckpt, a.data)
             t0 = time.perf_counter()
             for _ in range(max(1, a.warmup)):
-                outputs[name] = fn()
+                out = call()
             t_warm[name] = time.perf_counter() - t0
+            outputs[name] = [np.asarray(x, dtype=np.float64).ravel() for x in out[:3]]
+            blocks[name] = lambda n, call=call: run_block(call, n)
 
-        wall = {n: [] for n in calls}
-        cpu = {n: 0.0 for n in calls}
-        load_before = os.getloadavg()
-        nblocks = max(1, a.evals // a.block)
-        for b in range(nblocks):
-            order = list(calls) if b % 2 == 0 else list(calls)[::-1]
-            for name in order:
-                fn = calls[name]
-                c0 = time.process_time()
-                for _ in range(a.block):
-                    t0 = time.perf_counter()
-                    fn()
-                    wall[name].append(time.perf_counter() - t0)
-                cpu[name] += time.process_time() - c0
-        load_after = os.getloadavg()
+    wall = {n: [] for n in names}
+    cpu = {n: 0.0 for n in names}
+    load_before = os.getloadavg()
+    nblocks = max(1, a.evals // a.block)
+    for b in range(nblocks):
+        for name in names if b % 2 == 0 else names[::-1]:
+            w, c = blocks[name](a.block)
+            wall[name] += w
+            cpu[name] += c
+    load_after = os.getloadavg()
+    for r in remotes:
+        r.close()
 
-    names = ("energy", "force", "virial")
     diffs = {}
-    for tool in (t for t in calls if t != "deepmd"):
-        for n, r, g in zip(names, outputs["deepmd"], outputs[tool]):
-            r = np.asarray(r, dtype=np.float64)
-            g = np.asarray(g, dtype=np.float64).reshape(r.shape)
+    for tool in (t for t in names if t != "deepmd"):
+        for n, r, g in zip(("energy", "force", "virial"), outputs["deepmd"], outputs[tool]):
+            r, g = np.asarray(r), np.asarray(g)
             diffs[f"{tool} {n}"] = float(np.abs(r - g).max() / max(np.abs(r).max(), 1e-300))
 
     n_each = nblocks * a.block
     print(f"# model {a.model}, checkpoint {ckpt}")
     print(
-        f"# one frame of {len(atype)} atoms, {n_each} evals each (blocks of {a.block}, "
-        f"alternating order), {a.warmup} warm-up calls, {a.threads} threads, "
-        f"torch {torch.__version__}"
+        f"# one frame of {len(frame(a.data)[2])} atoms, {n_each} evals each (blocks of "
+        f"{a.block}, alternating order), {a.warmup} warm-up calls, {a.threads} threads, "
+        f"torch {torch.__version__}, "
+        + ("each tool in its own process" if a.isolated else "all tools in one process")
+        + (", reference with lamkit's malloc settings" if a.tune_ref_malloc else "")
     )
     print(f"# load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"# model load: lamkit {t_lam_load:.2f} s, deepmd {t_ref_load:.2f} s")
+    print("# model load: " + ", ".join(f"{n} {t:.2f} s" for n, t in t_load.items()))
     print("# warm-up: " + ", ".join(f"{n} {t:.1f} s" for n, t in t_warm.items()))
     print("| | mean ms/eval | median ms/eval | min ms/eval | CPU ms/eval |")
     print("|---|---|---|---|---|")
     stats = {}
-    for name in calls:
+    for name in names:
         w = np.array(wall[name]) * 1e3
         stats[name] = (w.mean(), np.median(w), w.min(), cpu[name] * 1e3 / n_each)
         print(
             f"| {name} | {stats[name][0]:.1f} | {stats[name][1]:.1f} | {stats[name][2]:.1f} | "
             f"{stats[name][3]:.1f} |"
         )
-    for tool in (t for t in calls if t != "deepmd"):
+    for tool in (t for t in names if t != "deepmd"):
         print(
             f"ratio deepmd/{tool}: mean {stats['deepmd'][0] / stats[tool][0]:.2f}, "
             f"median {stats['deepmd'][1] / stats[tool][1]:.2f}, "
