@@ -295,6 +295,8 @@ class DeepEval:
         def tensor(x):  # copies: the caller's arrays may be read-only views
             return None if x is None else torch.tensor(x, device=dev)
 
+        args = (tensor(coords), tensor(atype), tensor(cells), nbr, tensor(fparam), tensor(aparam))
+        out = None
         compiled = self.compiled
         if (
             compiled is not None
@@ -302,27 +304,10 @@ class DeepEval:
             and compiled.supports(model_kw.get("do_atomic_virial", False), chunk)
         ):
             with torch.no_grad():
-                out = compiled(
-                    tensor(coords),
-                    tensor(atype),
-                    tensor(cells),
-                    nbr,
-                    tensor(fparam),
-                    tensor(aparam),
-                )
-            if out is not None:
-                return {k: out[k].detach().to("cpu", torch.float64).numpy() for k in names}
-        with torch.no_grad():
-            out = self.model(
-                tensor(coords),
-                tensor(atype),
-                tensor(cells),
-                nbr,
-                tensor(fparam),
-                tensor(aparam),
-                chunk_atoms=chunk,
-                **model_kw,
-            )
+                out = compiled(*args)  # None: compilation failed, evaluate eagerly
+        if out is None:
+            with torch.no_grad():
+                out = self.model(*args, chunk_atoms=chunk, **model_kw)
         return {k: out[k].detach().to("cpu", torch.float64).numpy() for k in names}
 
     # --- input checking -----------------------------------------------------------------------
