@@ -214,39 +214,31 @@ def sample_data(args) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
+    def row(label: str, cell) -> None:
+        print(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
+
     print()
     print("| | " + " | ".join(r["backend"] for r in results) + " |")
     print("|---|" + "---:|" * len(results))
-    print("| records | " + " | ".join(f"{r['added']:,}" for r in results) + " |")
-    print(
-        "| import (structures/s) | "
-        + " | ".join(f"{r['import_rate']:,.0f}" for r in results)
-        + " |"
+    row("records", lambda r: f"{r['added']:,}")
+    row("import (structures/s)", lambda r: f"{r['import_rate']:,.0f}")
+    row(
+        "import, per CPU second of the importing process",
+        lambda r: f"{r['added'] / r['import_cpu_s']:,.0f}",
     )
-    print(
-        "| import, per CPU second of the importing process | "
-        + " | ".join(f"{r['added'] / r['import_cpu_s']:,.0f}" for r in results)
-        + " |"
-    )
-    print("| import wall time (s) | " + " | ".join(f"{r['import_s']:.0f}" for r in results) + " |")
+    row("import wall time (s)", lambda r: f"{r['import_s']:.0f}")
     if all("hull_s" in r for r in results):
-        print(
-            "| hull update, all systems (s) | "
-            + " | ".join(f"{r['hull_s']:.0f} ({r['hull_diagrams']} diagrams)" for r in results)
-            + " |"
+        row(
+            "hull update, all systems (s)",
+            lambda r: f"{r['hull_s']:.0f} ({r['hull_diagrams']} diagrams)",
         )
-    print(
-        "| database size (MiB) | "
-        + " | ".join(f"{r['size_bytes'] / 2**20:,.0f}" for r in results)
-        + " |"
-    )
+    row("database size (MiB)", lambda r: f"{r['size_bytes'] / 2**20:,.0f}")
     for kind in results[0]["queries"]:
-        cells = [
-            f"{r['queries'][kind]['p50_ms']:.1f} / {r['queries'][kind]['p99_ms']:.1f}"
-            for r in results
-        ]
         hits = results[0]["queries"][kind]["mean_hits"]
-        print(f"| {kind} p50 / p99 (ms), {hits:.0f} hits | " + " | ".join(cells) + " |")
+        row(
+            f"{kind} p50 / p99 (ms), {hits:.0f} hits",
+            lambda r, k=kind: f"{r['queries'][k]['p50_ms']:.1f} / {r['queries'][k]['p99_ms']:.1f}",
+        )
 
 
 def main(argv=None) -> int:

@@ -69,44 +69,12 @@ def test_lam_db_commands(kind, files, tmp_path, capsys, monkeypatch):
         table = lam(capsys, "db", "--db", url, "query", "--chemsys", "Na-Cl")
         lines = table.strip().splitlines()
         assert lines[0].split()[:3] == ["id", "formula", "chemsys"] and len(lines) == 3
-        data = json.loads(
-            lam(
-                capsys,
-                "db",
-                "--db",
-                url,
-                "query",
-                "--only-elements",
-                "Na,Cl",
-                "--order-by",
-                "energy_per_atom",
-                "--limit",
-                "2",
-                "--format",
-                "json",
-            )
-        )
+        page = ["db", "--db", url, "query", "--only-elements", "Na,Cl", "--order-by"]
+        page += ["energy_per_atom", "--limit", "2", "--format", "json"]
+        data = json.loads(lam(capsys, *page))
         epa = [r["energy_per_atom"] for r in data["records"]]
         assert epa == sorted(epa) and data["next_cursor"]
-        rest = json.loads(
-            lam(
-                capsys,
-                "db",
-                "--db",
-                url,
-                "query",
-                "--only-elements",
-                "Na,Cl",
-                "--order-by",
-                "energy_per_atom",
-                "--limit",
-                "2",
-                "--cursor",
-                data["next_cursor"],
-                "--format",
-                "json",
-            )
-        )
+        rest = json.loads(lam(capsys, *page, "--cursor", data["next_cursor"]))
         assert len(rest["records"]) == 2 and rest["next_cursor"] is None
         ranged = json.loads(
             lam(

@@ -196,11 +196,12 @@ def test_trimmed_lists_change_nothing(davg, variant, monkeypatch):
     _compare("trimmed lists", trimmed, predict(model, sys_), 1e-12, 1e-13)
 
 
+ALL_UPDATES = dict(
+    update_g1_has_attn=True, update_g2_has_g1g1=True, update_g2_has_attn=True, update_h2=True
+)
 VARIANTS = {
     "small": {},
-    "all-updates": dict(
-        update_g1_has_attn=True, update_g2_has_g1g1=True, update_g2_has_attn=True, update_h2=True
-    ),
+    "all-updates": ALL_UPDATES,
     "mlp-in-conv-res-avg": dict(
         update_g1_has_attn=True,
         g1_out_conv=False,
@@ -209,14 +210,9 @@ VARIANTS = {
         use_sqrt_nnei=False,
     ),
     "strip-exclude-OH": dict(tebd_input_mode="strip", exclude_types=[[0, 1]]),
-    # eval mode: the inference path (fused attention-weight backward, SmoothAttentionWeights)
-    "all-updates-eval": dict(
-        update_g1_has_attn=True,
-        update_g2_has_g1g1=True,
-        update_g2_has_attn=True,
-        update_h2=True,
-        update_residual=0.2,  # attention weights that matter (0.5 is beyond the FD step's reach)
-    ),
+    # eval mode: the inference path (fused attention-weight backward, SmoothAttentionWeights),
+    # with attention weights that matter (0.5 is beyond the finite-difference step's reach)
+    "all-updates-eval": dict(ALL_UPDATES, update_residual=0.2),
 }
 
 

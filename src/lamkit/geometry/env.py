@@ -31,11 +31,6 @@ def gather_rows(ext: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.view(*index.shape, d)
 
 
-def gather_neighbors(ext: torch.Tensor, nlist: torch.Tensor) -> torch.Tensor:
-    """``ext[f, nlist[f, i, j]]`` for ext [nf, nall, d] and nlist [nf, nloc, nnei] (-1 -> 0)."""
-    return gather_rows(ext, nlist)
-
-
 def environment_matrix(
     ext_coord: torch.Tensor,
     nlist: torch.Tensor,
@@ -61,7 +56,7 @@ def environment_matrix(
     mask = nlist >= 0
     fmask = mask.unsqueeze(-1).to(ext_coord.dtype)
     centre = ext_coord[:, start : start + nrow, None, :]
-    diff = (gather_neighbors(ext_coord, nlist) - centre) * fmask
+    diff = (gather_rows(ext_coord, nlist) - centre) * fmask
     # empty slots get length 1 (not 0) so that the square root has a finite gradient
     length = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask))
     sw = smooth_switch(length, rcut_smth, rcut) * fmask

@@ -24,7 +24,7 @@ from torch import nn
 from ... import keys
 from ...config.schema import REQUIRED, Arg, normalize
 from ...errors import ConfigError
-from ...geometry.env import environment_matrix, gather_neighbors
+from ...geometry.env import environment_matrix, gather_rows
 from ...nn.mlp import Dense, make_generator, to_dtype
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import (
@@ -132,7 +132,7 @@ def split_neighbor_list(ext_coord, nlist, rcut: float, nsel: int) -> torch.Tenso
     if nsel > nnei:
         nlist = torch.cat([nlist, nlist.new_full((nf, nloc, nsel - nnei), -1)], dim=-1)
     nl = nlist[..., :nsel]
-    diff = gather_neighbors(ext_coord, nl) - ext_coord[:, :nloc, None, :]
+    diff = gather_rows(ext_coord, nl) - ext_coord[:, :nloc, None, :]
     r2 = (diff * diff).sum(-1)
     return torch.where((nl >= 0) & (r2 <= rcut * rcut), nl, -1)
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ...geometry.env import gather_neighbors
+from ...geometry.env import gather_rows
 from ...nn.mlp import Dense, activation, make_generator
 
 ATTN_SHIFT = 20.0
@@ -436,7 +436,7 @@ class RepformerLayer(nn.Module):
         """New (g1, g2, h2) of the centre atoms ``start : start + nlist.shape[1]`` (all local
         atoms by default; a slice of rows when evaluating in chunks, ``ctx`` sliced to match)."""
         g1 = g1_ext[:, start : start + nlist.shape[1]]
-        gg1 = gather_neighbors(g1_ext, nlist)
+        gg1 = gather_rows(g1_ext, nlist)
         style = self.update_style
         g2_new, h2_new = g2, h2
         if self.update_chnnl_2:
