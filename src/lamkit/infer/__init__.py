@@ -1,6 +1,7 @@
 """Inference: DeePMD-kit's ``DeepPot``/``DeepProperty``/``DeepDipole``/``DeepPolar`` APIs, an
 ASE calculator, ``show`` and ``freeze``."""
 
+from .batch import BatchOutput
 from .calculator import DP, LamCalculator
 from .deep_pot import AtomBudget, DeepEval, DeepPot
 from .deep_property import DeepDipole, DeepPolar, DeepProperty, open_model
@@ -10,6 +11,7 @@ from .show import describe_model, format_description, parameter_counts
 __all__ = [
     "DP",
     "AtomBudget",
+    "BatchOutput",
     "DeepDipole",
     "DeepEval",
     "DeepPolar",

@@ -29,6 +29,7 @@ from .. import keys
 from ..model import AtomicModel, load_model
 from ..model.energy_model import EnergyModel
 from ..runtime import tune_allocator
+from .batch import BatchOutput, atoms_inputs, evaluate_batch
 from .compiled import CompiledEnergy
 
 DEFAULT_BATCH_ATOMS = 1024
@@ -502,3 +503,46 @@ class DeepPot(DeepEval):
             do_atomic_virial=atomic,
         )
         return tuple(out[n] for n in names)
+
+    def eval_atoms(self, atoms_list, *, chunk_atoms: int | None = None) -> BatchOutput:
+        """Energies, forces, virials and stresses of ASE Atoms of any sizes, in one model
+        evaluation of all their atoms concatenated (block-diagonal neighbour lists, see
+        :mod:`lamkit.infer.batch`).
+
+        Structures with any periodic direction are evaluated in their (fully periodic) cell,
+        like :class:`~lamkit.infer.LamCalculator`; others without a cell (their stress row is
+        NaN). ``chunk_atoms``: slice the evaluation into this many centre atoms (exact; see
+        :mod:`lamkit.nn.chunking`); default: this DeepPot's ``chunk_atoms`` rule applied to
+        the total atom count.
+
+        Returns a :class:`~lamkit.infer.batch.BatchOutput`: energy [n] eV, forces (list of
+        [n_i, 3] eV/Å), virial [n, 3, 3] eV, stress [n, 6] eV/Å^3 (ASE Voigt order).
+        """
+        if self.get_dim_fparam() and not self.has_default_fparam():
+            raise ValueError(
+                f"DeepPot.eval_atoms: this model needs {self.get_dim_fparam()} frame "
+                "parameters per structure; batched evaluation does not take them (use eval)"
+            )
+        if self.get_dim_aparam():
+            raise ValueError(
+                f"DeepPot.eval_atoms: this model needs {self.get_dim_aparam()} atomic "
+                "parameters per atom; batched evaluation does not take them (use eval)"
+            )
+        type_dict = {name: i for i, name in enumerate(self.get_type_map())}
+        coords, cells, atypes = atoms_inputs(atoms_list, type_dict)
+        total = sum(len(c) for c in coords)
+        chunk = self.budget.chunk(total) if chunk_atoms is None else (chunk_atoms or None)
+        if getattr(self, "_batch_nl", None) is None:
+            from vesin import NeighborList
+
+            self._batch_nl = NeighborList(cutoff=float(self.model.rcut), full_list=True)
+        with torch.no_grad():
+            return evaluate_batch(
+                self.model,
+                coords,
+                cells,
+                atypes,
+                device=self.device,
+                chunk_atoms=chunk,
+                nl=self._batch_nl,
+            )

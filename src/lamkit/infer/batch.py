@@ -1,0 +1,229 @@
+"""Mixed-size batched evaluation: many structures of any sizes in one model call.
+
+All atoms of all structures are concatenated into a single frame (``nf = 1``) whose neighbour
+list is block diagonal: every structure gets its own neighbour data from
+:func:`lamkit.geometry.neighbor.build_frame_neighbors` (with its own cell, or none), and the
+pieces are joined with offset indices::
+
+    extended atoms = [locals of structure 0, 1, ..., n-1,  ghosts of structure 0, 1, ...]
+    mapping[ghost] = concatenated index of the local atom it is an image of
+    ext_coord      = coord_all[mapping] + shift @ cell_of_the_owner_structure
+
+No neighbour list ever crosses from one structure into another, so the model sees exactly the
+environments it would see for each structure alone, and one forward and one backward pass give
+every structure's energy, forces and virial:
+
+* energy of structure s: the sum of its atoms' energies,
+* forces: ``-dE/dR_ext`` added back onto the local atoms (``mapping``),
+* virial of s: ``W_s = sum_k F_k (x) R_k`` over the extended atoms k owned by s (the gradient
+  of the total energy w.r.t. the atoms of s is the gradient of E_s, as the blocks are
+  independent), element (a, b) = F_a R_b as in :mod:`lamkit.model.derivatives`.
+
+Units: Å, eV, eV/Å; stress in ASE's Voigt order (xx, yy, zz, yz, xz, xy), eV/Å^3, from the
+symmetrised virial: ``stress = -(W + W^T) / (2 V)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from vesin import NeighborList
+
+from ..geometry.neighbor import build_frame_neighbors
+from ..model.atomic_model import AtomicModel
+from ..nn.chunking import chunked_evaluation
+
+VOIGT = [0, 4, 8, 5, 2, 1]  # flat 3x3 indices of xx, yy, zz, yz, xz, xy
+
+
+@dataclass
+class BatchOutput:
+    """Per-structure results of one batched evaluation (float64 numpy).
+
+    energy [n] eV; forces: one [n_i, 3] array per structure, eV/Å; virial [n, 3, 3] eV
+    (``W = sum_k F_k (x) R_k``, not symmetrised); stress [n, 6] eV/Å^3 in ASE's Voigt order
+    (xx, yy, zz, yz, xz, xy), NaN rows for non-periodic structures.
+    """
+
+    energy: np.ndarray
+    forces: list[np.ndarray]
+    virial: np.ndarray
+    stress: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+
+@dataclass
+class BatchNeighbors:
+    """Block-diagonal neighbour data of concatenated structures (numpy int64).
+
+    mapping [nall]: concatenated local index each extended atom is an image of (locals first);
+    shift [nall, 3]: integer cell translation (in the owner's cell) of each extended atom;
+    nlist [ntot, nnei]: extended neighbour indices, -1 padded; owner [nall]: structure index.
+    """
+
+    mapping: np.ndarray
+    shift: np.ndarray
+    nlist: np.ndarray
+    owner: np.ndarray
+
+
+def batch_neighbors(
+    coords: list[np.ndarray],
+    cells: list[np.ndarray | None],
+    atypes: list[np.ndarray],
+    rcut: float,
+    sel: list[int],
+    mixed_types: bool,
+    nl: NeighborList | None = None,
+) -> BatchNeighbors:
+    """Neighbour data of structures ``coords[i]`` [n_i, 3] Å with types ``atypes[i]`` [n_i] in
+    cells ``cells[i]`` [3, 3] (rows are cell vectors) or None (non-periodic), joined into one
+    block-diagonal frame (see the module docstring). ``nl``: a vesin list to reuse."""
+    nl = nl or NeighborList(cutoff=float(rcut), full_list=True)
+    sizes = np.array([len(c) for c in coords], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    ntot = int(sizes.sum())
+    frames = [
+        build_frame_neighbors(c, t, cell, rcut, sel, mixed_types, nl) if len(c) else None
+        for c, t, cell in zip(coords, atypes, cells)
+    ]
+    nghost = np.array(
+        [0 if f is None else len(f.mapping) - n for f, n in zip(frames, sizes)], dtype=np.int64
+    )
+    gstarts = ntot + np.concatenate([[0], np.cumsum(nghost)[:-1]]).astype(np.int64)
+    nnei = int(sum(sel))
+    nlists, loc_shift, ghost_map, ghost_shift = [], [], [], []
+    for k, f in enumerate(frames):
+        if f is None:
+            continue
+        n = int(sizes[k])
+        nlist = f.nlist
+        # local neighbours move by the structure's start, ghosts into the global ghost block
+        moved = np.where(nlist < n, nlist + starts[k], nlist - n + gstarts[k])
+        nlists.append(np.where(nlist < 0, -1, moved))
+        loc_shift.append(f.shift[:n])
+        ghost_map.append(f.mapping[n:] + starts[k])
+        ghost_shift.append(f.shift[n:])
+    empty_i, empty_s = np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
+    mapping = np.concatenate([np.arange(ntot, dtype=np.int64), *ghost_map, empty_i])
+    shift = np.concatenate([*loc_shift, *ghost_shift, empty_s]).astype(np.int64)
+    nlist = np.concatenate(nlists) if nlists else np.zeros((0, nnei), dtype=np.int64)
+    struct_of_local = np.repeat(np.arange(len(coords), dtype=np.int64), sizes)
+    owner = struct_of_local[mapping] if len(mapping) else empty_i
+    return BatchNeighbors(mapping=mapping, shift=shift, nlist=nlist, owner=owner)
+
+
+def evaluate_batch(
+    model: AtomicModel,
+    coords: list[np.ndarray],
+    cells: list[np.ndarray | None],
+    atypes: list[np.ndarray],
+    *,
+    device: torch.device | str = "cpu",
+    chunk_atoms: int | None = None,
+    nl: NeighborList | None = None,
+) -> BatchOutput:
+    """Energies, forces, virials and stresses of structures of any sizes in one model call.
+
+    Args:
+        model: an energy model (:class:`~lamkit.model.EnergyModel`).
+        coords: per structure [n_i, 3] Å.  cells: per structure [3, 3] Å (rows are cell
+            vectors; the structure is treated as fully periodic) or None (non-periodic).
+        atypes: per structure [n_i] int type indices into ``model.type_map``.
+        device: where the model lives.  chunk_atoms: slice the atom-local blocks into this many
+            centre atoms (exact, see :mod:`lamkit.nn.chunking`); None: whole.
+        nl: a vesin neighbour list to reuse (cutoff ``model.rcut``).
+    """
+    nstruct = len(coords)
+    coords = [np.asarray(c, dtype=np.float64).reshape(-1, 3) for c in coords]
+    atypes = [np.asarray(t, dtype=np.int64).reshape(-1) for t in atypes]
+    cells = [None if c is None else np.asarray(c, dtype=np.float64).reshape(3, 3) for c in cells]
+    for k, (c, t) in enumerate(zip(coords, atypes)):
+        if len(t) != len(c):
+            raise ValueError(f"structure {k}: {len(c)} coordinates but {len(t)} atom types")
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"structure {k}: coordinates contain NaN or infinite values")
+        if cells[k] is not None and not np.all(np.isfinite(cells[k])):
+            raise ValueError(f"structure {k}: the cell contains NaN or infinite values")
+    sizes = np.array([len(c) for c in coords], dtype=np.int64)
+    energy = np.zeros(nstruct)
+    virial = np.zeros((nstruct, 3, 3))
+    force_all = np.zeros((int(sizes.sum()), 3))
+    if sizes.sum() > 0:
+        energy, force_all, virial = _model_call(
+            model, coords, cells, atypes, device, chunk_atoms, nl
+        )
+    splits = np.cumsum(sizes)[:-1]
+    forces = np.split(force_all, splits) if nstruct else []
+    stress = np.full((nstruct, 6), np.nan)
+    for k, cell in enumerate(cells):
+        if cell is not None:
+            w = virial[k]
+            vol = abs(np.linalg.det(cell))
+            stress[k] = (-0.5 * (w + w.T) / vol).reshape(9)[VOIGT]
+    return BatchOutput(energy=energy, forces=forces, virial=virial, stress=stress)
+
+
+def _model_call(model, coords, cells, atypes, device, chunk_atoms, nl):
+    """One forward and backward pass over all structures: energy [n], force [ntot, 3],
+    virial [n, 3, 3] (float64 numpy)."""
+    nstruct = len(coords)
+    nb = batch_neighbors(coords, cells, atypes, model.rcut, model.sel, model.mixed_types, nl)
+    coord_all = np.concatenate(coords)
+    cell_arr = np.stack([np.zeros((3, 3)) if c is None else c for c in cells])
+    # extended coordinates in float64 (as EnergyModel.forward): the cell term is a constant of
+    # the backward pass, forces and virials come from the gradient w.r.t. ext_coord itself
+    ext_np = coord_all[nb.mapping] + np.einsum("ka,kab->kb", nb.shift, cell_arr[nb.owner])
+    atype_all = np.concatenate(atypes)
+    dev = torch.device(device)
+    ext = torch.from_numpy(ext_np).to(dev).requires_grad_(True)
+    ext_atype = torch.from_numpy(atype_all[nb.mapping]).to(dev)
+    nlist = torch.from_numpy(nb.nlist).to(dev)
+    mapping = torch.from_numpy(nb.mapping).to(dev)
+    owner = torch.from_numpy(nb.owner).to(dev)
+    ntot = len(coord_all)
+    local_owner = owner[:ntot]
+    with torch.enable_grad(), chunked_evaluation(chunk_atoms):
+        atom_e, _ = model.atomic_outputs(ext[None], ext_atype[None], nlist[None], mapping[None])
+        atom_e = atom_e[0, :, 0]
+        (grad,) = torch.autograd.grad([atom_e.sum()], [ext])
+    with torch.no_grad():
+        energy = atom_e.new_zeros(nstruct).index_add_(0, local_owner, atom_e.detach())
+        ext_force = -grad
+        force = ext_force.new_zeros(ntot, 3).index_add_(0, mapping, ext_force)
+        ext_vir = (ext_force.unsqueeze(-1) * ext.detach().unsqueeze(-2)).reshape(-1, 9)
+        vir = ext_vir.new_zeros(nstruct, 9).index_add_(0, owner, ext_vir)
+    to_np = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
+    return to_np(energy), to_np(force), to_np(vir).reshape(nstruct, 3, 3)
+
+
+def atoms_inputs(atoms_list, type_dict: dict[str, int]):
+    """Per-structure model inputs of ASE Atoms: coords, cells (None unless some direction is
+    periodic, as :class:`~lamkit.infer.LamCalculator` does) and type indices. A ValueError
+    names the structure and the element when a symbol is not in ``type_dict``, or when a
+    periodic structure has a cell without volume."""
+    coords, cells, atypes = [], [], []
+    for k, atoms in enumerate(atoms_list):
+        symbols = atoms.get_chemical_symbols()
+        unknown = sorted({s for s in symbols if s not in type_dict})
+        if unknown:
+            raise ValueError(
+                f"structure {k} ({atoms.get_chemical_formula()}): element(s) {unknown} not in "
+                f"the model's type map {sorted(type_dict, key=type_dict.get)}"
+            )
+        periodic = bool(np.any(atoms.get_pbc()))
+        cell = atoms.get_cell().array if periodic else None
+        if periodic and abs(atoms.cell.volume) < 1e-10:
+            raise ValueError(
+                f"structure {k} ({atoms.get_chemical_formula()}): periodic boundary conditions "
+                f"{atoms.get_pbc().tolist()} need a cell with non-zero volume, got "
+                f"{atoms.get_cell().tolist()}"
+            )
+        coords.append(atoms.get_positions())
+        cells.append(cell)
+        atypes.append(np.array([type_dict[s] for s in symbols], dtype=np.int64))
+    return coords, cells, atypes
