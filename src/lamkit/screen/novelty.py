@@ -1,0 +1,294 @@
+"""Novelty against the crystal database (:class:`NoveltyIndex`) and uniqueness within a
+submission (:func:`find_unique`), with pymatgen's ``StructureMatcher``.
+
+Two structures are the same when ``StructureMatcher(**PRESETS[preset])`` fits the new one onto
+the other (primitive cells, Niggli reduction, volumes scaled; pymatgen's defaults otherwise):
+
+* ``openlam``: ltol 0.05, stol 0.1, angle_tol 5° (the OpenLAM competition and lamkit.db);
+* ``mattergen``: ltol 0.2, stol 0.3, angle_tol 5° (MatterGen's S.U.N. metrics).
+
+The matcher only runs on structures that pass a prefilter.  ``prefilter="spacegroup"`` (the
+default) compares structures of the same reduced formula and the same spglib space group at
+symprec 0.1 Å (the database's indexed ``formula`` and ``spacegroup_number`` columns;
+a candidate's space group is computed the same way).  ``prefilter="formula"`` compares every
+structure of the same reduced formula: the matcher itself requires the same reduced
+composition, so this is exactly a brute-force search, and it is slower where one formula has
+many distinct stored structures.  The difference matters when matching structures have
+different space groups at symprec 0.1 Å, that is when one is distorted by more than that
+tolerance but less than the matcher's: a rocksalt cell whose sites are moved by 0.05 Å, or whose
+cell is strained by 2 %, still matches it under both presets but has another space group (see
+tests/test_screen_novelty.py).  Relaxed structures rarely carry such distortions, so the
+space-group prefilter suits screenings of relaxed candidates against relaxed records; use
+``"formula"`` for unrelaxed or noisy structures, with the loose ``mattergen`` tolerances when
+exactness matters, and whenever the formulas involved have few distinct stored structures.
+
+``energy_window`` (relative, e.g. 0.05, the OpenLAM client's 5 %; default off) also requires
+energies per atom within that fraction of each other, ``|a - b| <= w * max(|a|, |b|)``, when
+both are known; it only makes sense when the energies come from the same model.
+
+Stored structures are compared in id order and each distinct stored geometry (exact bytes) is
+fitted once per query; its reduced (Niggli, primitive) structure is cached for the index's
+lifetime, so repeated queries against the same records cost one fit each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import or_, select
+
+if TYPE_CHECKING:
+    from lamkit.db import CrystalDB
+
+#: StructureMatcher tolerances per preset (fractional length, site (fraction of the average
+#: free length per atom) and angle (degrees) tolerances).
+PRESETS: dict[str, dict[str, float]] = {
+    "openlam": dict(ltol=0.05, stol=0.1, angle_tol=5.0),
+    "mattergen": dict(ltol=0.2, stol=0.3, angle_tol=5.0),
+}
+#: Prefilters: same formula and space group, or same formula only.
+PREFILTERS = ("spacegroup", "formula")
+
+
+def structure_matcher(preset: str):
+    """pymatgen ``StructureMatcher`` of a preset name."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(**_preset(preset))
+
+
+def _preset(preset: str) -> dict[str, float]:
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}; found {preset!r}")
+    return PRESETS[preset]
+
+
+def _prefilter(prefilter: str) -> str:
+    if prefilter not in PREFILTERS:
+        raise ValueError(f"prefilter: expected one of {', '.join(PREFILTERS)}; found {prefilter!r}")
+    return prefilter
+
+
+def _window(energy_window: float | None) -> float | None:
+    if energy_window is None:
+        return None
+    w = float(energy_window)
+    if not 0 <= w < 1:
+        raise ValueError(f"energy_window: expected a fraction in [0, 1); found {energy_window!r}")
+    return w
+
+
+def energy_close(a: float | None, b: float | None, window: float | None) -> bool:
+    """Whether energies per atom ``a`` and ``b`` pass the relative window (always when the
+    window is None or an energy is unknown)."""
+    if window is None or a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return True
+    return abs(a - b) <= window * max(abs(a), abs(b))
+
+
+@dataclass
+class Probe:
+    """A structure prepared for matching: reduced formula, space group (spglib, symprec 0.1 Å,
+    None if spglib found none) and the reduced (Niggli, primitive) pymatgen structure."""
+
+    formula: str
+    spacegroup: int | None
+    reduced: Any
+    key: bytes  # digest of the exact geometry and species
+
+
+def _geometry_key(lattice: np.ndarray, frac: np.ndarray, species: list[str]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(lattice, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(frac, dtype="<f8").tobytes())
+    h.update(" ".join(species).encode())
+    return h.digest()
+
+
+def _reduce(lattice: np.ndarray, frac: np.ndarray, species: list[str]):
+    """The matcher's own reduction (Niggli, then primitive cell), done once per structure."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice(lattice), species, frac)
+    return s.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
+
+
+def probe(structure: Any) -> Probe:
+    """A :class:`Probe` of a pymatgen Structure, an ase.Atoms or a lamkit Record.  Raises
+    lamkit.db.RecordError (a ValueError) with the reason when the structure cannot be stored in
+    the database (unreadable, non-finite, overlapping atoms: see lamkit.db.records.validate)."""
+    from lamkit.db.records import arrays_from, reduced_formula, spacegroup, validate
+
+    s = validate(arrays_from(structure))
+    lattice = np.ascontiguousarray(s.lattice, dtype=np.float64)
+    frac = np.ascontiguousarray(s.frac_coords, dtype=np.float64)
+    species = list(s.species)
+    number, _ = spacegroup(lattice, frac, species)
+    return Probe(
+        reduced_formula(species),
+        number,
+        _reduce(lattice, frac, species),
+        _geometry_key(lattice, frac, species),
+    )
+
+
+def _fit(sm, a: Any, b: Any) -> bool:
+    """``sm.fit`` of two reduced structures (the reduction is not repeated).  Primitive cells
+    of different sizes never match (the matcher maps sites one to one, without supercells)."""
+    if len(a) != len(b):
+        return False
+    return bool(sm.fit(a, b, skip_structure_reduction=True))
+
+
+class NoveltyIndex:
+    """Matches candidate structures against the records of a crystal database.
+
+    ``db``: a CrystalDB, a database URL or path, or None (an empty reference set: nothing
+    matches).  ``model``: compare only against the records of this model (None: all records).
+    ``prefilter`` and ``energy_window``: see the module docstring.  ``cache_size``: reduced
+    structures kept (the cache is emptied when full)."""
+
+    def __init__(
+        self,
+        db: CrystalDB | str | Path | None,
+        preset: str = "openlam",
+        model: str | None = None,
+        *,
+        prefilter: str = "spacegroup",
+        energy_window: float | None = None,
+        cache_size: int = 200_000,
+    ):
+        from .stability import _open
+
+        self.db = _open(db)
+        self.preset = preset
+        self.matcher = structure_matcher(preset)
+        self.model = model
+        self.prefilter = _prefilter(prefilter)
+        self.energy_window = _window(energy_window)
+        self.cache_size = int(cache_size)
+        self._keys: dict[int, bytes] = {}  # record id -> geometry key
+        self._reduced: dict[bytes, Any] = {}  # geometry key -> reduced structure
+        self.fits = 0  # StructureMatcher calls made (a measure of the prefilter's work)
+
+    def match(self, structure: Any, energy_per_atom: float | None = None) -> int | None:
+        """The lowest id of a stored record that ``structure`` (pymatgen Structure, ase.Atoms)
+        matches, or None if it is new.  ``energy_per_atom`` (eV/atom) narrows the prefilter
+        when the index has an ``energy_window``.  Raises RecordError for an unreadable
+        structure."""
+        if self.db is None:
+            return None
+        p = structure if isinstance(structure, Probe) else probe(structure)
+        rows = self._candidates(p, energy_per_atom)
+        tried: dict[bytes, bool] = {}
+        for rid, key in rows:
+            if key not in tried:
+                tried[key] = self._fit_record(p, key)
+            if tried[key]:
+                return rid
+        return None
+
+    def _candidates(self, p: Probe, epa: float | None) -> list[tuple[int, bytes]]:
+        """(id, geometry key) of the stored records passing the prefilter, in id order; the
+        reduced structures of records not seen before are computed and cached."""
+        from lamkit.db.engine import read_conn
+        from lamkit.db.schema import records
+
+        c = records.c
+        conds = [c.formula == p.formula]
+        if self.prefilter == "spacegroup":
+            conds.append(
+                c.spacegroup_number.is_(None)
+                if p.spacegroup is None
+                else c.spacegroup_number == p.spacegroup
+            )
+        if self.model is not None:
+            conds.append(c.model == self.model)
+        w = self.energy_window
+        if w is not None and epa is not None and math.isfinite(epa):
+            # a superset of the window: |a - b| <= w |b| implies |a - b| <= w |a| / (1 - w)
+            half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
+            conds.append(
+                or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
+            )
+        with read_conn(self.db.engine) as conn:
+            rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds).order_by(c.id)).all()
+            rows = [(rid, e) for rid, e in rows if energy_close(epa, e, w)]
+            unknown = [rid for rid, _ in rows if rid not in self._keys]
+            if len(self._keys) + len(unknown) > self.cache_size:
+                self._keys.clear()
+                self._reduced.clear()
+                unknown = [rid for rid, _ in rows]
+            for k in range(0, len(unknown), 500):
+                part = unknown[k : k + 500]
+                geo = conn.execute(
+                    select(c.id, c.lattice, c.frac_coords, c.species).where(c.id.in_(part))
+                ).all()
+                for rid, lat, frac, species in geo:
+                    self._remember(rid, lat, frac, species)
+        return [(rid, self._keys[rid]) for rid, _ in rows]
+
+    def _remember(self, rid: int, lat: bytes, frac: bytes, species: str) -> None:
+        lattice = np.frombuffer(lat, dtype="<f8").reshape(3, 3)
+        coords = np.frombuffer(frac, dtype="<f8").reshape(-1, 3)
+        sp = species.split()
+        key = _geometry_key(lattice, coords, sp)
+        self._keys[rid] = key
+        if key not in self._reduced:
+            self._reduced[key] = _reduce(lattice, coords, sp)
+
+    def _fit_record(self, p: Probe, key: bytes) -> bool:
+        if key == p.key:
+            return True  # the very same geometry
+        self.fits += 1
+        return _fit(self.matcher, p.reduced, self._reduced[key])
+
+
+def find_unique(
+    structures: Sequence[Any],
+    preset: str = "openlam",
+    energies_per_atom: Sequence[float | None] | None = None,
+    *,
+    prefilter: str = "spacegroup",
+    energy_window: float | None = None,
+) -> list[int | None]:
+    """Duplicates within a submission: ``dups[i]`` is the smallest ``j < i`` such that
+    structure ``i`` matches structure ``j`` (``StructureMatcher.fit(s_i, s_j)`` of the preset,
+    energies per atom within ``energy_window`` when given), or None when ``i`` is the first of
+    its kind.  Deterministic in input order.  Structures are grouped by reduced formula (and
+    space group with ``prefilter="spacegroup"``), so only members of a group are compared.
+    Entries that are None or cannot be read are never duplicates (None) nor matched."""
+    sm = structure_matcher(preset)
+    _prefilter(prefilter)
+    w = _window(energy_window)
+    n = len(structures)
+    if energies_per_atom is not None and len(energies_per_atom) != n:
+        raise ValueError(
+            f"energies_per_atom: expected {n} values (one per structure); "
+            f"found {len(energies_per_atom)}"
+        )
+    groups: dict[tuple, list[tuple[int, Probe, float | None]]] = defaultdict(list)
+    dups: list[int | None] = [None] * n
+    for i, s in enumerate(structures):
+        if s is None:
+            continue
+        try:
+            p = s if isinstance(s, Probe) else probe(s)
+        except ValueError:
+            continue
+        epa = None if energies_per_atom is None else energies_per_atom[i]
+        epa = None if epa is None else float(epa)
+        key = (p.formula, p.spacegroup if prefilter == "spacegroup" else None)
+        for j, q, e in groups[key]:
+            if energy_close(epa, e, w) and (p.key == q.key or _fit(sm, p.reduced, q.reduced)):
+                dups[i] = j
+                break
+        groups[key].append((i, p, epa))
+    return dups
