@@ -8,6 +8,8 @@ lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H]
 lam example [DIR]      write the built-in example data and input
 lam quickstart [DIR]   example data + a short training + test + freeze
 lam db {init,import,query,hull,export,stats,serve}   crystal-structure database
+lam screen INPUTS... -m MODEL [--db URL] [-o OUT] [--workers N | --cluster ADDR] [--insert]
+lam screen --metrics RESULTS.csv --truth TRUTH.csv   a model as a stability classifier
 """
 
 from __future__ import annotations
@@ -267,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("db", help="crystal-structure database: init, import, query, hull, ...")
     db_cli.add_arguments(d)
     d.set_defaults(func=db_cli.run)
+
+    from ..screen import cli as screen_cli  # lam screen ...: relax, hull, uniqueness, novelty
+
+    sc = sub.add_parser(
+        "screen",
+        help="screen crystal structures: validity, relaxation, hull, uniqueness, novelty",
+        description="See docs/screening.md.",
+    )
+    screen_cli.add_arguments(sc)
+    sc.set_defaults(func=screen_cli.run)
     return p
 
 
