@@ -33,7 +33,6 @@ lifetime, so repeated queries against the same records cost one fit each.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -101,15 +100,14 @@ class Probe:
     formula: str
     spacegroup: int | None
     reduced: Any
-    key: bytes  # digest of the exact geometry and species
+    key: bytes  # the exact geometry and species
 
 
 def _geometry_key(lattice: np.ndarray, frac: np.ndarray, species: list[str]) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(lattice, dtype="<f8").tobytes())
-    h.update(np.ascontiguousarray(frac, dtype="<f8").tobytes())
-    h.update(" ".join(species).encode())
-    return h.digest()
+    """The exact geometry as bytes, as the database stores it (float64 little-endian lattice
+    and fractional coordinates, space-separated species)."""
+    lat = np.ascontiguousarray(lattice, dtype="<f8").tobytes()
+    return lat + np.ascontiguousarray(frac, dtype="<f8").tobytes() + " ".join(species).encode()
 
 
 def _reduce(lattice: np.ndarray, frac: np.ndarray, species: list[str]):
@@ -152,8 +150,9 @@ class NoveltyIndex:
 
     ``db``: a CrystalDB, a database URL or path, or None (an empty reference set: nothing
     matches).  ``model``: compare only against the records of this model (None: all records).
-    ``prefilter`` and ``energy_window``: see the module docstring.  ``cache_size``: reduced
-    structures kept (the cache is emptied when full)."""
+    ``prefilter`` and ``energy_window``: see the module docstring.  ``cache_size``: the
+    number of records whose reduced structures are kept (the cache is emptied when full; a
+    reduced structure of a few sites takes about 5 kB)."""
 
     def __init__(
         self,
@@ -163,7 +162,7 @@ class NoveltyIndex:
         *,
         prefilter: str = "spacegroup",
         energy_window: float | None = None,
-        cache_size: int = 200_000,
+        cache_size: int = 50_000,
     ):
         from .stability import _open
 
@@ -185,20 +184,32 @@ class NoveltyIndex:
         structure."""
         if self.db is None:
             return None
+        from lamkit.db.engine import read_conn
+
         p = structure if isinstance(structure, Probe) else probe(structure)
-        rows = self._candidates(p, energy_per_atom)
+        if len(self._keys) >= self.cache_size:
+            self._keys.clear()
+            self._reduced.clear()
         tried: dict[bytes, bool] = {}
-        for rid, key in rows:
-            if key not in tried:
-                tried[key] = self._fit_record(p, key)
-            if tried[key]:
-                return rid
+        with read_conn(self.db.engine) as conn:
+            ids = self._candidate_ids(conn, p, energy_per_atom)
+            # structures are loaded in id order, in growing chunks, until one matches: a known
+            # structure usually matches one of the first records of its group
+            start, size = 0, 16
+            while start < len(ids):
+                chunk = ids[start : start + size]
+                self._load(conn, [rid for rid in chunk if rid not in self._keys])
+                for rid in chunk:
+                    key = self._keys[rid]
+                    if key not in tried:
+                        tried[key] = self._fit_record(p, key)
+                    if tried[key]:
+                        return rid
+                start, size = start + size, min(4 * size, 1024)
         return None
 
-    def _candidates(self, p: Probe, epa: float | None) -> list[tuple[int, bytes]]:
-        """(id, geometry key) of the stored records passing the prefilter, in id order; the
-        reduced structures of records not seen before are computed and cached."""
-        from lamkit.db.engine import read_conn
+    def _candidate_ids(self, conn, p: Probe, epa: float | None) -> list[int]:
+        """Ids of the stored records passing the prefilter, ascending."""
         from lamkit.db.schema import records
 
         c = records.c
@@ -212,37 +223,32 @@ class NoveltyIndex:
         if self.model is not None:
             conds.append(c.model == self.model)
         w = self.energy_window
-        if w is not None and epa is not None and math.isfinite(epa):
-            # a superset of the window: |a - b| <= w |b| implies |a - b| <= w |a| / (1 - w)
-            half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
-            conds.append(
-                or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
-            )
-        with read_conn(self.db.engine) as conn:
-            rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds).order_by(c.id)).all()
-            rows = [(rid, e) for rid, e in rows if energy_close(epa, e, w)]
-            unknown = [rid for rid, _ in rows if rid not in self._keys]
-            if len(self._keys) + len(unknown) > self.cache_size:
-                self._keys.clear()
-                self._reduced.clear()
-                unknown = [rid for rid, _ in rows]
-            for k in range(0, len(unknown), 500):
-                part = unknown[k : k + 500]
-                geo = conn.execute(
-                    select(c.id, c.lattice, c.frac_coords, c.species).where(c.id.in_(part))
-                ).all()
-                for rid, lat, frac, species in geo:
-                    self._remember(rid, lat, frac, species)
-        return [(rid, self._keys[rid]) for rid, _ in rows]
+        if w is None or epa is None or not math.isfinite(epa):
+            return list(conn.execute(select(c.id).where(*conds).order_by(c.id)).scalars())
+        # a superset of the window in SQL (|a - b| <= w |b| implies |a - b| <= w |a| / (1 - w)),
+        # the exact test here
+        half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
+        conds.append(
+            or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
+        )
+        rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds).order_by(c.id)).all()
+        return [rid for rid, e in rows if energy_close(epa, e, w)]
 
-    def _remember(self, rid: int, lat: bytes, frac: bytes, species: str) -> None:
-        lattice = np.frombuffer(lat, dtype="<f8").reshape(3, 3)
-        coords = np.frombuffer(frac, dtype="<f8").reshape(-1, 3)
-        sp = species.split()
-        key = _geometry_key(lattice, coords, sp)
-        self._keys[rid] = key
-        if key not in self._reduced:
-            self._reduced[key] = _reduce(lattice, coords, sp)
+    def _load(self, conn, ids: list[int]) -> None:
+        """Cache the geometry keys and reduced structures of records ``ids``."""
+        from lamkit.db.schema import records
+
+        if not ids:
+            return
+        c = records.c
+        stmt = select(c.id, c.lattice, c.frac_coords, c.species).where(c.id.in_(ids))
+        for rid, lat, frac, species in conn.execute(stmt):
+            key = lat + frac + species.encode()
+            self._keys[rid] = key
+            if key not in self._reduced:
+                lattice = np.frombuffer(lat, dtype="<f8").reshape(3, 3)
+                coords = np.frombuffer(frac, dtype="<f8").reshape(-1, 3)
+                self._reduced[key] = _reduce(lattice, coords, species.split())
 
     def _fit_record(self, p: Probe, key: bytes) -> bool:
         if key == p.key:
