@@ -104,7 +104,8 @@ def resolve(potential: Any, config: ScreenConfig, build: bool = True) -> Resolve
     if isinstance(potential, (str, Path)):
         calc = _calculator_from_name(str(potential)) if not Path(potential).exists() else None
         if calc is not None:
-            return Resolved(calc, calc.name, calculator_elements(calc), _calc_identity(calc))
+            name = str(calc.name).lower()
+            return Resolved(calc, name, calculator_elements(calc), _calc_identity(calc))
         path = Path(potential)
         if not path.is_file():
             raise ScreenError(

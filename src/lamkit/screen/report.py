@@ -12,7 +12,8 @@ never needs a new relaxation):
 * ``sun`` (S.U.N.): ``e_above_hull <= sun_threshold`` (default 0.1 eV/atom, MatterGen's) and
   unique and novel, with the same convergence rule; NA when one of them is unknown.
 
-Booleans are pandas' nullable ``boolean`` (True / False / NA), integer columns ``Int64``.
+Booleans are pandas' nullable ``boolean`` (True / False / NA), integers ``Int64``, texts
+``string``, real numbers ``float64`` (NaN when missing).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ INT_COLUMNS = ("index", "nsites", "relax_steps", "duplicate_of", "matched_id",
                "spacegroup_number", "db_id")  # fmt: skip
 FLOAT_COLUMNS = ("fmax", "energy", "energy_per_atom", "formation_energy_per_atom",
                  "e_above_hull")  # fmt: skip
+STRING_COLUMNS = ("source", "formula", "status", "reason", "relax_status", "decomposition",
+                  "hull_status", "spacegroup_symbol")  # fmt: skip
 OUTPUT_FILES = {
     "csv": "results.csv",
     "parquet": "results.parquet",
@@ -97,9 +100,8 @@ def table(rows: list[dict]):
     for c in FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c].astype(object).where(df[c].notna(), np.nan), errors="coerce")
         df[c] = df[c].astype("float64")
-    for c in ("source", "formula", "status", "reason", "relax_status", "decomposition",
-              "hull_status", "spacegroup_symbol"):  # fmt: skip
-        df[c] = df[c].astype(object).where(df[c].notna(), None)
+    for c in STRING_COLUMNS:
+        df[c] = pd.array([None if _missing(v) else str(v) for v in df[c]], dtype="string")
     return df
 
 

@@ -1,0 +1,109 @@
+"""Shared helpers of the screening tests (no tests here): a small EMT crystal database, a
+mixed candidate set whose answers are known, and calculators that fail on purpose.
+
+The database holds fcc Cu, fcc Au and L1_2 CuAu3, each relaxed with lamkit.relax and EMT at
+the screening's default settings, so the same input screened again gives the same energy
+(e_above_hull exactly 0, matched by the novelty check).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+
+def l12(a: float, major: str, minor: str) -> Atoms:
+    """L1_2 (Cu3Au type) cubic cell: ``minor`` at the corner, ``major`` on the face centres."""
+    atoms = bulk(major, "fcc", a=a, cubic=True)
+    atoms.symbols[0] = minor
+    return atoms
+
+
+def l10(a: float) -> Atoms:
+    """L1_0 CuAu: alternating (001) planes of Cu and Au in the cubic fcc cell."""
+    atoms = bulk("Cu", "fcc", a=a, cubic=True)
+    atoms.symbols[[0, 1]] = "Au"
+    return atoms
+
+
+def reference_structures() -> list[Atoms]:
+    """The database's structures (before relaxation)."""
+    return [bulk("Cu", "fcc", a=3.6), bulk("Au", "fcc", a=4.1), l12(4.0, "Au", "Cu")]
+
+
+def build_db(path) -> tuple:
+    """An SQLite CrystalDB at ``path`` with the EMT-relaxed references (model "emt");
+    returns (db, record ids in :func:`reference_structures` order)."""
+    from lamkit.db import CrystalDB
+    from lamkit.relax import relax
+
+    db = CrystalDB(str(path)).init()
+    results = relax(reference_structures(), EMT())
+    ids = [db.add(r.atoms, energy=r.energy, model="emt", source=f"ref{k}").id
+           for k, r in enumerate(results)]  # fmt: skip
+    return db, ids
+
+
+def candidates() -> list[Atoms]:
+    """20 candidates with known fates (see :data:`EXPECTED`)."""
+    rng = np.random.default_rng(7)
+    shifted = l12(3.75, "Cu", "Au")
+    shifted.positions += [0.3, 0.2, 0.1]
+    rattled_cu = bulk("Cu", "fcc", a=3.55)
+    rattled_cu.positions += rng.normal(0, 0.02, (1, 3))
+    cuau3 = l12(4.0, "Au", "Cu")
+    cuau3.rattle(0.01, seed=3)
+    overlapping = bulk("Cu", "fcc", a=3.6, cubic=True)
+    overlapping.positions[1] = overlapping.positions[0] + [0.2, 0.0, 0.0]
+    nan = bulk("Cu", "fcc", a=3.6)
+    nan.positions[0, 0] = np.nan
+    return [
+        bulk("Cu", "fcc", a=3.6),  # 0 = a database record: e_hull 0, not novel
+        bulk("Au", "fcc", a=4.1),  # 1 = a database record
+        l12(4.0, "Au", "Cu"),  # 2 = the database's CuAu3
+        l12(3.75, "Cu", "Au"),  # 3 Cu3Au: new, below the Cu-CuAu3 hull
+        l12(3.75, "Cu", "Au").repeat((1, 1, 2)),  # 4 duplicate of 3 (supercell)
+        shifted,  # 5 duplicate of 3 (translated)
+        l10(3.9),  # 6 CuAu L1_0: new
+        bulk("Cu", "bcc", a=2.87),  # 7 bcc Cu: above the hull
+        bulk("Au", "bcc", a=3.25),  # 8
+        bulk("Cu", "hcp", a=2.55),  # 9
+        rattled_cu,  # 10 duplicate of 0
+        Atoms("Cu2Au", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]],
+              cell=np.diag([3.7, 3.7, 3.7]), pbc=True),  # 11: fails (FlakyEMT)  # fmt: skip
+        nan,  # 12 rejected: NaN coordinates
+        overlapping,  # 13 rejected: atoms too close
+        bulk("Pt", "fcc", a=3.9),  # 14 rejected: no Pt reference in the database
+        Atoms("Cu", cell=np.diag([10.0, 10.0, 10.0]), pbc=True),  # 15 rejected: volume/atom
+        Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]]),  # 16 rejected: not periodic
+        Atoms("CuAu", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]],
+              cell=np.diag([3.1, 3.1, 3.1]), pbc=True),  # 17 B2 CuAu: new  # fmt: skip
+        cuau3,  # 18 duplicate of 2, not novel
+        bulk("Cu", "fcc", a=3.6, cubic=True),  # 19 duplicate of 0
+    ]
+
+
+#: index -> (status, reason fragment) of the candidates that are not relaxed normally.
+EXPECTED_NOT_OK = {
+    11: ("failed", "non-finite"),
+    12: ("rejected", "NaN"),
+    13: ("rejected", "too close"),
+    14: ("rejected", "elemental reference"),
+    15: ("rejected", "volume per atom"),
+    16: ("rejected", "not periodic"),
+}
+#: index -> the earlier index it duplicates.
+EXPECTED_DUPLICATES = {4: 3, 5: 3, 10: 0, 18: 2, 19: 0}
+
+
+class FlakyEMT(EMT):
+    """EMT that returns a NaN energy for structures of exactly three atoms (an explosion)."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        kwargs = {} if system_changes is None else {"system_changes": system_changes}
+        super().calculate(atoms, properties, **kwargs)
+        if len(self.atoms) == 3:
+            self.results["energy"] = float("nan")
+            self.results["free_energy"] = float("nan")
