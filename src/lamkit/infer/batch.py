@@ -19,6 +19,11 @@ every structure's energy, forces and virial:
   of the total energy w.r.t. the atoms of s is the gradient of E_s, as the blocks are
   independent), element (a, b) = F_a R_b as in :mod:`lamkit.model.derivatives`.
 
+One exception: type-mixed descriptors (DPA-1, DPA-2...) give empty neighbour slots the type of
+extended atom 0, as the reference does; with non-zero ``davg`` statistics that changes the
+result, so for such models the structures are evaluated in one call per type of their first
+atom (``_call_groups``), which keeps every structure's result exactly its own.
+
 Units: Å, eV, eV/Å; stress in ASE's Voigt order (xx, yy, zz, yz, xz, xy), eV/Å^3, from the
 symmetrised virial: ``stress = -(W + W^T) / (2 V)``.
 """
@@ -152,13 +157,20 @@ def evaluate_batch(
     sizes = np.array([len(c) for c in coords], dtype=np.int64)
     energy = np.zeros(nstruct)
     virial = np.zeros((nstruct, 3, 3))
-    force_all = np.zeros((int(sizes.sum()), 3))
-    if sizes.sum() > 0:
-        energy, force_all, virial = _model_call(
-            model, coords, cells, atypes, device, chunk_atoms, nl
+    forces = [np.zeros((n, 3)) for n in sizes]
+    for group in _call_groups(model, atypes):
+        e, f, v = _model_call(
+            model,
+            [coords[k] for k in group],
+            [cells[k] for k in group],
+            [atypes[k] for k in group],
+            device,
+            chunk_atoms,
+            nl,
         )
-    splits = np.cumsum(sizes)[:-1]
-    forces = np.split(force_all, splits) if nstruct else []
+        energy[group], virial[group] = e, v
+        for k, fk in zip(group, np.split(f, np.cumsum(sizes[group])[:-1])):
+            forces[k] = fk
     stress = np.full((nstruct, 6), np.nan)
     for k, cell in enumerate(cells):
         if cell is not None:
@@ -166,6 +178,31 @@ def evaluate_batch(
             vol = abs(np.linalg.det(cell))
             stress[k] = (-0.5 * (w + w.T) / vol).reshape(9)[VOIGT]
     return BatchOutput(energy=energy, forces=forces, virial=virial, stress=stress)
+
+
+def _call_groups(model: AtomicModel, atypes: list[np.ndarray]) -> list[list[int]]:
+    """Structures evaluated together: all (with atoms) in one call, unless the model reads
+    the type of extended atom 0 in empty neighbour slots. Type-mixed descriptors do that (the
+    reference's convention), which only matters when their ``davg`` statistics are non-zero
+    (e.g. ``se_atten_v2``, or ``set_davg_zero: false``): then a structure must be in a call
+    whose first atom has the type of its own first atom, so structures are grouped by it."""
+    nonempty = [k for k, t in enumerate(atypes) if len(t)]
+    if not nonempty:
+        return []
+    if not model.mixed_types or not _nonzero_davg(model):
+        return [nonempty]
+    groups: dict[int, list[int]] = {}
+    for k in nonempty:
+        groups.setdefault(int(atypes[k][0]), []).append(k)
+    return list(groups.values())
+
+
+def _nonzero_davg(model: AtomicModel) -> bool:
+    return any(
+        bool(buf.any())
+        for name, buf in model.descriptor.named_buffers()
+        if name.rsplit(".", 1)[-1] == "davg"
+    )
 
 
 def _model_call(model, coords, cells, atypes, device, chunk_atoms, nl):
