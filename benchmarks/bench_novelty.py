@@ -7,10 +7,11 @@ The database is the one of ``benchmarks/db_bench.py`` (``lamkit.db.synthetic.gen
 seed=0)``, model "synthetic", every hull computed); ``--db`` reuses an existing file, else it is
 built there (import about 2 minutes, hull update about 5-8 minutes on one core) and kept.
 
-Candidates, half and half: perturbed copies of random stored records (sites moved by up to
-0.01 Å, energy per atom within 1 %: they are known structures) and new structures
-(:func:`lamkit.db.synthetic.make_structure` of random prototypes and elements, cells strained by
-up to 4 %, energies near the synthetic scale), over whatever chemical systems they fall in.
+Candidates, a third of each kind, over whatever chemical systems they fall in: "known",
+perturbed copies of random stored records (sites moved by up to 0.01 Å, energy per atom within
+1 %); "distorted", :func:`lamkit.db.synthetic.make_structure` of random prototypes and elements
+in cells strained by up to 4 % (most match a stored prototype, but their space group at 0.1 Å
+is a lower one); "new", 2-8 atoms of 1-3 elements at random positions in a random cell.
 Each candidate is timed through ``NoveltyIndex.match`` (its spglib space group, its reduced
 cell, the prefilter query, the matcher) plus ``HullOracle.assess``.  Every run starts with a new
 index and oracle, so the distribution includes the first hull build of each chemical system
@@ -57,15 +58,17 @@ def build(path: Path, n: int, seed: int) -> None:
 
 
 def candidates(db, n: int, rng: np.random.Generator, n_records: int) -> list[tuple]:
-    """(kind, pymatgen Structure, energy eV) of ``n`` candidates: known and new."""
+    """(kind, pymatgen Structure, energy eV) of ``n`` candidates, a third of each kind."""
     from pymatgen.core import Lattice, Structure
 
     from lamkit.db import synthetic
 
     out = []
     names = list(synthetic.PROTOTYPES)
+    pool = synthetic.ELEMENT_POOL
     while len(out) < n:
-        if len(out) % 2 == 0:
+        kind = ("known", "distorted", "new")[len(out) % 3]
+        if kind == "known":  # a stored record, sites moved by up to 0.01 Å
             rec = db.get(int(rng.integers(1, n_records + 1)))
             if rec is None or rec.energy is None:
                 continue
@@ -73,16 +76,39 @@ def candidates(db, n: int, rng: np.random.Generator, n_records: int) -> list[tup
             v = rng.normal(size=(len(s), 3))
             v *= rng.uniform(0, 0.01, (len(s), 1)) / np.linalg.norm(v, axis=1, keepdims=True)
             s = Structure(s.lattice, s.species, s.cart_coords + v, coords_are_cartesian=True)
-            out.append(("known", s, rec.energy * (1 + rng.uniform(-0.01, 0.01))))
-        else:
+            energy = rec.energy * (1 + rng.uniform(-0.01, 0.01))
+        elif kind == "distorted":  # a prototype in a cell strained by up to 4 %
             proto = names[int(rng.integers(len(names)))]
             k = synthetic.N_SPECIES[proto]
-            pool = synthetic.ELEMENT_POOL
             els = [pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)]
             d = synthetic.make_structure(proto, els, rng, strain=0.04)
             s = Structure(Lattice(d["lattice"]), d["species"], d["frac_coords"])
-            out.append(("new", s, d["energy"]))
+            energy = d["energy"]
+        else:  # random positions: new structures
+            s = _random_crystal(rng, pool)
+            energy = len(s) * float(rng.uniform(-7.0, -2.0))
+        out.append((kind, s, energy))
     return out
+
+
+def _random_crystal(rng: np.random.Generator, pool) -> object:
+    """2-8 atoms of 1-3 elements at random positions (no two closer than 1.6 Å) in a random
+    cell of about 14 Å^3 per atom."""
+    from pymatgen.core import Lattice, Structure
+
+    while True:
+        nat = int(rng.integers(2, 9))
+        els = [pool[int(i)] for i in rng.choice(len(pool), size=int(rng.integers(1, 4)))]
+        species = [els[i % len(els)] for i in range(nat)]
+        a, b, c = rng.uniform(0.8, 1.25, 3) * (14.0 * nat) ** (1 / 3)
+        alpha, beta, gamma = rng.uniform(75, 105, 3)
+        try:
+            lattice = Lattice.from_parameters(a, b, c, alpha, beta, gamma)
+        except ValueError:
+            continue
+        s = Structure(lattice, species, rng.random((nat, 3)))
+        if nat == 1 or s.distance_matrix[np.triu_indices(nat, 1)].min() >= 1.6:
+            return s
 
 
 def run_once(db, cands, preset: str, prefilter: str, model: str) -> list[dict]:
@@ -137,12 +163,12 @@ def report(label: str, rows: list[dict]) -> None:
             f"  {key[:-2]:8s} p50 {pct(v, 50):7.1f} ms  p90 {pct(v, 90):7.1f} ms  "
             f"p99 {pct(v, 99):7.1f} ms  mean {1e3 * np.mean(v):6.1f} ms"
         )
-    for kind in ("known", "new"):
+    for kind in ("known", "distorted", "new"):
         mine = [r for r in rows if r["kind"] == kind]
         if mine:
             v = [r["total_s"] for r in mine]
             print(
-                f"  {kind:5s}: {len(mine)}, matched {sum(r['matched'] for r in mine)}, "
+                f"  {kind:9s}: {len(mine)}, matched {sum(r['matched'] for r in mine)}, "
                 f"total p50 {pct(v, 50):.1f} ms p90 {pct(v, 90):.1f} ms; hull status "
                 f"{dict(Counter(r['status'] for r in mine))}"
             )

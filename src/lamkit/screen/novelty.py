@@ -8,19 +8,22 @@ the other (primitive cells, Niggli reduction, volumes scaled; pymatgen's default
 * ``mattergen``: ltol 0.2, stol 0.3, angle_tol 5° (MatterGen's S.U.N. metrics).
 
 The matcher only runs on structures that pass a prefilter.  ``prefilter="spacegroup"`` (the
-default) compares structures of the same reduced formula and the same spglib space group at
-symprec 0.1 Å (the database's indexed ``formula`` and ``spacegroup_number`` columns;
-a candidate's space group is computed the same way).  ``prefilter="formula"`` compares every
+default) compares structures of the same reduced formula whose space groups agree: a stored
+record's is spglib's at symprec 0.1 Å (the database's indexed ``formula`` and
+``spacegroup_number`` columns); a candidate's key is the set of its space groups at each of
+``symprecs`` (default 0.1, 0.3 and 0.5 Å).  The first is the database's own tolerance; the
+looser ones find the parent group of a slightly distorted candidate (a rocksalt cell strained
+by 4 % is monoclinic at 0.1 Å and cubic again at 0.3 or 0.5 Å), so that such a candidate is
+still compared with its symmetric stored twin.  ``prefilter="formula"`` compares every
 structure of the same reduced formula: the matcher itself requires the same reduced
-composition, so this is exactly a brute-force search, and it is slower where one formula has
-many distinct stored structures.  The difference matters when matching structures have
-different space groups at symprec 0.1 Å, that is when one is distorted by more than that
-tolerance but less than the matcher's: a rocksalt cell whose sites are moved by 0.05 Å, or whose
-cell is strained by 2 %, still matches it under both presets but has another space group (see
-tests/test_screen_novelty.py).  Relaxed structures rarely carry such distortions, so the
-space-group prefilter suits screenings of relaxed candidates against relaxed records; use
-``"formula"`` for unrelaxed or noisy structures, with the loose ``mattergen`` tolerances when
-exactness matters, and whenever the formulas involved have few distinct stored structures.
+composition, so this is exactly a brute-force search; it is slower where one formula has many
+distinct stored structures.  The space-group key can only miss a match when the *stored*
+structure is distorted by more than 0.1 Å but less than the matcher's tolerances while the
+candidate is not (or when the candidate's distortion exceeds even the loosest symprec): a
+stored rocksalt cell whose sites were moved by 0.05 Å or whose cell was strained by 2 % has
+a lower space group (see tests/test_screen_novelty.py).  Relaxed records rarely carry such
+distortions; use ``"formula"`` against databases of unrelaxed or noisy structures, or when
+exactness matters more than speed.
 
 ``energy_window`` (relative, e.g. 0.05, the OpenLAM client's 5 %; default off) also requires
 energies per atom within that fraction of each other, ``|a - b| <= w * max(|a|, |b|)``, when
@@ -54,6 +57,8 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 #: Prefilters: same formula and space group, or same formula only.
 PREFILTERS = ("spacegroup", "formula")
+#: spglib tolerances (Å) of a candidate's space-group key; the first is the database's.
+SYMPRECS = (0.1, 0.3, 0.5)
 
 
 def structure_matcher(preset: str):
@@ -94,11 +99,12 @@ def energy_close(a: float | None, b: float | None, window: float | None) -> bool
 
 @dataclass
 class Probe:
-    """A structure prepared for matching: reduced formula, space group (spglib, symprec 0.1 Å,
-    None if spglib found none) and the reduced (Niggli, primitive) pymatgen structure."""
+    """A structure prepared for matching: reduced formula, space groups (spglib at each of
+    ``symprecs``, None where spglib found none; the first at the database's 0.1 Å) and the
+    reduced (Niggli, primitive) pymatgen structure."""
 
     formula: str
-    spacegroup: int | None
+    spacegroups: frozenset[int | None]
     reduced: Any
     key: bytes  # the exact geometry and species
 
@@ -118,20 +124,41 @@ def _reduce(lattice: np.ndarray, frac: np.ndarray, species: list[str]):
     return s.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
 
 
-def probe(structure: Any) -> Probe:
+def _spacegroup(lattice: np.ndarray, frac: np.ndarray, species: list[str], symprec: float):
+    """spglib's space-group number at ``symprec`` (Å), None if it finds none; at the
+    database's tolerance exactly as lamkit.db.records computes (and caches) it."""
+    from lamkit.db.records import SYMPREC, load_spglib, spacegroup
+
+    if symprec == SYMPREC:
+        return spacegroup(lattice, frac, species)[0]
+    from ase.data import atomic_numbers
+
+    spglib = load_spglib()
+    try:
+        ds = spglib.get_symmetry_dataset(
+            (lattice, frac, [atomic_numbers[el] for el in species]), symprec=symprec
+        )
+    except spglib.error.SpglibError:
+        return None
+    return None if ds is None else int(ds.number)
+
+
+def probe(structure: Any, symprecs: Sequence[float] = SYMPRECS) -> Probe:
     """A :class:`Probe` of a pymatgen Structure, an ase.Atoms or a lamkit Record.  Raises
     lamkit.db.RecordError (a ValueError) with the reason when the structure cannot be stored in
     the database (unreadable, non-finite, overlapping atoms: see lamkit.db.records.validate)."""
-    from lamkit.db.records import arrays_from, reduced_formula, spacegroup, validate
+    from lamkit.db.records import arrays_from, reduced_formula, validate
 
     s = validate(arrays_from(structure))
     lattice = np.ascontiguousarray(s.lattice, dtype=np.float64)
     frac = np.ascontiguousarray(s.frac_coords, dtype=np.float64)
     species = list(s.species)
-    number, _ = spacegroup(lattice, frac, species)
+    if not symprecs:
+        raise ValueError("symprecs: expected at least one spglib tolerance (Å)")
+    numbers = {_spacegroup(lattice, frac, species, float(sp)) for sp in symprecs}
     return Probe(
         reduced_formula(species),
-        number,
+        frozenset(numbers),
         _reduce(lattice, frac, species),
         _geometry_key(lattice, frac, species),
     )
@@ -150,9 +177,9 @@ class NoveltyIndex:
 
     ``db``: a CrystalDB, a database URL or path, or None (an empty reference set: nothing
     matches).  ``model``: compare only against the records of this model (None: all records).
-    ``prefilter`` and ``energy_window``: see the module docstring.  ``cache_size``: the
-    number of records whose reduced structures are kept (the cache is emptied when full; a
-    reduced structure of a few sites takes about 5 kB)."""
+    ``prefilter``, ``energy_window`` and ``symprecs``: see the module docstring.
+    ``cache_size``: the number of records whose reduced structures are kept (the cache is
+    emptied when full; a reduced structure of a few sites takes about 5 kB)."""
 
     def __init__(
         self,
@@ -162,6 +189,7 @@ class NoveltyIndex:
         *,
         prefilter: str = "spacegroup",
         energy_window: float | None = None,
+        symprecs: Sequence[float] = SYMPRECS,
         cache_size: int = 50_000,
     ):
         from .stability import _open
@@ -172,6 +200,7 @@ class NoveltyIndex:
         self.model = model
         self.prefilter = _prefilter(prefilter)
         self.energy_window = _window(energy_window)
+        self.symprecs = tuple(float(x) for x in symprecs)
         self.cache_size = int(cache_size)
         self._keys: dict[int, bytes] = {}  # record id -> geometry key
         self._reduced: dict[bytes, Any] = {}  # geometry key -> reduced structure
@@ -186,7 +215,7 @@ class NoveltyIndex:
             return None
         from lamkit.db.engine import read_conn
 
-        p = structure if isinstance(structure, Probe) else probe(structure)
+        p = structure if isinstance(structure, Probe) else probe(structure, self.symprecs)
         if len(self._keys) >= self.cache_size:
             self._keys.clear()
             self._reduced.clear()
@@ -215,11 +244,11 @@ class NoveltyIndex:
         c = records.c
         conds = [c.formula == p.formula]
         if self.prefilter == "spacegroup":
-            conds.append(
-                c.spacegroup_number.is_(None)
-                if p.spacegroup is None
-                else c.spacegroup_number == p.spacegroup
-            )
+            numbers = sorted(n for n in p.spacegroups if n is not None)
+            cond = c.spacegroup_number.in_(numbers)
+            if None in p.spacegroups:
+                cond = or_(cond, c.spacegroup_number.is_(None))
+            conds.append(cond)
         if self.model is not None:
             conds.append(c.model == self.model)
         w = self.energy_window
@@ -264,13 +293,16 @@ def find_unique(
     *,
     prefilter: str = "spacegroup",
     energy_window: float | None = None,
+    symprecs: Sequence[float] = SYMPRECS,
 ) -> list[int | None]:
     """Duplicates within a submission: ``dups[i]`` is the smallest ``j < i`` such that
     structure ``i`` matches structure ``j`` (``StructureMatcher.fit(s_i, s_j)`` of the preset,
     energies per atom within ``energy_window`` when given), or None when ``i`` is the first of
-    its kind.  Deterministic in input order.  Structures are grouped by reduced formula (and
-    space group with ``prefilter="spacegroup"``), so only members of a group are compared.
-    Entries that are None or cannot be read are never duplicates (None) nor matched."""
+    its kind.  Deterministic in input order.  Only structures of the same reduced formula are
+    compared and, with ``prefilter="spacegroup"``, only those whose space-group keys (spglib at
+    each of ``symprecs``) share a space group: both sides are candidates here, so a distorted
+    structure is compared with its symmetric twin whichever comes first.  Entries that are None
+    or cannot be read are never duplicates (None) nor matched."""
     sm = structure_matcher(preset)
     _prefilter(prefilter)
     w = _window(energy_window)
@@ -280,21 +312,22 @@ def find_unique(
             f"energies_per_atom: expected {n} values (one per structure); "
             f"found {len(energies_per_atom)}"
         )
-    groups: dict[tuple, list[tuple[int, Probe, float | None]]] = defaultdict(list)
+    groups: dict[str, list[tuple[int, Probe, float | None]]] = defaultdict(list)
     dups: list[int | None] = [None] * n
     for i, s in enumerate(structures):
         if s is None:
             continue
         try:
-            p = s if isinstance(s, Probe) else probe(s)
+            p = s if isinstance(s, Probe) else probe(s, symprecs)
         except ValueError:
             continue
         epa = None if energies_per_atom is None else energies_per_atom[i]
         epa = None if epa is None else float(epa)
-        key = (p.formula, p.spacegroup if prefilter == "spacegroup" else None)
-        for j, q, e in groups[key]:
+        for j, q, e in groups[p.formula]:
+            if prefilter == "spacegroup" and not p.spacegroups & q.spacegroups:
+                continue
             if energy_close(epa, e, w) and (p.key == q.key or _fit(sm, p.reduced, q.reduced)):
                 dups[i] = j
                 break
-        groups[key].append((i, p, epa))
+        groups[p.formula].append((i, p, epa))
     return dups
