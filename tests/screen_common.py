@@ -33,13 +33,16 @@ def reference_structures() -> list[Atoms]:
     return [bulk("Cu", "fcc", a=3.6), bulk("Au", "fcc", a=4.1), l12(4.0, "Au", "Cu")]
 
 
-def build_db(path) -> tuple:
-    """An SQLite CrystalDB at ``path`` with the EMT-relaxed references (model "emt");
-    returns (db, record ids in :func:`reference_structures` order)."""
+def build_db(path_or_db) -> tuple:
+    """A CrystalDB (an SQLite file at a path, or the empty database given) holding the
+    EMT-relaxed references (model "emt"); returns (db, record ids in
+    :func:`reference_structures` order)."""
     from lamkit.db import CrystalDB
     from lamkit.relax import relax
 
-    db = CrystalDB(str(path)).init()
+    db = path_or_db
+    if not isinstance(db, CrystalDB):
+        db = CrystalDB(str(path_or_db)).init()
     results = relax(reference_structures(), EMT())
     ids = [db.add(r.atoms, energy=r.energy, model="emt", source=f"ref{k}").id
            for k, r in enumerate(results)]  # fmt: skip
@@ -107,3 +110,43 @@ class FlakyEMT(EMT):
         if len(self.atoms) == 3:
             self.results["energy"] = float("nan")
             self.results["free_energy"] = float("nan")
+
+
+SLOW_CALCULATOR = """
+import time
+
+from ase.calculators.emt import EMT
+
+
+class SlowEMT(EMT):
+    \"\"\"EMT that sleeps 10 ms per evaluation (gives a test time to kill a screening).\"\"\"
+
+    def calculate(self, *args, **kwargs):
+        time.sleep(0.01)
+        super().calculate(*args, **kwargs)
+"""
+
+
+def write_slow_calculator(folder) -> None:
+    """Write the module ``slowcalc`` (class SlowEMT) into ``folder`` (put it on PYTHONPATH)."""
+    (folder / "slowcalc.py").write_text(SLOW_CALCULATOR)
+
+
+def varied(n: int, seed: int = 0) -> list[Atoms]:
+    """``n`` small Cu-Au cells (1-8 atoms) with random lattice constants and rattles."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        kind = k % 4
+        a = float(rng.uniform(3.5, 4.1))
+        if kind == 0:
+            atoms = bulk("Cu", "fcc", a=a, cubic=True)
+        elif kind == 1:
+            atoms = l12(a, "Cu", "Au")
+        elif kind == 2:
+            atoms = l10(a)
+        else:
+            atoms = bulk("Au", "fcc", a=a).repeat((2, 1, 1))
+        atoms.rattle(0.05, seed=k)
+        out.append(atoms)
+    return out

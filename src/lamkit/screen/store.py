@@ -210,8 +210,18 @@ def _lock(path: Path):
     return fh
 
 
+def _flat(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _diff(old: dict, new: dict) -> str:
     """'key: old -> new' for the settings that differ (at most 4)."""
+    old, new = _flat(old), _flat(new)
     keys = sorted(set(old) | set(new))
     parts = [
         f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
