@@ -135,7 +135,7 @@ def run_once(db, cands, preset: str, prefilter: str, model: str) -> list[dict]:
                 "status": st.hull_status.split(":")[0],
             }
         )
-    rows.append({"fits": index.fits, "systems": len(oracle._systems)})
+    rows.append({"fits": index.fits, "systems": oracle.n_systems})
     return rows
 
 

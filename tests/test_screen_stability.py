@@ -224,6 +224,9 @@ def test_statuses_when_no_hull_can_be_built(db):
     )
     assert oracle.assess(["Ag", "Pd", "Cu"], -9.0).hull_status == "no-reference: Ag, Pd"
     assert oracle.assess(["Kr", "Xe"], -1.0).hull_status == "no-records"
+    assert oracle.hull_status("Xe-Kr") == oracle.hull_status(["Kr", "Xe"]) == "no-records"
+    assert oracle.hull_status("Au-Cu-Pt") == "ok"
+    assert oracle.hull_status("Cu-Xx").startswith("error: species: unknown element")
     assert HullOracle(db, model="nothing").assess(["Cu"], -3.0).hull_status == "no-records"
     none = HullOracle(None, references={"Cu": -3.5, "Au": -3.2})
     st = none.assess(["Cu", "Au"], -7.0)

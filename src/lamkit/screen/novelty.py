@@ -252,16 +252,18 @@ class NoveltyIndex:
         if self.model is not None:
             conds.append(c.model == self.model)
         w = self.energy_window
+        # sorted here rather than in SQL: an ORDER BY id would keep SQLite from answering from
+        # an index on (formula, spacegroup_number) alone, where one exists
         if w is None or epa is None or not math.isfinite(epa):
-            return list(conn.execute(select(c.id).where(*conds).order_by(c.id)).scalars())
+            return sorted(conn.execute(select(c.id).where(*conds)).scalars())
         # a superset of the window in SQL (|a - b| <= w |b| implies |a - b| <= w |a| / (1 - w)),
         # the exact test here
         half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
         conds.append(
             or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
         )
-        rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds).order_by(c.id)).all()
-        return [rid for rid, e in rows if energy_close(epa, e, w)]
+        rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds)).all()
+        return sorted(rid for rid, e in rows if energy_close(epa, e, w))
 
     def _load(self, conn, ids: list[int]) -> None:
         """Cache the geometry keys and reduced structures of records ``ids``."""

@@ -117,7 +117,7 @@ class HullOracle:
         counts = Counter(species)
         n = len(species)
         epa = float(energy) / n
-        system = self.system(chemsys)
+        system = self._system(chemsys)
         if system.status != "ok":
             form = self._formation_without_hull(counts, n, epa)
             return Stability(form, None, None, system.status, chemsys)
@@ -144,7 +144,20 @@ class HullOracle:
         e = float(e)
         return Stability(form, 0.0 if abs(e) < SNAP else e, text, "ok", chemsys)
 
-    def system(self, chemsys: str) -> _System:
+    def hull_status(self, elements: str | list[str]) -> str:
+        """The ``hull_status`` that candidates of a chemical system get ("Cu-Au", or a list of
+        element symbols): "ok" when a hull can be built (it is then built and cached)."""
+        if isinstance(elements, str):
+            elements = elements.split("-")
+        problem = _check_input(list(elements), 0.0)
+        return f"error: {problem}" if problem else self._system("-".join(elements)).status
+
+    @property
+    def n_systems(self) -> int:
+        """Chemical systems whose hull (or status) is cached."""
+        return len(self._systems)
+
+    def _system(self, chemsys: str) -> _System:
         """The cached hull of ``chemsys`` ("Cu-Au" in any element order), built on first use."""
         key = "-".join(sorted(set(chemsys.split("-"))))
         hit = self._systems.get(key)
