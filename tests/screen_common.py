@@ -150,3 +150,16 @@ def varied(n: int, seed: int = 0) -> list[Atoms]:
         atoms.rattle(0.05, seed=k)
         out.append(atoms)
     return out
+
+
+class KillerEMT(EMT):
+    """EMT that ends its process on structures of exactly three atoms (a crashing worker);
+    only for Dask workers."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        import os
+
+        if atoms is not None and len(atoms) == 3:
+            os._exit(13)
+        kwargs = {} if system_changes is None else {"system_changes": system_changes}
+        super().calculate(atoms, properties, **kwargs)

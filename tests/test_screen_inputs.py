@@ -166,7 +166,8 @@ def test_archive_limits_and_bombs(tmp_path, monkeypatch):
     cands = collect(
         [tmp_path / "big.zip"], ScreenConfig(max_archive_bytes=1_000, parse_workers=0)
     )
-    assert all("total byte limit" in c.error for c in cands)
+    assert cands[0].atoms is not None  # the first member fits in the archive's budget
+    assert "total byte limit" in cands[1].error
     # a member that claims a huge compression ratio is not even extracted
     _zip(tmp_path / "bomb.zip", {"zeros.cif": b"\0" * (2 << 20), "ok.cif": good})
     monkeypatch.setattr(inputs_mod, "MAX_RATIO", 50)
