@@ -120,7 +120,8 @@ class Relaxer:
         self.dtype = np.dtype(dtype)
         self.max_volume_ratio = float(max_volume_ratio)
         self.min_distance = float(min_distance)
-        self._close = NeighborList(cutoff=self.min_distance, full_list=False)
+        # vesin's cell lists get slow for tiny cutoffs: search 1.5 Å, keep what is too close
+        self._close = NeighborList(cutoff=max(self.min_distance, 1.5), full_list=False)
 
     # --- the loop -------------------------------------------------------------------------------
     def run(

@@ -147,7 +147,7 @@ def explosion(
 ) -> str | None:
     """Why the geometry after a step is unphysical, or None: non-finite coordinates, a volume
     beyond ``max_volume_ratio`` times (or below its inverse) the input's, or two atoms closer
-    than ``min_distance`` Å."""
+    than ``min_distance`` Å (``nl``: a vesin list with a cutoff of at least that)."""
     if not (np.all(np.isfinite(job.pos)) and np.all(np.isfinite(job.cell))):
         return f"non-finite positions or cell after step {job.nsteps}"
     if job.cell_dof:
@@ -159,6 +159,8 @@ def explosion(
     periodic = bool(np.any(job.pbc))
     box = job.cell if periodic else np.zeros((3, 3))
     i, j, d = nl.compute(job.pos, box, periodic, "ijd")
+    close = d < min_distance
+    i, j, d = i[close], j[close], d[close]
     if len(d):
         k = int(np.argmin(d))
         return (
