@@ -163,3 +163,27 @@ class KillerEMT(EMT):
             os._exit(13)
         kwargs = {} if system_changes is None else {"system_changes": system_changes}
         super().calculate(atoms, properties, **kwargs)
+
+
+def tiny_model_file(path) -> str:
+    """A small random se_e2_a lamkit model for Cu and Au saved at ``path`` (a stand-in for a
+    trained model: its energies are arbitrary but smooth)."""
+    import torch
+
+    from lamkit.model import build_model
+    from lamkit.model.io import save_model
+    from lamkit.testing import randomize_statistics
+
+    model = build_model(
+        {
+            "type_map": ["Cu", "Au"],
+            "descriptor": {"type": "se_e2_a", "sel": [30, 30], "rcut": 4.0, "rcut_smth": 1.0,
+                           "neuron": [4, 8], "axis_neuron": 4, "seed": 1},  # fmt: skip
+            "fitting_net": {"neuron": [8, 8], "seed": 1},
+        }
+    )
+    randomize_statistics(model, 1)
+    with torch.no_grad():
+        model.out_bias.copy_(torch.tensor([[-3.5], [-3.8]], dtype=torch.float64))
+    save_model(model.eval(), path)
+    return str(path)

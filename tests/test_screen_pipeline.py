@@ -161,3 +161,34 @@ def test_unusable_arguments_raise_screen_errors(tmp_path):
         ScreenConfig(fmax=0)
     with pytest.raises(ScreenError, match="volume_per_atom"):
         ScreenConfig(volume_per_atom=(10, 1))
+
+
+def test_a_lamkit_model_file(tmp_path):
+    from tests.screen_common import tiny_model_file
+
+    path = tiny_model_file(tmp_path / "tiny.pth")
+    config = ScreenConfig(fmax=1e-3, steps=15, chunk_size=4)
+    res = screen(candidates(), path, tmp_path / "out", config=config, progress=False)
+    df = res.table
+    assert res.summary["model"] == "tiny"
+    assert df.status[14] == "rejected"
+    assert "Pt not in the model's type map (Au, Cu)" in df.reason[14]
+    assert (df.status[:12] == "ok").all()
+    assert (df.relax_steps[:12] > 0).all() and set(df.relax_status[:12]) <= {
+        "converged",
+        "unconverged",
+    }
+    assert not df.converged[df.relax_status == "unconverged"].any()
+    again = screen(candidates(), path, tmp_path / "out", config=config, progress=False)
+    assert again.summary["timing"]["computed"] == 0
+    # another model under the same file name is another screening
+    import torch
+
+    from lamkit.model.io import load_model, save_model
+
+    model = load_model(path)
+    with torch.no_grad():
+        model.out_bias.add_(0.1)
+    save_model(model, path)
+    with pytest.raises(ScreenError, match="potential.sha256"):
+        screen(candidates(), path, tmp_path / "out", config=config, progress=False)

@@ -27,6 +27,8 @@ log = logging.getLogger("lamkit")
 
 #: Shards in flight per worker.
 IN_FLIGHT = 2
+#: Seconds to wait for a scheduler given by address.
+CONNECT_TIMEOUT = 30
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -59,7 +61,7 @@ def _client(workers: int | None, address: str | None):
         ) from None
     if address is not None:
         try:
-            return Client(address, timeout="30s"), None
+            return Client(address, timeout=f"{CONNECT_TIMEOUT}s"), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise ScreenError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     cluster = LocalCluster(
