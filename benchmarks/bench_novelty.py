@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5, help="runs, each with a new index and oracle")
     p.add_argument("--candidates", type=int, default=200, help="candidates per run")
     p.add_argument("--preset", default="openlam", choices=("openlam", "mattergen"))
-    p.add_argument("--prefilter", default="spacegroup", choices=("spacegroup", "formula"))
+    p.add_argument("--prefilter", default="auto", choices=("auto", "spacegroup", "formula"))
     p.add_argument("--model", default="synthetic", help="hull model")
     args = p.parse_args(argv)
     if not args.db.exists():

@@ -5,6 +5,8 @@ strained, scaled, supercell and primitive variants and near misses (SQLite and P
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import spglib
@@ -164,16 +166,20 @@ def _brute(structure, stored, preset, *, model=None, sgs=None, epa=None, window=
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_match_equals_brute_force(db, stored, preset):
     exact = NoveltyIndex(db, preset, prefilter="formula")
-    fast = NoveltyIndex(db, preset)
-    strict = NoveltyIndex(db, preset, symprecs=(0.1,))  # the stored tolerance only
+    keyed = NoveltyIndex(db, preset, prefilter="spacegroup")
+    strict = NoveltyIndex(db, preset, prefilter="spacegroup", symprecs=(0.1,))  # the db's only
+    auto = NoveltyIndex(db, preset)  # no formula has more than 16 records here: exhaustive
+    small = NoveltyIndex(db, preset, auto_limit=3)  # keyed for formulas of more than 3
+    per_formula = Counter(s.composition.reduced_formula for _, s, *_ in stored)
     found = new = rescued = 0
     for name, s, near in CANDIDATES:
         want = _brute(s, stored, preset)
-        assert exact.match(s) == want, name
-        got = fast.match(s)
+        assert exact.match(s) == auto.match(s) == want, name
+        got = keyed.match(s)
         assert got == _brute(s, stored, preset, sgs=_key(s)), name
         if not (near and preset == "mattergen"):
             assert got == want, name
+        assert small.match(s) == (got if per_formula[s.composition.reduced_formula] > 3 else want)
         only = strict.match(s)
         assert only == _brute(s, stored, preset, sgs={_sg(s)}), name
         rescued += only != want
@@ -181,7 +187,8 @@ def test_match_equals_brute_force(db, stored, preset):
         new += want is None
     assert found >= 10 and new >= 4
     assert rescued >= 2  # distorted candidates found thanks to the looser tolerances
-    assert fast.fits < exact.fits  # the space-group key saves matcher calls
+    assert keyed.fits < exact.fits  # the space-group key saves matcher calls
+    assert max(per_formula.values()) > 3
 
 
 def test_presets_differ_on_near_misses(db):
@@ -189,8 +196,9 @@ def test_presets_differ_on_near_misses(db):
     loose = NoveltyIndex(db, "mattergen", prefilter="formula")
     near = [s for _, s, n in CANDIDATES if n]
     assert all(strong.match(s) is None and loose.match(s) is not None for s in near)
-    # a match across space groups: only the exhaustive formula prefilter finds it
-    assert all(NoveltyIndex(db, "mattergen").match(s) is None for s in near)
+    # a match across space groups: only the exhaustive prefilter finds it
+    keyed = NoveltyIndex(db, "mattergen", prefilter="spacegroup")
+    assert all(keyed.match(s) is None for s in near)
 
 
 def test_model_filter_and_energy_window(db, stored):
@@ -235,15 +243,24 @@ def test_inputs_and_caching(db, stored):
     assert index.fits == fits + 1  # one fit: the first record matches
     with pytest.raises(RecordError):
         index.match({"lattice": [[1, 0, 0]], "species": ["Na"], "frac_coords": [[0, 0]]})
+    p = probe(s)
+    assert NoveltyIndex(db, "openlam", prefilter="spacegroup").match(p) == stored[0][0]
+    assert p.spacegroups() == {225} and p.spacegroups((0.1,)) == {_sg(s)}
+    assert find_unique([p, p]) == [None, 0]
     assert NoveltyIndex(None).match(s) is None
+    with pytest.raises(ValueError, match="symprecs"):
+        NoveltyIndex(db, symprecs=())
     with pytest.raises(ValueError, match="preset"):
         NoveltyIndex(db, "loose")
     with pytest.raises(ValueError, match="prefilter"):
         NoveltyIndex(db, prefilter="hash")
 
 
-def _pairwise(structures, preset, same_sg):
+def _pairwise(probes, preset, same_sg):
+    """dups[i] of brute-force pairwise matching (StructureMatcher on the original
+    structures); with ``same_sg``, only pairs whose space-group keys intersect."""
     sm = StructureMatcher(**PRESETS[preset])
+    structures = [Structure(Lattice(p.lattice), p.species, p.frac_coords) for p in probes]
     keys = [_key(s) for s in structures]
     out = []
     for i, s in enumerate(structures):
@@ -262,11 +279,17 @@ def _pairwise(structures, preset, same_sg):
 def test_find_unique_equals_pairwise(preset):
     structures = [s for s, _, _ in STORED] + [s for _, s, _ in CANDIDATES]
     order = np.random.default_rng(3).permutation(len(structures))
-    structures = [structures[i] for i in order]
-    exact = find_unique(structures, preset, prefilter="formula")
-    assert exact == _pairwise(structures, preset, same_sg=False)
-    assert find_unique(structures, preset) == _pairwise(structures, preset, same_sg=True)
-    assert sum(d is not None for d in exact) >= 15
+    structures = [probe(structures[i]) for i in order]  # reduced once for the four calls
+    exact = _pairwise(structures, preset, same_sg=False)
+    keyed = _pairwise(structures, preset, same_sg=True)
+    assert find_unique(structures, preset, prefilter="formula") == exact
+    assert find_unique(structures, preset) == exact  # no formula has more than 16 structures here
+    assert find_unique(structures, preset, prefilter="spacegroup") == keyed
+    sizes = Counter(p.formula for p in structures)
+    mixed = find_unique(structures, preset, auto_limit=5)
+    for i, p in enumerate(structures):
+        assert mixed[i] == (keyed[i] if sizes[p.formula] > 5 else exact[i]), i
+    assert sum(d is not None for d in exact) >= 15 and exact != keyed
     assert all(d is None or d < i for i, d in enumerate(exact))
 
 

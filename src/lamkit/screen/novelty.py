@@ -7,23 +7,28 @@ the other (primitive cells, Niggli reduction, volumes scaled; pymatgen's default
 * ``openlam``: ltol 0.05, stol 0.1, angle_tol 5° (the OpenLAM competition and lamkit.db);
 * ``mattergen``: ltol 0.2, stol 0.3, angle_tol 5° (MatterGen's S.U.N. metrics).
 
-The matcher only runs on structures that pass a prefilter.  ``prefilter="spacegroup"`` (the
-default) compares structures of the same reduced formula whose space groups agree: a stored
-record's is spglib's at symprec 0.1 Å (the database's indexed ``formula`` and
-``spacegroup_number`` columns); a candidate's key is the set of its space groups at each of
-``symprecs`` (default 0.1, 0.3 and 0.5 Å).  The first is the database's own tolerance; the
-looser ones find the parent group of a slightly distorted candidate (a rocksalt cell strained
-by 4 % is monoclinic at 0.1 Å and cubic again at 0.3 or 0.5 Å), so that such a candidate is
-still compared with its symmetric stored twin.  ``prefilter="formula"`` compares every
-structure of the same reduced formula: the matcher itself requires the same reduced
-composition, so this is exactly a brute-force search; it is slower where one formula has many
-distinct stored structures.  The space-group key can only miss a match when the *stored*
-structure is distorted by more than 0.1 Å but less than the matcher's tolerances while the
-candidate is not (or when the candidate's distortion exceeds even the loosest symprec): a
-stored rocksalt cell whose sites were moved by 0.05 Å or whose cell was strained by 2 % has
-a lower space group (see tests/test_screen_novelty.py).  Relaxed records rarely carry such
-distortions; use ``"formula"`` against databases of unrelaxed or noisy structures, or when
-exactness matters more than speed.
+The matcher only runs on structures that pass a prefilter, always the same reduced formula
+(the matcher requires it) and, where one formula has many stored structures, a space-group
+key:
+
+* ``prefilter="formula"``: every structure of the formula is compared; exactly a brute-force
+  search, slow only where a formula has many distinct stored structures;
+* ``prefilter="spacegroup"``: only structures whose space groups agree.  A stored record's is
+  spglib's at symprec 0.1 Å (the database's indexed ``spacegroup_number``); a candidate's key
+  is the set of its space groups at each of ``symprecs`` (default 0.1, 0.3 and 0.5 Å).  The
+  first is the database's tolerance; the looser ones find the parent group of a slightly
+  distorted candidate (a rocksalt cell strained by 4 % is monoclinic at 0.1 Å and cubic at
+  0.3 Å), so that it still meets its symmetric stored twin;
+* ``prefilter="auto"`` (the default): "formula" when at most ``auto_limit`` (16) records pass
+  the formula (and model and energy) filters, "spacegroup" above; within a submission, the
+  same per formula group.
+
+The space-group key misses a match only when the *stored* structure is distorted by more
+than 0.1 Å but less than the matcher's tolerances while the candidate is not, or when a
+candidate's distortion exceeds even the loosest symprec: a stored rocksalt cell whose sites
+were moved by 0.05 Å, or a cell strained by 12 % under the loose ``mattergen`` tolerances (see
+tests/test_screen_novelty.py).  Relaxed records rarely carry such distortions.  The key costs
+spglib calls (a few ms each for a small cell), so it is only computed when used.
 
 ``energy_window`` (relative, e.g. 0.05, the OpenLAM client's 5 %; default off) also requires
 energies per atom within that fraction of each other, ``|a - b| <= w * max(|a|, |b|)``, when
@@ -37,9 +42,9 @@ lifetime, so repeated queries against the same records cost one fit each.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +60,10 @@ PRESETS: dict[str, dict[str, float]] = {
     "openlam": dict(ltol=0.05, stol=0.1, angle_tol=5.0),
     "mattergen": dict(ltol=0.2, stol=0.3, angle_tol=5.0),
 }
-#: Prefilters: same formula and space group, or same formula only.
-PREFILTERS = ("spacegroup", "formula")
+#: Prefilters: formula alone, formula and space group, or chosen per formula by its size.
+PREFILTERS = ("auto", "spacegroup", "formula")
+#: "auto" compares exhaustively up to this many records of one formula.
+AUTO_LIMIT = 16
 #: spglib tolerances (Å) of a candidate's space-group key; the first is the database's.
 SYMPRECS = (0.1, 0.3, 0.5)
 
@@ -99,14 +106,27 @@ def energy_close(a: float | None, b: float | None, window: float | None) -> bool
 
 @dataclass
 class Probe:
-    """A structure prepared for matching: reduced formula, space groups (spglib at each of
-    ``symprecs``, None where spglib found none; the first at the database's 0.1 Å) and the
-    reduced (Niggli, primitive) pymatgen structure."""
+    """A structure prepared for matching: its reduced formula, exact geometry (``lattice``
+    [3, 3] Å, ``frac_coords`` [n, 3], ``species`` [n]), the reduced (Niggli, primitive)
+    pymatgen structure the matcher works on, and its space groups per spglib tolerance,
+    computed on first use (:meth:`spacegroups`)."""
 
     formula: str
-    spacegroups: frozenset[int | None]
+    lattice: np.ndarray
+    frac_coords: np.ndarray
+    species: list[str]
     reduced: Any
-    key: bytes  # the exact geometry and species
+    key: bytes  # the exact geometry and species, as the database stores them
+    _groups: dict[float, int | None] = field(default_factory=dict, repr=False)
+
+    def spacegroups(self, symprecs: Sequence[float] = SYMPRECS) -> frozenset[int | None]:
+        """spglib's space-group numbers at each tolerance (Å); None where it finds none."""
+        for sp in symprecs:
+            if float(sp) not in self._groups:
+                self._groups[float(sp)] = _spacegroup(
+                    self.lattice, self.frac_coords, self.species, float(sp)
+                )
+        return frozenset(self._groups[float(sp)] for sp in symprecs)
 
 
 def _geometry_key(lattice: np.ndarray, frac: np.ndarray, species: list[str]) -> bytes:
@@ -143,22 +163,23 @@ def _spacegroup(lattice: np.ndarray, frac: np.ndarray, species: list[str], sympr
     return None if ds is None else int(ds.number)
 
 
-def probe(structure: Any, symprecs: Sequence[float] = SYMPRECS) -> Probe:
-    """A :class:`Probe` of a pymatgen Structure, an ase.Atoms or a lamkit Record.  Raises
-    lamkit.db.RecordError (a ValueError) with the reason when the structure cannot be stored in
-    the database (unreadable, non-finite, overlapping atoms: see lamkit.db.records.validate)."""
+def probe(structure: Any) -> Probe:
+    """A :class:`Probe` of a pymatgen Structure, an ase.Atoms or a lamkit Record: build one
+    per structure and pass it to both :meth:`NoveltyIndex.match` and :func:`find_unique` to
+    reduce it (and find its space groups) once.  Raises lamkit.db.RecordError (a ValueError)
+    with the reason when the structure cannot be stored in the database (unreadable,
+    non-finite, overlapping atoms: see lamkit.db.records.validate)."""
     from lamkit.db.records import arrays_from, reduced_formula, validate
 
     s = validate(arrays_from(structure))
     lattice = np.ascontiguousarray(s.lattice, dtype=np.float64)
     frac = np.ascontiguousarray(s.frac_coords, dtype=np.float64)
     species = list(s.species)
-    if not symprecs:
-        raise ValueError("symprecs: expected at least one spglib tolerance (Å)")
-    numbers = {_spacegroup(lattice, frac, species, float(sp)) for sp in symprecs}
     return Probe(
         reduced_formula(species),
-        frozenset(numbers),
+        lattice,
+        frac,
+        species,
         _reduce(lattice, frac, species),
         _geometry_key(lattice, frac, species),
     )
@@ -177,9 +198,9 @@ class NoveltyIndex:
 
     ``db``: a CrystalDB, a database URL or path, or None (an empty reference set: nothing
     matches).  ``model``: compare only against the records of this model (None: all records).
-    ``prefilter``, ``energy_window`` and ``symprecs``: see the module docstring.
-    ``cache_size``: the number of records whose reduced structures are kept (the cache is
-    emptied when full; a reduced structure of a few sites takes about 5 kB)."""
+    ``prefilter``, ``auto_limit``, ``energy_window`` and ``symprecs``: see the module
+    docstring.  ``cache_size``: the number of records whose reduced structures are kept (the
+    cache is emptied when full; a reduced structure of a few sites takes about 5 kB)."""
 
     def __init__(
         self,
@@ -187,7 +208,8 @@ class NoveltyIndex:
         preset: str = "openlam",
         model: str | None = None,
         *,
-        prefilter: str = "spacegroup",
+        prefilter: str = "auto",
+        auto_limit: int = AUTO_LIMIT,
         energy_window: float | None = None,
         symprecs: Sequence[float] = SYMPRECS,
         cache_size: int = 50_000,
@@ -199,23 +221,24 @@ class NoveltyIndex:
         self.matcher = structure_matcher(preset)
         self.model = model
         self.prefilter = _prefilter(prefilter)
+        self.auto_limit = int(auto_limit)
         self.energy_window = _window(energy_window)
-        self.symprecs = tuple(float(x) for x in symprecs)
+        self.symprecs = _symprecs(symprecs)
         self.cache_size = int(cache_size)
         self._keys: dict[int, bytes] = {}  # record id -> geometry key
         self._reduced: dict[bytes, Any] = {}  # geometry key -> reduced structure
         self.fits = 0  # StructureMatcher calls made (a measure of the prefilter's work)
 
     def match(self, structure: Any, energy_per_atom: float | None = None) -> int | None:
-        """The lowest id of a stored record that ``structure`` (pymatgen Structure, ase.Atoms)
-        matches, or None if it is new.  ``energy_per_atom`` (eV/atom) narrows the prefilter
-        when the index has an ``energy_window``.  Raises RecordError for an unreadable
-        structure."""
+        """The lowest id of a stored record that ``structure`` (pymatgen Structure, ase.Atoms
+        or :class:`Probe`) matches, or None if it is new.  ``energy_per_atom`` (eV/atom)
+        narrows the prefilter when the index has an ``energy_window``.  Raises RecordError
+        for an unreadable structure."""
         if self.db is None:
             return None
         from lamkit.db.engine import read_conn
 
-        p = structure if isinstance(structure, Probe) else probe(structure, self.symprecs)
+        p = structure if isinstance(structure, Probe) else probe(structure)
         if len(self._keys) >= self.cache_size:
             self._keys.clear()
             self._reduced.clear()
@@ -243,27 +266,38 @@ class NoveltyIndex:
 
         c = records.c
         conds = [c.formula == p.formula]
-        if self.prefilter == "spacegroup":
-            numbers = sorted(n for n in p.spacegroups if n is not None)
-            cond = c.spacegroup_number.in_(numbers)
-            if None in p.spacegroups:
-                cond = or_(cond, c.spacegroup_number.is_(None))
-            conds.append(cond)
         if self.model is not None:
             conds.append(c.model == self.model)
         w = self.energy_window
-        # sorted here rather than in SQL: an ORDER BY id would keep SQLite from answering from
-        # an index on (formula, spacegroup_number) alone, where one exists
-        if w is None or epa is None or not math.isfinite(epa):
-            return sorted(conn.execute(select(c.id).where(*conds)).scalars())
-        # a superset of the window in SQL (|a - b| <= w |b| implies |a - b| <= w |a| / (1 - w)),
-        # the exact test here
-        half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
-        conds.append(
-            or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
-        )
-        rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds)).all()
-        return sorted(rid for rid, e in rows if energy_close(epa, e, w))
+        if w is not None and epa is not None and math.isfinite(epa):
+            # a superset of the window in SQL (|a - b| <= w |b| implies
+            # |a - b| <= w |a| / (1 - w)), the exact test in Python
+            half = w * abs(epa) / (1.0 - w) * (1 + 1e-12)
+            conds.append(
+                or_(c.energy_per_atom.is_(None), c.energy_per_atom.between(epa - half, epa + half))
+            )
+        else:
+            w = None
+
+        def ids(*extra) -> list[int]:
+            # sorted here, not in SQL: an ORDER BY id would keep SQLite from answering from an
+            # index on (formula, spacegroup_number) alone where one exists
+            if w is None:
+                return sorted(conn.execute(select(c.id).where(*conds, *extra)).scalars())
+            rows = conn.execute(select(c.id, c.energy_per_atom).where(*conds, *extra)).all()
+            return sorted(rid for rid, e in rows if energy_close(epa, e, w))
+
+        if self.prefilter == "formula":
+            return ids()
+        if self.prefilter == "auto":
+            everything = ids()
+            if len(everything) <= self.auto_limit:
+                return everything
+        groups = p.spacegroups(self.symprecs)
+        cond = c.spacegroup_number.in_(sorted(n for n in groups if n is not None))
+        if None in groups:
+            cond = or_(cond, c.spacegroup_number.is_(None))
+        return ids(cond)
 
     def _load(self, conn, ids: list[int]) -> None:
         """Cache the geometry keys and reduced structures of records ``ids``."""
@@ -288,12 +322,20 @@ class NoveltyIndex:
         return _fit(self.matcher, p.reduced, self._reduced[key])
 
 
+def _symprecs(symprecs: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(x) for x in symprecs)
+    if not out or not all(math.isfinite(x) and x > 0 for x in out):
+        raise ValueError(f"symprecs: expected positive spglib tolerances (Å); found {symprecs!r}")
+    return out
+
+
 def find_unique(
     structures: Sequence[Any],
     preset: str = "openlam",
     energies_per_atom: Sequence[float | None] | None = None,
     *,
-    prefilter: str = "spacegroup",
+    prefilter: str = "auto",
+    auto_limit: int = AUTO_LIMIT,
     energy_window: float | None = None,
     symprecs: Sequence[float] = SYMPRECS,
 ) -> list[int | None]:
@@ -301,32 +343,39 @@ def find_unique(
     structure ``i`` matches structure ``j`` (``StructureMatcher.fit(s_i, s_j)`` of the preset,
     energies per atom within ``energy_window`` when given), or None when ``i`` is the first of
     its kind.  Deterministic in input order.  Only structures of the same reduced formula are
-    compared and, with ``prefilter="spacegroup"``, only those whose space-group keys (spglib at
-    each of ``symprecs``) share a space group: both sides are candidates here, so a distorted
-    structure is compared with its symmetric twin whichever comes first.  Entries that are None
-    or cannot be read are never duplicates (None) nor matched."""
+    compared; with ``prefilter="spacegroup"``, and with "auto" in formulas of more than
+    ``auto_limit`` structures, only those whose space-group keys (spglib at each of
+    ``symprecs``) share a space group: both sides are candidates here, so a distorted structure
+    meets its symmetric twin whichever comes first.  ``structures`` may hold
+    :class:`Probe` objects; entries that are None or cannot be read are never duplicates (None)
+    nor matched."""
     sm = structure_matcher(preset)
     _prefilter(prefilter)
     w = _window(energy_window)
+    symprecs = _symprecs(symprecs)
     n = len(structures)
     if energies_per_atom is not None and len(energies_per_atom) != n:
         raise ValueError(
             f"energies_per_atom: expected {n} values (one per structure); "
             f"found {len(energies_per_atom)}"
         )
+    probes: list[Probe | None] = []
+    for s in structures:
+        try:
+            probes.append(None if s is None else s if isinstance(s, Probe) else probe(s))
+        except ValueError:
+            probes.append(None)
+    sizes = Counter(p.formula for p in probes if p is not None)
     groups: dict[str, list[tuple[int, Probe, float | None]]] = defaultdict(list)
     dups: list[int | None] = [None] * n
-    for i, s in enumerate(structures):
-        if s is None:
-            continue
-        try:
-            p = s if isinstance(s, Probe) else probe(s, symprecs)
-        except ValueError:
+    for i, p in enumerate(probes):
+        if p is None:
             continue
         epa = None if energies_per_atom is None else energies_per_atom[i]
         epa = None if epa is None else float(epa)
+        keyed = prefilter == "spacegroup" or (prefilter == "auto" and sizes[p.formula] > auto_limit)
         for j, q, e in groups[p.formula]:
-            if prefilter == "spacegroup" and not p.spacegroups & q.spacegroups:
+            if keyed and not p.spacegroups(symprecs) & q.spacegroups(symprecs):
                 continue
             if energy_close(epa, e, w) and (p.key == q.key or _fit(sm, p.reduced, q.reduced)):
                 dups[i] = j
