@@ -40,7 +40,7 @@ def test_a_running_two_worker_cluster_gives_the_in_process_table(tmp_path):
     finally:
         cluster.close()
         db.close()
-    pd.testing.assert_frame_equal(here.table, there.table)
+    pd.testing.assert_frame_equal(here.table, there.table, check_exact=True)
     assert here.paths["relaxed"].read_text() == there.paths["relaxed"].read_text()
     assert there.summary["engine"] == f"dask cluster {address}"
     assert (there.table.status == "failed").sum() == 1  # FlakyEMT's NaN, on a worker
@@ -81,4 +81,4 @@ def test_a_model_file_is_loaded_by_the_workers_with_the_same_results(tmp_path):
     here = screen(cands, path, tmp_path / "here", config=config, progress=False)
     there = screen(cands, path, tmp_path / "there", config=config, workers=2, progress=False)
     assert (here.table.relax_steps > 0).all()
-    pd.testing.assert_frame_equal(here.table, there.table)
+    pd.testing.assert_frame_equal(here.table, there.table, check_exact=True)

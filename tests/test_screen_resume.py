@@ -80,7 +80,7 @@ def test_killed_screening_resumes_to_the_same_table(tmp_path, monkeypatch):
     )  # fmt: skip
     resumed = pd.read_parquet(out / "results.parquet")
     assert (resumed.status == "ok").sum() == len(structures)
-    pd.testing.assert_frame_equal(resumed, fresh.table)
+    pd.testing.assert_frame_equal(resumed, fresh.table, check_exact=True)
     assert (out / "relaxed.extxyz").read_text() == fresh.paths["relaxed"].read_text()
 
 
