@@ -99,9 +99,7 @@ def parse_query(text: str) -> dict:
         key, sep, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ScreenError(
-                f"--query: expected key=value items separated by ';'; found '{part}'"
-            )
+            raise ScreenError(f"--query: expected key=value items separated by ';'; found '{part}'")
         value = value.strip()
         if key in _RANGES:
             lo, _, hi = value.partition(":") if ":" in value else (value, "", value)

@@ -364,4 +364,3 @@ def _unpack_tar(path: Path, tmp: Path, limit: int, budget: list[int]):
                 yield name, (None if error else dst), error
             elif error is not None:
                 yield name, None, error
-

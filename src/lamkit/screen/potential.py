@@ -130,9 +130,7 @@ def resolve(potential: Any, config: ScreenConfig, build: bool = True) -> Resolve
             _calc_identity(potential),
         )
     try:
-        local = as_potential(
-            potential, dtype=config.dtype, device=config.device, head=config.head
-        )
+        local = as_potential(potential, dtype=config.dtype, device=config.device, head=config.head)
     except (TypeError, ValueError) as exc:
         raise ScreenError(f"potential: {exc}") from None
     if isinstance(local, LamkitPotential):

@@ -67,8 +67,7 @@ class Validator:
                 import smact.screening  # noqa: F401
             except ImportError as exc:
                 raise ScreenError(
-                    "charge_neutrality needs the smact package (pip install smact): "
-                    f"{exc}"
+                    f"charge_neutrality needs the smact package (pip install smact): {exc}"
                 ) from None
 
     def reason(self, atoms: Atoms) -> str | None:
