@@ -111,7 +111,6 @@ class _Screening:
         self.store: StateStore | None = None
         self.oracle = None
         self.index = None
-        self.relaxed_here = 0
 
     def settings(self) -> dict:
         return {
@@ -153,6 +152,11 @@ class _Screening:
         t0 = time.perf_counter()
         try:
             return self._judge(c, res)
+        except Exception as exc:  # noqa: BLE001 - one structure's failure is its own row
+            log.warning("screen: judging %s failed: %s", c.source, exc)
+            row = failed_row(c, f"judging the relaxed structure failed: {exc!r}", res.status)
+            row["rule"] = "judge"
+            return row, None
         finally:
             self.timing["judge"] += time.perf_counter() - t0
 
