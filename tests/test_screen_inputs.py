@@ -129,7 +129,14 @@ def test_folder_walk_order_sources_and_reasons(hostile):
 
 
 def test_screening_a_hostile_mix_never_crashes(hostile, tmp_path):
-    res = screen([hostile], "emt", out_dir=tmp_path / "out", progress=False)
+    res = screen([hostile], "emt", out_dir=hostile / "out", progress=False)
+    # a second run does not read its own output folder (relaxed.extxyz, results.json)
+    assert (
+        screen([hostile], "emt", out_dir=hostile / "out", progress=False).summary["timing"][
+            "computed"
+        ]
+        == 0
+    )
     df = res.table
     rows = {s.split("in/", 1)[1]: r for s, (_, r) in zip(df.source, df.iterrows())}
     for name, fragment in {
@@ -163,9 +170,7 @@ def test_archive_limits_and_bombs(tmp_path, monkeypatch):
     cands = collect([tmp_path / "big.zip"], ScreenConfig(max_file_bytes=5_000, parse_workers=0))
     assert cands[0].atoms is not None
     assert "exceeds the 5000 byte limit" in cands[1].error
-    cands = collect(
-        [tmp_path / "big.zip"], ScreenConfig(max_archive_bytes=1_000, parse_workers=0)
-    )
+    cands = collect([tmp_path / "big.zip"], ScreenConfig(max_archive_bytes=1_000, parse_workers=0))
     assert cands[0].atoms is not None  # the first member fits in the archive's budget
     assert "total byte limit" in cands[1].error
     # a member that claims a huge compression ratio is not even extracted
@@ -223,9 +228,7 @@ def test_objects_queries_and_hashes(tmp_path):
     try:
         db.import_records([(bulk("Au", "fcc", a=4.1), -3.0), (bulk("Cu", "fcc", a=3.6), -3.5)])
         s = Structure(Lattice.cubic(3.0), ["Cu"], [[0, 0, 0]])
-        cands = collect(
-            [bulk("Ni"), s, {"db_query": {"elements": ["Au"]}}, {"lattice": 1}], db=db
-        )
+        cands = collect([bulk("Ni"), s, {"db_query": {"elements": ["Au"]}}, {"lattice": 1}], db=db)
         assert [c.source for c in cands] == ["atoms[0]", "object[1]", "lam-1", "object[2]"]
         assert cands[1].atoms.get_chemical_formula() == "Cu"
         assert cands[2].atoms.get_chemical_formula() == "Au"

@@ -33,6 +33,7 @@ import numpy as np
 from .config import ScreenConfig, ScreenError
 from .parsing import parse_jobs, payload_of
 from .parsing import reason as _reason
+from .store import STATE_FILE
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -229,6 +230,8 @@ def _expand_path(path: Path, display: str, config: ScreenConfig, tmpdir, depth: 
         children = sorted(path.iterdir())
         for child in children:
             name = f"{display.rstrip('/')}/{child.name}"
+            if child.is_dir() and (child / STATE_FILE).exists():
+                continue  # a screening's output folder (its relaxed.extxyz is no input)
             if child.is_dir() or _wanted(child.name):
                 out.extend(_expand_path(child, name, config, tmpdir, depth))
         return out
