@@ -115,6 +115,12 @@ class LamkitPotential:
             )
         if dp.output_kind() != "energy":
             raise ValueError(f"LamkitPotential needs an energy model, got a {dp.output_kind()}")
+        if (dp.get_dim_fparam() and not dp.has_default_fparam()) or dp.get_dim_aparam():
+            raise ValueError(
+                "LamkitPotential: this model needs frame or atomic parameters "
+                f"(fparam {dp.get_dim_fparam()}, aparam {dp.get_dim_aparam()}), which batched "
+                "relaxation does not provide"
+            )
         self.model = cast_model(dp.model, dtype)
         self.device = torch.device(device) if device is not None else dp.device
         self.model.to(self.device)
