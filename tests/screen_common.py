@@ -44,8 +44,10 @@ def build_db(path_or_db) -> tuple:
     if not isinstance(db, CrystalDB):
         db = CrystalDB(str(path_or_db)).init()
     results = relax(reference_structures(), EMT())
-    ids = [db.add(r.atoms, energy=r.energy, model="emt", source=f"ref{k}").id
-           for k, r in enumerate(results)]  # fmt: skip
+    ids = [
+        db.add(r.atoms, energy=r.energy, model="emt", source=f"ref{k}").id
+        for k, r in enumerate(results)
+    ]
     return db, ids
 
 
@@ -74,15 +76,23 @@ def candidates() -> list[Atoms]:
         bulk("Au", "bcc", a=3.25),  # 8
         bulk("Cu", "hcp", a=2.55),  # 9
         rattled_cu,  # 10 duplicate of 0
-        Atoms("Cu2Au", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]],
-              cell=np.diag([3.7, 3.7, 3.7]), pbc=True),  # 11: fails (FlakyEMT)  # fmt: skip
+        Atoms(
+            "Cu2Au",
+            scaled_positions=[[0, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]],
+            cell=np.diag([3.7, 3.7, 3.7]),
+            pbc=True,
+        ),  # 11: fails (FlakyEMT)
         nan,  # 12 rejected: NaN coordinates
         overlapping,  # 13 rejected: atoms too close
         bulk("Pt", "fcc", a=3.9),  # 14 rejected: no Pt reference in the database
         Atoms("Cu", cell=np.diag([10.0, 10.0, 10.0]), pbc=True),  # 15 rejected: volume/atom
         Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]]),  # 16 rejected: not periodic
-        Atoms("CuAu", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]],
-              cell=np.diag([3.1, 3.1, 3.1]), pbc=True),  # 17 B2 CuAu: new  # fmt: skip
+        Atoms(
+            "CuAu",
+            scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]],
+            cell=np.diag([3.1, 3.1, 3.1]),
+            pbc=True,
+        ),  # 17 B2 CuAu: new
         cuau3,  # 18 duplicate of 2, not novel
         bulk("Cu", "fcc", a=3.6, cubic=True),  # 19 duplicate of 0
     ]
@@ -177,8 +187,15 @@ def tiny_model_file(path) -> str:
     model = build_model(
         {
             "type_map": ["Cu", "Au"],
-            "descriptor": {"type": "se_e2_a", "sel": [30, 30], "rcut": 4.0, "rcut_smth": 1.0,
-                           "neuron": [4, 8], "axis_neuron": 4, "seed": 1},  # fmt: skip
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": [30, 30],
+                "rcut": 4.0,
+                "rcut_smth": 1.0,
+                "neuron": [4, 8],
+                "axis_neuron": 4,
+                "seed": 1,
+            },
             "fitting_net": {"neuron": [8, 8], "seed": 1},
         }
     )

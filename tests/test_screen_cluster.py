@@ -41,7 +41,7 @@ def test_a_running_two_worker_cluster_gives_the_in_process_table(tmp_path):
         cluster.close()
         db.close()
     pd.testing.assert_frame_equal(here.table, there.table, check_exact=True)
-    assert here.paths["relaxed"].read_text() == there.paths["relaxed"].read_text()
+    assert here.paths["relaxed.extxyz"].read_text() == there.paths["relaxed.extxyz"].read_text()
     assert there.summary["engine"] == f"dask cluster {address}"
     assert (there.table.status == "failed").sum() == 1  # FlakyEMT's NaN, on a worker
 

@@ -119,16 +119,23 @@ def test_output_files(screened):
 
     res = screened[0]
     p = res.paths
-    assert set(p) == {"csv", "parquet", "json", "summary", "histogram", "relaxed"}
-    pd.testing.assert_frame_equal(pd.read_parquet(p["parquet"]), res.table)
-    csv = pd.read_csv(p["csv"])
+    assert list(p) == [
+        "results.csv",
+        "results.parquet",
+        "results.json",
+        "summary.json",
+        "e_above_hull.png",
+        "relaxed.extxyz",
+    ]
+    pd.testing.assert_frame_equal(pd.read_parquet(p["results.parquet"]), res.table)
+    csv = pd.read_csv(p["results.csv"])
     assert list(csv.columns) == list(COLUMNS) and len(csv) == 20
     assert csv.e_above_hull.tolist() == pytest.approx(res.table.e_above_hull.tolist(), nan_ok=True)
-    rows = json.loads(p["json"].read_text())
+    rows = json.loads(p["results.json"].read_text())
     assert len(rows) == 20 and rows[12]["status"] == "rejected" and rows[12]["e_above_hull"] is None
-    assert json.loads(p["summary"].read_text())["counts"] == res.summary["counts"]
-    assert p["histogram"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    frames = ase.io.read(p["relaxed"], index=":")
+    assert json.loads(p["summary.json"].read_text())["counts"] == res.summary["counts"]
+    assert p["e_above_hull.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    frames = ase.io.read(p["relaxed.extxyz"], index=":")
     ok = res.table[res.table.status == "ok"]
     assert [f.info["index"] for f in frames] == ok["index"].tolist()
     assert frames[0].get_potential_energy() == pytest.approx(ok.energy.iloc[0])

@@ -81,7 +81,7 @@ def test_killed_screening_resumes_to_the_same_table(tmp_path, monkeypatch):
     resumed = pd.read_parquet(out / "results.parquet")
     assert (resumed.status == "ok").sum() == len(structures)
     pd.testing.assert_frame_equal(resumed, fresh.table, check_exact=True)
-    assert (out / "relaxed.extxyz").read_text() == fresh.paths["relaxed"].read_text()
+    assert (out / "relaxed.extxyz").read_text() == fresh.paths["relaxed.extxyz"].read_text()
 
 
 def test_thresholds_reuse_relaxations_and_other_settings_are_refused(tmp_path):

@@ -152,7 +152,9 @@ def test_charge_neutrality_rule():
     nacl = bulk("NaCl", "rocksalt", a=5.64)
     assert check(nacl, config) is None
     nacl2 = Atoms(
-        "NaCl2", scaled_positions=[[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0.5]], cell=np.eye(3) * 4.5,
+        "NaCl2",
+        scaled_positions=[[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0.5]],
+        cell=np.eye(3) * 4.5,
         pbc=True,
     )
     failed = check(nacl2, config)

@@ -43,14 +43,14 @@ FLOAT_COLUMNS = ("fmax", "energy", "energy_per_atom", "formation_energy_per_atom
                  "e_above_hull")  # fmt: skip
 STRING_COLUMNS = ("source", "formula", "status", "reason", "relax_status", "decomposition",
                   "hull_status", "spacegroup_symbol")  # fmt: skip
-OUTPUT_FILES = {
-    "csv": "results.csv",
-    "parquet": "results.parquet",
-    "json": "results.json",
-    "summary": "summary.json",
-    "histogram": "e_above_hull.png",
-    "relaxed": "relaxed.extxyz",
-}
+OUTPUT_FILES = (
+    "results.csv",
+    "results.parquet",
+    "results.json",
+    "summary.json",
+    "e_above_hull.png",
+    "relaxed.extxyz",
+)
 
 
 def _and(*values: bool | None) -> bool | None:
@@ -187,16 +187,16 @@ def _records(df) -> list[dict]:
 
 def write_outputs(df, summary: dict, relaxed: list, out_dir: Path) -> dict[str, Path]:
     """Write the results files (see :data:`OUTPUT_FILES`) atomically; ``relaxed``: ase.Atoms of
-    the relaxed rows, in table order.  Returns name -> path."""
+    the relaxed rows, in table order.  Returns file name -> path."""
     out_dir = Path(out_dir)
-    paths = {k: out_dir / v for k, v in OUTPUT_FILES.items()}
-    _atomic_write(paths["csv"], lambda p: df.to_csv(p, index=False))
-    _atomic_write(paths["parquet"], lambda p: df.to_parquet(p, index=False))
-    records = _records(df)
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(records, indent=1) + "\n"))
-    _atomic_write(paths["summary"], lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    _atomic_write(paths["histogram"], lambda p: histogram(df, summary, p))
-    _atomic_write(paths["relaxed"], lambda p: _write_extxyz(p, relaxed))
+    paths = {name: out_dir / name for name in OUTPUT_FILES}
+    _atomic_write(paths["results.csv"], lambda p: df.to_csv(p, index=False))
+    _atomic_write(paths["results.parquet"], lambda p: df.to_parquet(p, index=False))
+    texts = {"results.json": _records(df), "summary.json": summary}
+    for name, data in texts.items():
+        _atomic_write(paths[name], lambda p, d=data: p.write_text(json.dumps(d, indent=1) + "\n"))
+    _atomic_write(paths["e_above_hull.png"], lambda p: histogram(df, summary, p))
+    _atomic_write(paths["relaxed.extxyz"], lambda p: _write_extxyz(p, relaxed))
     return paths
 
 
