@@ -60,11 +60,13 @@ def test_screen_files_and_a_query(setup, tmp_path, capsys):
         (["x.cif", "-m", "emt", "--workers", "0"], "workers: expected a positive integer"),
         (["x.cif", "-m", "emt", "--insert"], "insert needs a database"),
         (["--metrics", "a.csv"], "go together"),
+        (["x.cif", "typo.cif", "-m", "emt"], "no such file or folder: typo.cif"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LAMKIT_DB_URL", raising=False)
+    (tmp_path / "x.cif").write_text("")  # inputs must exist; the errors are about the rest
     assert main(["screen", *args, "-o", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

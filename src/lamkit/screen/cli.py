@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .config import CELL_FILTERS, INSERT_WHEN, OPTIMIZERS, PRESET_NAMES, ScreenError
 
@@ -173,6 +174,9 @@ def run(a) -> int:
     inputs: list = list(a.INPUTS) + [{"db_query": parse_query(q)} for q in a.query]
     if not inputs:
         raise ScreenError("nothing to screen: give files, folders, archives or --query")
+    missing = [path for path in a.INPUTS if not Path(path).exists()]
+    if missing:  # a typo on the command line is the user's to fix, not a rejected row
+        raise ScreenError(f"no such file or folder: {', '.join(missing)}")
     config = _config(a)
     from .runner import screen
 
