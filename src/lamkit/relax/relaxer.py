@@ -252,32 +252,16 @@ class Relaxer:
 
     # --- results --------------------------------------------------------------------------------
     def _result(self, job: Job | int, structures, status: str, reason: str | None) -> RelaxResult:
-        if isinstance(job, int):  # never evaluated
-            atoms = structures[job].copy()
-            atoms.set_constraint()
-            n = len(atoms)
-            nan = float("nan")
-            return RelaxResult(
-                atoms, nan, nan, np.full((n, 3), nan), None, False, 0, nan, status, reason, nan
-            )
-        atoms = job.atoms.copy()
+        index = job if isinstance(job, int) else job.index
+        atoms = structures[index].copy()
         atoms.set_constraint()
-        ev = job.last
-        if ev is None:
-            n = job.natoms
+        ev = None if isinstance(job, int) else job.last
+        if ev is None:  # never evaluated
             nan = float("nan")
+            steps = 0 if isinstance(job, int) else job.nsteps
+            forces = np.full((len(atoms), 3), nan)
             return RelaxResult(
-                atoms,
-                nan,
-                nan,
-                np.full((n, 3), nan),
-                None,
-                False,
-                job.nsteps,
-                nan,
-                status,
-                reason,
-                nan,
+                atoms, nan, nan, forces, None, False, steps, nan, status, reason, nan
             )
         atoms.set_cell(job.last_cell, scale_atoms=False)
         atoms.set_positions(job.last_pos)
