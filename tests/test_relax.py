@@ -10,6 +10,7 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
+from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE, LBFGS
 
@@ -264,10 +265,13 @@ def test_invalid_inputs_are_rejected_not_raised(dp):
     nan.positions[0, 0] = np.nan
     oxide = Atoms("CuO", positions=[[0, 0, 0], [1.9, 0, 0]], cell=[4, 4, 4], pbc=True)
     flat = Atoms("Cu", cell=[[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=True)
-    res = relax([nan, good, oxide, Atoms(), flat], dp, steps=5, progress=True)
+    fixed = good.copy()
+    fixed.set_constraint(FixAtoms(indices=[0]))
+    res = relax([nan, good, oxide, Atoms(), flat, fixed], dp, steps=5, progress=True)
     reasons = [r.reason for r in res]
     assert res[1].status in ("converged", "unconverged") and np.isfinite(res[1].energy)
-    for k, text in [(0, "NaN"), (2, "['O']"), (3, "no atoms"), (4, "zero-volume")]:
+    cases = [(0, "NaN"), (2, "['O']"), (3, "no atoms"), (4, "zero-volume"), (5, "FixAtoms")]
+    for k, text in cases:
         assert res[k].status == "exploded" and text in reasons[k], reasons[k]
         assert res[k].steps == 0 and not res[k].converged
 

@@ -85,6 +85,9 @@ def check_input(atoms: Atoms) -> str | None:
     """Why a structure cannot be relaxed at all, or None."""
     if len(atoms) == 0:
         return "no atoms"
+    if atoms.constraints:  # not silently dropped: the relaxer moves every atom and the cell
+        names = sorted({type(c).__name__ for c in atoms.constraints})
+        return f"ASE constraints ({', '.join(names)}) are not supported; remove them to relax"
     if not np.all(np.isfinite(atoms.get_positions())):
         return "positions contain NaN or infinite values"
     if np.any(atoms.get_pbc()):
