@@ -50,7 +50,8 @@ LOOKAHEAD = 32  # waiting structures looked at for a free place in the batch
 class RelaxResult:
     """The relaxation of one input structure.
 
-    atoms: relaxed copy (same species order; positions, cell, pbc; constraints dropped) with
+    atoms: relaxed copy (same species order; positions, cell, pbc; inputs with ASE
+    constraints are refused as invalid input) with
     a SinglePointCalculator holding energy/forces/stress; energy eV (nan if never evaluated);
     energy_per_atom eV/atom; forces [n, 3] eV/Å; stress [6] eV/Å^3 (ASE Voigt order) or None
     (not periodic); converged; steps taken; fmax: final largest generalized force (eV/Å);
