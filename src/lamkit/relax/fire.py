@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def make_params(name: str, params_type: type, options: dict):
+    """``params_type(**options)``; a ValueError names unknown options (``name``: the
+    optimizer, for the message)."""
+    known = sorted(params_type.__dataclass_fields__)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{name} options {unknown} unknown; expected some of {known}")
+    return params_type(**options)
+
+
 @dataclass
 class FireParams:
     """ASE's FIRE defaults (time in ASE's units of Å sqrt(amu/eV), lengths in Å)."""
@@ -51,13 +61,7 @@ class Fire:
     name = "fire"
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(FireParams.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"FIRE options {unknown} unknown; expected some of "
-                f"{sorted(FireParams.__dataclass_fields__)}"
-            )
-        self.params = FireParams(**options)
+        self.params = make_params("FIRE", FireParams, options)
 
     def new_state(self, rows: int) -> FireState:
         return FireState(dt=self.params.dt, a=self.params.a)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fire import make_params
+
 
 @dataclass
 class LbfgsParams:
@@ -46,13 +48,7 @@ class Lbfgs:
     name = "lbfgs"
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(LbfgsParams.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"LBFGS options {unknown} unknown; expected some of "
-                f"{sorted(LbfgsParams.__dataclass_fields__)}"
-            )
-        self.params = LbfgsParams(**options)
+        self.params = make_params("LBFGS", LbfgsParams, options)
         if self.params.maxstep > 1.0:
             raise ValueError(
                 f"LBFGS maxstep: {self.params.maxstep} Å is much too large (at most 1.0)"
