@@ -17,10 +17,10 @@ phase diagram per *maximal* affected system (its hull also serves every subsyste
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import combinations
 from typing import Any
 
@@ -28,20 +28,25 @@ import numpy as np
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from .errors import QueryError
+from .hull_entries import (
+    _composition,
+    _Entries,
+    _EntryCache,
+    _fractions,
+    _load_entries,
+    _model_cond,
+    _model_key,
+    _take,
+    sane_energy,
+)
 from .query import parse_elements
 from .records import arrays_from, chemsys_of, public_id
 from .schema import chemsystems, elemental_refs, records
 
+log = logging.getLogger(__name__)
+
 _DECLARED = "declared"
 _RECORD = "record"
-
-
-def _model_key(model: str | None) -> str:
-    return model or ""
-
-
-def _model_cond(model: str | None):
-    return records.c.model.is_(None) if model is None else records.c.model == model
 
 
 def _subsets(elements: frozenset[str]) -> list[frozenset[str]]:
@@ -122,7 +127,7 @@ def _refresh_references(conn: Connection, model: str | None, elements: set[str])
         select(records.c.chemsys, records.c.id, records.c.energy_per_atom).where(
             _model_cond(model),
             records.c.chemsys.in_(sorted(elements)),
-            records.c.energy_per_atom.is_not(None),
+            sane_energy(),
         )
     ).all()
     best: dict[str, tuple[float, int]] = {}
@@ -147,81 +152,6 @@ def _refresh_references(conn: Connection, model: str | None, elements: set[str])
 
 
 # --------------------------------------------------------------------------- phase diagrams
-@dataclass
-class _Entries:
-    ids: list[int]
-    formulas: list[str]
-    chemsys: list[str]
-    epa: np.ndarray  # eV/atom
-
-
-def _load_entries(conn: Connection, model: str | None, systems: list[str]) -> _Entries:
-    rows = conn.execute(
-        select(records.c.id, records.c.formula, records.c.chemsys, records.c.energy_per_atom)
-        .where(
-            _model_cond(model),
-            records.c.chemsys.in_(systems),
-            records.c.energy_per_atom.is_not(None),
-        )
-        .order_by(records.c.id)
-    ).all()
-    return _Entries(
-        [r[0] for r in rows],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        np.array([r[3] for r in rows], dtype=np.float64),
-    )
-
-
-def _concat(parts: list[_Entries]) -> _Entries:
-    return _Entries(
-        [i for p in parts for i in p.ids],
-        [f for p in parts for f in p.formulas],
-        [c for p in parts for c in p.chemsys],
-        np.concatenate([p.epa for p in parts]) if parts else np.zeros(0),
-    )
-
-
-def _take(entries: _Entries, idx: list[int]) -> _Entries:
-    return _Entries(
-        [entries.ids[i] for i in idx],
-        [entries.formulas[i] for i in idx],
-        [entries.chemsys[i] for i in idx],
-        entries.epa[idx] if idx else np.zeros(0),
-    )
-
-
-class _EntryCache:
-    """Entries per chemical system of one model, loaded once per hull update (an elemental or
-    binary system is a subsystem of many ternaries)."""
-
-    def __init__(self, conn: Connection, model: str | None):
-        self.conn, self.model, self.systems = conn, model, {}
-
-    def get(self, systems: list[str]) -> _Entries:
-        missing = [s for s in systems if s not in self.systems]
-        for k in range(0, len(missing), 500):
-            part = missing[k : k + 500]
-            loaded = _load_entries(self.conn, self.model, part)
-            rows: dict[str, list[int]] = {s: [] for s in part}
-            for i, cs in enumerate(loaded.chemsys):
-                rows[cs].append(i)
-            for cs, idx in rows.items():
-                self.systems[cs] = _take(loaded, idx)
-        return _concat([self.systems[s] for s in systems])
-
-
-@lru_cache(maxsize=65536)
-def _composition(formula: str):
-    from pymatgen.core import Composition
-
-    return Composition(formula)
-
-
-@lru_cache(maxsize=65536)
-def _fractions(formula: str, elements: tuple[str, ...]) -> tuple[float, ...]:
-    comp = _composition(formula)
-    return tuple(comp.get_atomic_fraction(el) for el in elements)
 
 
 def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]):
@@ -254,7 +184,21 @@ def _phase_diagram(entries: _Entries, refs: dict[str, dict], elements: list[str]
     missing = [el for el in elements if el not in have]
     if missing:
         return None, missing
-    return PhaseDiagram(pd_entries + extra, [Element(el) for el in elements]), None
+    try:
+        return PhaseDiagram(pd_entries + extra, [Element(el) for el in elements]), None
+    except Exception as exc:  # noqa: BLE001 - Qhull (scipy) and pymatgen raise several kinds
+        # one system's failure must not stop the hulls of every other system
+        log.warning("hull %s: the phase diagram failed: %s", "-".join(elements), _first(exc))
+        raise HullFailed(f"the phase diagram could not be built: {_first(exc)}") from None
+
+
+class HullFailed(Exception):
+    """The phase diagram of one system could not be built (e.g. a Qhull precision error)."""
+
+
+def _first(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _hull_energies(pd, entries: _Entries, clamp: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -352,21 +296,14 @@ def update_hulls(
             bar.update(1)
             subs = [chemsys_of(s) for s in _subsets(top) if chemsys_of(s) in with_model]
             entries = cache.get(subs)
-            pd, missing = _phase_diagram(entries, refs, sorted(top))
+            pd, missing = _try_diagram(entries, refs, top)
             if pd is not None:
                 built += 1
                 finished = set(subs)
             else:
-                # no reference for some elements: systems without them get their own hulls
-                rest = [
-                    stored[s]
-                    for s in subs
-                    if s in affected and s not in done and not (stored[s] & set(missing))
-                ]
-                new = [t for t in _maximal(rest) if t != top]
+                finished, new = _without_hull(top, subs, missing, stored, affected - done)
                 queue.extend(new)
                 bar.total += len(new)
-                finished = {s for s in subs if stored[s] & set(missing)}
             todo = finished & affected - done
             idx = [i for i, cs in enumerate(entries.chemsys) if cs in todo]
             mine = _take(entries, idx)
@@ -386,6 +323,29 @@ def update_hulls(
         bar.close()
         _write(conn, updates)
     return built
+
+
+def _try_diagram(entries: _Entries, refs: dict, top: frozenset[str]):
+    """(PhaseDiagram, None); (None, elements without a reference); (None, None) when the
+    diagram failed (logged by :func:`_phase_diagram`)."""
+    try:
+        return _phase_diagram(entries, refs, sorted(top))
+    except HullFailed:
+        return None, None
+
+
+def _without_hull(top, subs, missing, stored, pending) -> tuple[set[str], list]:
+    """When the diagram of ``top`` cannot be built: (systems that get no hull energies, smaller
+    systems to try on their own).  Elements without a reference: the systems with them get
+    none, the largest systems without them their own hulls.  A failed diagram: ``top`` gets
+    none, its largest proper subsystems their own hulls (so one bad system spoils no other)."""
+    if missing is None:
+        name = chemsys_of(top)
+        rest = [stored[s] for s in subs if s in pending and s != name]
+        return {name}, _maximal(rest)
+    bad = set(missing)
+    rest = [stored[s] for s in subs if s in pending and not (stored[s] & bad)]
+    return {s for s in subs if stored[s] & bad}, [t for t in _maximal(rest) if t != top]
 
 
 #: Largest number of new records for which :func:`update_after_insert` tries its shortcut.
@@ -421,7 +381,7 @@ def update_after_insert(conn: Connection, new_ids: list[int]) -> bool:
         subs = [s for s, e in stored.items() if e <= els]
         entries = _load_entries(conn, model, subs)
         old = _take(entries, [i for i, rid in enumerate(entries.ids) if rid not in fresh])
-        pd, _ = _phase_diagram(old, load_references(conn, model), sorted(els))
+        pd, _ = _try_diagram(old, load_references(conn, model), els)
         if pd is None:
             return False
         mine = _Entries(
@@ -551,7 +511,10 @@ def _context(conn: Connection, chemsys, model):
     model = _pick_model(conn, systems, model, name)
     refs = load_references(conn, model)
     entries = _load_entries(conn, model, systems)
-    pd, missing = _phase_diagram(entries, refs, els)
+    try:
+        pd, missing = _phase_diagram(entries, refs, els)
+    except HullFailed as exc:
+        raise QueryError(f"hull {name} (model {model!r}): {exc}") from None
     if pd is None:
         raise QueryError(
             f"hull {name} (model {model!r}): no elemental reference for "
@@ -581,7 +544,7 @@ def build_hull(conn: Connection, chemsys, model: str | None = None) -> Hull:
     return Hull(name, model, rows, refs, pd)
 
 
-def _composition(obj: Any):
+def _composition_of(obj: Any):
     from pymatgen.core import Composition
 
     if isinstance(obj, Composition):
@@ -600,7 +563,7 @@ def e_above_hull_of(conn: Connection, obj: Any, energy: float, model: str | None
     composition with total energy ``energy`` (eV) against the stored hull of its system."""
     from pymatgen.analysis.phase_diagram import PDEntry
 
-    comp = _composition(obj)
+    comp = _composition_of(obj)
     try:
         energy = float(energy)
     except (TypeError, ValueError):

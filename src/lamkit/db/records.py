@@ -34,6 +34,14 @@ MIN_DISTANCE = 0.5
 MAX_VOLUME = 1e12
 #: Largest structure accepted, in sites.
 MAX_SITES = 5000
+#: Accepted window of energies per atom (eV/atom), wide enough for every real calculation:
+#: all-electron total energies reach about -1.5e6 eV/atom for the heaviest elements (Og, Z=118,
+#: about -52,000 Hartree by Thomas-Fermi), pseudopotential and ML-model energies are within
+#: about -1e4..+1e3 eV/atom, and nothing physical is above +1e5 eV/atom.  An energy outside it
+#: (1e308 eV, a unit slip by 1e10) is refused on import; inside it convex hulls stay well
+#: conditioned (Qhull fails on entries of order 1e20 eV/atom).
+ENERGY_PER_ATOM_MIN = -1.0e7
+ENERGY_PER_ATOM_MAX = 1.0e5
 #: Valid element symbols: H (Z=1) to Og (Z=118).
 ELEMENTS: tuple[str, ...] = tuple(chemical_symbols[1:119])
 _ELEMENT_SET = frozenset(ELEMENTS)
@@ -357,6 +365,13 @@ def make_row(
             raise RecordError(f"energy must be a number (eV); found {energy!r}") from None
         if not math.isfinite(energy):
             raise RecordError(f"energy is {energy}; expected a finite number (eV)")
+        epa = energy / len(s.species)
+        if not ENERGY_PER_ATOM_MIN <= epa <= ENERGY_PER_ATOM_MAX:
+            raise RecordError(
+                f"energy {energy:g} eV is {epa:g} eV/atom over {len(s.species)} sites; expected "
+                f"{ENERGY_PER_ATOM_MIN:g}..{ENERGY_PER_ATOM_MAX:g} eV/atom (a total energy in eV; "
+                "lamkit.db.records.ENERGY_PER_ATOM_MIN/MAX)"
+            )
     model = clean_text("model", model, 255)
     source = clean_text("source", source, 1024)
     submitter = clean_text("submitter", submitter, 255)
