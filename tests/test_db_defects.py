@@ -63,6 +63,7 @@ def test_a_failing_phase_diagram_spoils_only_its_own_system(db, monkeypatch):
     from pymatgen.analysis import phase_diagram
 
     _na_cl(db)
+
     class Flaky(phase_diagram.PhaseDiagram):
         def __init__(self, entries, elements, *a, **k):
             if len(elements) > 1:
@@ -77,3 +78,134 @@ def test_a_failing_phase_diagram_spoils_only_its_own_system(db, monkeypatch):
     with pytest.raises(QueryError, match="hull Cl-Na .*Qhull precision error"):
         db.hull("Na-Cl", model="m")
     db.add(rocksalt("Na", "Cl", 5.60), energy=-28.0, model="m")  # no exception
+
+
+# ---------------------------------------------------------------------------- init and ids
+def _init_and_add(url: str, i: int, barrier, errors) -> None:
+    from lamkit.db import CrystalDB
+
+    try:
+        barrier.wait(timeout=60)
+        with CrystalDB(url) as d:
+            d.init()
+            d.add(fcc("Cu", 3.5 + 0.01 * i), energy=-14.0 - 0.01 * i, model="m")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        errors.put(f"process {i}: {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_init_is_safe_when_processes_race_on_a_new_database(kind):
+    import multiprocessing as mp
+
+    import pymatgen.analysis.phase_diagram  # noqa: F401 - imported once here, not 5 times
+    import tqdm.auto  # noqa: F401
+
+    from lamkit.db import CrystalDB
+    from tests.test_db_service_data import database_url
+
+    make_row(fcc("Cu", 3.6), energy=-1.0)  # warms spglib, vesin and pymatgen up before forking
+    ctx = mp.get_context("fork")
+    for _ in range(3):
+        with database_url(kind) as url:
+            barrier, errors = ctx.Barrier(5), ctx.Queue()
+            procs = [
+                ctx.Process(target=_init_and_add, args=(url, i, barrier, errors)) for i in range(5)
+            ]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(timeout=120)
+            found = [errors.get(timeout=1) for _ in range(errors.qsize())]
+            assert not found, found
+            assert all(p.exitcode == 0 for p in procs)
+            with CrystalDB(url) as d:
+                assert d.count() == 5
+
+
+def test_ids_are_never_reused(db):
+    from lamkit.db.service.removal import delete_record
+
+    ids = [db.add(fcc("Cu", 3.5 + 0.01 * i), energy=-14.0 - i, model="m").id for i in range(3)]
+    assert delete_record(db, ids[-1])
+    assert db.add(fcc("Cu", 3.6), energy=-13.0, model="m").id > ids[-1]
+    for rec in db.query().records:
+        delete_record(db, rec.id)
+    report = db.import_records([(fcc("Cu", 3.7), -12.0), (fcc("Cu", 3.8), -11.0)], model="m")
+    assert report.added_ids == [ids[-1] + 2, ids[-1] + 3]
+    assert [r.id for r in db.query().records] == report.added_ids
+
+
+def _old_sqlite_file(path) -> list[int]:
+    """A database file as lamkit made it before ids were AUTOINCREMENT; returns its ids."""
+    from sqlalchemy import MetaData, create_engine
+
+    from lamkit.db.schema import chemsystems, elemental_refs, meta, metadata
+
+    old = records.to_metadata(MetaData())
+    old.dialect_options["sqlite"]["autoincrement"] = False
+    engine = create_engine(f"sqlite:///{path}")
+    metadata.create_all(engine, tables=[chemsystems, elemental_refs, meta])
+    old.create(engine)
+    rows = [make_row(fcc("Cu", 3.5 + 0.01 * i), energy=-14.0 - i, model="m") for i in range(4)]
+    with engine.begin() as conn:
+        conn.execute(meta.insert(), [{"key": "schema_version", "value": "1"}])
+        conn.execute(old.insert(), rows)
+        conn.execute(
+            chemsystems.insert(), [dict(chemsys="Cu", nelements=1, mask_lo=1 << 28, mask_hi=0)]
+        )
+        conn.exec_driver_sql("DELETE FROM records WHERE id = 2")
+        ids = list(conn.exec_driver_sql("SELECT id FROM records ORDER BY id").scalars())
+        assert (
+            "AUTOINCREMENT"
+            not in conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'records'"
+            ).scalar_one()
+        )
+    engine.dispose()
+    return ids
+
+
+def test_an_old_sqlite_file_is_upgraded_once(tmp_path):
+    from lamkit.db import CrystalDB
+    from lamkit.db.service.removal import delete_record
+
+    ids = _old_sqlite_file(tmp_path / "old.db")
+    with CrystalDB(tmp_path / "old.db") as d:
+        d.init()
+        assert [r.id for r in d.query().records] == ids == [1, 3, 4]
+        assert d.get(3).energy == -16.0 and d.get(3).formula == "Cu"
+        with d.engine.connect() as conn:
+            sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'records'")
+            assert "AUTOINCREMENT" in sql.scalar_one()
+            names = {
+                r[0]
+                for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")
+            }
+        assert {ix.name for ix in records.indexes} <= names
+        assert d.query(formula="Cu", order_by="-energy_per_atom", limit=1).records[0].id == 1
+        delete_record(d, 4)
+        assert d.add(fcc("Cu", 3.9), energy=-10.0, model="m").id == 5
+
+
+def test_an_interrupted_upgrade_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    from lamkit.db import CrystalDB, migrate
+
+    ids = _old_sqlite_file(tmp_path / "old.db")
+
+    def broken(_index):
+        raise RuntimeError("killed while the indexes were made")
+
+    monkeypatch.setattr(migrate, "CreateIndex", broken)
+    with CrystalDB(tmp_path / "old.db") as d:
+        with pytest.raises(RuntimeError, match="killed"):
+            d.init()
+        with d.engine.connect() as conn:
+            tables = set(
+                conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                ).scalars()
+            )
+            sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'records'")
+            assert "AUTOINCREMENT" not in sql.scalar_one()
+            assert list(conn.exec_driver_sql("SELECT id FROM records ORDER BY id").scalars()) == ids
+        assert "records_upgrade" not in tables

@@ -25,7 +25,7 @@ from .engine import make_engine, normalise_url, read_conn, write_tx
 from .errors import DBError, NotFoundError, QueryError
 from .query import Page, check_limit, conditions, encode_cursor, keyset, parse_order
 from .records import Record, make_row, public_id, record_from_row
-from .schema import SCHEMA_VERSION, chemsystems, meta, metadata, records
+from .schema import chemsystems, records
 
 #: What ``query(as_=...)`` returns per match.
 RESULT_KINDS = ("record", "structure", "atoms", "dict")
@@ -59,12 +59,11 @@ class CrystalDB:
 
     # ---------------------------------------------------------------- lifecycle
     def init(self) -> CrystalDB:
-        """Create the tables and indexes if missing (idempotent)."""
-        metadata.create_all(self.engine, checkfirst=True)
-        with write_tx(self.engine) as conn:
-            have = conn.execute(select(meta.c.key)).scalars().all()
-            if "schema_version" not in have:
-                conn.execute(meta.insert(), [{"key": "schema_version", "value": SCHEMA_VERSION}])
+        """Create the tables and indexes if missing (idempotent, and safe when several processes
+        run it at once on a new file); upgrades older SQLite files (see :mod:`.migrate`)."""
+        from .migrate import ensure_schema
+
+        ensure_schema(self.engine)
         self._ready = True
         return self
 

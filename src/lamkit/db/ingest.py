@@ -96,9 +96,9 @@ def insert_rows(conn: Connection, rows: list[dict]) -> list[int]:
     chemical systems; returns the ids of the rows actually inserted, in input order.
 
     Bulk paths: one ``executemany`` of a plain ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite
-    (the write lock makes the new ids the contiguous range above the old maximum), and ``COPY``
-    into a temporary table then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING``
-    on PostgreSQL."""
+    (under the write lock the new ids are those above the last id handed out before), and
+    ``COPY`` into a temporary table then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING
+    RETURNING`` on PostgreSQL."""
     if not rows:
         return []
     systems = {}
@@ -133,15 +133,27 @@ def _insert_sqlite(conn: Connection, rows: list[dict]) -> list[int]:
     names = ", ".join(_COLUMNS)
     marks = ", ".join("?" * len(_COLUMNS))
     sql = f"INSERT INTO records ({names}) VALUES ({marks}) ON CONFLICT (content_hash) DO NOTHING"
-    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM records").scalar_one()
+    before = _sqlite_last_id(conn)
     data = []
     for r in rows:
         values = [r[c] for c in _COLUMNS]
         values[_COLUMNS.index("submitted")] = _sqlite_time(r["submitted"])
         data.append(tuple(values))
     conn.exec_driver_sql(sql, data)
-    after = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM records").scalar_one()
-    return list(range(int(before) + 1, int(after) + 1))
+    # new ids are above every id handed out before (skipped duplicates use up ids too, so
+    # they need not be contiguous); the write lock keeps other writers out meanwhile
+    new = conn.exec_driver_sql("SELECT id FROM records WHERE id > ? ORDER BY id", (before,))
+    return [int(i) for i in new.scalars()]
+
+
+def _sqlite_last_id(conn: Connection) -> int:
+    """The largest id handed out so far: AUTOINCREMENT's counter (it stays when the record
+    with the largest id is deleted), or the largest id of a table without one."""
+    top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM records").scalar_one()
+    seq = conn.exec_driver_sql(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'records'"
+    ).scalar_one()
+    return max(int(top), int(seq))
 
 
 _PG_STAGE = "lamkit_import_stage"

@@ -32,7 +32,7 @@ SCHEMA_VERSION = "1"
 
 metadata = MetaData()
 
-#: BIGINT on PostgreSQL, INTEGER (the rowid alias, auto-incrementing) on SQLite.
+#: BIGINT on PostgreSQL, INTEGER (the rowid alias, AUTOINCREMENT) on SQLite.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 records = Table(
@@ -65,6 +65,9 @@ records = Table(
     Column("submitter", String(255)),
     Column("submitted", DateTime(timezone=False), nullable=False),  # naive UTC
     Column("tags", Text, nullable=False, default="[]"),  # JSON list of strings, sorted
+    # ids are never reused: AUTOINCREMENT on SQLite (see lamkit.db.migrate), a sequence on
+    # PostgreSQL
+    sqlite_autoincrement=True,
 )
 
 Index("ix_records_chemsys", records.c.chemsys)
