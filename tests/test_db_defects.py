@@ -209,3 +209,48 @@ def test_an_interrupted_upgrade_leaves_the_file_as_it_was(tmp_path, monkeypatch)
             assert "AUTOINCREMENT" not in sql.scalar_one()
             assert list(conn.exec_driver_sql("SELECT id FROM records ORDER BY id").scalars()) == ids
         assert "records_upgrade" not in tables
+
+
+# ---------------------------------------------------------------------------- dedupe
+def _ev_scan() -> list[tuple]:
+    """Five fcc Cu cells of an energy-volume scan, volumes -18 % .. +18 % (Birch-like energies)."""
+    v0 = 3.61**3
+    out = []
+    for x in (-0.18, -0.09, 0.0, 0.09, 0.18):
+        a = (v0 * (1 + x)) ** (1 / 3)
+        out.append((fcc("Cu", a), 4 * (-3.5 + 2.0 * x * x)))
+    return out
+
+
+def test_dedupe_keeps_every_point_of_a_volume_scan(db):
+    report = db.import_records(_ev_scan(), model="m", dedupe=True)
+    assert (report.added, report.duplicates, report.dropped) == (5, 0, []), report.summary()
+    again = db.import_records(_ev_scan(), model="m", dedupe=True)
+    assert (again.added, again.duplicates) == (0, 5)
+
+
+def test_dedupe_says_what_it_drops(db):
+    first = db.add(fcc("Cu", 3.61), energy=-14.0, model="m")
+    nudged = fcc("Cu", 3.61)
+    nudged.translate_sites([1], [0.001, 0, 0])
+    supercell = fcc("Cu", 3.61) * (1, 1, 2)
+    items = [
+        (nudged, -14.001),  # same point: drops
+        (fcc("Cu", 3.70), -13.9),  # 7.7 % larger: kept
+        (supercell, -28.0),  # the stored one again: drops
+        (fcc("Cu", 3.70), -13.9 - 1e-4),  # same as item 1: drops
+        (fcc("Cu", 3.61), -13.9),  # 25 meV/atom higher: kept
+    ]
+    report = db.import_records(items, model="m", dedupe=True)
+    assert (report.added, report.duplicates) == (2, 3), report.summary()
+    assert [str(d) for d in report.dropped] == [
+        f"records [0]: duplicate of {first.public_id}",
+        f"records [2]: duplicate of {first.public_id}",
+        "records [3]: duplicate of records [1]",
+    ]
+    assert f"dropped records [0]: duplicate of {first.public_id}" in report.summary()
+    assert report.to_dict()["dropped"][2] == {
+        "source": "records",
+        "index": 3,
+        "duplicate_of": "records [1]",
+    }

@@ -26,7 +26,15 @@ from .schema import chemsystems, records
 if TYPE_CHECKING:
     from .api import CrystalDB
 
-__all__ = ["ImportReport", "Rejection", "import_items", "insert_rows", "iter_files", "iter_items"]
+__all__ = [
+    "Dropped",
+    "ImportReport",
+    "Rejection",
+    "import_items",
+    "insert_rows",
+    "iter_files",
+    "iter_items",
+]
 
 
 @dataclass
@@ -43,6 +51,19 @@ class Rejection:
 
 
 @dataclass
+class Dropped:
+    """An item that ``dedupe`` left out: where it came from and the record (``lam-<id>``) or
+    earlier item ("<source> [<index>]") it duplicates."""
+
+    source: str
+    index: int
+    duplicate_of: str
+
+    def __str__(self) -> str:
+        return f"{self.source} [{self.index}]: duplicate of {self.duplicate_of}"
+
+
+@dataclass
 class ImportReport:
     """What an import did: ``added`` new records, ``duplicates`` already stored (or matched,
     with ``dedupe``), ``rejected`` items with reasons, ``seconds`` of wall time."""
@@ -54,6 +75,7 @@ class ImportReport:
     seconds: float = 0.0
     hull_diagrams: int = 0
     added_ids: list[int] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)  # with dedupe: what and why
 
     @property
     def rate(self) -> float:
@@ -68,6 +90,9 @@ class ImportReport:
         lines = [text] + [f"  rejected {r}" for r in self.rejected[:20]]
         if len(self.rejected) > 20:
             lines.append(f"  ... and {len(self.rejected) - 20} more")
+        lines += [f"  dropped {d}" for d in self.dropped[:20]]
+        if len(self.dropped) > 20:
+            lines.append(f"  ... and {len(self.dropped) - 20} more dropped")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -79,6 +104,10 @@ class ImportReport:
             ],
             "seen": self.seen,
             "seconds": self.seconds,
+            "dropped": [
+                {"source": d.source, "index": d.index, "duplicate_of": d.duplicate_of}
+                for d in self.dropped
+            ],
         }
 
 
@@ -203,6 +232,21 @@ def _source_name(source: str) -> str | None:
     return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
+def _dedupe(conn: Connection, rows: list[dict], places: list, report: ImportReport) -> list:
+    """The rows that are not duplicates (see :func:`lamkit.db.match.dedupe_rows`); the others
+    are counted as duplicates and listed in ``report.dropped``."""
+    from .match import dedupe_rows
+
+    kept, dropped = dedupe_rows(conn, rows)
+    for pos, twin in dropped.items():
+        if twin.startswith("#"):
+            src, index = places[int(twin[1:])]
+            twin = f"{src} [{index}]"
+        report.dropped.append(Dropped(*places[pos], twin))
+    report.duplicates += len(dropped)
+    return [rows[i] for i in kept]
+
+
 def import_items(
     db: CrystalDB,
     items: Iterable[Item] | Iterator[Item],
@@ -224,19 +268,18 @@ def import_items(
     touched: set[tuple[str | None, str]] = set()
     start = time.perf_counter()
     batch: list[dict] = []
+    where: list[tuple[str, int]] = []  # (source, index) of each row of the batch
     bar = tqdm(disable=not progress, unit=" structures", desc="import", mininterval=0.5)
 
     def flush() -> None:
         if not batch:
             return
-        rows = list(batch)
+        rows, places = list(batch), list(where)
         batch.clear()
+        where.clear()
         with write_tx(db.engine) as conn:
             if dedupe:
-                from .match import drop_matches
-
-                rows, dropped = drop_matches(conn, rows)
-                report.duplicates += dropped
+                rows = _dedupe(conn, rows, places, report)
             ids = insert_rows(conn, rows)
         report.added += len(ids)
         report.added_ids.extend(ids)
@@ -253,6 +296,7 @@ def import_items(
                 continue
             try:
                 batch.append(_row_of(item, model, submitter, source))
+                where.append((item.source, item.index))
             except RecordError as exc:
                 report.rejected.append(Rejection(item.source, item.index, str(exc)))
             except Exception as exc:  # noqa: BLE001 - never let one bad record stop an import

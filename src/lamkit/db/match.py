@@ -3,7 +3,13 @@
 Two records are the same structure when pymatgen's ``StructureMatcher(ltol=0.05, stol=0.1,
 angle_tol=5)`` matches them (primitive cells, volumes scaled).  The matcher is only run after a
 cheap indexed prefilter: same reduced formula, same space group and, when both energies are
-known, energy per atom within 5 % of each other.
+known, energy per atom within 5 % of each other.  That is :func:`match` and
+:func:`find_duplicates`: the same crystal, possibly at another volume.
+
+``import(dedupe=True)`` drops items, so it is stricter (:func:`dedupe_rows`): the same crystal
+at the same volume with the same energy.  The matcher does not scale volumes, the volumes per
+atom agree within ``DEDUPE_VOLUME_RTOL`` and the energies per atom within
+``DEDUPE_ENERGY_ATOL``: the points of an energy-volume scan are all kept.
 """
 
 from __future__ import annotations
@@ -24,12 +30,19 @@ if TYPE_CHECKING:
 LTOL, STOL, ANGLE_TOL = 0.05, 0.1, 5.0
 #: Relative energy-per-atom window of the prefilter.
 ENERGY_RTOL = 0.05
+#: Dedupe: largest difference of energies per atom (eV/atom) of two duplicates (a repeated
+#: relaxation agrees to about 1 meV/atom; points of a volume scan 1 % apart differ by ~0.5).
+DEDUPE_ENERGY_ATOL = 0.005
+#: Dedupe: largest relative difference of volumes per atom of two duplicates.
+DEDUPE_VOLUME_RTOL = 0.005
 
 
-def matcher():
+def matcher(scale: bool = True):
+    """pymatgen's StructureMatcher with the tolerances above (``scale=False``: volumes are
+    compared as they are, for dedupe)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    return StructureMatcher(ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL)
+    return StructureMatcher(ltol=LTOL, stol=STOL, angle_tol=ANGLE_TOL, scale=scale)
 
 
 def _energy_close(a: float | None, b: float | None) -> bool:
@@ -81,25 +94,53 @@ def _structure(row: dict):
     return Structure(Lattice(lattice), row["species"].split(), frac)
 
 
-def drop_matches(conn: Connection, rows: list[dict]) -> tuple[list[dict], int]:
-    """Rows (from make_row) without those matching a stored record or an earlier row of the
-    batch; returns (kept rows, number dropped).  Used by ``import(dedupe=True)``."""
-    sm = matcher()
-    kept: list[dict] = []
+def _same_point(a: tuple, b: tuple) -> bool:
+    """Whether (energy per atom, volume per atom) pairs agree within the dedupe tolerances."""
+    (ea, va), (eb, vb) = a, b
+    if ea is not None and eb is not None and abs(ea - eb) > DEDUPE_ENERGY_ATOL:
+        return False
+    return abs(va - vb) <= DEDUPE_VOLUME_RTOL * max(va, vb)
+
+
+def dedupe_rows(conn: Connection, rows: list[dict]) -> tuple[list[int], dict[int, str]]:
+    """Which rows (from make_row) to keep for ``import(dedupe=True)``: (positions kept,
+    {position dropped: what it duplicates}), the latter a public id ("lam-12") of a stored
+    record or "#<position>" of an earlier row.  Duplicates: see the module doc."""
+    sm = matcher(scale=False)
+    kept: list[int] = []
+    dropped: dict[int, str] = {}
     seen: dict[tuple, list] = defaultdict(list)
-    dropped = 0
-    for row in rows:
+    for pos, row in enumerate(rows):
         key = (row["formula"], row["spacegroup_number"])
         s = _structure(row)
-        epa = row["energy_per_atom"]
-        batch_peers = [p for p, e in seen[key] if _energy_close(e, epa)]
-        stored = candidates(conn, row["formula"], row["spacegroup_number"], epa)
-        if any(sm.fit(s, p) for p in batch_peers) or any(sm.fit(s, r.structure) for r in stored):
-            dropped += 1
+        point = (row["energy_per_atom"], row["volume"] / row["nsites"])
+        twin = next(
+            (f"#{p}" for p, st, pt in seen[key] if _same_point(pt, point) and sm.fit(s, st)),
+            None,
+        )
+        if twin is None:
+            stored = candidates(conn, row["formula"], row["spacegroup_number"], point[0])
+            twin = next(
+                (
+                    r.public_id
+                    for r in stored
+                    if _same_point((r.energy_per_atom, r.volume / r.nsites), point)
+                    and sm.fit(s, r.structure)
+                ),
+                None,
+            )
+        if twin is not None:
+            dropped[pos] = twin
             continue
-        seen[key].append((s, epa))
-        kept.append(row)
+        seen[key].append((pos, s, point))
+        kept.append(pos)
     return kept, dropped
+
+
+def drop_matches(conn: Connection, rows: list[dict]) -> tuple[list[dict], int]:
+    """Rows without the duplicates :func:`dedupe_rows` finds; (kept rows, number dropped)."""
+    kept, dropped = dedupe_rows(conn, rows)
+    return [rows[i] for i in kept], len(dropped)
 
 
 def find_duplicates(db: CrystalDB, progress: bool = False, **filters) -> list[list[int]]:
