@@ -4,6 +4,8 @@ values that must raise QueryError.  On SQLite and PostgreSQL where the backend m
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlalchemy import insert
 
@@ -254,3 +256,59 @@ def test_dedupe_says_what_it_drops(db):
         "index": 3,
         "duplicate_of": "records [1]",
     }
+
+
+# ---------------------------------------------------------------------------- query values
+ODD_VALUES = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    1e300,
+    2**70,
+    -(2**70),
+    -1,
+    0,
+    "",
+    "\ud800",
+    "Cu\udfff",
+    "x" * 5000,
+    [],
+    [math.nan],
+    ["\ud800"],
+    (0, math.inf),
+    (-math.inf, math.inf),
+    (math.inf, 0),
+    (math.nan, 1),
+    (1, 2**70),
+    ("\ud800", None),
+    ("a", "b"),
+    True,
+    object(),
+]
+
+
+def test_odd_query_values_raise_query_error_or_work(db):
+    from lamkit.db.query import FILTERS
+
+    db.add(fcc("Cu", 3.61), energy=-14.0, model="m")
+    failures = []
+    for name in FILTERS:
+        for value in ODD_VALUES:
+            try:
+                db.query(**{name: value})
+                db.count(**{name: value})
+            except QueryError as exc:
+                str(exc).encode("utf-8")  # printable: no lone surrogate in the message
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"query({name}={value!r:.40}) raised {type(exc).__name__}: {exc}")
+    assert not failures, "\n".join(failures)
+    for order in ("\ud800", "-\udfff", "x" * 300):
+        with pytest.raises(QueryError) as info:
+            db.query(order_by=order)
+        str(info.value).encode("utf-8")
+    assert [r.id for r in db.query(nsites=(0, math.inf)).records] == [1]
+    assert [r.id for r in db.query(nsites=(-math.inf, 2**70)).records] == [1]
+    with pytest.raises(QueryError, match="spacegroup: expected a number 1..230"):
+        db.query(spacegroup=math.nan)
+    with pytest.raises(QueryError, match="submitter: .*surrogate"):
+        db.query(submitter="\ud800")

@@ -73,16 +73,18 @@ def parse_elements(value, name: str) -> list[str]:
     for el in parts:
         if el not in _ELEMENT_SET:
             raise QueryError(
-                f"{name}: unknown element symbol '{el[:20]}'." + did_you_mean(el, ELEMENTS)
+                f"{name}: unknown element symbol {el[:20]!r}." + did_you_mean(el, ELEMENTS)
             )
     return sorted(set(parts))
 
 
 def _number(value, name: str) -> float:
+    if isinstance(value, bool):
+        raise QueryError(f"{name}: expected a number; found {value!r}")
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise QueryError(f"{name}: expected a number; found {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise QueryError(f"{name}: expected a number; found {value!r:.60}") from None
     if math.isnan(x):
         raise QueryError(f"{name}: expected a number; found NaN")
     return x
@@ -105,11 +107,38 @@ def parse_range(value, name: str, kind=float):
         lo = None if lo is None else _number(lo, name)
         hi = None if hi is None else _number(hi, name)
         if kind is int:
-            lo = None if lo is None else math.ceil(lo)
-            hi = None if hi is None else math.floor(hi)
+            lo, hi = _int_bounds(lo, hi, name)
     if lo is not None and hi is not None and lo > hi:
         raise QueryError(f"{name}: lower bound {lo} is above upper bound {hi}")
     return lo, hi
+
+
+#: Integer bounds beyond this are clamped to it (nsites is a 32-bit INTEGER column).
+_INT_LIMIT = 2**31 - 1
+
+
+def _int_bounds(lo: float | None, hi: float | None, name: str) -> tuple[int | None, int | None]:
+    """Integer (lo, hi) of float bounds: an infinite end is open (None) and huge ones are
+    clamped, so ``(0, inf)`` means "at least 0"."""
+    if lo == math.inf or hi == -math.inf:
+        raise QueryError(f"{name}: the range ({lo}, {hi}) is empty; expected finite bounds")
+    lo = None if lo is None or lo == -math.inf else math.ceil(max(lo, -_INT_LIMIT))
+    hi = None if hi is None or hi == math.inf else math.floor(min(hi, _INT_LIMIT))
+    return lo, hi
+
+
+def check_text(value: str, name: str) -> str:
+    """``value`` if both databases can store and compare it: no NUL character (PostgreSQL
+    refuses it) and no lone UTF-16 surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise QueryError(f"{name}: contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError(
+            f"{name}: {value[:40]!r} contains a lone UTF-16 surrogate; expected valid Unicode text"
+        ) from None
+    return value
 
 
 def between(col, lo, hi) -> list:
@@ -126,10 +155,8 @@ def _strings(value, name: str) -> list[str]:
     if out is None and isinstance(value, Iterable):
         out = [str(v) for v in value]
     if not out:
-        raise QueryError(f"{name}: expected a string or a list of strings; found {value!r}")
-    if any("\x00" in v for v in out):  # PostgreSQL refuses NUL in text; no stored value has one
-        raise QueryError(f"{name}: contains a NUL character")
-    return out
+        raise QueryError(f"{name}: expected a string or a list of strings; found {value!r:.60}")
+    return [check_text(v, name) for v in out]
 
 
 def normalise_formula(formula: str) -> str:
@@ -137,7 +164,10 @@ def normalise_formula(formula: str) -> str:
     from pymatgen.core import Composition
 
     if not isinstance(formula, str) or not formula.strip() or len(formula) > 200:
-        raise QueryError(f"formula: expected a chemical formula such as 'Fe2O3'; found {formula!r}")
+        raise QueryError(
+            f"formula: expected a chemical formula such as 'Fe2O3'; found {formula!r:.60}"
+        )
+    check_text(formula, "formula")
     try:
         comp = Composition(formula.strip())
         if comp.num_atoms <= 0 or any(not el.symbol or el.Z > 118 for el in comp.elements):
@@ -145,7 +175,7 @@ def normalise_formula(formula: str) -> str:
         return comp.reduced_formula
     except Exception:  # noqa: BLE001 - pymatgen raises many kinds on bad input
         raise QueryError(
-            f"formula: '{formula[:50]}' is not a chemical formula (expected e.g. 'Fe2O3')"
+            f"formula: {formula[:50]!r} is not a chemical formula (expected e.g. 'Fe2O3')"
         ) from None
 
 
@@ -158,11 +188,11 @@ def _spacegroups(value) -> tuple[list[int], list[str]]:
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v.strip())
         if isinstance(v, (int, float)):
-            if v != int(v) or not 1 <= v <= 230:
+            if not 1 <= v <= 230 or v != int(v):  # NaN fails the first test
                 raise QueryError(f"spacegroup: expected a number 1..230; found {v!r}")
             numbers.append(int(v))
         elif isinstance(v, str) and v.strip():
-            symbols.append(v.replace(" ", ""))
+            symbols.append(check_text(v, "spacegroup").replace(" ", ""))
         else:
             raise QueryError(f"spacegroup: expected a number 1..230 or a symbol; found {v!r}")
     return numbers, symbols
@@ -239,7 +269,7 @@ def parse_order(order_by: str) -> tuple[str, bool]:
     name = order_by[1:] if desc else order_by
     if name not in ORDER_FIELDS:
         raise QueryError(
-            f"order_by: unknown sort key '{name[:40]}'; choose from {', '.join(ORDER_FIELDS)} "
+            f"order_by: unknown sort key {name[:40]!r}; choose from {', '.join(ORDER_FIELDS)} "
             "(prefix '-' for descending)." + did_you_mean(name, ORDER_FIELDS)
         )
     return name, desc
