@@ -378,8 +378,14 @@ def test_bad_input_shows_the_message(browser, site, tmp_path):
     assert "error" in message.get_attribute("class")
     assert "unknown element symbol(s) 'Xx'" in message.text
     assert not browser.find_element("id", "results").is_displayed()
-    search(browser, elements="Na", spacegroup="not a group")
-    assert "No structure matches" in text_of(browser, "message")
+    search(browser, elements="Na", spacegroup="not a group")  # a 400 naming the symbol
+    wait_for(
+        browser,
+        lambda d: "unknown Hermann-Mauguin symbol 'not a group'" in text_of(d, "message"),
+        "the space-group message",
+    )
+    search(browser, elements="Na", spacegroup="F m 3 m")  # symbols as typed find the group
+    wait_for(browser, lambda d: "Showing" in text_of(d, "message"), "the Fm-3m results")
     browser.get(f"{base}/#structure/999999")
     wait_for(browser, lambda d: "no record" in text_of(d, "detail-title"), "the 404 message")
     assert not browser.find_element("id", "detail-body").is_displayed()

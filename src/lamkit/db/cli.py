@@ -14,15 +14,43 @@ import sys
 from .errors import DBError
 
 
-def _range(text: str | None, kind=float):
-    """ "lo:hi" (either end may be empty) -> (lo, hi)."""
+class _DbParser(argparse.ArgumentParser):
+    """The parser of each ``lam db`` command: every option is long (``--x``), so a value that
+    starts with one dash is a value, not an unknown option (``--order-by -energy_per_atom``,
+    ``--energy-per-atom -5:-3``)."""
+
+    def _parse_optional(self, arg_string):
+        if (
+            len(arg_string) > 1
+            and arg_string[0] == "-"
+            and arg_string[1] != "-"
+            and arg_string not in self._option_string_actions
+        ):
+            return None  # a positional-like value
+        return super()._parse_optional(arg_string)
+
+
+def _range(text: str | None, kind=float, name: str = "range"):
+    """ "lo:hi" (either end may be empty) -> (lo, hi); a lone value v -> (v, v)."""
     if text is None:
         return None
+    what = "integers" if kind is int else "numbers"
+
+    def num(part: str):
+        try:
+            return kind(part) if part.strip() else None
+        except ValueError:
+            raise DBError(
+                f"--{name}: expected lo:hi with {what} (either end may be empty); found {text!r}"
+            ) from None
+
     if ":" not in text:
-        v = kind(text)
+        v = num(text)
+        if v is None:
+            raise DBError(f"--{name}: expected lo:hi or a single value; found {text!r}")
         return (v, v)
     lo, hi = text.split(":", 1)
-    return (kind(lo) if lo.strip() else None, kind(hi) if hi.strip() else None)
+    return (num(lo), num(hi))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="database URL or SQLite path (default: $LAMKIT_DB_URL or lamkit.db)",
     )
-    sub = p.add_subparsers(dest="db_command", required=True)
+    sub = p.add_subparsers(dest="db_command", required=True, parser_class=_DbParser)
 
     sub.add_parser("init", help="create the tables (idempotent)")
 
@@ -107,9 +135,9 @@ def _filters(a) -> dict:
     if getattr(a, "spacegroup", None):
         f["spacegroup"] = a.spacegroup
     if getattr(a, "nsites", None):
-        f["nsites"] = _range(a.nsites, int)
+        f["nsites"] = _range(a.nsites, int, "nsites")
     if getattr(a, "energy_per_atom", None):
-        f["energy_per_atom"] = _range(a.energy_per_atom)
+        f["energy_per_atom"] = _range(a.energy_per_atom, float, "energy-per-atom")
     if getattr(a, "e_above_hull_max", None) is not None:
         f["e_above_hull_max"] = a.e_above_hull_max
     if getattr(a, "tags", None):
@@ -132,7 +160,39 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def run(args) -> int:
-    """Run a parsed ``lam db`` command; returns the exit code."""
+    """Run a parsed ``lam db`` command; returns the exit code: 0, 1 when an import could not
+    read a whole file, 2 on an error (one line, no traceback; ``lam`` prints it), 141 when the
+    reader of the output went away (``lam db query ... | head -1``), as for SIGPIPE."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # the rest of the output goes nowhere, and so does Python's flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except SQLAlchemyError as exc:
+        raise DBError(_database_error(_url(args), exc)) from None
+
+
+def _database_error(url: str, exc: Exception) -> str:
+    from sqlalchemy.engine import make_url
+
+    from .engine import normalise_url
+
+    try:
+        shown = make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - the URL itself may be what is wrong
+        shown = url
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return (
+        f"database {shown}: {reason} (expected a lamkit database: an SQLite file that can "
+        "be opened, or a reachable PostgreSQL URL)"
+    )
+
+
+def _run(args) -> int:
     from .api import CrystalDB
 
     cmd = args.db_command
@@ -149,6 +209,13 @@ def run(args) -> int:
             db.init()
             print(f"initialised {db!r}")
         elif cmd == "import":
+            missing = [f for f in args.FILES if not os.path.exists(f)]
+            if missing:
+                raise DBError(
+                    f"import: no such file or folder: {', '.join(map(repr, missing[:5]))}"
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                    + "; nothing was imported"
+                )
             rep = db.import_files(
                 args.FILES,
                 submitter=args.submitter,
@@ -159,6 +226,10 @@ def run(args) -> int:
                 update_hull=not args.no_hull,
             )
             print(rep.summary())
+            unread = sorted({r.source for r in rep.rejected if r.index < 0})
+            if unread:
+                print(f"lam db import: could not read {', '.join(unread)}", file=sys.stderr)
+                return 1
         elif cmd == "query":
             page = db.query(
                 **_filters(args), order_by=args.order_by, limit=args.limit, cursor=args.cursor

@@ -72,9 +72,13 @@ def parse_elements(value, name: str) -> list[str]:
         raise QueryError(f"{name}: expected at least one element symbol; found none")
     for el in parts:
         if el not in _ELEMENT_SET:
-            raise QueryError(
-                f"{name}: unknown element symbol {el[:20]!r}." + did_you_mean(el, ELEMENTS)
+            cased = el.capitalize()
+            hint = (
+                f" Did you mean '{cased}'? Symbols are case-sensitive."
+                if cased in _ELEMENT_SET
+                else did_you_mean(el, ELEMENTS)
             )
+            raise QueryError(f"{name}: unknown element symbol {el[:20]!r}.{hint}")
     return sorted(set(parts))
 
 
@@ -192,10 +196,23 @@ def _spacegroups(value) -> tuple[list[int], list[str]]:
                 raise QueryError(f"spacegroup: expected a number 1..230; found {v!r}")
             numbers.append(int(v))
         elif isinstance(v, str) and v.strip():
-            symbols.append(check_text(v, "spacegroup").replace(" ", ""))
+            numbers += _numbers_of_symbol(check_text(v, "spacegroup").strip())
         else:
             raise QueryError(f"spacegroup: expected a number 1..230 or a symbol; found {v!r}")
     return numbers, symbols
+
+
+def _numbers_of_symbol(symbol: str) -> list[int]:
+    from .spacegroups import numbers_of, short_symbols
+
+    found = numbers_of(symbol)
+    if not found:
+        raise QueryError(
+            f"spacegroup: unknown Hermann-Mauguin symbol {symbol[:40]!r}; expected a number "
+            "1..230 or a symbol such as 'Fm-3m', 'Fm3m', 'F m -3 m' or 'P6_3/mmc'."
+            + did_you_mean(symbol, short_symbols())
+        )
+    return found
 
 
 def element_conditions(elements=None, only_elements=None) -> list:
@@ -237,11 +254,8 @@ def conditions(conn, **filters) -> list:
         formulas = [normalise_formula(x) for x in _strings(f["formula"], "formula")]
         conds.append(c.formula.in_(formulas))
     if "spacegroup" in f:
-        numbers, symbols = _spacegroups(f["spacegroup"])
-        parts = ([c.spacegroup_number.in_(numbers)] if numbers else []) + (
-            [c.spacegroup_symbol.in_(symbols)] if symbols else []
-        )
-        conds.append(or_(*parts))
+        numbers, _ = _spacegroups(f["spacegroup"])
+        conds.append(c.spacegroup_number.in_(sorted(set(numbers))))
     if "nsites" in f:
         conds += between(c.nsites, *parse_range(f["nsites"], "nsites", int))
     if "energy_per_atom" in f:

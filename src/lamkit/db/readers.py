@@ -24,8 +24,20 @@ import numpy as np
 
 from .records import StructureArrays, is_atoms
 
-#: File suffixes picked up when a folder is imported (plus POSCAR/CONTCAR names, deepmd folders).
-KNOWN_SUFFIXES = (".cif", ".json", ".jsonl", ".ndjson", ".extxyz", ".xyz", ".vasp", ".poscar")
+#: File suffixes picked up when a folder is imported (plus the VASP names below, deepmd folders).
+KNOWN_SUFFIXES = (
+    ".cif",
+    ".json",
+    ".jsonl",
+    ".ndjson",
+    ".extxyz",
+    ".xyz",
+    ".vasp",
+    ".poscar",
+    ".traj",
+)
+#: File name prefixes picked up when a folder is imported (VASP inputs and outputs, read by ASE).
+KNOWN_PREFIXES = ("POSCAR", "CONTCAR", "OUTCAR", "XDATCAR", "VASPRUN")
 #: Largest JSON file read whole (bytes); bigger record collections should be JSON lines.
 MAX_JSON_BYTES = 2 * 1024**3
 
@@ -127,7 +139,9 @@ def _iter_folder(path: Path) -> Iterator[Item]:
     for child in sorted(path.iterdir()):
         if child.is_dir():
             yield from _iter_folder(child)
-        elif child.suffix.lower() in KNOWN_SUFFIXES or _is_poscar_name(child):
+        elif child.suffix.lower() in KNOWN_SUFFIXES or child.name.upper().startswith(
+            KNOWN_PREFIXES
+        ):
             yield from iter_file(child)
 
 

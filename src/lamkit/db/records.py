@@ -192,11 +192,13 @@ def validate(s: StructureArrays) -> StructureArrays:
         raise RecordError("lattice contains NaN or infinite values")
     if not np.isfinite(frac).all():
         raise RecordError("fractional coordinates contain NaN or infinite values")
-    volume = det3(lattice)
+    # a left-handed cell (negative determinant) is as valid as its mirror; it is stored as
+    # given and its volume is the determinant's magnitude
+    volume = abs(det3(lattice))
     if not 1e-6 < volume < MAX_VOLUME:
         raise RecordError(
-            f"cell volume is {volume:.6g} Å^3; expected a positive volume below "
-            f"{MAX_VOLUME:.0e} Å^3 (a right-handed, non-degenerate lattice)"
+            f"cell volume is {volume:.6g} Å^3; expected a non-degenerate lattice with a volume "
+            f"above 1e-6 and below {MAX_VOLUME:.0e} Å^3"
         )
     dmin = min_distance(lattice, frac)
     if dmin < MIN_DISTANCE:
@@ -377,7 +379,7 @@ def make_row(
     submitter = clean_text("submitter", submitter, 255)
     n = len(s.species)
     elements = sorted(set(s.species))
-    volume = det3(s.lattice)
+    volume = abs(det3(s.lattice))  # Å^3, positive for left-handed cells too
     mass = float(sum(_MASS[el] for el in s.species))
     number, symbol = spacegroup(s.lattice, s.frac_coords, s.species)
     return {
