@@ -54,6 +54,7 @@ class CrystalDB:
 
     def __init__(self, url: str | Path | None = None, **engine_kwargs):
         self.url = normalise_url(url)
+        # engine_kwargs: busy_timeout (s, SQLite; default 30) and SQLAlchemy's create_engine's
         self.engine = make_engine(self.url, **engine_kwargs)
         self._ready = False
 

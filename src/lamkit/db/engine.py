@@ -1,8 +1,9 @@
 """Database URLs and engines: an SQLite file by default, PostgreSQL given a URL.
 
-SQLite runs in WAL mode with a 30 s busy timeout, so readers never wait for a writer and a
-second writer waits instead of failing; write transactions start with ``BEGIN IMMEDIATE`` so two
-writers cannot deadlock on a lock upgrade.  On PostgreSQL the defaults (READ COMMITTED) apply.
+SQLite runs in WAL mode with a 30 s busy timeout (``busy_timeout``), so readers never wait for a
+writer and a second writer waits instead of failing; write transactions start with
+``BEGIN IMMEDIATE`` so two writers cannot deadlock on a lock upgrade.  On PostgreSQL the
+defaults (READ COMMITTED) apply.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ def normalise_url(url: str | Path | None) -> str:
     return url
 
 
-def make_engine(url: str | Path | None, **kwargs) -> Engine:
-    """An Engine for ``url`` (see :func:`normalise_url`) with the SQLite settings above."""
+#: Seconds an SQLite write waits for another writer's lock before it fails.
+BUSY_TIMEOUT = 30.0
+
+
+def make_engine(url: str | Path | None, busy_timeout: float = BUSY_TIMEOUT, **kwargs) -> Engine:
+    """An Engine for ``url`` (see :func:`normalise_url`) with the SQLite settings above;
+    ``busy_timeout``: seconds a write waits for SQLite's lock (then "database is locked")."""
     text = normalise_url(url)
     try:
         parsed = make_url(text)
@@ -46,7 +52,9 @@ def make_engine(url: str | Path | None, **kwargs) -> Engine:
             "or postgresql+psycopg://"
         )
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+        if not 0 <= busy_timeout <= 3600:
+            raise DBError(f"busy_timeout: expected 0..3600 seconds; found {busy_timeout!r}")
+        engine = create_engine(parsed, connect_args={"timeout": busy_timeout}, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -57,7 +65,6 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     # 256 MiB page cache (an upper bound, allocated as used): index inserts of a large import
     # stay in memory; temporary sort structures in memory too

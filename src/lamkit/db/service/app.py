@@ -21,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DBError, NotFoundError, QueryError, RecordError
@@ -31,6 +33,8 @@ from .limits import BodySizeLimit, Limits
 log = logging.getLogger(__name__)
 STATIC = Path(str(files("lamkit.db.service") / "static"))
 API = "/api/v1"
+#: Seconds a client is asked to wait (``Retry-After``) when the database is busy or unreachable.
+RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -171,4 +175,23 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBError)
     async def db_error(_request: Request, exc: DBError) -> JSONResponse:
         log.error("database error: %s", exc)
-        return JSONResponse({"detail": f"database error: {exc}"}, status_code=503)
+        return JSONResponse(
+            {"detail": f"database error: {exc}"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # a write that waited out SQLite's lock, a lost connection, a full pool: try later
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = reason[0] if reason else type(exc).__name__
+        log.error("database unavailable: %s", reason)
+        if "locked" in reason or "busy" in reason:
+            detail = f"database busy: {reason} (another write held it too long); retry later"
+        else:
+            detail = f"database unavailable: {reason}; retry later"
+        return JSONResponse(
+            {"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )

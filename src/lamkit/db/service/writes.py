@@ -32,6 +32,11 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No X-API-Key header."},
     415: {"model": Error, "description": "The body is not JSON (POST /structures)."},
     403: {"model": Error, "description": "The key is not valid (or writes are off)."},
+    503: {
+        "model": Error,
+        "description": "The database is busy (a write waited too long for its lock) or "
+        "unreachable; retry after the Retry-After header's seconds.",
+    },
     413: {
         "model": Error,
         "description": "The request body, a structure or the number of "
@@ -177,7 +182,7 @@ def add_structures(
     responses=WRITE_ERRORS,
     summary="Upload a structure file",
 )
-async def import_file(
+def import_file(
     request: Request,
     who: Submitter,
     file: Annotated[UploadFile, File(description="CIF, POSCAR, extxyz, JSON.")],
@@ -189,7 +194,8 @@ async def import_file(
     source: str | None = Form(None, max_length=1024),
     tags: str | None = Form(None, description="Comma-separated."),
 ):
-    """Parse the file, check it and store every structure in it."""
+    """Parse the file, check it and store every structure in it.  A plain ``def``: FastAPI
+    runs it in its thread pool, so a large file never holds up other requests."""
     name = file.filename or "upload"
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
     try:
@@ -198,7 +204,7 @@ async def import_file(
         ]:
             check_text(text, field)
         fmt = format_of(name, format)
-        raw = await file.read()
+        raw = file.file.read()  # spooled by Starlette before the endpoint runs
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
