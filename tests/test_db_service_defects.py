@@ -142,3 +142,60 @@ def test_a_write_that_waits_too_long_for_the_lock_is_a_503(tmp_path):
     finally:
         holder.close()
         db.close()
+
+
+# ---------------------------------------------------------------------------- OpenAPI, OPTIONS
+def test_openapi_declares_security_bodies_and_enums(app_db):
+    app, _ = app_db
+    with client_for(app) as c:
+        spec = ok(c.get("/openapi.json"))
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes == {
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": schemes["ApiKey"]["description"],
+        }
+    }
+    paths = spec["paths"]
+    writes = [
+        paths[f"{API}/structures"]["post"],
+        paths[f"{API}/import"]["post"],
+        paths[f"{API}/structures/{{record_id}}"]["delete"],
+    ]
+    for op in writes:
+        assert op["security"] == [{"ApiKey": []}], op["summary"]
+        assert {"401", "403", "503"} <= set(op["responses"]), op["summary"]
+    reads = [op for p in paths.values() for m, op in p.items() if m == "get"]
+    assert all("security" not in op for op in reads)
+    body = writes[0]["requestBody"]["content"]["application/json"]["schema"]
+    record, many, wrapped = body["anyOf"]
+    assert {"lattice", "species", "frac_coords", "energy", "tags"} <= set(record["properties"])
+    assert many["items"] == record and wrapped["properties"]["records"]["items"] == record
+    orders = [p for p in paths[f"{API}/structures"]["get"]["parameters"] if p["name"] == "order_by"]
+    assert set(orders[0]["schema"]["enum"]) >= {"id", "-energy_per_atom", "formula", ""}
+    download = paths[f"{API}/structures/{{record_id}}/file"]["get"]["parameters"]
+    (fmt,) = [p for p in download if p["name"] == "format"]
+    assert fmt["schema"]["enum"] == ["cif", "poscar", "extxyz", "json"]
+    ref = writes[1]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert form["properties"]["format"]["enum"] == ["", "cif", "poscar", "extxyz", "json"]
+
+
+def test_options_and_405_name_every_method(app_db):
+    app, _ = app_db
+    with client_for(app) as c:
+        for path, allow in (
+            (f"{API}/structures", "GET, OPTIONS, POST"),
+            (f"{API}/structures/1", "DELETE, GET, OPTIONS"),
+            (f"{API}/import", "OPTIONS, POST"),
+            (f"{API}/hull/Cl-Na", "GET, OPTIONS"),
+        ):
+            r = c.options(path)
+            assert (r.status_code, r.headers["allow"], r.content) == (204, allow, b""), path
+        r = c.put(f"{API}/structures", json={})
+        assert r.status_code == 405 and r.headers["allow"] == "GET, OPTIONS, POST"
+        assert c.options(f"{API}/nothing/here").status_code == 404
+        fails(c.get(f"{API}/structures", params={"order_by": "+id"}), 422, "order_by")
+        ok(c.get(f"{API}/structures", params={"order_by": ""}))

@@ -29,6 +29,7 @@ from ..errors import DBError, NotFoundError, QueryError, RecordError
 from . import routes, writes
 from .auth import KeyChecker, keys_from_env, parse_keys
 from .limits import BodySizeLimit, Limits
+from .methods import AllowedMethods
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(files("lamkit.db.service") / "static"))
@@ -110,6 +111,7 @@ def create_app(
     )
     app.state.lamkit = ServiceState(database, KeyChecker(keys), limits, _dialect(database))
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AllowedMethods)
     _add_error_handlers(app)
 
     @app.get(API, name="api_root", summary="API index", tags=["meta"])

@@ -128,3 +128,41 @@ class Health(BaseModel):
     records: int | None = None
     database: str | None = None
     version: str | None = None
+
+
+_VECTORS = {
+    "type": "array",
+    "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+}
+#: JSON schema of one posted record (POST /structures); the endpoint checks it in full.
+RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "{'lattice', 'species', 'frac_coords' (or 'cart_coords')} or {'structure'}, "
+    "plus optional 'energy', 'model', 'source', 'tags'.",
+    "properties": {
+        "lattice": {**_VECTORS, "minItems": 3, "maxItems": 3, "description": "Rows a, b, c; Å."},
+        "species": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "frac_coords": {**_VECTORS, "minItems": 1, "description": "Fractional coordinates."},
+        "cart_coords": {**_VECTORS, "minItems": 1, "description": "Cartesian coordinates; Å."},
+        "structure": {
+            "type": ["object", "string"],
+            "description": "A pymatgen Structure dict, or the record JSON of a download.",
+        },
+        "energy": {"type": ["number", "null"], "description": "Total energy of the cell; eV."},
+        "model": {"type": ["string", "null"], "maxLength": 255},
+        "source": {"type": ["string", "null"], "maxLength": 1024},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 100}},
+    },
+}
+#: JSON schema of the body of POST /structures: one record, a list, or {"records": [...]}.
+POST_BODY_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        RECORD_SCHEMA,
+        {"type": "array", "items": RECORD_SCHEMA, "minItems": 1},
+        {
+            "type": "object",
+            "required": ["records"],
+            "properties": {"records": {"type": "array", "items": RECORD_SCHEMA, "minItems": 1}},
+        },
+    ]
+}

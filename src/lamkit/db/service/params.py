@@ -121,17 +121,20 @@ def formula_param(value: str | None) -> str | None:
     return value
 
 
+#: Values of ``order_by`` (the OpenAPI enum): a sort key, "-" prefix for descending, or empty.
+ORDER_CHOICES = ["", *ORDER_FIELDS, *(f"-{f}" for f in ORDER_FIELDS)]
+
+
 def order_param(value: str | None) -> str | None:
-    if value is None or not value.strip():
+    if not value:
         return None
-    key = value.strip().lstrip("+-")
-    if key not in ORDER_FIELDS:
+    if value not in ORDER_CHOICES:
         raise BadParam(
             "order_by",
             f"cannot sort by {value!r}; expected one of "
             f"{', '.join(ORDER_FIELDS)} (prefix '-' for descending)",
         )
-    return value.strip().lstrip("+")
+    return value
 
 
 @dataclass

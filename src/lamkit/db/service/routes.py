@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from . import hullview, views
 from .formats import DOWNLOADS, write_structure
 from .models import Error, Health, HullResponse, StructureDetail, StructurePage
-from .params import SearchParams, chemsys_param, order_param
+from .params import ORDER_CHOICES, SearchParams, chemsys_param, order_param
 
 router = APIRouter()
 
@@ -51,10 +51,11 @@ def get_record(db: Any, record_id: int):
 def search(
     request: Request,
     params: Annotated[SearchParams, Depends()],
-    order_by: str | None = Query(
-        None,
+    order_by: str = Query(
+        "",
         description="Sort key, '-' prefix for descending: id, energy_per_atom, "
-        "e_above_hull, nsites, submitted or formula.",
+        "e_above_hull, nsites, submitted or formula (default, or empty: id).",
+        json_schema_extra={"enum": ORDER_CHOICES},
     ),
     limit: int | None = Query(
         None, ge=1, description="Page size (capped by the server, 500 by default)."
@@ -112,7 +113,9 @@ def structure(request: Request, record_id: RecordId):
 def structure_file(
     request: Request,
     record_id: RecordId,
-    format: str = Query("cif", description="cif, poscar, extxyz or json."),
+    format: str = Query(
+        "cif", description="cif, poscar, extxyz or json.", json_schema_extra={"enum": [*DOWNLOADS]}
+    ),
 ):
     """The structure as a file download (``Content-Disposition: attachment``)."""
     if format not in DOWNLOADS:

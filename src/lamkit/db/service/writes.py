@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Request,
+    Security,
+    UploadFile,
+)
+from fastapi.security import APIKeyHeader
 
+from .auth import HEADER
 from .formats import (
+    DOWNLOADS,
     FormatError,
     Upload,
     check_geometry,
@@ -21,7 +34,7 @@ from .formats import (
     parse_file,
     parse_item,
 )
-from .models import Deleted, Error, ImportResult
+from .models import POST_BODY_SCHEMA, Deleted, Error, ImportResult
 from .removal import delete_record
 from .routes import ERRORS, RecordId, state
 
@@ -45,7 +58,16 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def submitter(request: Request) -> str:
+#: The API-key security scheme of the OpenAPI document (the check itself is KeyChecker's).
+API_KEY = APIKeyHeader(
+    name=HEADER,
+    scheme_name="ApiKey",
+    description="A key given to the server (--api-key name:secret); its name is the submitter.",
+    auto_error=False,
+)
+
+
+def submitter(request: Request, _key: Annotated[str | None, Security(API_KEY)] = None) -> str:
     """The name of the request's API key (401/403 otherwise)."""
     return state(request).keys(request)
 
@@ -133,6 +155,7 @@ POST_EXAMPLE = {
     status_code=201,
     responses=WRITE_ERRORS,
     summary="Add structures",
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": POST_BODY_SCHEMA}}}},
 )
 def add_structures(
     request: Request,
@@ -186,8 +209,10 @@ def import_file(
     request: Request,
     who: Submitter,
     file: Annotated[UploadFile, File(description="CIF, POSCAR, extxyz, JSON.")],
-    format: str | None = Form(
-        None, description="cif, poscar, extxyz or json (default: from the file name)."
+    format: str = Form(
+        "",
+        description="cif, poscar, extxyz or json (default, or empty: from the file name).",
+        json_schema_extra={"enum": ["", *DOWNLOADS]},
     ),
     energy: float | None = Form(None, description="Total energy (eV) of a single-structure file."),
     model: str | None = Form(None, max_length=255),
