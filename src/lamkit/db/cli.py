@@ -209,91 +209,14 @@ def _run(args) -> int:
             db.init()
             print(f"initialised {db!r}")
         elif cmd == "import":
-            missing = [f for f in args.FILES if not os.path.exists(f)]
-            if missing:
-                raise DBError(
-                    f"import: no such file or folder: {', '.join(map(repr, missing[:5]))}"
-                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                    + "; nothing was imported"
-                )
-            rep = db.import_files(
-                args.FILES,
-                submitter=args.submitter,
-                model=args.model,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-                dedupe=args.dedupe,
-                update_hull=not args.no_hull,
-            )
-            print(rep.summary())
-            unread = sorted({r.source for r in rep.rejected if r.index < 0})
-            if unread:
-                print(f"lam db import: could not read {', '.join(unread)}", file=sys.stderr)
-                return 1
+            return _import(db, args)
         elif cmd == "query":
             page = db.query(
                 **_filters(args), order_by=args.order_by, limit=args.limit, cursor=args.cursor
             )
-            if args.format == "json":
-                print(
-                    json.dumps(
-                        {
-                            "records": [r.to_dict() for r in page.records],
-                            "next_cursor": page.next_cursor,
-                        }
-                    )
-                )
-            else:
-                rows = [
-                    [
-                        r.public_id,
-                        r.formula,
-                        r.chemsys,
-                        r.spacegroup_symbol,
-                        r.nsites,
-                        r.energy_per_atom,
-                        r.e_above_hull,
-                        r.model,
-                        r.submitter,
-                    ]
-                    for r in page.records
-                ]
-                print(
-                    _table(
-                        [
-                            "id",
-                            "formula",
-                            "chemsys",
-                            "spacegroup",
-                            "nsites",
-                            "E/atom (eV)",
-                            "E_hull (eV/atom)",
-                            "model",
-                            "submitter",
-                        ],
-                        rows,
-                    )
-                )
-                if page.next_cursor:
-                    print(f"next page: --cursor {page.next_cursor}")
+            _print_page(page, args.format)
         elif cmd == "hull":
-            hull = db.hull(args.CHEMSYS, model=args.model)
-            if args.format == "json":
-                print(json.dumps(hull.to_dict()))
-            else:
-                rows = [
-                    [
-                        e["public_id"],
-                        e["formula"],
-                        e["energy_per_atom"],
-                        e["formation_energy_per_atom"],
-                        e["e_above_hull"],
-                        "yes" if e["stable"] else "",
-                    ]
-                    for e in sorted(hull.entries, key=lambda e: (e["e_above_hull"], e["id"]))
-                ]
-                print(f"hull {hull.chemsys} (model {hull.model})")
-                print(_table(["id", "formula", "E/atom", "E_form/atom", "E_hull", "stable"], rows))
+            _print_hull(db.hull(args.CHEMSYS, model=args.model), args.format)
         elif cmd == "export":
             fmt = args.format or _format_from_suffix(args.PATH)
             n = db.export(args.PATH, fmt, progress=sys.stderr.isatty(), **_filters(args))
@@ -303,6 +226,69 @@ def _run(args) -> int:
         else:  # pragma: no cover - argparse restricts the choices
             raise DBError(f"unknown db command {cmd}")
     return 0
+
+
+def _import(db, args) -> int:
+    """``lam db import``: missing paths refuse the whole import; 1 if a file was unreadable."""
+    missing = [f for f in args.FILES if not os.path.exists(f)]
+    if missing:
+        raise DBError(
+            f"import: no such file or folder: {', '.join(map(repr, missing[:5]))}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + "; nothing was imported"
+        )
+    rep = db.import_files(
+        args.FILES,
+        submitter=args.submitter,
+        model=args.model,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        dedupe=args.dedupe,
+        update_hull=not args.no_hull,
+    )
+    print(rep.summary())
+    unread = sorted({r.source for r in rep.rejected if r.index < 0})
+    if unread:
+        print(f"lam db import: could not read {', '.join(unread)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+_QUERY_COLUMNS = [
+    ("id", "public_id"),
+    ("formula", "formula"),
+    ("chemsys", "chemsys"),
+    ("spacegroup", "spacegroup_symbol"),
+    ("nsites", "nsites"),
+    ("E/atom (eV)", "energy_per_atom"),
+    ("E_hull (eV/atom)", "e_above_hull"),
+    ("model", "model"),
+    ("submitter", "submitter"),
+]
+
+
+def _print_page(page, fmt: str) -> None:
+    if fmt == "json":
+        records = [r.to_dict() for r in page.records]
+        print(json.dumps({"records": records, "next_cursor": page.next_cursor}))
+        return
+    rows = [[getattr(r, attr) for _, attr in _QUERY_COLUMNS] for r in page.records]
+    print(_table([title for title, _ in _QUERY_COLUMNS], rows))
+    if page.next_cursor:
+        print(f"next page: --cursor {page.next_cursor}")
+
+
+def _print_hull(hull, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(hull.to_dict()))
+        return
+    keys = ["public_id", "formula", "energy_per_atom", "formation_energy_per_atom"]
+    rows = [
+        [e[k] for k in keys] + [e["e_above_hull"], "yes" if e["stable"] else ""]
+        for e in sorted(hull.entries, key=lambda e: (e["e_above_hull"], e["id"]))
+    ]
+    print(f"hull {hull.chemsys} (model {hull.model})")
+    print(_table(["id", "formula", "E/atom", "E_form/atom", "E_hull", "stable"], rows))
 
 
 def _format_from_suffix(path: str) -> str:
