@@ -11,7 +11,11 @@ def smooth_switch(r: torch.Tensor, rmin: float, rmax: float) -> torch.Tensor:
     """``u^3 (-6u^2 + 15u - 10) + 1`` with ``u = (clamp(r, rmin, rmax) - rmin)/(rmax - rmin)``:
     1 below ``rmin``, 0 above ``rmax``, twice continuously differentiable."""
     u = (torch.clamp(r, rmin, rmax) - rmin) / (rmax - rmin)
-    return u * u * u * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
+    # The reference's operation order, to the last bit: just inside rmax the value is a
+    # difference of numbers near 1, and DPA-1's ``attn_dotr`` normalises the tiny env-matrix
+    # rows that carry it (F.normalize's eps 1e-12), so rounding there shows in the forces.
+    u2 = u * u
+    return u2 * u * (-6 * u2 + 15 * u - 10) + 1
 
 
 def gather_rows(ext: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -57,12 +61,14 @@ def environment_matrix(
     fmask = mask.unsqueeze(-1).to(ext_coord.dtype)
     centre = ext_coord[:, start : start + nrow, None, :]
     diff = (gather_rows(ext_coord, nlist) - centre) * fmask
-    # empty slots get length 1 (not 0) so that the square root has a finite gradient
-    length = torch.sqrt((diff * diff).sum(-1, keepdim=True) + (1.0 - fmask))
+    # torch.linalg.norm as the reference (bitwise: see smooth_switch); empty slots get
+    # length 1 and a non-zero vector under the norm, so that its gradient stays finite
+    safe = torch.where(mask.unsqueeze(-1), diff, torch.ones_like(diff))
+    length = torch.where(mask.unsqueeze(-1), torch.linalg.norm(safe, dim=-1, keepdim=True), 1.0)
     sw = smooth_switch(length, rcut_smth, rcut) * fmask
-    inv = 1.0 / (length + protection)
+    inv = 1 / (length + protection)
     if radial_only:
         env = inv * sw
     else:
-        env = torch.cat([inv, diff * (inv * inv)], dim=-1) * sw
+        env = torch.cat([inv, diff / (length + protection) ** 2], dim=-1) * sw
     return env, diff, sw, mask

@@ -91,12 +91,22 @@ class AtomicModel(nn.Module):
         box: torch.Tensor | None,
         nbr: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``."""
+        """``extended_coord = coord[mapping] + shift @ cell`` and ``extended_atype``.
+
+        With a cell, the local atoms are first wrapped as the reference's ``normalize_coord``
+        does (fractional coordinates plus the integer wrap, times the cell), then the ghosts
+        add their image translation: the same floating-point operations, so that the distances
+        are the reference's to the last bit (see :func:`lamkit.geometry.env.smooth_switch`).
+        """
         mapping = nbr[keys.MAPPING]
-        ext = gather_rows(coord, mapping)
-        if box is not None:
-            cell = box.reshape(-1, 3, 3).to(coord.dtype)
-            ext = ext + torch.bmm(nbr[keys.SHIFT].to(coord.dtype), cell)
+        if box is None:
+            return gather_rows(coord, mapping), torch.gather(atype, 1, mapping)
+        cell = box.reshape(-1, 3, 3).to(coord.dtype)
+        shift = nbr[keys.SHIFT].to(coord.dtype)
+        wrap = shift[:, : coord.shape[1]]  # locals come first: their shift is the wrap
+        local = torch.matmul(torch.matmul(coord, torch.linalg.inv(cell)) + wrap, cell)
+        image = shift - gather_rows(wrap, mapping)
+        ext = gather_rows(local, mapping) + torch.bmm(image, cell)
         return ext, torch.gather(atype, 1, mapping)
 
     def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
