@@ -337,7 +337,7 @@ def test_tensor_loss_matches_reference(reference_runs, tensors):
 # --- lam test vs dp test ----------------------------------------------------------------------
 def test_lam_test_matches_dp_test(reference_runs, data, tmp_path):
     args = ["test", "-m", str(reference_runs["intensive"]), "-s", str(data / "data_2"), "-n", "6"]
-    dp = _start(DP + args, tmp_path, "dp.log")
+    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp.log")
     lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam.log")
     texts = {"lam": _finish(lam, tmp_path, "lam.log"), "dp": _finish(dp, tmp_path, "dp.log")}
     vals = {
@@ -349,6 +349,14 @@ def test_lam_test_matches_dp_test(reference_runs, data, tmp_path):
     }
     for key in ("MAE", "RMSE"):
         assert vals["lam"][key] == pytest.approx(vals["dp"][key], rel=1e-6), (key, vals)
-    table = np.loadtxt(tmp_path / "lam.property.out")
-    assert table.shape == (6, 6)
-    assert np.abs(table[:, 3:] - table[:, :3]).mean() == pytest.approx(vals["dp"]["MAE"], rel=1e-6)
+    # detail files: the reference's per-frame PREFIX.property.out.F, same names and columns
+    names = {p.name.replace("dp.", "", 1) for p in tmp_path.glob("dp.*.out*")}
+    assert names == {p.name.replace("lam.", "", 1) for p in tmp_path.glob("lam.*.out*")}
+    assert names == {f"property.out.{f}" for f in range(6)}, names
+    for name in names:
+        ref, got = (tmp_path / f"{t}.{name}" for t in ("dp", "lam"))
+        assert ref.read_text().splitlines()[0] == got.read_text().splitlines()[0], name
+        a, b = np.loadtxt(ref, ndmin=2), np.loadtxt(got, ndmin=2)
+        assert a.shape == b.shape == (3, 2), name
+        np.testing.assert_array_equal(b[:, 0], a[:, 0])
+        np.testing.assert_allclose(b[:, 1], a[:, 1], rtol=1e-8, atol=1e-12)

@@ -116,9 +116,12 @@ def test_freeze_test_and_deep_property(trained, data, tmp_path):
         np.testing.assert_allclose(
             got[f"rmse_property_{k}"], np.sqrt(((p[:, k] - labels[:, k]) ** 2).mean()), rtol=1e-10
         )
-    table = np.loadtxt(det.with_suffix(".property.out"))
-    np.testing.assert_allclose(table, np.concatenate([labels, p], 1), rtol=1e-10)
-    assert "data_band_prop_0" in det.with_suffix(".property.out").read_text().splitlines()[0]
+    for f in range(5):  # one file per frame, one row per component: label, prediction
+        path = det.with_suffix(f".property.out.{f}")
+        table = np.loadtxt(path)
+        np.testing.assert_allclose(table, np.stack([labels[f], p[f]], 1), rtol=1e-10)
+        assert path.read_text().splitlines()[0].endswith(f" - {f}: data_property pred_property")
+    assert not det.with_suffix(".property.out").exists()
     both = run_test(str(frozen), str(data), numb_test=4)
     assert len(both["systems"]) == 3 and both["average"]["n_property"] == 3 * 4 * 3
     maes = [s["mae_property"] for s in both["systems"]]

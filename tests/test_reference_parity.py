@@ -32,7 +32,7 @@ import torch
 from lamkit.examples import water_se_e2_a_config
 
 from .conftest import require_reference
-from .reference_finetune import reference_env
+from .reference_finetune import reference_env, subset_system
 
 pytestmark = pytest.mark.reference
 
@@ -282,6 +282,42 @@ def test_lam_test_matches_dp_test(reference_runs, tmp_path):
     assert f.shape == (NFRAMES * 192, 6)
     rmse_f = float(np.sqrt(np.mean((f[:, 3:] - f[:, :3]) ** 2)))
     assert abs(rmse_f - ref["rmse_f"]) <= 1e-6 * ref["rmse_f"], (rmse_f, ref["rmse_f"])
+
+
+def _detail_systems(root: Path) -> list[Path]:
+    """Two 2-frame systems cut from data_3: one non-periodic (``nopbc``), one periodic with
+    virial labels (so that the reference also writes the stress file ``.s.out``)."""
+    nopbc = subset_system(WATER / "data_3", root / "nopbc", 2)
+    (nopbc / "nopbc").write_text("")
+    virial = subset_system(WATER / "data_3", root / "virial", 2)
+    rng = np.random.default_rng(0)
+    np.save(virial / "set.000" / "virial.npy", rng.normal(size=(2, 9)))
+    return [nopbc, virial]
+
+
+def test_lam_test_writes_dp_test_detail_files(reference_runs, tmp_path):
+    """Every detail file of ``dp --pt test -d`` (names, headers, columns, values), also the
+    virial files of a non-periodic system and the stress file, across two systems."""
+    (tmp_path / "systems.txt").write_text("\n".join(map(str, _detail_systems(tmp_path))))
+    args = ["test", "-m", str(reference_runs[True]), "-f", "systems.txt"]
+    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp_test.log")
+    lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam_test.log")
+    _finish(lam, tmp_path, "lam_test.log")
+    _finish(dp, tmp_path, "dp_test.log")
+    names = {p.name.replace("dp.", "", 1) for p in tmp_path.glob("dp.*.out*")}
+    assert {"v.out", "v_peratom.out", "s.out"} <= names, names
+    assert names == {p.name.replace("lam.", "", 1) for p in tmp_path.glob("lam.*.out*")}
+    for name in names:
+        ref, got = (tmp_path / f"{t}.{name}" for t in ("dp", "lam"))
+        heads = [[ln for ln in p.read_text().splitlines() if ln[:1] == "#"] for p in (ref, got)]
+        assert heads[0] == heads[1], name
+        a, b = np.loadtxt(ref, ndmin=2), np.loadtxt(got, ndmin=2)
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        half = a.shape[1] // 2
+        np.testing.assert_array_equal(b[:, :half], a[:, :half], err_msg=f"labels in {name}")
+        assert rel_diff(a[:, half:], b[:, half:]) < RTOL, name
+    v = np.loadtxt(tmp_path / "lam.v.out")
+    assert v.shape == (4, 18) and (v[:2, :9] == 0).all() and np.abs(v[:2, 9:]).max() > 0
 
 
 # --- --init-model from a reference checkpoint ----------------------------------------------------

@@ -5,7 +5,8 @@ MAE/RMSE (total and per atom; only when the system has virial labels and is peri
 Across systems the averages are weighted by the number of label elements (frames for energy,
 frames*natoms*3 for forces, frames*9 for virials): ``RMSE = sqrt(sum rmse_s^2 n_s / sum n_s)``.
 Detail files ``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out``
-use the reference's columns so existing analysis scripts keep working.
+(every system, periodic or not) and ``.s.out`` (with virial labels and a cell) use the
+reference's names and columns so existing analysis scripts keep working.
 """
 
 from __future__ import annotations
@@ -99,15 +100,25 @@ def test_system(
             f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz",
             append,
         )
-        if system.pbc:  # like dp test: written for periodic systems, zero labels if absent
-            comps = ["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"]
-            head = f"{name}: " + " ".join(
-                [f"data_v{c}" for c in comps] + [f"pred_v{c}" for c in comps]
-            )
-            pv = np.concatenate([lab[keys.VIRIAL][:n].reshape(-1, 9), v.reshape(-1, 9)], axis=1)
-            _save(p.with_suffix(".v.out"), pv, head, append)
-            _save(p.with_suffix(".v_peratom.out"), pv / natoms, head, append)
+        _save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
     return res
+
+
+_COMPS = ("xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz")
+
+
+def _save_virials(p: Path, name: str, label, pred, box, natoms: int, append: bool) -> None:
+    """``.v.out`` and ``.v_peratom.out`` as ``dp test`` writes them, for every system (zero
+    labels when there are none, predicted virials also without a cell); with virial labels and
+    a cell (``box``) also ``.s.out``, the stress ``-virial / volume`` in eV/Å^3."""
+    cols = [f"data_v{c}" for c in _COMPS] + [f"pred_v{c}" for c in _COMPS]
+    pv = np.concatenate([label.reshape(-1, 9), pred.reshape(-1, 9)], axis=1)
+    _save(p.with_suffix(".v.out"), pv, f"{name}: " + " ".join(cols), append)
+    _save(p.with_suffix(".v_peratom.out"), pv / natoms, f"{name}: " + " ".join(cols), append)
+    if box is not None:
+        volume = np.abs(np.linalg.det(np.reshape(box, (-1, 3, 3)))).reshape(-1, 1)
+        cols = [f"data_s{c}" for c in _COMPS] + [f"pred_s{c}" for c in _COMPS]
+        _save(p.with_suffix(".s.out"), -pv / volume, f"{name} (eV/Å³): " + " ".join(cols), append)
 
 
 def plot_parity(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> Path:

@@ -5,8 +5,10 @@ Property models, per system: MAE and RMSE over all frames and columns (``PROPERT
 as the reference prints), the same for each column (``task_dim`` of them: lamkit's addition),
 and with ``-a`` the atomic property errors when ``atom_<name>.npy`` exists. Across systems the
 averages are weighted by the number of label elements (``RMSE = sqrt(sum rmse_s^2 n_s / sum
-n_s)``). Detail file ``PREFIX.property.out``: one row per frame, ``data_<name>_<k>`` then
-``pred_<name>_<k>`` (the reference writes one two-column file per frame).
+n_s)``). Detail files as the reference 3.2's: one per frame, ``PREFIX.property.out.F`` (frame
+``F`` of the first system; ``PREFIX.property.out.S.F`` for system ``S`` > 0), header
+``SYSTEM - F: data_property pred_property``, one row per property component: label then
+prediction; with ``-a`` the same ``PREFIX.aproperty.out...`` files of the atomic property.
 
 Dipole and polar models: RMSE of the global tensor (``dipole.npy``/``polarizability.npy``),
 also divided by sqrt(N) and N (N = atoms of the selected types), or with ``-a`` of the atomic
@@ -63,8 +65,20 @@ def _inputs(system, n: int):
     return system.coords[:n], box, atype, mixed
 
 
-def test_property_system(dp, system, n: int, detail=None, append=False, atomic=False) -> dict:
-    """Errors of a property model on the first ``n`` frames of one loaded system."""
+def _per_frame_details(detail, system: str, group: int, suffix: str, label, pred) -> None:
+    """One two-column file per frame (``dp test``'s ``_write_per_frame_details``)."""
+    tag = f".{group}" if group else ""
+    for f in range(label.shape[0]):
+        rows = np.stack([label[f].reshape(-1), pred[f].reshape(-1)], axis=1)
+        path = Path(detail).with_suffix(f".{suffix}.out{tag}.{f}")
+        _save(path, rows, f"{system} - {f}: data_{suffix} pred_{suffix}", False)
+
+
+def test_property_system(
+    dp, system, n: int, detail=None, append=False, atomic=False, group: int = 0
+) -> dict:
+    """Errors of a property model on the first ``n`` frames of one loaded system (the
+    ``group``-th tested: it numbers the detail files)."""
     od = dp.model.output_def
     coords, box, atype, mixed = _inputs(system, n)
     out = dp.eval(coords, box, atype, atomic=atomic, mixed_type=mixed)
@@ -77,19 +91,17 @@ def test_property_system(dp, system, n: int, detail=None, append=False, atomic=F
     for k in range(d.shape[1]):
         res[f"mae_property_{k}"], res[f"rmse_property_{k}"] = _mae_rmse(d[:, k])
         res[f"n_property_{k}"] = n
-    if atomic and system.find.get(od.atom_label):
-        da = out[1].reshape(n, -1) - system.labels[od.atom_label][:n].reshape(n, -1)
+    atomic = atomic and bool(system.find.get(od.atom_label))
+    if atomic:
+        alabel = system.labels[od.atom_label][:n].reshape(n, -1)
+        da = out[1].reshape(n, -1) - alabel
         res["mae_aproperty"], res["rmse_aproperty"] = _mae_rmse(da)
         res["n_aproperty"] = da.size
     if detail:
-        cols = [f"data_{od.name}_{k}" for k in range(d.shape[1])]
-        cols += [f"pred_{od.name}_{k}" for k in range(d.shape[1])]
-        _save(
-            Path(detail).with_suffix(".property.out"),
-            np.concatenate([label, pred], axis=1),
-            f"{system.path}: " + " ".join(cols),
-            append,
-        )
+        _per_frame_details(detail, system.path, group, "property", label, pred)
+        if atomic:
+            apred = out[1].reshape(n, -1)
+            _per_frame_details(detail, system.path, group, "aproperty", alabel, apred)
     return res
 
 
@@ -179,7 +191,8 @@ def run_output_test(
         log.info("# ---------------output of lam test---------------")
         log.info("# testing system : %s", s.path)
         try:
-            res = tester(dp, s, n, detail_file, append=k > 0, atomic=atomic)
+            more = {"group": k} if tester is test_property_system else {}
+            res = tester(dp, s, n, detail_file, append=k > 0, atomic=atomic, **more)
         except KeyError as exc:
             raise DataError(f"{s.path}: no label {exc} for this model") from None
         log.info("# number of test data : %d", n)
