@@ -305,6 +305,24 @@ def test_cli_finetunes_from_a_branch(pretrained_multi, tmp_path, data2):
     assert main(["train", str(inp), "--model-branch", "water", "-o", str(tmp_path / "x")]) == 2
 
 
+def test_zero_steps_writes_the_finetuned_checkpoint(pretrained_single, tmp_path, data2, caplog):
+    """``numb_steps`` 0 with ``--finetune`` (refit the bias, keep the weights) saves
+    ``model.ckpt-0.pt`` as ``dp --pt train`` does, without a learning-curve warning."""
+    from lamkit.cli.main import main
+
+    inp = tmp_path / "input.json"
+    inp.write_text(json.dumps(single_config([data2], steps=0)))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="lamkit"):
+        assert main(["train", str(inp), "--finetune", str(pretrained_single), "-o", str(out)]) == 0
+    assert (out / "model.ckpt-0.pt").is_file() and (out / "checkpoint").is_file()
+    assert not [r for r in caplog.records if "learning curve" in r.getMessage()]
+    tuned, pre = load_model(out / "model.ckpt.pt"), load_model(pretrained_single)
+    expected = Trainer(single_config([data2], steps=0), tmp_path / "x", finetune=pretrained_single)
+    assert_same(tuned.state_dict(), expected.model.state_dict())
+    assert not torch.equal(pre.out_bias, tuned.out_bias)
+
+
 # --- replay ----------------------------------------------------------------------------------
 def test_farthest_points_cover_the_clusters():
     rng = np.random.default_rng(0)

@@ -497,6 +497,13 @@ class Trainer:
                         tr["max_ckpt_keep"],
                     )
                     log.info("saved checkpoint %s", last_ckpt)
+        if self.num_steps == 0 and main:
+            # as the reference: the model as built (e.g. fine-tuned: pretrained weights, refitted
+            # bias) is saved as the step-0 checkpoint
+            last_ckpt = save_checkpoint(
+                self._payload(0), self.out, tr["save_ckpt"], 0, tr["max_ckpt_keep"]
+            )
+            log.info("saved checkpoint %s", last_ckpt)
         if writer is not None:
             writer.close()
         if len(step_times) > 2:
@@ -507,7 +514,7 @@ class Trainer:
             )
             log.info("average training time: %.4f s/step (first 2 steps excluded)", avg)
             self.avg_step_time = avg
-        if main and writer is not None and writer.path.exists():
+        if main and writer is not None and writer.header_written:
             writer.plot()
         self.dist.barrier()
         return last_ckpt
