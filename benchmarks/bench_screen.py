@@ -12,7 +12,8 @@ relaxed three ways with FIRE + FrechetCellFilter (ASE's algorithm), the same ``-
               public OpenLAM client does, there with BFGS)
 
 The serial loops run on a random subset of ``--serial-n`` structures (their per-structure rate
-is extrapolated); the batched run relaxes all ``--n``. The work is cut into ``--blocks``
+is extrapolated); the batched run relaxes all ``--n`` (or a random ``--batched-n`` of them that
+holds the serial subset). The work is cut into ``--blocks``
 rounds, each round a block of every tool, the order alternating between rounds, so the load of
 a shared machine hits all three alike. Printed: structures per hour (wall and CPU time), the
 ratios batched/serial, optimizer steps per structure on the serial subset (from each tool, and
@@ -112,19 +113,25 @@ def emt_data(folder: Path, nsys: int = 8, nframes: int = 10, seed: int = 5) -> l
     return dirs
 
 
-def reference_checkpoint(work: Path, steps: int, threads: int) -> Path:
+def reference_checkpoint(work: Path, steps: int, data: Path | None = None) -> Path:
     """The DPA-2 small preset for the seven elements, trained ``steps`` steps by the
-    reference (``dp --pt train``) on small EMT data."""
+    reference (``dp --pt train``) on EMT data: the systems under ``data`` (e.g. the ground-truth
+    study's data/train; the last one validates) or a small set written here."""
     ckpt = work / f"model.ckpt-{steps}.pt"
     if ckpt.exists():
         return ckpt
     work.mkdir(parents=True, exist_ok=True)
-    dirs = emt_data(work / "data")
+    if data is not None:
+        dirs = sorted(p.parent for p in data.expanduser().resolve().glob("**/type.raw"))
+    else:
+        dirs = emt_data(work / "data")
     subprocess.run(["lam", "init", "dpa2", "--size", "small", "-o", str(work / "input.json"),
                     "--type-map", *ELEMENTS, "--steps", str(steps), "--data",
                     *map(str, dirs)], check=True, cwd=work)
     conf = json.loads((work / "input.json").read_text())
-    conf["training"].update(disp_freq=max(1, steps // 5), save_freq=steps)
+    conf["training"].update(disp_freq=max(1, steps // 10), save_freq=steps)
+    conf["training"]["training_data"]["batch_size"] = "auto:32"
+    conf["training"]["validation_data"]["batch_size"] = "auto:32"
     conf["training"].pop("stat_file", None)
     (work / "input.json").write_text(json.dumps(conf, indent=1))
     env = dict(os.environ)
@@ -262,6 +269,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="structures (batched: all of them)")
     p.add_argument("--serial-n", type=int, default=40, help="random subset for serial loops")
+    p.add_argument("--batched-n", type=int, default=None,
+                   help="batched: relax this random subset (holding the serial one) instead "
+                   "of all --n structures")
     p.add_argument("--blocks", type=int, default=4, help="rounds of interleaved blocks")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -272,6 +282,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-atoms", type=int, default=2048, help="batched atom budget")
     p.add_argument("--ckpt", type=Path, default=None, help="DeePMD-kit v3 checkpoint")
     p.add_argument("--ref-steps", type=int, default=20, help="reference training steps")
+    p.add_argument("--data", type=Path, default=None,
+                   help="EMT deepmd/npy systems for the reference training (default: a small "
+                   "set written in the work folder)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -285,7 +298,7 @@ def main(argv=None) -> int:
     if ckpt is None:
         print(f"# training the reference DPA-2 small {a.ref_steps} steps in {work} ...",
               flush=True)
-        ckpt = reference_checkpoint(work / "ref", a.ref_steps, a.threads)
+        ckpt = reference_checkpoint(work / "ref", a.ref_steps, a.data)
     t0 = time.perf_counter()
     structures = bench_structures(a.n, a.seed)
     sizes = [len(s) for s in structures]
@@ -299,8 +312,13 @@ def main(argv=None) -> int:
     print(f"# agreement with the reference on 5 unrelaxed structures: {agree}", flush=True)
     if agree["lamkit-ase dE/atom"] > 1e-6 or agree["batched dE/atom"] > 1e-4:
         raise SystemExit("lamkit and the reference disagree on the same weights; not timing")
+    batched = np.arange(len(structures))
+    if a.batched_n is not None and a.batched_n < len(structures):
+        rest = np.setdiff1d(batched, subset)
+        extra = rng.choice(rest, size=max(a.batched_n - len(subset), 0), replace=False)
+        batched = rng.permutation(np.concatenate([np.array(subset, dtype=int), extra]))
     plan = {
-        "batched": [x.tolist() for x in np.array_split(np.arange(len(structures)), a.blocks)],
+        "batched": [x.tolist() for x in np.array_split(batched, a.blocks)],
         "lamkit-ase": [x.tolist() for x in np.array_split(np.array(subset), a.blocks)],
         "deepmd-ase": [x.tolist() for x in np.array_split(np.array(subset), a.blocks)],
     }

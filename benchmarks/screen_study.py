@@ -194,7 +194,7 @@ def pool_frames(work: Path, group: str | None = None) -> list:
 def stage_refdb(work: Path) -> None:
     from lamkit.db import CrystalDB
 
-    db = CrystalDB(work / "refdb.sqlite")
+    db = CrystalDB(work / "refdb.sqlite").init()
     if db.count(model="emt"):
         log(f"refdb: {db.count(model='emt')} emt records already there")
         return
@@ -431,14 +431,51 @@ def stage_report(work: Path) -> dict:
     pair = both[both.sun_emt.fillna(False).astype(bool) & both.sun_model.fillna(False)
                 .astype(bool)]
     rep["sun_both"] = len(pair)
+    err = np.abs(both.e_above_hull_model - both.e_above_hull_emt)
+    near = both.e_above_hull_emt <= 0.1
+    rep["abs_error"] = {"median": float(err.median()),
+                        "MAE_emt_within_0.1": float(err[near].mean()),
+                        "n_emt_within_0.1": int(near.sum())}
     mr = work / "model_refs.json"
     rep["model_refs"] = json.loads(mr.read_text()) if mr.exists() else None
+    rep["training"] = training_summary(work)
+    rep["model_errors"] = model_errors(work)
     (work / "report.json").write_text(json.dumps(rep, indent=1, default=float))
     parity_plot(both, work / "parity_e_above_hull.png", rep["metrics@0.0"])
     return rep
 
 
+def training_summary(work: Path) -> dict:
+    """Steps and wall time of the training, from train.log's time stamps."""
+    lines = (work / "train" / "train.log").read_text().splitlines()
+    stamps = [ln[1:9] for ln in lines if ln.startswith("[") and ln[9:10] == "]"]
+    t0, t1 = (time.strptime(x, "%H:%M:%S") for x in (stamps[0], stamps[-1]))
+    wall = (time.mktime(t1) - time.mktime(t0)) % 86400
+    steps = json.loads((work / "train" / "input.json").read_text())["training"]["numb_steps"]
+    return {"steps": steps, "wall_s": wall}
+
+
+def model_errors(work: Path) -> dict:
+    """The trained model on the held-out pool structures (the validation systems' frames):
+    energy MAE per atom (eV/atom) and force MAE (eV/Å) by kind of frame."""
+    from lamkit import LamCalculator
+
+    calc = LamCalculator(str(work / "train" / "frozen_model.pth"), device="cpu")
+    out: dict[str, list] = {}
+    for f in pool_frames(work):
+        if hash_seed(f.info["sid"]) % 1000 >= 50 or np.abs(f.get_forces()).max() > 30.0:
+            continue  # the validation split of stage_data
+        w = f.copy()
+        w.calc = calc
+        de = abs(w.get_potential_energy() - f.get_potential_energy()) / len(f)
+        df = float(np.abs(w.get_forces() - f.get_forces()).mean())
+        out.setdefault(f.info["kind"], []).append((de, df))
+    return {k: {"frames": len(v), "energy_MAE_per_atom": float(np.mean([x[0] for x in v])),
+                "force_MAE": float(np.mean([x[1] for x in v]))} for k, v in sorted(out.items())}
+
+
 def parity_plot(both, path: Path, m: dict) -> None:
+    """Model against EMT e_above_hull: all candidates, and the region near the hull."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -446,18 +483,21 @@ def parity_plot(both, path: Path, m: dict) -> None:
 
     x, y = both.e_above_hull_emt.to_numpy(float), both.e_above_hull_model.to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
-    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=110)
-    ax.scatter(x[ok], y[ok], s=4, alpha=0.5, lw=0)
-    lim = [min(-0.3, np.nanmin(x[ok])), min(2.0, np.nanpercentile(x[ok], 99))]
-    ax.plot(lim, lim, "k-", lw=0.7)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlim(lim)
-    ax.set_ylim(lim)
-    ax.set_xlabel("EMT e_above_hull (eV/atom)")
-    ax.set_ylabel("model e_above_hull (eV/atom)")
-    ax.set_title(f"{ok.sum()} candidates: MAE {m['MAE'] * 1000:.0f} meV/atom, "
-                 f"F1 {m['F1']:.2f}, DAF {m['DAF']:.2f}", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.7), dpi=100)
+    lo = min(float(x[ok].min()), float(y[ok].min()), 0.0) - 0.01
+    for ax, hi in zip(axes, (float(np.nanpercentile(x[ok], 99.5)), 0.2)):
+        lim = [lo, hi]
+        ax.scatter(x[ok], y[ok], s=4, alpha=0.5, lw=0)
+        ax.plot(lim, lim, "k-", lw=0.7)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_xlabel("EMT e_above_hull (eV/atom)")
+    axes[0].set_ylabel("model e_above_hull (eV/atom)")
+    fig.suptitle(f"{ok.sum()} candidates, each relaxed by EMT and by the model: MAE "
+                 f"{m['MAE'] * 1000:.0f} meV/atom, F1 {m['F1']:.2f}, DAF {m['DAF']:.1f}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
