@@ -37,7 +37,7 @@ import torch
 from vesin import NeighborList
 
 from ..geometry.neighbor import build_frame_neighbors
-from ..model.atomic_model import AtomicModel
+from ..model.atomic_model import AtomicModel, wrapped_coord
 from ..nn.chunking import chunked_evaluation
 
 VOIGT = [0, 4, 8, 5, 2, 1]  # flat 3x3 indices of xx, yy, zz, yz, xz, xy
@@ -205,6 +205,27 @@ def _nonzero_davg(model: AtomicModel) -> bool:
     )
 
 
+def _extended_coord(coords, cells, nb: BatchNeighbors, cell_arr: np.ndarray) -> np.ndarray:
+    """``coord[mapping] + shift @ cell`` with every periodic structure's atoms first wrapped as
+    :meth:`AtomicModel.extend` does (the same floating-point operations, so that a structure
+    gives the same numbers here as alone)."""
+    sizes = [len(c) for c in coords]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    local = np.concatenate(coords).astype(np.float64)
+    for k, cell in enumerate(cells):
+        if cell is None or not sizes[k]:
+            continue
+        a, b = starts[k], starts[k + 1]
+        wrapped = wrapped_coord(
+            torch.from_numpy(local[a:b])[None],
+            torch.from_numpy(np.asarray(cell, dtype=np.float64).reshape(1, 3, 3)),
+            torch.from_numpy(nb.shift[a:b].astype(np.float64))[None],
+        )
+        local[a:b] = wrapped[0].numpy()
+    image = nb.shift - nb.shift[nb.mapping]
+    return local[nb.mapping] + np.einsum("ka,kab->kb", image, cell_arr[nb.owner])
+
+
 def _model_call(model, coords, cells, atypes, device, chunk_atoms, nl):
     """One forward and backward pass over all structures: energy [n], force [ntot, 3],
     virial [n, 3, 3] (float64 numpy)."""
@@ -214,7 +235,7 @@ def _model_call(model, coords, cells, atypes, device, chunk_atoms, nl):
     cell_arr = np.stack([np.zeros((3, 3)) if c is None else c for c in cells])
     # extended coordinates in float64 (as EnergyModel.forward): the cell term is a constant of
     # the backward pass, forces and virials come from the gradient w.r.t. ext_coord itself
-    ext_np = coord_all[nb.mapping] + np.einsum("ka,kab->kb", nb.shift, cell_arr[nb.owner])
+    ext_np = _extended_coord(coords, cells, nb, cell_arr)
     atype_all = np.concatenate(atypes)
     dev = torch.device(device)
     ext = torch.from_numpy(ext_np).to(dev).requires_grad_(True)

@@ -26,6 +26,14 @@ from ..geometry.neighbor import NeighborBuilder
 from ..nn.chunking import chunked_evaluation, map_rows
 
 
+def wrapped_coord(coord: torch.Tensor, cell: torch.Tensor, wrap: torch.Tensor) -> torch.Tensor:
+    """Atoms moved into the cell as the reference's ``normalize_coord`` computes them:
+    ``(coord @ inv(cell) + wrap) @ cell`` with ``wrap`` the integer offsets (coord [nf, n, 3]
+    Å, cell [nf, 3, 3] rows are cell vectors, wrap [nf, n, 3]); ``frac + wrap`` is bitwise the
+    reference's ``remainder(frac, 1)``."""
+    return torch.matmul(torch.matmul(coord, torch.linalg.inv(cell)) + wrap, cell)
+
+
 class AtomicModel(nn.Module):
     """Per-atom and reduced outputs of a fitting on top of a descriptor.
 
@@ -104,9 +112,8 @@ class AtomicModel(nn.Module):
         cell = box.reshape(-1, 3, 3).to(coord.dtype)
         shift = nbr[keys.SHIFT].to(coord.dtype)
         wrap = shift[:, : coord.shape[1]]  # locals come first: their shift is the wrap
-        local = torch.matmul(torch.matmul(coord, torch.linalg.inv(cell)) + wrap, cell)
         image = shift - gather_rows(wrap, mapping)
-        ext = gather_rows(local, mapping) + torch.bmm(image, cell)
+        ext = gather_rows(wrapped_coord(coord, cell, wrap), mapping) + torch.bmm(image, cell)
         return ext, torch.gather(atype, 1, mapping)
 
     def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
