@@ -16,6 +16,7 @@ unique-looking label such as ``"L1_2:AuCu3"`` or ``"pyxtal:sg225:Au4Cu12"``), ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import signal
@@ -125,10 +126,16 @@ def _draw_group(rng: np.random.Generator) -> int:
     return int(rng.choice(np.arange(1, 231), p=weights / weights.sum()))
 
 
-def _multiplicities(group: int) -> list[int]:
+@functools.cache
+def _group(number: int):
+    """pyxtal's Group (about 40 ms to build; read-only here, so built once per process)."""
     from pyxtal.symmetry import Group
 
-    return sorted({int(w.multiplicity) for w in Group(group).Wyckoff_positions})
+    return Group(number)
+
+
+def _multiplicities(group: int) -> list[int]:
+    return sorted({int(w.multiplicity) for w in _group(group).Wyckoff_positions})
 
 
 def _draw_counts(
@@ -182,10 +189,9 @@ def _pyxtal_crystal(
     or runs longer than ``timeout`` seconds (a few group/composition pairs make it loop for
     minutes)."""
     from pyxtal import pyxtal
-    from pyxtal.symmetry import Group
     from pyxtal.tolerance import Tol_matrix
 
-    if not Group(group).check_compatible(counts)[0]:
+    if not _group(group).check_compatible(counts)[0]:
         return None
     crystal = pyxtal()
     with warnings.catch_warnings():
@@ -194,7 +200,7 @@ def _pyxtal_crystal(
             with _time_limit(timeout):
                 crystal.from_random(
                     3,
-                    group,
+                    _group(group),
                     species,
                     counts,
                     factor=1.0,
