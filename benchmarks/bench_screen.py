@@ -285,7 +285,7 @@ def main(argv=None) -> int:
                    help="batched relaxation precision (the serial loops use the checkpoint's)")
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--max-atoms", type=int, default=2048, help="batched atom budget")
+    p.add_argument("--max-atoms", type=int, default=8192, help="batched atom budget")
     p.add_argument("--also-float32", action="store_true",
                    help="a fourth contender: the batched relaxation in float32")
     p.add_argument("--ckpt", type=Path, default=None, help="DeePMD-kit v3 checkpoint")
