@@ -104,12 +104,22 @@ class CrystalDB:
         tags: Iterable[str] | None = None,
         submitted: datetime | str | None = None,
         update_hull: bool = True,
+        labels: dict | None = None,
     ) -> Record:
         """Store one structure with its total energy (eV); returns the stored Record (the
         existing one when the same structure, energy, model and source are already stored).
-        Raises RecordError with the reason for an invalid structure."""
+        ``labels``: ``forces`` [n, 3] eV/Å, ``stress`` [3, 3] eV/Å^3, ``magmoms`` [n] (an
+        ase.Atoms brings its calculator's when ``labels`` is None).
+        Raises RecordError with the reason for an invalid structure or label."""
+        from .readers import atoms_labels
+        from .records import is_atoms
+
         self._ensure()
-        row = make_row(structure_or_atoms, energy, model, source, submitter, submitted, tags)
+        if labels is None and is_atoms(structure_or_atoms):
+            labels = atoms_labels(structure_or_atoms)
+        row = make_row(
+            structure_or_atoms, energy, model, source, submitter, submitted, tags, labels
+        )
         with write_tx(self.engine) as conn:
             new = _ingest.insert_rows(conn, [row])
             rid = conn.execute(
@@ -159,16 +169,32 @@ class CrystalDB:
         progress: bool = True,
         dedupe: bool = False,
         update_hull: bool = True,
+        energy_key: str | None = None,
+        energies: dict[str, float] | str | Path | None = None,
     ) -> _ingest.ImportReport:
         """Import files and folders: CIF, POSCAR/CONTCAR, extxyz and anything ASE reads, pymatgen
         JSON, the public API's record JSON (single, list or JSON lines) and deepmd/npy systems.
-        Each batch is one transaction; re-running skips what is already stored."""
+        Each batch is one transaction; re-running skips what is already stored.
+
+        Forces, stress and magnetic moments come along from ASE calculator results (extxyz) and
+        deepmd ``force.npy`` / ``virial.npy``.  ``energy_key``: the ``info`` key holding each
+        ASE frame's total energy (eV).  ``energies``: file name -> total energy (eV), or the
+        path of a two-column file of them (for CIFs, which carry none); names that match no
+        imported file are listed in ``report.unused_energies``."""
+        from .readers import read_energy_file, with_energies
+
         self._ensure()
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        return _ingest.import_items(
+        if isinstance(energies, (str, Path)):
+            energies = read_energy_file(energies)
+        used: set[str] = set()
+        items = _ingest.iter_files(paths, energy_key=energy_key)
+        if energies is not None:
+            items = with_energies(items, dict(energies), used)
+        report = _ingest.import_items(
             self,
-            _ingest.iter_files(paths),
+            items,
             submitter=submitter,
             model=model,
             source=None,
@@ -177,6 +203,9 @@ class CrystalDB:
             dedupe=dedupe,
             update_hull=update_hull,
         )
+        if energies is not None:
+            report.unused_energies = sorted(set(energies) - used)
+        return report
 
     def update_hulls(self, chemsys: Iterable[str] | None = None, progress: bool = False) -> int:
         """Recompute formation energies and energies above hull for the given chemical systems
@@ -185,6 +214,33 @@ class CrystalDB:
         self._ensure()
         with write_tx(self.engine) as conn:
             return _hull.update_all(conn, chemsys, progress=progress)
+
+    def delete(self, *record_ids: int | str) -> int:
+        """Remove records (``12`` or ``"lam-12"``); returns how many existed.  Formation
+        energies and hulls of their systems (and the systems containing them) are recomputed.
+        A deleted id is never handed out again."""
+        from sqlalchemy import delete as sql_delete
+
+        self._ensure()
+        ids = sorted({parse_id(r) for r in record_ids})
+        if not ids:
+            return 0
+        with write_tx(self.engine) as conn:
+            touched: set[tuple[str | None, str]] = set()
+            deleted = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    select(records.c.model, records.c.chemsys, records.c.energy).where(
+                        records.c.id.in_(chunk)
+                    )
+                ).all()
+                touched |= {(r.model, r.chemsys) for r in rows if r.energy is not None}
+                conn.execute(sql_delete(records).where(records.c.id.in_(chunk)))
+                deleted += len(rows)
+            if touched:
+                _hull.update_hulls(conn, touched)
+        return deleted
 
     def set_references(self, model: str | None, energies: dict[str, float]) -> None:
         """Declare elemental reference energies (eV/atom) for ``model``; formation energies and
@@ -227,13 +283,25 @@ class CrystalDB:
         cursor: str | None = None,
         as_: str = "record",
         with_total: bool = False,
+        formation_energy_per_atom=None,
+        density=None,
+        volume=None,
+        a=None,
+        b=None,
+        c=None,
+        alpha=None,
+        beta=None,
+        gamma=None,
     ) -> Page:
         """One page of matching records (see docs/db.md for the filter semantics).
 
         ``elements``: contain all of these; ``only_elements``: every element is one of these;
-        ``chemsys``: exactly this system; ranges are ``(lo, hi)`` with None for an open end;
-        ``order_by``: one of id, energy_per_atom, e_above_hull, nsites, submitted, formula
-        ("-" prefix for descending); ``cursor``: ``next_cursor`` of the previous page.
+        ``chemsys``: exactly this system; ranges are ``(lo, hi)`` with None for an open end
+        (also ``formation_energy_per_atom`` eV/atom, ``density`` g/cm^3, ``volume`` Å^3,
+        lattice lengths ``a``, ``b``, ``c`` Å and angles ``alpha``, ``beta``, ``gamma`` degrees);
+        ``order_by``: one of id, energy_per_atom, e_above_hull, nsites, submitted, formula or a
+        range field ("-" prefix for descending); ``cursor``: ``next_cursor`` of the previous
+        page.
         ``as_``: "record", "structure" (pymatgen), "atoms" (ASE) or "dict"."""
         filters = dict(
             elements=elements,
@@ -248,6 +316,15 @@ class CrystalDB:
             submitted=submitted,
             tags=tags,
             model=model,
+            formation_energy_per_atom=formation_energy_per_atom,
+            density=density,
+            volume=volume,
+            a=a,
+            b=b,
+            c=c,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
         )
         return self._page(filters, order_by, limit, cursor, as_, with_total)
 
@@ -355,8 +432,9 @@ class CrystalDB:
         return _match.symmetry(rec, symprec)
 
     def export(self, path: str | Path, fmt: str = "cif-zip", progress: bool = False, **filters):
-        """Write matching records to ``path`` as "cif-zip", "extxyz" or "parquet", streaming page
-        by page; returns the number of records written."""
+        """Write matching records to ``path`` as "cif-zip", "extxyz", "parquet" or "deepmd" (a
+        folder of mixed-type systems with energies, forces and virials), streaming page by page;
+        returns the number of records written."""
         from . import export as _export
 
         return _export.export(self, path, fmt, progress=progress, **filters)

@@ -4,7 +4,9 @@
              CifWriter) and ``index.jsonl`` with every record's fields but the structure;
 ``extxyz``   one frame per record, fields in the frame info (energy in eV);
 ``parquet``  one row per record: fields plus ``lattice`` (9 floats, Å, rows a, b, c),
-             ``species`` and ``frac_coords`` (3n floats), float64 bit-exact.
+             ``species`` and ``frac_coords`` (3n floats), float64 bit-exact;
+``deepmd``   a folder of deepmd/npy mixed-type systems, one per atom count, with energies,
+             forces and virials (:mod:`lamkit.db.deepmd_export`), for ``lam train``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .records import Record
 if TYPE_CHECKING:
     from .api import CrystalDB
 
-FORMATS = ("cif-zip", "extxyz", "parquet")
+FORMATS = ("cif-zip", "extxyz", "parquet", "deepmd")
 _PAGE = 500
 
 
@@ -39,8 +41,26 @@ def export(
     recs = db.iter_query(page_size=_PAGE, **filters)
     recs = tqdm(recs, disable=not progress, unit=" records", desc=f"export {fmt}")
     path = Path(path)
+    if fmt == "deepmd":
+        from .deepmd_export import write_deepmd_mixed
+
+        return write_deepmd_mixed(recs, path, _elements_of(db, filters))
     writer = {"cif-zip": _write_cif_zip, "extxyz": _write_extxyz, "parquet": _write_parquet}[fmt]
     return writer(recs, path)
+
+
+def _elements_of(db: CrystalDB, filters: dict) -> list[str]:
+    """Elements of the records matching ``filters``, by atomic number."""
+    from sqlalchemy import select
+
+    from .deepmd_export import sorted_elements
+    from .query import conditions
+    from .schema import records
+
+    with db._read() as conn:
+        conds = conditions(conn, **filters)
+        systems = conn.execute(select(records.c.chemsys).distinct().where(*conds)).scalars()
+        return sorted_elements(el for cs in systems for el in cs.split("-"))
 
 
 def _meta(rec: Record) -> dict:

@@ -76,6 +76,7 @@ class ImportReport:
     hull_diagrams: int = 0
     added_ids: list[int] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)  # with dedupe: what and why
+    unused_energies: list[str] = field(default_factory=list)  # energy-file names unmatched
 
     @property
     def rate(self) -> float:
@@ -221,6 +222,7 @@ def _row_of(item: Item, model, submitter, source) -> dict:
         submitter=meta.get("submitter", submitter),
         submitted=meta.get("submitted"),
         tags=meta.get("tags"),
+        labels=item.labels,
     )
 
 

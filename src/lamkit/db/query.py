@@ -25,8 +25,29 @@ from .errors import QueryError, RecordError
 from .records import ELEMENTS, Record, chemsys_of, element_mask, utc_naive
 from .schema import chemsystems, records
 
+#: Numeric columns filtered by a ``(lo, hi)`` range of the same name and sortable: formation
+#: energy (eV/atom), density (g/cm^3), volume (Å^3), lattice lengths (Å) and angles (degrees).
+RANGE_FIELDS = (
+    "formation_energy_per_atom",
+    "density",
+    "volume",
+    "a",
+    "b",
+    "c",
+    "alpha",
+    "beta",
+    "gamma",
+)
 #: Sort keys accepted by ``order_by`` (prefix "-" for descending).
-ORDER_FIELDS = ("id", "energy_per_atom", "e_above_hull", "nsites", "submitted", "formula")
+ORDER_FIELDS = (
+    "id",
+    "energy_per_atom",
+    "e_above_hull",
+    "nsites",
+    "submitted",
+    "formula",
+    *RANGE_FIELDS,
+)
 #: Largest page.
 MAX_LIMIT = 1000
 #: Filters accepted by :func:`conditions` (and so by CrystalDB.query / count / iter_query).
@@ -43,6 +64,7 @@ FILTERS = (
     "submitted",
     "tags",
     "model",
+    *RANGE_FIELDS,
 )
 _MASK63 = (1 << 63) - 1
 _ELEMENT_SET = frozenset(ELEMENTS)
@@ -268,6 +290,9 @@ def conditions(conn, **filters) -> list:
         conds.append(c.model.in_(_strings(f["model"], "model")))
     if "submitted" in f:
         conds += between(c.submitted, *parse_range(f["submitted"], "submitted", datetime))
+    for name in RANGE_FIELDS:
+        if name in f:
+            conds += between(c[name], *parse_range(f[name], name))
     if "tags" in f:
         for tag in _strings(f["tags"], "tags"):
             pattern = json.dumps(tag).replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
@@ -334,7 +359,7 @@ def _cursor_value_ok(name: str, value) -> bool:
         return name != "id"
     if name in ("id", "nsites"):
         return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
-    if name in ("energy_per_atom", "e_above_hull"):
+    if name in ("energy_per_atom", "e_above_hull", *RANGE_FIELDS):
         return (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         )

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .labels import virial_to_stress
 from .records import StructureArrays, is_atoms
 
 #: File suffixes picked up when a folder is imported (plus the VASP names below, deepmd folders).
@@ -52,6 +53,7 @@ class Item:
     energy: float | None = None  # total energy, eV
     meta: dict = field(default_factory=dict)  # model, submitter, source, submitted, tags
     error: str | None = None
+    labels: dict = field(default_factory=dict)  # forces, stress, magmoms (lamkit.db.labels)
 
 
 def item_from_object(obj: Any, source: str, index: int) -> Item:
@@ -66,6 +68,11 @@ def item_from_object(obj: Any, source: str, index: int) -> Item:
 
 
 _META_KEYS = ("model", "submitter", "source", "submitted", "tags")
+_LABEL_KEYS = ("forces", "stress", "magmoms")
+
+
+def _dict_labels(d: dict) -> dict:
+    return {k: d[k] for k in _LABEL_KEYS if d.get(k) is not None}
 
 
 def item_from_dict(d: dict, source: str, index: int) -> Item:
@@ -87,10 +94,10 @@ def item_from_dict(d: dict, source: str, index: int) -> Item:
         meta = {k: d[k] for k in _META_KEYS if d.get(k) is not None}
         if "submissionTime" in d and "submitted" not in meta:
             meta["submitted"] = d["submissionTime"]
-        return Item(source, index, s, energy=d.get("energy"), meta=meta)
+        return Item(source, index, s, energy=d.get("energy"), meta=meta, labels=_dict_labels(d))
     if {"lattice", "species", "frac_coords"} <= d.keys():
         meta = {k: d[k] for k in _META_KEYS if d.get(k) is not None}
-        return Item(source, index, d, energy=d.get("energy"), meta=meta)
+        return Item(source, index, d, energy=d.get("energy"), meta=meta, labels=_dict_labels(d))
     return Item(
         source,
         index,
@@ -99,7 +106,7 @@ def item_from_dict(d: dict, source: str, index: int) -> Item:
     )
 
 
-def _item_from_atoms(atoms, source: str, index: int) -> Item:
+def _item_from_atoms(atoms, source: str, index: int, energy_key: str | None = None) -> Item:
     energy = None
     try:
         if atoms.calc is not None:
@@ -108,10 +115,47 @@ def _item_from_atoms(atoms, source: str, index: int) -> Item:
         energy = None
     if energy is None:
         energy = atoms.info.get("energy")
+    if energy_key is not None:
+        results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        if energy_key in atoms.info:
+            energy = atoms.info[energy_key]
+        elif energy_key in results:
+            energy = results[energy_key]
+        else:
+            found = sorted(map(str, atoms.info))[:10]
+            return Item(
+                source, index, error=f"no info key '{energy_key}' (--energy-key); found {found}"
+            )
     meta = {k: atoms.info[k] for k in _META_KEYS if atoms.info.get(k) is not None}
     if isinstance(meta.get("tags"), str):
         meta["tags"] = [t for t in meta["tags"].split(",") if t]
-    return Item(source, index, atoms, energy=energy, meta=meta)
+    return Item(source, index, atoms, energy=energy, meta=meta, labels=atoms_labels(atoms))
+
+
+def atoms_labels(atoms) -> dict:
+    """Forces, stress and magnetic moments of an ase.Atoms: the calculator's results (a live
+    calculator is asked for forces and, for a periodic cell, stress), else ``arrays`` /
+    ``info`` entries of those names."""
+    out: dict = {}
+    calc = atoms.calc
+    if calc is not None:
+        results = getattr(calc, "results", {})
+        live = type(calc).__name__ != "SinglePointCalculator"
+        implemented = getattr(calc, "implemented_properties", ())
+        for key in _LABEL_KEYS:
+            if key in results:
+                out[key] = results[key]
+            elif live and key in implemented and (key != "stress" or atoms.pbc.all()):
+                try:
+                    out[key] = calc.get_property(key, atoms)
+                except Exception:  # noqa: BLE001 - a calculator that cannot give it
+                    pass
+    for key in ("forces", "magmoms"):
+        if key not in out and key in atoms.arrays:
+            out[key] = atoms.arrays[key]
+    if "stress" not in out and atoms.info.get("stress") is not None:
+        out["stress"] = atoms.info["stress"]
+    return out
 
 
 def iter_items(items: Iterable[Any], source: str = "records") -> Iterator[Item]:
@@ -120,36 +164,37 @@ def iter_items(items: Iterable[Any], source: str = "records") -> Iterator[Item]:
         yield item_from_object(obj, source, i)
 
 
-def iter_files(paths: Iterable[str | Path]) -> Iterator[Item]:
-    """Items from files and folders (folders: deepmd systems, or searched for known files)."""
+def iter_files(paths: Iterable[str | Path], energy_key: str | None = None) -> Iterator[Item]:
+    """Items from files and folders (folders: deepmd systems, or searched for known files).
+    ``energy_key``: take each ASE-read frame's energy from this ``info`` key."""
     for p in paths:
         path = Path(p)
         if not path.exists():
             yield Item(str(path), -1, error="no such file or folder")
         elif path.is_dir():
-            yield from _iter_folder(path)
+            yield from _iter_folder(path, energy_key)
         else:
-            yield from iter_file(path)
+            yield from iter_file(path, energy_key)
 
 
-def _iter_folder(path: Path) -> Iterator[Item]:
+def _iter_folder(path: Path, energy_key: str | None = None) -> Iterator[Item]:
     if (path / "type.raw").is_file():
         yield from iter_deepmd(path)
         return
     for child in sorted(path.iterdir()):
         if child.is_dir():
-            yield from _iter_folder(child)
+            yield from _iter_folder(child, energy_key)
         elif child.suffix.lower() in KNOWN_SUFFIXES or child.name.upper().startswith(
             KNOWN_PREFIXES
         ):
-            yield from iter_file(child)
+            yield from iter_file(child, energy_key)
 
 
 def _is_poscar_name(path: Path) -> bool:
     return path.name.upper().startswith(("POSCAR", "CONTCAR"))
 
 
-def iter_file(path: Path) -> Iterator[Item]:
+def iter_file(path: Path, energy_key: str | None = None) -> Iterator[Item]:
     """Items of one file, by its suffix (anything unknown goes to ASE)."""
     suffix = path.suffix.lower()
     try:
@@ -160,7 +205,7 @@ def iter_file(path: Path) -> Iterator[Item]:
         elif suffix in (".jsonl", ".ndjson"):
             yield from _iter_jsonl(path)
         else:
-            yield from _iter_ase(path)
+            yield from _iter_ase(path, energy_key)
     except Exception as exc:  # noqa: BLE001 - a reader failing on a whole file
         yield Item(str(path), -1, error=f"cannot read file: {type(exc).__name__}: {exc}")
 
@@ -232,12 +277,12 @@ def _iter_jsonl(path: Path) -> Iterator[Item]:
             index += 1
 
 
-def _iter_ase(path: Path) -> Iterator[Item]:
+def _iter_ase(path: Path, energy_key: str | None = None) -> Iterator[Item]:
     import ase.io
 
     fmt = "vasp" if _is_poscar_name(path) or path.suffix.lower() in (".vasp", ".poscar") else None
     for i, atoms in enumerate(ase.io.iread(str(path), index=":", format=fmt)):
-        yield _item_from_atoms(atoms, str(path), i)
+        yield _item_from_atoms(atoms, str(path), i, energy_key)
 
 
 def iter_deepmd(path: Path) -> Iterator[Item]:
@@ -246,7 +291,12 @@ def iter_deepmd(path: Path) -> Iterator[Item]:
     from ..errors import DataError
 
     try:
-        system = load_system(path, None, [DataRequirement("energy", 1)], sort_atoms=False)
+        reqs = [
+            DataRequirement("energy", 1),
+            DataRequirement("force", 3, atomic=True),
+            DataRequirement("virial", 9),
+        ]
+        system = load_system(path, None, reqs, sort_atoms=False)
     except DataError as exc:
         yield Item(str(path), -1, error=str(exc))
         return
@@ -257,6 +307,8 @@ def iter_deepmd(path: Path) -> Iterator[Item]:
         yield Item(str(path), -1, error="system is not periodic (nopbc); crystals need a cell")
         return
     has_energy = system.find.get("energy", 0.0) > 0
+    has_force = system.find.get("force", 0.0) > 0
+    has_virial = system.find.get("virial", 0.0) > 0
     names = list(system.type_map)
     for f in range(system.nframes):
         types = system.atype[f]
@@ -272,4 +324,94 @@ def iter_deepmd(path: Path) -> Iterator[Item]:
             continue
         species = [names[t] for t in types[real]]
         energy = float(system.labels["energy"][f, 0]) if has_energy else None
-        yield Item(str(path), f, StructureArrays(lattice, species, frac), energy=energy)
+        labels = {}
+        if has_force:
+            labels["forces"] = system.labels["force"][f][real]
+        if has_virial:
+            volume = abs(float(np.linalg.det(lattice)))
+            if volume > 0:
+                labels["stress"] = virial_to_stress(system.labels["virial"][f], volume)
+        structure = StructureArrays(lattice, species, frac)
+        yield Item(str(path), f, structure, energy=energy, labels=labels)
+
+
+def read_energy_file(path: str | Path) -> dict[str, float]:
+    """``name energy`` lines (whitespace or comma separated, ``#`` comments): structure file name
+    -> total energy in eV.  Raises RecordError naming the file and line of a bad entry."""
+    import math
+
+    from .errors import RecordError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"energy file {path}: cannot read it: {exc}") from None
+    out: dict[str, float] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.replace(",", " ").split()
+        where = f"energy file {path}, line {lineno}"
+        if len(parts) != 2:
+            raise RecordError(f"{where}: expected 'file-name energy-in-eV'; found {line[:80]!r}")
+        name, value = parts
+        try:
+            energy = float(value)
+        except ValueError:
+            raise RecordError(f"{where}: energy {value[:40]!r} is not a number (eV)") from None
+        if not math.isfinite(energy):
+            raise RecordError(f"{where}: energy is {energy}; expected a finite number (eV)")
+        if name in out:
+            raise RecordError(f"{where}: '{name}' is listed twice")
+        out[name] = energy
+    if not out:
+        raise RecordError(f"energy file {path}: no entries")
+    return out
+
+
+def with_energies(items: Iterable[Item], energies: dict[str, float], used: set) -> Iterator[Item]:
+    """``items`` with the energy of their file taken from ``energies`` (keys: the path as given
+    or its file name).  A file listed there must hold exactly one structure; an energy that
+    contradicts one in the file is an error.  Names that matched are added to ``used``."""
+    pending: list[Item] = []
+
+    def flush() -> Iterator[Item]:
+        if not pending:
+            return
+        source = pending[0].source
+        name = source if source in energies else Path(source).name
+        if name not in energies:
+            yield from pending
+            return
+        used.add(name)
+        good = [it for it in pending if it.error is None]
+        if len(good) != 1:
+            for it in pending:
+                reason = it.error or (
+                    f"the energy file gives one energy for '{name}' but it holds {len(good)} "
+                    "structures"
+                )
+                yield Item(it.source, it.index, error=reason)
+            return
+        for it in pending:
+            if it.error is None:
+                given = energies[name]
+                if it.energy is not None and float(it.energy) != given:
+                    it = Item(
+                        it.source,
+                        it.index,
+                        error=f"energy {it.energy} eV in the file contradicts {given} eV in "
+                        "the energy file",
+                    )
+                else:
+                    it.energy = given
+            yield it
+
+    for item in items:
+        if pending and item.source != pending[0].source:
+            yield from flush()
+            pending.clear()
+        pending.append(item)
+    yield from flush()

@@ -25,6 +25,7 @@ import numpy as np
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
 from .errors import RecordError
+from .labels import LABELS, LATTICE_PARAMS, decode, label_columns, lattice_parameters
 
 #: spglib tolerance (Å) for the stored space group and :meth:`CrystalDB.symmetry`.
 SYMPREC = 0.1
@@ -355,8 +356,10 @@ def make_row(
     submitter: str | None = None,
     submitted: datetime | str | None = None,
     tags=None,
+    labels: dict | None = None,
 ) -> dict:
-    """The ``records`` row (without id) of a structure and its total energy (eV).
+    """The ``records`` row (without id) of a structure and its total energy (eV), with optional
+    ``labels`` (``forces`` [n, 3] eV/Å, ``stress`` [3, 3] eV/Å^3, ``magmoms`` [n]).
 
     Validates (RecordError with the reason) and computes every derived field."""
     s = validate(arrays_from(obj))
@@ -383,6 +386,8 @@ def make_row(
     mass = float(sum(_MASS[el] for el in s.species))
     number, symbol = spacegroup(s.lattice, s.frac_coords, s.species)
     return {
+        **label_columns(labels, n),
+        **lattice_parameters(s.lattice),
         "content_hash": content_hash(s, energy, model, source),
         "lattice": s.lattice.astype("<f8").tobytes(),
         "frac_coords": s.frac_coords.astype("<f8").tobytes(),
@@ -434,6 +439,15 @@ class Record:
     submitted: datetime  # UTC, timezone-aware
     tags: list[str] = field(default_factory=list)
     content_hash: str = ""
+    forces: np.ndarray | None = None  # [nsites, 3] eV/Å
+    stress: np.ndarray | None = None  # [3, 3] eV/Å^3, ASE sign; virial = -stress * volume
+    magmoms: np.ndarray | None = None  # [nsites] Bohr magnetons
+    a: float | None = None  # lattice parameters: Å
+    b: float | None = None
+    c: float | None = None
+    alpha: float | None = None  # degrees
+    beta: float | None = None
+    gamma: float | None = None
 
     @property
     def public_id(self) -> str:
@@ -456,6 +470,13 @@ class Record:
         atoms.info.update({"id": self.id, "formula": self.formula})
         if self.energy is not None:
             atoms.info["energy"] = self.energy
+        # label names ASE's extxyz reader turns into calculator results
+        if self.forces is not None:
+            atoms.arrays["forces"] = self.forces.copy()
+        if self.stress is not None:
+            atoms.info["stress"] = self.stress.copy()
+        if self.magmoms is not None:
+            atoms.arrays["magmoms"] = self.magmoms.copy()
         if self.model:
             atoms.info["model"] = self.model
         return atoms
@@ -489,6 +510,8 @@ class Record:
             "submitted": self.submitted.isoformat(),
             "tags": list(self.tags),
             "content_hash": self.content_hash,
+            **{p: getattr(self, p) for p in LATTICE_PARAMS},
+            **{k: None if getattr(self, k) is None else getattr(self, k).tolist() for k in LABELS},
             "structure": {
                 "lattice": self.lattice.tolist(),
                 "species": list(self.species),
@@ -529,4 +552,6 @@ def record_from_row(row) -> Record:
         submitted=submitted,
         tags=json.loads(m["tags"] or "[]"),
         content_hash=m["content_hash"],
+        **{k: decode(k, m.get(k)) for k in LABELS},
+        **{p: m.get(p) for p in LATTICE_PARAMS},
     )

@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 metadata = MetaData()
 
@@ -60,6 +60,17 @@ records = Table(
     Column("model", String(255)),  # the model (or method) that computed the energy
     Column("formation_energy_per_atom", Float),  # eV/atom against table `elemental_refs`
     Column("e_above_hull", Float),  # eV/atom, hull of the record's own chemsys and model
+    # training labels (lamkit.db.labels), float64 LE, NULL when absent
+    Column("forces", LargeBinary),  # nsites*3, eV/Å
+    Column("stress", LargeBinary),  # 9, eV/Å^3, ASE sign (virial = -stress * volume)
+    Column("magmoms", LargeBinary),  # nsites, Bohr magnetons
+    # lattice parameters, for filters and sorts
+    Column("a", Float),  # Å
+    Column("b", Float),
+    Column("c", Float),
+    Column("alpha", Float),  # degrees
+    Column("beta", Float),
+    Column("gamma", Float),
     # provenance
     Column("source", String(1024)),
     Column("submitter", String(255)),
@@ -79,6 +90,10 @@ Index("ix_records_submitted", records.c.submitted)
 Index("ix_records_nsites", records.c.nsites)
 Index("ix_records_model_chemsys", records.c.model, records.c.chemsys)
 Index("ix_records_submitter", records.c.submitter)
+Index("ix_records_formation_energy", records.c.formation_energy_per_atom)
+
+#: Columns added after schema version 1; :mod:`lamkit.db.migrate` adds them to older files.
+ADDED_COLUMNS = ("forces", "stress", "magmoms", "a", "b", "c", "alpha", "beta", "gamma")
 
 chemsystems = Table(
     "chemsystems",
