@@ -1,4 +1,5 @@
-"""``lam db``: init, import, query, hull, export, stats, serve.
+"""``lam db``: init, import, query, hull, export, stats, serve, show, delete, update-hulls,
+find-duplicates.
 
 The database is ``--db URL`` (a path, ``sqlite:///...`` or ``postgresql+psycopg://...``), else
 the environment variable ``LAMKIT_DB_URL``, else the SQLite file ``lamkit.db``.
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 
+from . import cli_records
 from .errors import DBError
 
 
@@ -72,19 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--dedupe", action="store_true", help="skip structures matching stored ones")
     i.add_argument("--no-hull", action="store_true", help="do not update hulls afterwards")
     i.add_argument("--no-progress", action="store_true")
+    i.add_argument("--energy-file", help="two columns: structure file name, total energy in eV")
+    i.add_argument("--energy-key", help="info key holding each extxyz/ASE frame's energy (eV)")
 
     q = sub.add_parser("query", help="list matching records")
-    q.add_argument("--elements", help="must contain all, e.g. Li,O")
-    q.add_argument("--only-elements", help="elements are a subset of, e.g. Li,Fe,O")
-    q.add_argument("--chemsys", help="exactly this system, e.g. Fe-Li-O")
-    q.add_argument("--formula")
-    q.add_argument("--spacegroup", help="number or symbol")
-    q.add_argument("--nsites", help="lo:hi")
-    q.add_argument("--energy-per-atom", help="lo:hi in eV/atom")
-    q.add_argument("--e-above-hull-max", type=float)
-    q.add_argument("--submitter")
-    q.add_argument("--model")
-    q.add_argument("--tags", help="comma-separated; all must be present")
+    _add_filters(q)
     q.add_argument("--order-by", default="id")
     q.add_argument("--limit", type=int, default=20)
     q.add_argument("--cursor")
@@ -99,17 +93,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("PATH")
     e.add_argument(
         "--format",
-        choices=["cif-zip", "extxyz", "parquet"],
+        choices=["cif-zip", "extxyz", "parquet", "deepmd"],
         default=None,
-        help="default: from the suffix (.zip, .extxyz/.xyz, .parquet)",
+        help="default: from the suffix (.zip, .extxyz/.xyz, .parquet); deepmd: a folder of "
+        "mixed-type systems for lam train",
     )
-    e.add_argument("--only-elements")
-    e.add_argument("--elements")
-    e.add_argument("--chemsys")
-    e.add_argument("--formula")
-    e.add_argument("--e-above-hull-max", type=float)
+    _add_filters(e)
 
     sub.add_parser("stats", help="counts per submitter, model")
+    cli_records.add_commands(sub, _add_filters)
 
     s = sub.add_parser("serve", help="run the HTTP service and web page")
     s.add_argument("--host", default="127.0.0.1")
@@ -120,6 +112,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="key allowed to write (repeat; default: $LAMKIT_API_KEYS, comma-separated)",
     )
+
+
+def _add_filters(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--elements", help="must contain all, e.g. Li,O")
+    q.add_argument("--only-elements", help="elements are a subset of, e.g. Li,Fe,O")
+    q.add_argument("--chemsys", help="exactly this system, e.g. Fe-Li-O")
+    q.add_argument("--formula")
+    q.add_argument("--spacegroup", help="number or symbol")
+    q.add_argument("--nsites", help="lo:hi")
+    q.add_argument("--energy-per-atom", help="lo:hi in eV/atom")
+    q.add_argument("--e-above-hull-max", type=float)
+    q.add_argument("--submitter")
+    q.add_argument("--model")
+    q.add_argument("--tags", help="comma-separated; all must be present")
+    cli_records.add_range_arguments(q)
 
 
 def _url(args) -> str:
@@ -142,6 +149,7 @@ def _filters(a) -> dict:
         f["e_above_hull_max"] = a.e_above_hull_max
     if getattr(a, "tags", None):
         f["tags"] = [t for t in a.tags.split(",") if t]
+    f.update(cli_records.range_filters(a, _range))
     return f
 
 
@@ -223,6 +231,8 @@ def _run(args) -> int:
             print(f"{n} records written to {args.PATH} ({fmt})")
         elif cmd == "stats":
             print(json.dumps(db.stats(), indent=1))
+        elif cmd in cli_records.COMMANDS:
+            return cli_records.run_command(db, args, _filters(args))
         else:  # pragma: no cover - argparse restricts the choices
             raise DBError(f"unknown db command {cmd}")
     return 0
@@ -245,8 +255,13 @@ def _import(db, args) -> int:
         progress=not args.no_progress,
         dedupe=args.dedupe,
         update_hull=not args.no_hull,
+        energy_key=args.energy_key,
+        energies=args.energy_file,
     )
     print(rep.summary())
+    if rep.unused_energies:
+        names = ", ".join(rep.unused_energies[:10])
+        print(f"lam db import: energy file names not imported: {names}", file=sys.stderr)
     unread = sorted({r.source for r in rep.rejected if r.index < 0})
     if unread:
         print(f"lam db import: could not read {', '.join(unread)}", file=sys.stderr)
