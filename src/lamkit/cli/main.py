@@ -2,6 +2,7 @@
 
 lam train input.json [-r CKPT | -i MODEL | --finetune PRE [--model-branch B]] [-o DIR]
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
+lam model-devi -m M0 M1 M2 M3 -s SYSTEMS [-o model_devi.out] [-f FREQ] [--atomic] ...
 lam freeze [-c CKPT_OR_DIR] [-o model.pth]
 lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
@@ -67,6 +68,23 @@ def _cmd_test(a) -> int:
         numb_test=a.numb_test,
         detail_file=a.detail_file,
         atomic=a.atomic,
+        head=a.head,
+    )
+    return 0
+
+
+def _cmd_model_devi(a) -> int:
+    from ..infer.model_devi import make_model_devi
+
+    make_model_devi(
+        a.models,
+        a.system,
+        a.output,
+        frequency=a.frequency,
+        real_error=a.real_error,
+        atomic=a.atomic,
+        relative=a.relative,
+        relative_v=a.relative_v,
         head=a.head,
     )
     return 0
@@ -200,6 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", default=None)
     s.set_defaults(func=_cmd_test)
 
+    md = sub.add_parser(
+        "model-devi",
+        help="deviation of an ensemble of models on systems (dp model-devi file layout)",
+        description="See docs/model-devi.md.",
+    )
+    md.add_argument("-m", "--models", nargs="+", required=True, help="two or more models")
+    md.add_argument("-s", "--system", default=".", help="a system folder or a parent folder")
+    md.add_argument("-o", "--output", default="model_devi.out")
+    md.add_argument("-f", "--frequency", type=int, default=1, help="MD steps between frames")
+    md.add_argument("--real_error", "--real-error", action="store_true",
+                    help="RMS error of the models against the systems' labels instead")
+    md.add_argument("--atomic", action="store_true", help="also every atom's force deviation")
+    md.add_argument("--relative", type=float, default=None, metavar="L",
+                    help="force deviation relative to |F| + L")
+    md.add_argument("--relative_v", "--relative-v", type=float, default=None, metavar="L",
+                    help="virial deviation relative to |W| + L")
+    md.add_argument("--head", default=None, help="branch of multi-task models")
+    md.set_defaults(func=_cmd_model_devi)
+
     f = sub.add_parser("freeze", help="write a deployable model file from a checkpoint")
     f.add_argument("-c", "--checkpoint", default=".", help="checkpoint file or folder")
     f.add_argument("-o", "--output", default="frozen_model.pth")
@@ -279,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     screen_cli.add_arguments(sc)
     sc.set_defaults(func=screen_cli.run)
+
+    from ..ipi import cli as ipi_cli  # lam ipi: an i-PI force client (dp_ipi JSON files too)
+
+    ip = sub.add_parser("ipi", help="i-PI force client for a model or a committee of models",
+                        description=ipi_cli.__doc__)
+    ipi_cli.add_arguments(ip)
+    ip.set_defaults(func=ipi_cli.run)
     return p
 
 
