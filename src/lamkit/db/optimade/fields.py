@@ -41,9 +41,7 @@ PROPERTIES: dict[str, Prop] = {
         "SHA-256 of the structure, energy, model and source (the stored content hash).",
         column="content_hash",
     ),
-    "last_modified": Prop(
-        "timestamp", "When the record was submitted (UTC).", column="submitted"
-    ),
+    "last_modified": Prop("timestamp", "When the record was submitted (UTC).", column="submitted"),
     "elements": Prop("list", "Element symbols, sorted alphabetically."),
     "nelements": Prop("integer", "Number of distinct elements.", column="nelements"),
     "elements_ratios": Prop("list", "Fraction of the sites of each element in 'elements'."),
@@ -81,7 +79,8 @@ PROPERTIES: dict[str, Prop] = {
         column="e_above_hull",
     ),
     f"_{PREFIX}_spacegroup_number": Prop(
-        "integer", "International space group number (spglib, symprec 0.1 Å).",
+        "integer",
+        "International space group number (spglib, symprec 0.1 Å).",
         column="spacegroup_number",
     ),
     f"_{PREFIX}_spacegroup_symbol": Prop(

@@ -169,8 +169,7 @@ def _expect(name: str, value: Any, kind: str) -> Any:
                 return utc_naive(datetime.fromisoformat(value))
             except (ValueError, RecordError):
                 raise FilterError(
-                    f"{name}: {value[:40]!r} is not an ISO 8601 time such as "
-                    "'2024-01-31T12:00:00Z'"
+                    f"{name}: {value[:40]!r} is not an ISO 8601 time such as '2024-01-31T12:00:00Z'"
                 ) from None
         return value
     if isinstance(value, str):
@@ -388,8 +387,12 @@ class Translator:
             "species_at_sites": ElementsProp("species_at_sites", c.nsites),
             "nelements": col("nelements", c.nelements, "integer"),
             "nsites": col("nsites", c.nsites, "integer"),
-            "chemical_formula_descriptive": col("chemical_formula_descriptive", c.formula, "string"),
-            "chemical_formula_reduced": FormulaProp("chemical_formula_reduced", 0, conn, self.formulas),
+            "chemical_formula_descriptive": col(
+                "chemical_formula_descriptive", c.formula, "string"
+            ),
+            "chemical_formula_reduced": FormulaProp(
+                "chemical_formula_reduced", 0, conn, self.formulas
+            ),
             "chemical_formula_anonymous": FormulaProp(
                 "chemical_formula_anonymous", 1, conn, self.formulas
             ),

@@ -26,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DBError, NotFoundError, QueryError, RecordError
+from ..optimade import routes as optimade_routes
 from . import routes, writes
 from .auth import KeyChecker, keys_from_env, parse_keys
 from .limits import BodySizeLimit, Limits
@@ -126,6 +127,7 @@ def create_app(
 
     app.include_router(routes.router, prefix=API, tags=["read"])
     app.include_router(writes.router, prefix=API, tags=["write"])
+    app.include_router(optimade_routes.router)  # /optimade/versions, /optimade/v1/...
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
