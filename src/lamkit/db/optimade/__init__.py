@@ -1,10 +1,7 @@
 """OPTIMADE for the crystal database: the filter language translated to SQL
 (:mod:`.filter`), the ``/optimade`` endpoints of the service (:mod:`.routes`), and
-``lam db import-optimade`` to pull structures from any OPTIMADE provider (:mod:`.client`).
+``lam db import-optimade`` to pull structures from any OPTIMADE provider (:mod:`.importer`).
 
-Needs the ``optimade`` package (``pip install 'lamkit[db]'``).
+The submodules need the ``optimade`` package (in the ``db`` extra); this package itself
+imports nothing, so ``lam`` starts fast.
 """
-
-from .fields import API_VERSION, PREFIX, PROPERTIES
-
-__all__ = ["API_VERSION", "PREFIX", "PROPERTIES"]
