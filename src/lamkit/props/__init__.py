@@ -14,6 +14,8 @@ command line (:mod:`lamkit.props.cli`).
 from .common import PropsError
 from .elastic import ElasticResult, compute_elastic, moduli
 from .eos import BirchMurnaghan, EosResult, compute_eos, fit_birch_murnaghan
+from .gamma import GammaResult, compute_gamma
+from .phonon import PhononResult, compute_phonon
 from .point_defects import DefectResult, compute_interstitial, compute_vacancy
 from .relaxation import RelaxationResult, relax_crystal
 from .surface import SurfaceResult, compute_surface
@@ -23,12 +25,16 @@ __all__ = [
     "DefectResult",
     "ElasticResult",
     "EosResult",
+    "GammaResult",
+    "PhononResult",
     "PropsError",
     "RelaxationResult",
     "SurfaceResult",
     "compute_elastic",
     "compute_eos",
+    "compute_gamma",
     "compute_interstitial",
+    "compute_phonon",
     "compute_surface",
     "compute_vacancy",
     "fit_birch_murnaghan",

@@ -72,8 +72,10 @@ def single_points(structures: Sequence[Atoms], calc: BaseCalculator) -> list[flo
     """Energies (eV) of ``structures`` as they are (no relaxation), batched like
     :func:`relax_many`."""
     out = potential_of(calc).evaluate(
-        [(a.get_positions(), a.get_cell().array, a.get_pbc(), a.get_atomic_numbers())
-         for a in structures]
+        [
+            (a.get_positions(), a.get_cell().array, a.get_pbc(), a.get_atomic_numbers())
+            for a in structures
+        ]
     )
     return [float(e) for e in out.energy]
 
@@ -96,14 +98,15 @@ def write_json(path: str | Path, data: dict) -> Path:
     return path
 
 
-def new_figure(*shape: int, size: tuple[float, float] = (5.0, 3.8)):
-    """A matplotlib figure on the Agg backend (no display needed) and its axes."""
+def new_figure(*shape: int, size: tuple[float, float] = (5.0, 3.8), **kwargs):
+    """A matplotlib figure on the Agg backend (no display needed) and its axes
+    (``kwargs``: those of ``plt.subplots``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(*(shape or (1, 1)), figsize=size)
+    return plt.subplots(*(shape or (1, 1)), figsize=size, **kwargs)
 
 
 def save_figure(fig, path: str | Path) -> Path:

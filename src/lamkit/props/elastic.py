@@ -37,11 +37,21 @@ def moduli(c: np.ndarray) -> dict[str, float]:
     c = np.asarray(c, dtype=np.float64)
     s = np.linalg.inv(c)
     bv = (c[0, 0] + c[1, 1] + c[2, 2] + 2.0 * (c[0, 1] + c[1, 2] + c[0, 2])) / 9.0
-    gv = (c[0, 0] + c[1, 1] + c[2, 2] - c[0, 1] - c[1, 2] - c[0, 2]
-          + 3.0 * (c[3, 3] + c[4, 4] + c[5, 5])) / 15.0
+    gv = (
+        c[0, 0]
+        + c[1, 1]
+        + c[2, 2]
+        - c[0, 1]
+        - c[1, 2]
+        - c[0, 2]
+        + 3.0 * (c[3, 3] + c[4, 4] + c[5, 5])
+    ) / 15.0
     br = 1.0 / (s[0, 0] + s[1, 1] + s[2, 2] + 2.0 * (s[0, 1] + s[1, 2] + s[0, 2]))
-    gr = 15.0 / (4.0 * (s[0, 0] + s[1, 1] + s[2, 2]) - 4.0 * (s[0, 1] + s[1, 2] + s[0, 2])
-                 + 3.0 * (s[3, 3] + s[4, 4] + s[5, 5]))
+    gr = 15.0 / (
+        4.0 * (s[0, 0] + s[1, 1] + s[2, 2])
+        - 4.0 * (s[0, 1] + s[1, 2] + s[0, 2])
+        + 3.0 * (s[3, 3] + s[4, 4] + s[5, 5])
+    )
     out: dict[str, float] = {}
     for tag, b, g in (("V", bv, gv), ("R", br, gr), ("H", 0.5 * (bv + br), 0.5 * (gv + gr))):
         out[f"B{tag}"] = float(b)
@@ -71,8 +81,9 @@ class ElasticResult:
         im = ax.imshow(self.cij, cmap="viridis")
         for i in range(6):
             for j in range(6):
-                ax.text(j, i, f"{self.cij[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="w")
+                ax.text(
+                    j, i, f"{self.cij[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w"
+                )
         ax.set_xticks(range(6), [str(k + 1) for k in range(6)])
         ax.set_yticks(range(6), [str(k + 1) for k in range(6)])
         ax.set_title(f"C_ij (GPa); B_H {self.moduli['BH']:.1f}, G_H {self.moduli['GH']:.1f}")
@@ -111,8 +122,9 @@ def compute_elastic(
             strained.append(a)
             strains.append(voigt[j])
     steps = 1000 if relax_ions else 0
-    results = relax_many(strained, calc, cell_filter="fixed", fmax=fmax, steps=steps,
-                         what="strained cell")
+    results = relax_many(
+        strained, calc, cell_filter="fixed", fmax=fmax, steps=steps, what="strained cell"
+    )
     stress = np.array([r.stress for r in results]) * EV_A3_TO_GPA  # [24, 6]
     strains = np.array(strains).reshape(6, len(amplitudes))
     stress = stress.reshape(6, len(amplitudes), 6)

@@ -60,8 +60,11 @@ def fit_birch_murnaghan(volumes, energies) -> BirchMurnaghan:
     x0 = min(minima, key=lambda r: np.polyval(coef, r))
     v0 = x0**-1.5
     # derivatives of x(V) = V^(-2/3) and the chain rule for E(V) = P(x(V))
-    xv = [-2.0 / 3.0 * v0 ** (-5.0 / 3.0), 10.0 / 9.0 * v0 ** (-8.0 / 3.0),
-          -80.0 / 27.0 * v0 ** (-11.0 / 3.0)]
+    xv = [
+        -2.0 / 3.0 * v0 ** (-5.0 / 3.0),
+        10.0 / 9.0 * v0 ** (-8.0 / 3.0),
+        -80.0 / 27.0 * v0 ** (-11.0 / 3.0),
+    ]
     p1, p2, p3 = (np.polyval(np.polyder(coef, k), x0) for k in (1, 2, 3))
     e2 = p2 * xv[0] ** 2 + p1 * xv[1]
     e3 = p3 * xv[0] ** 3 + 3.0 * p2 * xv[0] * xv[1] + p1 * xv[2]
@@ -139,7 +142,9 @@ def compute_eos(
         a.set_cell(atoms.get_cell() * r ** (1.0 / 3.0), scale_atoms=True)
         cells.append(a)
     steps = 1000 if relax_ions else 0
-    results = relax_many(cells, calc, cell_filter="fixed", fmax=fmax, steps=steps, what="eos volume")
+    results = relax_many(
+        cells, calc, cell_filter="fixed", fmax=fmax, steps=steps, what="eos volume"
+    )
     n = len(atoms)
     volumes = np.array([a.get_volume() / n for a in cells])
     energies = np.array([r.energy / n for r in results])

@@ -87,8 +87,9 @@ def _formation(
     fmax: float,
 ) -> DefectResult:
     e_bulk = single_points([bulk_cell], calc)[0]
-    results = relax_many(cells, calc, cell_filter=cell_filter, fmax=fmax,
-                         steps=2000 if relax else 0, what=kind)
+    results = relax_many(
+        cells, calc, cell_filter=cell_filter, fmax=fmax, steps=2000 if relax else 0, what=kind
+    )
     n = len(bulk_cell)
     energies = [r.energy for r in results]
     refs = [e_bulk * len(c) / n for c in cells]

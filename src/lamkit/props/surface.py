@@ -108,8 +108,9 @@ def compute_surface(
     e_bulk = single_points([atoms], calc)[0] / len(atoms)
     hkls = [tuple(int(m) for m in miller) for miller in millers]
     slabs = [make_slab(atoms, h, min_thickness, vacuum) for h in hkls]
-    results = relax_many(slabs, calc, cell_filter="fixed", fmax=fmax,
-                         steps=2000 if relax else 0, what="surface slab")
+    results = relax_many(
+        slabs, calc, cell_filter="fixed", fmax=fmax, steps=2000 if relax else 0, what="surface slab"
+    )
     gamma, energies, refs = [], [], []
     for slab, res in zip(slabs, results):
         area = float(np.linalg.norm(np.cross(slab.cell[0], slab.cell[1])))
