@@ -14,6 +14,7 @@ import sys
 
 from . import cli_records
 from .errors import DBError
+from .optimade import importer as optimade_importer
 
 
 class _DbParser(argparse.ArgumentParser):
@@ -102,6 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     sub.add_parser("stats", help="counts per submitter, model")
     cli_records.add_commands(sub, _add_filters)
+    optimade_importer.add_command(sub)  # import-optimade
 
     s = sub.add_parser("serve", help="run the HTTP service and web page")
     s.add_argument("--host", default="127.0.0.1")
@@ -231,6 +233,8 @@ def _run(args) -> int:
             print(f"{n} records written to {args.PATH} ({fmt})")
         elif cmd == "stats":
             print(json.dumps(db.stats(), indent=1))
+        elif cmd == optimade_importer.COMMAND:
+            return optimade_importer.run_command(db, args)
         elif cmd in cli_records.COMMANDS:
             return cli_records.run_command(db, args, _filters(args))
         else:  # pragma: no cover - argparse restricts the choices
