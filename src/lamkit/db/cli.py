@@ -94,10 +94,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("PATH")
     e.add_argument(
         "--format",
-        choices=["cif-zip", "extxyz", "parquet", "deepmd"],
+        choices=["cif-zip", "extxyz", "parquet", "deepmd", "deepmd-standard"],
         default=None,
         help="default: from the suffix (.zip, .extxyz/.xyz, .parquet); deepmd: a folder of "
-        "mixed-type systems for lam train",
+        "mixed-type systems for lam train (type-embedding descriptors), deepmd-standard: one "
+        "standard system per composition (any descriptor)",
     )
     _add_filters(e)
 

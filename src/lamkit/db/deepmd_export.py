@@ -1,4 +1,8 @@
-"""Export records as deepmd/npy mixed-type systems: the database as a training-data store.
+"""Export records as deepmd/npy systems: the database as a training-data store.
+
+``deepmd`` (mixed type) writes one system per atom count, for descriptors with a type embedding
+(dpa1, dpa2, se_e3_tebd); ``deepmd-standard`` writes one standard system per composition, atoms
+sorted by type, which every descriptor (se_e2_a too) reads.
 
 Layout, one system per atom count (as the reference's mixed type groups frames)::
 
@@ -16,6 +20,9 @@ Only records with an energy are exported.  A label file must cover every frame o
 records of one atom count that carry different labels go to separate systems, named
 ``<natoms>`` when they carry forces and stress and ``<natoms>_<labels>`` otherwise (e.g.
 ``8_energy_force``).  ``lam train`` and ``lam test`` read the folders as they are.
+
+Standard layout: ``OUT/<composition>/`` (e.g. ``Cu3Au1``, elements in type-map order, the same
+label suffix), ``type.raw`` the sorted types, no ``real_atom_types.npy``.
 """
 
 from __future__ import annotations
@@ -45,19 +52,21 @@ def _labels_of(rec: Record) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _system_name(natoms: int, labels: tuple[str, ...]) -> str:
+def _system_name(group: int | str, labels: tuple[str, ...]) -> str:
     if labels == ("energy", "force", "virial"):
-        return str(natoms)
-    return f"{natoms}_" + "_".join(labels)
+        return str(group)
+    return f"{group}_" + "_".join(labels)
 
 
 class _System:
-    """Frames of one (natoms, labels) group, written set by set."""
+    """Frames of one group (an atom count, or a composition for standard type) and label set,
+    written set by set."""
 
-    def __init__(self, root: Path, natoms: int, labels: tuple[str, ...]):
-        self.path = root / _system_name(natoms, labels)
+    def __init__(self, root: Path, group: int | str, natoms: int, labels: tuple[str, ...]):
+        self.path = root / _system_name(group, labels)
         self.natoms = natoms
         self.labels = labels
+        self.mixed = isinstance(group, int)
         self.frames: list[Record] = []
         self.nsets = 0
         self.nframes = 0
@@ -71,20 +80,29 @@ class _System:
         if not self.frames:
             return
         n = self.natoms
+        recs = self.frames
+        types = np.array([[type_index[el] for el in r.species] for r in recs], dtype=np.int64)
+        # standard type: atoms sorted by type (stable), the same order for every frame
+        order = (
+            np.tile(np.arange(n), (len(recs), 1))
+            if self.mixed
+            else np.argsort(types, axis=1, kind="stable")
+        )
         if self.nsets == 0:
             self.path.mkdir(parents=True, exist_ok=True)
-            np.savetxt(self.path / "type.raw", np.zeros(n, dtype=np.int64), fmt="%d")
+            first = np.zeros(n, dtype=np.int64) if self.mixed else types[0][order[0]]
+            np.savetxt(self.path / "type.raw", first, fmt="%d")
         d = self.path / f"set.{self.nsets:03d}"
         d.mkdir(exist_ok=True)
-        recs = self.frames
-        coords = np.stack([r.frac_coords @ r.lattice for r in recs])
+        coords = np.stack([(r.frac_coords @ r.lattice)[o] for r, o in zip(recs, order)])
         np.save(d / "coord.npy", coords.reshape(-1, n * 3))
         np.save(d / "box.npy", np.stack([r.lattice.reshape(9) for r in recs]))
-        types = np.array([[type_index[el] for el in r.species] for r in recs], dtype=np.int64)
-        np.save(d / "real_atom_types.npy", types)
+        if self.mixed:
+            np.save(d / "real_atom_types.npy", types)
         np.save(d / "energy.npy", np.array([[r.energy] for r in recs], dtype=np.float64))
         if "force" in self.labels:
-            np.save(d / "force.npy", np.stack([r.forces.reshape(-1) for r in recs]))
+            forces = [r.forces[o].reshape(-1) for r, o in zip(recs, order)]
+            np.save(d / "force.npy", np.stack(forces))
         if "virial" in self.labels:
             virials = [(-r.stress * r.volume).reshape(9) for r in recs]
             np.save(d / "virial.npy", np.stack(virials))
@@ -93,9 +111,11 @@ class _System:
         self.frames = []
 
 
-def write_deepmd_mixed(recs: Iterable[Record], path: Path, type_map: list[str]) -> int:
-    """Write records with an energy as mixed-type systems under ``path`` (see the module doc);
-    ``type_map``: every element the records hold.  Returns the number of frames written."""
+def write_deepmd(
+    recs: Iterable[Record], path: Path, type_map: list[str], mixed: bool = True
+) -> int:
+    """Write records with an energy as mixed-type (or standard) systems under ``path`` (see the
+    module doc); ``type_map``: every element the records hold.  Returns the frames written."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise QueryError(
@@ -103,16 +123,17 @@ def write_deepmd_mixed(recs: Iterable[Record], path: Path, type_map: list[str]) 
             "writes a folder of systems"
         )
     type_index = {el: i for i, el in enumerate(type_map)}
-    systems: dict[tuple[int, tuple[str, ...]], _System] = {}
+    systems: dict[tuple[int | str, tuple[str, ...]], _System] = {}
     skipped = 0
     path.mkdir(parents=True, exist_ok=True)
     for rec in recs:
         if rec.energy is None:
             skipped += 1
             continue
-        key = (rec.nsites, _labels_of(rec))
+        group = rec.nsites if mixed else _composition(rec.species, type_map)
+        key = (group, _labels_of(rec))
         if key not in systems:
-            systems[key] = _System(path, *key)
+            systems[key] = _System(path, group, rec.nsites, key[1])
         systems[key].add(rec, type_index)
     for system in systems.values():
         system.flush(type_index)
@@ -121,6 +142,13 @@ def write_deepmd_mixed(recs: Iterable[Record], path: Path, type_map: list[str]) 
     if skipped:
         log.warning("deepmd export: %d record(s) without an energy left out", skipped)
     return sum(s.nframes for s in systems.values())
+
+
+def _composition(species: list[str], type_map: list[str]) -> str:
+    counts = {el: 0 for el in type_map}
+    for el in species:
+        counts[el] += 1
+    return "".join(f"{el}{n}" for el, n in counts.items() if n)
 
 
 def sorted_elements(elements: Iterable[str]) -> list[str]:

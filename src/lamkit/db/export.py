@@ -6,7 +6,8 @@
 ``parquet``  one row per record: fields plus ``lattice`` (9 floats, Å, rows a, b, c),
              ``species`` and ``frac_coords`` (3n floats), float64 bit-exact;
 ``deepmd``   a folder of deepmd/npy mixed-type systems, one per atom count, with energies,
-             forces and virials (:mod:`lamkit.db.deepmd_export`), for ``lam train``.
+             forces and virials (:mod:`lamkit.db.deepmd_export`), for ``lam train``;
+``deepmd-standard``  standard deepmd/npy systems, one per composition (any descriptor).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .records import Record
 if TYPE_CHECKING:
     from .api import CrystalDB
 
-FORMATS = ("cif-zip", "extxyz", "parquet", "deepmd")
+FORMATS = ("cif-zip", "extxyz", "parquet", "deepmd", "deepmd-standard")
 _PAGE = 500
 
 
@@ -41,10 +42,10 @@ def export(
     recs = db.iter_query(page_size=_PAGE, **filters)
     recs = tqdm(recs, disable=not progress, unit=" records", desc=f"export {fmt}")
     path = Path(path)
-    if fmt == "deepmd":
-        from .deepmd_export import write_deepmd_mixed
+    if fmt in ("deepmd", "deepmd-standard"):
+        from .deepmd_export import write_deepmd
 
-        return write_deepmd_mixed(recs, path, _elements_of(db, filters))
+        return write_deepmd(recs, path, _elements_of(db, filters), mixed=fmt == "deepmd")
     writer = {"cif-zip": _write_cif_zip, "extxyz": _write_extxyz, "parquet": _write_parquet}[fmt]
     return writer(recs, path)
 

@@ -75,9 +75,20 @@ class DecompositionPart(BaseModel):
     fraction: float | None = Field(None, description="Fraction of the atoms.")
 
 
+class Labels(BaseModel):
+    forces: list[list[float]] | None = Field(None, description="[nsites][3], eV/Å.")
+    stress: list[list[float]] | None = Field(
+        None, description="3x3, eV/Å^3, ASE sign (deepmd virial = -stress * volume)."
+    )
+    magmoms: list[float] | None = Field(None, description="[nsites], Bohr magnetons.")
+
+
 class StructureDetail(StructureSummary):
     lattice: Lattice
     sites: list[Site]
+    labels: Labels = Field(
+        default_factory=Labels, description="Training labels stored with the energy, if any."
+    )
     symmetry: Symmetry
     decomposition: list[DecompositionPart] = Field(
         [], description="Stable phases the structure would decompose into (empty on the hull)."

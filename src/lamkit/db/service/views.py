@@ -214,6 +214,10 @@ def detail(db: Any, record: Any, base_url: str) -> dict[str, Any]:
     out["symmetry"] = symmetry_of(db, record)
     out["sites"] = sites_view(structure, out["symmetry"].get("wyckoffs"))
     out["styles"] = element_styles([site["species"] for site in out["sites"]])
+    out["labels"] = {
+        k: None if getattr(record, k, None) is None else getattr(record, k).tolist()
+        for k in ("forces", "stress", "magmoms")
+    }
     out["decomposition"] = []
     if record.energy is not None and hasattr(db, "e_above_hull"):
         from ..errors import QueryError
