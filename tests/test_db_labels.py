@@ -287,8 +287,21 @@ def test_round_trip_train_and_test(tmp_path, frames):
     # extxyz text keeps 8 decimals: the file as read is the original the database must keep
     frames = ase.io.read(tmp_path / "emt.extxyz", ":")
     dbpath = str(tmp_path / "x.db")
-    assert main(["db", "--db", dbpath, "import", str(tmp_path / "emt.extxyz"), "--model",
-                 "emt", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "db",
+                "--db",
+                dbpath,
+                "import",
+                str(tmp_path / "emt.extxyz"),
+                "--model",
+                "emt",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     mixed, standard = tmp_path / "mixed", tmp_path / "standard"
     for out, fmt in ((mixed, "deepmd"), (standard, "deepmd-standard")):
         args = ["db", "--db", dbpath, "export", str(out), "--format", fmt, "--model", "emt"]
@@ -320,7 +333,14 @@ def test_round_trip_train_and_test(tmp_path, frames):
         tmp_path,
         "dpa1",
         [str(mixed / "4"), str(mixed / "8")],
-        {"type": "dpa1", "neuron": [4, 8], "axis_neuron": 4, "tebd_dim": 4, "attn": 4,
-         "attn_layer": 1, "type_one_side": True},  # fmt: skip
+        {
+            "type": "dpa1",
+            "neuron": [4, 8],
+            "axis_neuron": 4,
+            "tebd_dim": 4,
+            "attn": 4,
+            "attn_layer": 1,
+            "type_one_side": True,
+        },
     )
     _same_metrics(dpa1, mixed, direct)
