@@ -1,10 +1,11 @@
 """Inference: DeePMD-kit's ``DeepPot``/``DeepProperty``/``DeepDipole``/``DeepPolar`` APIs, an
-ASE calculator, ``show`` and ``freeze``."""
+ASE calculator, model ensembles (``Ensemble``, ``lam model-devi``), ``show`` and ``freeze``."""
 
 from .batch import BatchOutput
 from .calculator import DP, LamCalculator
 from .deep_pot import AtomBudget, DeepEval, DeepPot
 from .deep_property import DeepDipole, DeepPolar, DeepProperty, open_model
+from .ensemble import Ensemble, EnsembleCalculator, EnsembleOutput
 from .freeze import freeze
 from .show import describe_model, format_description, parameter_counts
 
@@ -17,6 +18,9 @@ __all__ = [
     "DeepPolar",
     "DeepPot",
     "DeepProperty",
+    "Ensemble",
+    "EnsembleCalculator",
+    "EnsembleOutput",
     "LamCalculator",
     "describe_model",
     "format_description",

@@ -252,5 +252,5 @@ def make_model_devi(
         with Path(output).open("wb") as fh:
             for system, table in zip(loaded, tables):
                 write_table(fh, table, header(system.path, atomic))
-        log.info("model deviations of %d systems written to %s", len(loaded), output)
+        log.info("model deviations of %d system(s) written to %s", len(loaded), output)
     return tables
