@@ -103,9 +103,8 @@ def entry_item(
     energy = a.get(energy_field) if energy_field else a.get("_lamkit_energy")
     if energy is not None:
         item["energy"] = energy
+    if model or a.get("_lamkit_model"):
         item["model"] = model or a.get("_lamkit_model")
-    elif model:
-        item["model"] = model
     return item
 
 

@@ -1,0 +1,278 @@
+"""The OPTIMADE endpoints of the service: every endpoint validated by the `optimade` package's
+pydantic models, paging by ``links.next``, sorting, response fields, errors in OPTIMADE's form;
+the full ``optimade-validator`` run against a live server with zero failures; and
+``lam db import-optimade`` pulling from that server; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optimade", reason="the OPTIMADE models and validator come from `optimade`")
+
+from optimade.models import (  # noqa: E402
+    EntryInfoResponse,
+    ErrorResponse,
+    InfoResponse,
+    LinksResponse,
+    StructureResponseMany,
+    StructureResponseOne,
+)
+
+from lamkit.cli.main import main  # noqa: E402
+from lamkit.db import CrystalDB, synthetic  # noqa: E402
+from lamkit.db.service import create_app  # noqa: E402
+from tests.db_fixtures import BACKENDS, crystal_db  # noqa: E402
+from tests.test_db_service_data import client_for, database_url, running_server  # noqa: E402
+
+V1 = "/optimade/v1"
+T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+
+def _items() -> list[dict]:
+    out = []
+    for i, d in enumerate(
+        synthetic.generate(30, seed=11, elements=("Na", "Cl", "Fe", "O", "Cu"), strain=0.01)
+    ):
+        d["submitted"] = (T0 + timedelta(minutes=13 * i)).isoformat()
+        d["model"] = "m1" if i % 3 else "m2"
+        if i % 5 == 0:
+            d.pop("energy")
+        out.append(d)
+    return out
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request):
+    with crystal_db(request.param) as db:
+        rep = db.import_records(_items(), batch_size=50)
+        assert rep.added == 30, rep.summary()
+        yield db, client_for(create_app(db, keys_from_environment=False))
+
+
+def _ok(client, path: str, model) -> dict:
+    r = client.get(path)
+    assert r.status_code == 200, (path, r.text[:500])
+    body = r.json()
+    model(**body)  # raises if the response breaks the OPTIMADE schema
+    return body
+
+
+def test_info_endpoints(served):
+    _, c = served
+    info = _ok(c, f"{V1}/info", InfoResponse)["data"]["attributes"]
+    assert info["entry_types_by_format"] == {"json": ["structures"]}
+    assert info["available_api_versions"][0]["url"].endswith("/optimade/v1")
+    props = _ok(c, f"{V1}/info/structures", EntryInfoResponse)["data"]["properties"]
+    must_and_should = {
+        "elements", "nelements", "elements_ratios", "chemical_formula_reduced",
+        "chemical_formula_descriptive", "chemical_formula_anonymous", "nperiodic_dimensions",
+        "dimension_types", "lattice_vectors", "cartesian_site_positions", "nsites", "species",
+        "species_at_sites", "structure_features", "last_modified", "immutable_id", "id", "type",
+    }  # fmt: skip
+    assert must_and_should <= set(props)
+    for name in ("energy_per_atom", "formation_energy_per_atom", "e_above_hull", "model"):
+        assert f"_lamkit_{name}" in props
+    assert props["_lamkit_spacegroup_number"]["type"] == "integer"
+    _ok(c, f"{V1}/links", LinksResponse)
+
+
+def test_versions_and_unknown_versions(served):
+    _, c = served
+    r = c.get("/optimade/versions")
+    assert r.status_code == 200 and r.text.split() == ["version", "1"]
+    assert r.headers["content-type"].startswith("text/csv")
+    for path in ("/optimade/v2/info", "/optimade/v123123/structures", "/optimade/v0.9/info"):
+        r = c.get(path)
+        assert r.status_code == 553, path
+        ErrorResponse(**r.json())
+    for path in (f"{V1}/versions", f"{V1}/references", f"{V1}/structures/lam-999999"):
+        r = c.get(path)
+        assert r.status_code == 404, path
+        assert r.json()["errors"][0]["status"] == "404"
+
+
+def test_structures_match_records(served):
+    """Every served attribute equals what the record holds."""
+    db, c = served
+    body = _ok(c, f"{V1}/structures?page_limit=100", StructureResponseMany)
+    assert body["meta"]["data_returned"] == body["meta"]["data_available"] == 30
+    assert len(body["data"]) == 30 and body["links"]["next"] is None
+    for entry in body["data"]:
+        rec = db.get(entry["id"])
+        a = entry["attributes"]
+        assert a["species_at_sites"] == rec.species
+        assert a["elements"] == sorted(set(rec.species)) == rec.elements
+        np.testing.assert_array_equal(a["lattice_vectors"], rec.lattice)
+        np.testing.assert_allclose(
+            a["cartesian_site_positions"], rec.frac_coords @ rec.lattice, rtol=0, atol=1e-12
+        )
+        ratios = [rec.species.count(e) / rec.nsites for e in rec.elements]
+        assert a["elements_ratios"] == pytest.approx(ratios)
+        from pymatgen.core import Composition
+
+        assert Composition(a["chemical_formula_reduced"]).reduced_formula == rec.formula
+        assert a["_lamkit_energy_per_atom"] == rec.energy_per_atom
+        assert a["_lamkit_e_above_hull"] == rec.e_above_hull
+        assert a["_lamkit_model"] == rec.model
+        assert a["immutable_id"] == rec.content_hash
+        assert datetime.fromisoformat(a["last_modified"].replace("Z", "+00:00")) == rec.submitted
+        one = _ok(c, f"{V1}/structures/{entry['id']}", StructureResponseOne)
+        assert one["data"] == entry
+
+
+@pytest.mark.parametrize("sort", ["", "nsites", "-_lamkit_energy_per_atom", "-last_modified"])
+def test_paging_by_next_links(served, sort):
+    """Following links.next visits every match exactly once, in the asked order."""
+    db, c = served
+    url = f"{V1}/structures?page_limit=4&filter=nsites>=1" + (f"&sort={sort}" if sort else "")
+    seen, pages = [], 0
+    while url:
+        body = _ok(c, url, StructureResponseMany)
+        assert len(body["data"]) <= 4
+        assert body["meta"]["more_data_available"] == (body["links"]["next"] is not None)
+        seen += [(e["id"], e["attributes"]) for e in body["data"]]
+        url, pages = body["links"]["next"], pages + 1
+    assert pages == 8 and len({i for i, _ in seen}) == 30
+    if sort:
+        key = sort.lstrip("-")
+        values = [a[key] for _, a in seen if a[key] is not None]
+        assert values == sorted(values, reverse=sort.startswith("-"))
+        assert all(a[key] is None for _, a in seen[len(values) :])  # unknowns last
+
+
+def test_response_fields(served):
+    _, c = served
+    body = _ok(
+        c, f"{V1}/structures?response_fields=nsites,_lamkit_model,_other_x", StructureResponseMany
+    )
+    assert all(set(e["attributes"]) == {"nsites", "_lamkit_model"} for e in body["data"])
+    assert "_other_x" in body["meta"]["warnings"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    "query,status",
+    [
+        ("filter=nsites HAS 1", 501),
+        ("filter=crazyfield = 1", 400),
+        ("filter=nsites >", 400),
+        ('filter=nsites = "x"', 400),
+        ("page_limit=0", 400),
+        ("page_limit=abc", 400),
+        ("page_limit=100000", 403),
+        ("page_offset=-1", 400),
+        ("sort=elements", 400),
+        ("sort=nope", 400),
+        ("response_fields=nope", 400),
+        ("response_format=xml", 400),
+    ],
+)
+def test_errors_in_optimade_form(served, query, status):
+    _, c = served
+    r = c.get(f"{V1}/structures?{query}")
+    assert r.status_code == status, r.text[:300]
+    body = r.json()
+    ErrorResponse(**body)
+    assert body["errors"][0]["status"] == str(status) and body["errors"][0]["detail"]
+
+
+JUNK = ['"', "((((", "NOT", "nsites = 1e999999", "elements HAS ALL", 'id > "\\"', "a.b.c = 1",
+        "nsites=1 OR " * 200 + "nsites=2", '_lamkit_model CONTAINS "%_"', "\u00e9 = 1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", JUNK)
+def test_junk_filters_never_500(served, text):
+    _, c = served
+    r = c.get(f"{V1}/structures", params={"filter": text})
+    assert r.status_code in (200, 400, 501), (text, r.status_code, r.text[:300])
+    if r.status_code != 200:
+        ErrorResponse(**r.json())
+
+
+def test_filters_equal_crystaldb_query(served):
+    """The HTTP answers equal CrystalDB.query for filters it can say in both languages."""
+    db, c = served
+    table = [
+        ('elements HAS ALL "Fe","O"', {"elements": ["Fe", "O"]}),
+        ('elements HAS ONLY "Na","Cl"', {"only_elements": ["Na", "Cl"]}),
+        ("nsites <= 2", {"nsites": (None, 2)}),
+        ('_lamkit_model = "m2" AND _lamkit_e_above_hull <= 0.01',
+         {"model": "m2", "e_above_hull_max": 0.01}),
+    ]  # fmt: skip
+    for text, kwargs in table:
+        body = _ok(c, f"{V1}/structures?page_limit=100&filter={text}", StructureResponseMany)
+        want = {r.public_id for r in db.iter_query(**kwargs)}
+        assert want and {e["id"] for e in body["data"]} == want, text
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_optimade_validator_full_run(kind):
+    """The `optimade-validator` shipped with the optimade package, full run (not --minimal),
+    against a live server: zero failures, zero internal errors."""
+    exe = shutil.which("optimade-validator")
+    if exe is None:
+        pytest.skip("optimade-validator is not on PATH")
+    with crystal_db(kind) as db:
+        db.import_records(_items(), batch_size=50)
+        with running_server(create_app(db, keys_from_environment=False)) as url:
+            r = subprocess.run(
+                [exe, f"{url}{V1}", "--json", "--random-seed", "0"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+    summary = json.loads(r.stdout)
+    assert summary["failure_count"] == 0, summary.get("failure_messages")
+    assert summary["internal_failure_count"] == 0, summary.get("internal_failure_messages")
+    assert summary["success_count"] >= 40
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_import_optimade_round_trip(kind, capsys):
+    """`lam db import-optimade` pulls from our own server into a second database: the same
+    structures bit for bit, energies and models; a second pull adds nothing."""
+    with crystal_db(kind) as src, database_url("sqlite") as dest_url:
+        src.import_records(_items(), batch_size=50)
+        originals = {r.public_id: r for r in src.iter_query() if "O" in r.elements or r.nsites == 1}
+        with running_server(create_app(src, keys_from_environment=False)) as url:
+            args = ["db", "--db", dest_url, "import-optimade", f"{url}{V1}"]
+            args += ["--filter", 'elements HAS "O" OR nsites = 1']
+            capsys.readouterr()
+            assert main([*args, "--page-limit", "3"]) == 0
+            out = capsys.readouterr().out
+            assert main(args) == 0  # again: everything is already stored
+            again = capsys.readouterr().out
+        with CrystalDB(dest_url) as dest:
+            copies = list(dest.iter_query())
+    n = len(originals)
+    assert n > 5 and len(copies) == n
+    assert f"{n} structures fetched in {-(-n // 3)} pages" in out and f"{n} added" in out
+    assert f"0 added, {n} duplicates" in again
+    for copy in copies:
+        orig = originals[copy.source.rsplit("/", 1)[-1]]
+        assert copy.species == orig.species
+        np.testing.assert_array_equal(copy.lattice, orig.lattice)
+        np.testing.assert_allclose(copy.frac_coords, orig.frac_coords, rtol=0, atol=1e-12)
+        assert copy.energy == orig.energy and copy.model == orig.model
+
+
+def test_import_optimade_max_and_errors(capsys, tmp_path):
+    with crystal_db("sqlite") as src:
+        src.import_records(_items(), batch_size=50)
+        with running_server(create_app(src, keys_from_environment=False)) as url:
+            dest = f"sqlite:///{tmp_path}/d.db"
+            assert main(["db", "--db", dest, "import-optimade", f"{url}/optimade", "--max", "7",
+                         "--page-limit", "5"]) == 0  # fmt: skip
+            with CrystalDB(dest) as d:
+                assert d.count() == 7
+            code = main(["db", "--db", dest, "import-optimade", f"{url}/optimade/v1",
+                         "--filter", "crazyfield = 1"])  # fmt: skip
+            err = capsys.readouterr().err
+            assert code == 2 and "400" in err and "crazyfield" in err
+            assert "Traceback" not in err
