@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 
 import numpy as np
 import pytest
@@ -124,25 +123,26 @@ def test_bad_labels_refused(tmp_path, labels, message):
     assert rep.added == 0 and message in rep.rejected[0].reason
 
 
-def test_old_file_gets_label_and_lattice_columns(tmp_path, frames):
-    path = tmp_path / "old.db"
-    CrystalDB(path).init().import_records(frames[:3], model="emt")
-    con = sqlite3.connect(path)  # make it a schema-1 file: no label or lattice columns
-    con.execute("DROP INDEX ix_records_formation_energy")
-    for col in ("forces", "stress", "magmoms", "a", "b", "c", "alpha", "beta", "gamma"):
-        con.execute(f"ALTER TABLE records DROP COLUMN {col}")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
-    db = CrystalDB(path).init()
+def test_old_file_gets_label_and_lattice_columns(db, frames):
+    db.import_records(frames[:3], model="emt")
+    with db.engine.begin() as conn:  # make it a schema-1 database: no label or lattice columns
+        conn.exec_driver_sql("DROP INDEX ix_records_formation_energy")
+        for col in ("forces", "stress", "magmoms", "a", "b", "c", "alpha", "beta", "gamma"):
+            conn.exec_driver_sql(f"ALTER TABLE records DROP COLUMN {col}")
+        conn.exec_driver_sql("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    db = CrystalDB(db.url).init()
     assert db.count() == 3
     for rec, atoms in zip(db.iter_query(), frames[:3]):
         assert rec.forces is None and rec.stress is None
         assert np.allclose([rec.a, rec.b, rec.c, rec.alpha], atoms.cell.cellpar()[:4], rtol=1e-12)
     rec = db.add(frames[3], model="emt")  # new records carry labels again
     assert np.array_equal(rec.forces, frames[3].get_forces())
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert db.query(a=(rec.a, rec.a)).records[0].id == rec.id
+    with db.engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert version.scalar_one() == "2"
+    db.close()
 
 
 def test_range_filters_and_sorts(db, frames):
