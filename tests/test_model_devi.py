@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lamkit.cli.main import main
-from lamkit.errors import ConfigError
+from lamkit.errors import ConfigError, DataError
 from lamkit.infer import DeepPot
 from lamkit.infer.ensemble import Ensemble, EnsembleCalculator
 from lamkit.infer.model_devi import (
@@ -214,12 +214,63 @@ def test_cli_writes_the_file_and_reports_errors(tmp_path, capsys):
     assert "different type maps" in capsys.readouterr().err
 
 
+def test_frame_and_atom_parameters_come_from_the_data(water_frames, tmp_path):
+    coord, box, types = water_frames
+    models = []
+    for seed in (1, 2):
+        conf = json.loads(json.dumps(CONFIG))
+        conf["fitting_net"].update(numb_fparam=1, numb_aparam=2, seed=seed)
+        torch.manual_seed(seed)
+        models.append(build_model(conf))
+    sysdir = tmp_path / "w"
+    _copy_frames(need_shared("water", "data_0"), sysdir, 2)
+    rng = np.random.default_rng(0)
+    fparam, aparam = rng.normal(size=(2, 1)), rng.normal(size=(2, len(types) * 2))
+    np.save(sysdir / "set.000" / "fparam.npy", fparam)
+    np.save(sysdir / "set.000" / "aparam.npy", aparam)
+    ens = Ensemble(models, device="cpu")
+    table = make_model_devi(ens, sysdir, None)[0]
+    out = ens.eval(coord, box, types, fparam=fparam, aparam=aparam)
+    np.testing.assert_array_equal(table, deviation_table(out, len(types)))
+    unused = deviation_table(ens.eval(coord, box, types, fparam=fparam, aparam=0 * aparam), 192)
+    assert np.abs(unused[:, 4] - table[:, 4]).max() > 1e-8  # aparam really reached the models
+    (sysdir / "set.000" / "aparam.npy").unlink()
+    with pytest.raises(DataError, match="aparam"):
+        make_model_devi(ens, sysdir, None)
+
+
+def test_ase_trajectory_equals_the_npy_system(water_frames, tmp_path):
+    from ase import Atoms
+    from ase.io import write
+
+    coord, box, types = water_frames
+    symbols = ["O" if t == 0 else "H" for t in types]
+    frames = [
+        Atoms(symbols, positions=c.reshape(-1, 3), cell=b.reshape(3, 3), pbc=True)
+        for c, b in zip(coord, box)
+    ]
+    write(tmp_path / "traj.extxyz", frames)
+    ens = Ensemble([_lam_model(1), _lam_model(2)], device="cpu")
+    from_file = make_model_devi(ens, tmp_path / "traj.extxyz", tmp_path / "md.out")[0]
+    direct = deviation_table(ens.eval(coord, box, types), len(types))
+    # extxyz keeps 8 decimals of the positions
+    np.testing.assert_allclose(from_file, direct, rtol=1e-5, atol=1e-9)
+    assert (tmp_path / "md.out").read_text().startswith(f"# {tmp_path / 'traj.extxyz'}\n")
+
+
 # --- parity with dp model-devi ----------------------------------------------------------------
-def _copy_frames(src: Path, dst: Path, n: int, nopbc: bool = False, virial: bool = False):
-    """The first ``n`` frames of a system (labels included) as a new system."""
+def _copy_frames(
+    src: Path, dst: Path, n: int, nopbc: bool = False, virial: bool = False, swap: bool = False
+):
+    """The first ``n`` frames of a system (labels included) as a new system; ``swap``: the
+    same atoms under the type map H O (types 1 - t), which readers must map back by name."""
     (dst / "set.000").mkdir(parents=True)
     for name in ("type.raw", "type_map.raw"):
         shutil.copy(src / name, dst / name)
+    if swap:
+        types = np.loadtxt(src / "type.raw", dtype=np.int64)
+        np.savetxt(dst / "type.raw", 1 - types, fmt="%d")
+        (dst / "type_map.raw").write_text("H\nO\n")
     for f in sorted((src / "set.000").glob("*.npy")):
         if nopbc and f.name == "box.npy":
             continue
@@ -249,7 +300,8 @@ def _perturbed(state: dict, seed: int) -> dict:
 def reference_setup(tmp_path_factory):
     """Four DeePMD-kit checkpoints (one ``dp --pt train`` step, three seeded perturbations of
     it) and two system folders: ``many`` (a periodic system with virial labels, a
-    non-periodic and a mixed-type one) and ``single`` (one frame each)."""
+    non-periodic one with the type map H O and a mixed-type one) and ``single`` (one frame
+    each)."""
     water = require_reference()
     mixed = need_shared("mixed_type_small", "data_mixed_type")
     root = tmp_path_factory.mktemp("model_devi")
@@ -265,7 +317,7 @@ def reference_setup(tmp_path_factory):
         torch.save(_perturbed(state, k) if k else {"model": state["model"]}, models[-1])
     for name, n in (("many", 3), ("single", 1)):
         _copy_frames(water / "data_0", root / name / "periodic", n, virial=True)
-        _copy_frames(water / "data_1", root / name / "nopbc", n, nopbc=True)
+        _copy_frames(water / "data_1", root / name / "nopbc", n, nopbc=True, swap=True)
         _copy_frames(mixed, root / name / "mixed", min(n, 2))
     return root, models
 

@@ -133,12 +133,12 @@ class Ensemble:
         (coords [nf, natoms, 3] Å, cells [nf, 9] Å or None, atom_types [natoms], or
         [nf, natoms] with ``mixed_type``)."""
         first = self.members[0]
-        coords, cells, atype, _, _ = first._standard_input(
-            coords, cells, atom_types, None, None, mixed_type
+        coords, cells, atype, fp0, ap0 = first._standard_input(
+            coords, cells, atom_types, fparam, aparam, mixed_type
         )
         nf, natoms = atype.shape
-        fps = [m._frame_param(fparam, nf) for m in self.members]
-        aps = [m._atom_param(aparam, nf, natoms) for m in self.members]
+        fps = [fp0] + [m._frame_param(fparam, nf) for m in self.members[1:]]
+        aps = [ap0] + [m._atom_param(aparam, nf, natoms) for m in self.members[1:]]
         names = [keys.ENERGY, keys.FORCE, keys.VIRIAL]
         if atomic:
             names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
