@@ -344,3 +344,44 @@ def test_round_trip_train_and_test(tmp_path, frames):
         },
     )
     _same_metrics(dpa1, mixed, direct)
+
+
+def test_service_record_view_and_range_params(db, frames):
+    from lamkit.db.service import create_app
+    from tests.test_db_service_data import API, client_for, ok
+
+    rep = db.import_records(frames, model="emt")
+    app = create_app(db, api_keys=[], keys_from_environment=False)
+    with client_for(app) as client:
+        rid = rep.added_ids[0]
+        detail = ok(client.get(f"{API}/structures/{rid}"))
+        assert np.array_equal(np.array(detail["labels"]["forces"]), frames[0].get_forces())
+        assert np.array_equal(
+            np.array(detail["labels"]["stress"]), frames[0].get_stress(voigt=False)
+        )
+        assert detail["labels"]["magmoms"] is None
+        volumes = sorted(r.volume for r in db.iter_query())
+        lo, hi = volumes[1], volumes[-2]
+        page = ok(
+            client.get(
+                f"{API}/structures",
+                params={"volume_min": lo, "volume_max": hi, "order_by": "-volume"},
+            )
+        )
+        got = [r["volume"] for r in page["records"]]
+        assert got == volumes[1:-1][::-1]
+        bad = client.get(f"{API}/structures", params={"density_min": 9, "density_max": 1})
+        assert bad.status_code == 422 and "density_min/density_max" in bad.text
+
+
+def test_parquet_export_carries_labels(tmp_path, frames):
+    import pyarrow.parquet as pq
+
+    db = CrystalDB(tmp_path / "x.db").init()
+    db.import_records(frames[:2])
+    assert db.export(tmp_path / "x.parquet", "parquet") == 2
+    rows = pq.read_table(tmp_path / "x.parquet").to_pylist()
+    for row, atoms in zip(rows, frames[:2]):
+        assert np.array_equal(np.array(row["forces"]).reshape(-1, 3), atoms.get_forces())
+        assert np.array_equal(np.array(row["stress"]), atoms.get_stress(voigt=False).reshape(9))
+        assert row["magmoms"] is None and row["a"] == pytest.approx(atoms.cell.cellpar()[0])

@@ -4,7 +4,8 @@
              CifWriter) and ``index.jsonl`` with every record's fields but the structure;
 ``extxyz``   one frame per record, fields in the frame info (energy in eV);
 ``parquet``  one row per record: fields plus ``lattice`` (9 floats, Å, rows a, b, c),
-             ``species`` and ``frac_coords`` (3n floats), float64 bit-exact;
+             ``species`` and ``frac_coords`` (3n floats) and the labels ``forces`` (3n),
+             ``stress`` (9) and ``magmoms`` (n) or null, float64 bit-exact;
 ``deepmd``   a folder of deepmd/npy mixed-type systems, one per atom count, with energies,
              forces and virials (:mod:`lamkit.db.deepmd_export`), for ``lam train``;
 ``deepmd-standard``  standard deepmd/npy systems, one per composition (any descriptor).
@@ -141,6 +142,15 @@ def _parquet_schema():
             ("lattice", pa.list_(pa.float64())),
             ("species", pa.list_(pa.string())),
             ("frac_coords", pa.list_(pa.float64())),
+            ("a", pa.float64()),
+            ("b", pa.float64()),
+            ("c", pa.float64()),
+            ("alpha", pa.float64()),
+            ("beta", pa.float64()),
+            ("gamma", pa.float64()),
+            ("forces", pa.list_(pa.float64())),  # 3n floats, eV/Å, or null
+            ("stress", pa.list_(pa.float64())),  # 9 floats, eV/Å^3, or null
+            ("magmoms", pa.list_(pa.float64())),  # n floats, Bohr magnetons, or null
         ]
     )
 
@@ -166,6 +176,9 @@ def _write_parquet(recs, path: Path) -> int:
             d["lattice"] = rec.lattice.reshape(-1).tolist()
             d["species"] = list(rec.species)
             d["frac_coords"] = rec.frac_coords.reshape(-1).tolist()
+            for key in ("forces", "stress", "magmoms"):
+                value = getattr(rec, key)
+                d[key] = None if value is None else value.reshape(-1).tolist()
             rows.append(d)
             n += 1
             if len(rows) >= _PAGE:

@@ -162,6 +162,16 @@ class SearchParams:
     submitted_to: str | None = Query(None, description="ISO 8601, inclusive.")
     tags: list[str] | None = Query(None, description="Records carrying all of these tags.")
     model: str | None = Query(None, max_length=255, description="Model that computed energies.")
+    formation_energy_min: float | None = Query(
+        None, description="Lowest formation energy, eV/atom."
+    )
+    formation_energy_max: float | None = Query(
+        None, description="Highest formation energy, eV/atom."
+    )
+    density_min: float | None = Query(None, description="Lowest density, g/cm^3.")
+    density_max: float | None = Query(None, description="Highest density, g/cm^3.")
+    volume_min: float | None = Query(None, description="Smallest cell volume, Å^3.")
+    volume_max: float | None = Query(None, description="Largest cell volume, Å^3.")
 
     def filters(self) -> dict[str, Any]:
         """Keyword filters for ``CrystalDB.query`` / ``count`` (unset ones left out)."""
@@ -177,6 +187,16 @@ class SearchParams:
             "submitter": text_param("submitter", self.submitter),
             "tags": [text_param("tags", t) for t in split_list(self.tags)] or None,
             "model": text_param("model", self.model),
+            "formation_energy_per_atom": range_param(
+                "formation_energy_min",
+                self.formation_energy_min,
+                "formation_energy_max",
+                self.formation_energy_max,
+            ),
+            "density": range_param(
+                "density_min", self.density_min, "density_max", self.density_max
+            ),
+            "volume": range_param("volume_min", self.volume_min, "volume_max", self.volume_max),
         }
         t0 = time_param("submitted_from", self.submitted_from)
         t1 = time_param("submitted_to", self.submitted_to)
