@@ -123,6 +123,10 @@ def test_export_takes_every_filter(store, tmp_path, capsys):
 
 
 def test_query_range_filters_and_sort(store, capsys):
+    from lamkit.db.cli_records import RANGE_OPTIONS
+    from lamkit.db.query import RANGE_FIELDS
+
+    assert sorted(name for name, _ in RANGE_OPTIONS.values()) == sorted(RANGE_FIELDS)
     assert lam("--db", store, "query", "--order-by", "-density", "--format", "json",
                "--density", "8:", "--alpha", "59:61") == 0  # fmt: skip
     recs = json.loads(capsys.readouterr().out)["records"]

@@ -1,5 +1,7 @@
 """``lam db`` commands on single records and the whole store: show, delete, update-hulls,
-find-duplicates, and the range filters shared by query, export and find-duplicates."""
+find-duplicates, and the range filters shared by query, export and find-duplicates.
+
+Imported when ``lam`` builds its parser, so it imports nothing heavy at module level."""
 
 from __future__ import annotations
 
@@ -8,10 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 
-import numpy as np
-
 from .errors import DBError, NotFoundError
-from .query import RANGE_FIELDS
 
 #: Range filter options: option name -> (filter name, unit shown in the help).
 RANGE_OPTIONS = {
@@ -25,7 +24,6 @@ RANGE_OPTIONS = {
     "beta": ("beta", "degrees"),
     "gamma": ("gamma", "degrees"),
 }
-assert {f for f, _ in RANGE_OPTIONS.values()} == set(RANGE_FIELDS)
 
 
 def add_range_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +124,8 @@ def _v(x, digits: int = 6) -> str:
 
 def show_text(rec) -> str:
     """A record as text: fields, cell, sites (with forces and moments) and stress."""
+    import numpy as np
+
     lines = [f"{rec.public_id}  {rec.formula}  ({rec.chemsys}, {rec.nsites} sites)"]
     fields = [
         ("space group", f"{_v(rec.spacegroup_symbol)} ({_v(rec.spacegroup_number)})"),
