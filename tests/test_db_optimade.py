@@ -146,6 +146,23 @@ def test_paging_by_next_links(served, sort):
         assert all(a[key] is None for _, a in seen[len(values) :])  # unknowns last
 
 
+def test_large_counts_are_left_out(served, monkeypatch):
+    """Above COUNT_CAP matches ``data_returned`` is left out (counting would cost a scan);
+    below it, it is exact, also on later pages."""
+    from lamkit.db.optimade import routes
+
+    db, c = served
+    monkeypatch.setattr(routes, "COUNT_CAP", 5)
+    body = _ok(c, f"{V1}/structures?page_limit=2", StructureResponseMany)
+    assert "data_returned" not in body["meta"] and body["meta"]["more_data_available"]
+    n = db.count(elements=["Fe", "O"])
+    assert 2 < n <= 5
+    flt = 'filter=elements HAS ALL "Fe","O"'
+    for query in (f"page_limit=2&{flt}", f"page_limit=2&page_offset=2&{flt}"):
+        body = _ok(c, f"{V1}/structures?{query}", StructureResponseMany)
+        assert body["meta"]["data_returned"] == n
+
+
 def test_response_fields(served):
     _, c = served
     body = _ok(

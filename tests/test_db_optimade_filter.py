@@ -256,3 +256,26 @@ def test_new_formulas_are_seen():
         with db.engine.connect() as conn:
             cond, _ = condition(conn, 'chemical_formula_reduced = "Au"', index)
             assert conn.execute(select(records.c.id).where(cond)).scalars().all() == [gold.id]
+
+
+@pytest.mark.parametrize(
+    "text,stored",
+    [
+        ("ClNa", "NaCl"),
+        ("LiO", "Li2O2"),  # pymatgen writes the 1:1 ratio as the peroxide
+        ("O", "O2"),
+        ("Fe2O3", "Fe2O3"),
+        ("NaCl", None),  # not alphabetical
+        ("Fe2O4", None),  # not reduced
+        ("Cl1Na", None),
+        ("ClNa ", None),
+        ("Xx", None),
+        ("", None),
+    ],
+)
+def test_reduced_formula_to_stored(text, stored):
+    from lamkit.db.optimade.formulas import formulas_of_stored, stored_formula_of_reduced
+
+    assert stored_formula_of_reduced(text) == stored
+    if stored is not None:
+        assert formulas_of_stored(stored)[0] == text

@@ -27,7 +27,7 @@ from ..query import check_text
 from ..records import ELEMENTS, element_mask, utc_naive
 from ..schema import chemsystems, records
 from .fields import PREFIX
-from .formulas import FormulaIndex
+from .formulas import FormulaIndex, stored_formula_of_reduced
 
 _MASK63 = (1 << 63) - 1
 _ELEMENT_SET = frozenset(ELEMENTS)
@@ -215,6 +215,19 @@ class ColumnProp(Prop):
         return self.expr.is_not(None) if self.nullable else true()
 
 
+class NelementsProp(ColumnProp):
+    """``nelements``: comparisons go through the small ``chemsystems`` table and reach
+    ``records`` by the indexed ``chemsys`` column (``records.nelements`` has no index)."""
+
+    def __init__(self, dialect: str):
+        super().__init__("nelements", records.c.nelements, "integer", False, dialect)
+
+    def compare(self, op, value):
+        value = _expect("nelements", value, "integer")
+        systems = select(chemsystems.c.chemsys).where(_sql_op(op, chemsystems.c.nelements, value))
+        return records.c.chemsys.in_(systems)
+
+
 class IdProp(ColumnProp):
     """``id`` ('lam-<n>'): equality goes to the integer key, other operators to the text."""
 
@@ -302,6 +315,8 @@ class ElementsProp(Prop):
         return records.c.chemsys.in_(select(m.chemsys).where(*conds))
 
     def length(self, op, n):
+        if self.length_col is None:  # elements: the number of elements, via chemsystems
+            return NelementsProp("").compare(op, n)
         return _sql_op(op, self.length_col, n)
 
 
@@ -312,6 +327,8 @@ class ListLengthProp(Prop):
         self.name, self.length_expr = name, length
 
     def length(self, op, n):
+        if self.length_expr is None:  # one entry per element
+            return NelementsProp("").compare(op, n)
         return _sql_op(op, self.length_expr, n)
 
 
@@ -328,6 +345,12 @@ class FormulaProp(Prop):
 
     def compare(self, op, value):
         value = _expect(self.name, value, "string")
+        if self.which == 0 and op in ("=", "!="):
+            # straight to the indexed column: one stored formula per reduced formula
+            stored = stored_formula_of_reduced(value)
+            if stored is None:
+                return _bool(op == "!=")
+            return records.c.formula == stored if op == "=" else records.c.formula != stored
         fn = _PY_OPS[op]
         return self._where(lambda f: fn(f, value))
 
@@ -383,9 +406,9 @@ class Translator:
             "type": ConstProp("type", "structures"),
             "immutable_id": col("immutable_id", c.content_hash, "string"),
             "last_modified": col("last_modified", c.submitted, "timestamp"),
-            "elements": ElementsProp("elements", c.nelements),
+            "elements": ElementsProp("elements", None),
             "species_at_sites": ElementsProp("species_at_sites", c.nsites),
-            "nelements": col("nelements", c.nelements, "integer"),
+            "nelements": NelementsProp(dialect),
             "nsites": col("nsites", c.nsites, "integer"),
             "chemical_formula_descriptive": col(
                 "chemical_formula_descriptive", c.formula, "string"
@@ -399,8 +422,8 @@ class Translator:
             "nperiodic_dimensions": ConstProp("nperiodic_dimensions", 3),
             "dimension_types": ConstProp("dimension_types", [1, 1, 1]),
             "structure_features": ConstProp("structure_features", []),
-            "elements_ratios": ListLengthProp("elements_ratios", c.nelements),
-            "species": ListLengthProp("species", c.nelements),
+            "elements_ratios": ListLengthProp("elements_ratios", None),
+            "species": ListLengthProp("species", None),
             "lattice_vectors": ListLengthProp("lattice_vectors", literal(3)),
             "cartesian_site_positions": ListLengthProp("cartesian_site_positions", c.nsites),
             p + "energy": col(p + "energy", c.energy, "float", True),

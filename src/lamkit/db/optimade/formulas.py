@@ -12,6 +12,7 @@ column.
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -56,6 +57,26 @@ def formulas_of_stored(formula: str) -> tuple[str, str]:
     return reduced_of_species(species), anonymous_of_species(species)
 
 
+def stored_formula_of_reduced(text: str) -> str | None:
+    """The stored (pymatgen) formula of an OPTIMADE ``chemical_formula_reduced``, or None when
+    ``text`` is not one (not reduced, not alphabetical, an unknown symbol): such a value is on
+    no record."""
+    from ..records import ELEMENTS, reduced_formula
+
+    parts = re.findall(r"([A-Z][a-z]?)([0-9]*)", text)
+    if not parts or "".join(el + n for el, n in parts) != text:
+        return None
+    counts = {el: int(n) if n else 1 for el, n in parts}
+    if len(counts) != len(parts) or any(el not in ELEMENTS for el in counts):
+        return None
+    if sum(counts.values()) > 100_000:  # more sites than any record holds
+        return None
+    species = [el for el, n in counts.items() for _ in range(n)]
+    if reduced_of_species(species) != text:
+        return None
+    return reduced_formula(species)
+
+
 class FormulaIndex:
     """The distinct stored formulas with their OPTIMADE forms, refreshed when records were
     added since the last look (records are never changed in place, so a formula once stored
@@ -66,21 +87,21 @@ class FormulaIndex:
         self._seen_id: int | None = None
         self._forms: dict[str, tuple[str, str]] = {}
 
-    def refresh(self, conn) -> dict[str, tuple[str, str]]:
-        """stored formula -> (reduced, anonymous), up to date for ``conn``'s database."""
+    def _refresh(self, conn) -> None:
         last = conn.execute(select(func.max(records.c.id))).scalar()
-        with self._lock:
-            if last is not None and last != self._seen_id:
-                stmt = select(records.c.formula).distinct()
-                if self._seen_id is not None:
-                    stmt = stmt.where(records.c.id > self._seen_id)
-                for (formula,) in conn.execute(stmt):
-                    if formula not in self._forms:
-                        self._forms[formula] = formulas_of_stored(formula)
-                self._seen_id = last
-            return dict(self._forms)
+        if last is None or last == self._seen_id:
+            return
+        stmt = select(records.c.formula).distinct()
+        if self._seen_id is not None:
+            stmt = stmt.where(records.c.id > self._seen_id)
+        for (formula,) in conn.execute(stmt):
+            if formula not in self._forms:
+                self._forms[formula] = formulas_of_stored(formula)
+        self._seen_id = last
 
     def matching(self, conn, which: int, predicate: Callable[[str], bool]) -> list[str]:
         """Stored formulas whose OPTIMADE form ``which`` (0 reduced, 1 anonymous) satisfies
         ``predicate``."""
-        return sorted(f for f, forms in self.refresh(conn).items() if predicate(forms[which]))
+        with self._lock:
+            self._refresh(conn)
+            return sorted(f for f, forms in self._forms.items() if predicate(forms[which]))

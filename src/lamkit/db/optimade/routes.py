@@ -10,6 +10,7 @@ version prefix (``/optimade/v2/...``) answers 553.  Every error comes back in OP
 from __future__ import annotations
 
 import re
+import time
 import weakref
 from datetime import datetime, timezone
 from typing import Any
@@ -37,7 +38,12 @@ _TITLES = {
     501: "Not Implemented",
     553: "Version Not Supported",
 }
+#: ``data_returned`` is given when a filter matches at most this many records.
+COUNT_CAP = 10_000
+#: Seconds a count of all records (``data_available``) is reused.
+AVAILABLE_TTL_S = 10.0
 _INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_AVAILABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _IDENT = re.compile(r"[a-z_][a-z_0-9]*")
 
 
@@ -244,23 +250,44 @@ def _structures(request, filter_, response_fields, sort, page_limit, page_offset
         rows = conn.execute(
             select(records).where(cond).order_by(*order).offset(offset).limit(limit + 1)
         ).all()
-        returned = conn.execute(select(func.count()).select_from(records).where(cond)).scalar_one()
-        available = conn.execute(select(func.count()).select_from(records)).scalar_one()
+        returned = _count(conn, cond, offset, len(rows), limit)
+        available = _available(st.db, conn)
     more = len(rows) > limit
     data = [resource_of(r._mapping, fields) for r in rows[:limit]]
     nxt = str(request.url.include_query_params(page_offset=offset + limit)) if more else None
+    counts = {"data_available": available}
+    if returned is not None:
+        counts["data_returned"] = returned
     body = {
         "data": data,
-        "meta": meta(
-            request,
-            warnings,
-            more_data_available=more,
-            data_returned=returned,
-            data_available=available,
-        ),
+        "meta": meta(request, warnings, more_data_available=more, **counts),
         "links": {"next": nxt},
     }
     return JSONResponse(body)
+
+
+def _count(conn, cond, offset: int, nrows: int, limit: int) -> int | None:
+    """``data_returned``: the exact number of matches when at most :data:`COUNT_CAP` (counted
+    with a LIMIT, so a filter matching half a million records costs as much as one matching
+    ten thousand), else None (the field is then left out, as OPTIMADE allows).  A last page
+    that is not empty tells the count without asking."""
+    if nrows <= limit and (nrows > 0 or offset == 0):
+        return offset + nrows if offset + nrows <= COUNT_CAP else None
+    capped = select(records.c.id).where(cond).limit(COUNT_CAP + 1).subquery()
+    n = conn.execute(select(func.count()).select_from(capped)).scalar_one()
+    return n if n <= COUNT_CAP else None
+
+
+def _available(db: Any, conn) -> int:
+    """``data_available``: the number of records, cached per database for
+    :data:`AVAILABLE_TTL_S` seconds (a full count costs tens of ms on PostgreSQL at 1M)."""
+    now = time.monotonic()
+    hit = _AVAILABLE.get(db.engine)
+    if hit is not None and now - hit[0] < AVAILABLE_TTL_S:
+        return hit[1]
+    n = conn.execute(select(func.count()).select_from(records)).scalar_one()
+    _AVAILABLE[db.engine] = (now, n)
+    return n
 
 
 @router.get(
@@ -284,7 +311,8 @@ def structure(
                 row = conn.execute(select(records).where(records.c.id == int(m.group(1)))).first()
         if row is None:
             raise OptimadeError(404, f"no structure with id {entry_id[:60]!r} (ids are 'lam-<n>')")
-        available = st.db.count()
+        with read_conn(st.db.engine) as conn:
+            available = _available(st.db, conn)
         body = {
             "data": resource_of(row._mapping, fields),
             "meta": meta(request, warnings, data_returned=1, data_available=available),
