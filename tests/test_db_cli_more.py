@@ -159,3 +159,21 @@ def test_import_energy_file_and_key(tmp_path, capsys):
                str(tmp_path / "bad.txt")) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "bad.txt, line 2: energy 'many' is not a number" in err
+
+
+def test_import_refuses_absurd_forces_naming_the_frame(tmp_path, capsys):
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k, scale in enumerate((1.0, 1e6)):  # the second frame's forces are a unit slip
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.01 * k, cubic=True)
+        forces = np.full((4, 3), 0.1 * scale)
+        atoms.calc = SinglePointCalculator(atoms, energy=-14.0, forces=forces)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "f.extxyz", frames)
+    db = str(tmp_path / "x.db")
+    assert lam("--db", db, "import", str(tmp_path / "f.extxyz"), "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "1 added" in out and "1 rejected" in out
+    assert "f.extxyz [1]: forces at site 0 is 100000 eV/Å" in out and "MAX_FORCE" in out
