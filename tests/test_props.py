@@ -26,6 +26,7 @@ from lamkit.props import (
     compute_elastic,
     compute_eos,
     compute_gamma,
+    compute_interstitial,
     compute_phonon,
     compute_surface,
     compute_vacancy,
@@ -134,6 +135,14 @@ def test_vacancy_formation_energy_direct(crystal):
     assert res.formation[0] == pytest.approx(e_direct, abs=2e-3)
     assert res.to_result_json()[label][0] == res.formation[0]
     assert 0.3 < e_direct < 2.5  # and it is a physical number
+    # an unrelaxed octahedral interstitial (the largest void of fcc), computed directly
+    inter = compute_interstitial(EMT(), relaxed.atoms, supercell=(2, 2, 2), relax=False)
+    cell = relaxed.atoms * (2, 2, 2)
+    cell.calc = None
+    cell.append(symbol)
+    cell.positions[-1] = cell.cell.array.sum(0) / 4  # (a/2, a/2, a/2): octahedral
+    expected = emt_energy(cell) - e_bulk * 33 / 32
+    assert inter.formation[0] == pytest.approx(expected, abs=1e-9)
 
 
 def test_surface_energy_111_direct(crystal):
@@ -238,7 +247,7 @@ class Unbatched(Calculator):
         }
 
 
-def test_lamkit_model_batched_equals_ase_path():
+def test_lamkit_model_batched_equals_ase_path(tmp_path):
     from lamkit.infer import DeepPot, LamCalculator
 
     from .test_batch_eval import make_se_e2_a
@@ -251,6 +260,16 @@ def test_lamkit_model_batched_equals_ase_path():
     vac_b = compute_vacancy(calc, atoms, supercell=(1, 1, 2), relax=False)
     vac_s = compute_vacancy(Unbatched(calc), atoms, supercell=(1, 1, 2), relax=False)
     np.testing.assert_allclose(vac_b.formation, vac_s.formation, atol=1e-9)
+    # lam props --model: the same numbers from a model file
+    from lamkit.model import save_model
+
+    save_model(make_se_e2_a(), tmp_path / "model.pt")
+    atoms.write(tmp_path / "Cu.vasp", format="vasp")
+    args = ["props", "-s", str(tmp_path / "Cu.vasp"), "-m", str(tmp_path / "model.pt"),
+            "-p", "elastic", "--no-relax", "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "out" / "Cu" / "elastic" / "result.json").read_text())
+    np.testing.assert_allclose(data["elastic_tensor"], batched.cij, atol=1e-6)
 
 
 def test_cli_writes_apex_results(tmp_path, capsys):

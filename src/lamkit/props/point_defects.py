@@ -69,7 +69,9 @@ def farthest_point(atoms: Atoms, grid: int = 24) -> np.ndarray:
 
     axis = (np.arange(grid) + 0.0) / grid
     pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    best = pts[np.argmax(distance(pts))]
+    chunk = max(1, 200_000 // (27 * len(atoms)))  # bounded memory for large cells
+    dist = np.concatenate([distance(pts[k : k + chunk]) for k in range(0, len(pts), chunk)])
+    best = pts[np.argmax(dist)]
     for step in (0.5 / grid, 0.1 / grid):
         local = best + np.stack(np.meshgrid(*[np.linspace(-step, step, 5)] * 3), -1).reshape(-1, 3)
         best = local[np.argmax(distance(local))]
@@ -143,8 +145,8 @@ def compute_interstitial(
     element = element or bulk_cell.get_chemical_symbols()[0]
     if element not in atomic_numbers:
         raise PropsError(f"interstitial: unknown element {element!r}")
-    if sites is None:
-        sites = [farthest_point(bulk_cell)]
+    if sites is None:  # the largest void of the input cell, in the supercell's coordinates
+        sites = [farthest_point(atoms) / np.asarray(supercell, dtype=np.float64)]
     cells, labels = [], []
     for k, site in enumerate(sites):
         frac = np.asarray(site, dtype=np.float64)
