@@ -385,3 +385,25 @@ def test_parquet_export_carries_labels(tmp_path, frames):
         assert np.array_equal(np.array(row["forces"]).reshape(-1, 3), atoms.get_forces())
         assert np.array_equal(np.array(row["stress"]), atoms.get_stress(voigt=False).reshape(9))
         assert row["magmoms"] is None and row["a"] == pytest.approx(atoms.cell.cellpar()[0])
+
+
+def test_deepmd_export_in_several_sets_reads_back(tmp_path, frames, monkeypatch):
+    from lamkit.data.system import DataRequirement, load_system
+    from lamkit.db import deepmd_export
+
+    monkeypatch.setattr(deepmd_export, "SET_SIZE", 3)
+    db = CrystalDB(tmp_path / "x.db").init()
+    db.import_records(frames[:4])
+    db.add(frames[0].copy())  # a copy has no calculator: no energy, so it is left out
+    assert db.count() == 5
+    assert db.export(tmp_path / "dp", "deepmd") == 4
+    assert sorted(p.name for p in (tmp_path / "dp" / "4").glob("set.*")) == ["set.000", "set.001"]
+    reqs = [DataRequirement("energy", 1), DataRequirement("force", 3, atomic=True)]
+    system = load_system(tmp_path / "dp" / "4", ["Au", "Cu"], reqs, sort_atoms=False)
+    assert system.mixed_type and system.nframes == 4
+    for f, atoms in enumerate(frames[:4]):
+        assert system.labels["energy"][f, 0] == atoms.get_potential_energy()
+        assert np.array_equal(system.labels["force"][f], atoms.get_forces())
+        assert np.allclose(system.coords[f], atoms.positions, rtol=0, atol=1e-12)
+        names = [["Au", "Cu"][t] for t in system.atype[f]]
+        assert names == list(atoms.symbols)
