@@ -1,9 +1,8 @@
 """Deleting a record for ``DELETE /api/v1/structures/{id}``.
 
-``CrystalDB`` has no ``delete`` (yet); until it has, this removes the row in one write
-transaction of the core's engine (parameterised SQLAlchemy statement) and lets the core's hull
-code recompute the elemental references, formation energies and energies above hull of the
-record's system and every system containing it.
+``CrystalDB.delete`` does it (one write transaction; the elemental references, formation
+energies and energies above hull of the record's system and every system containing it are
+recomputed).  The fallback below serves a store object without ``delete``.
 """
 
 from __future__ import annotations
