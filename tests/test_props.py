@@ -121,6 +121,16 @@ def test_elastic_constants_equal_energy_finite_differences(crystal):
     assert len(data["elastic_tensor"]) == 6 and {"BV", "GV", "EV", "uV"} <= set(data)
 
 
+def test_elastic_relaxed_ions_restore_hexagonal_symmetry():
+    """hcp has internal strain: only with relaxed ions does C66 = (C11 - C12) / 2 hold."""
+    hcp = relax_crystal(EMT(), bulk("Cu", "hcp", a=2.55, covera=1.63), fmax=1e-4).atoms
+    relaxed = compute_elastic(EMT(), hcp).cij
+    clamped = compute_elastic(EMT(), hcp, relax_ions=False).cij
+    assert relaxed[5, 5] == pytest.approx((relaxed[0, 0] - relaxed[0, 1]) / 2, rel=1e-2)
+    assert clamped[5, 5] > 1.2 * (clamped[0, 0] - clamped[0, 1]) / 2
+    assert relaxed[0, 0] == pytest.approx(relaxed[1, 1], rel=1e-2)
+
+
 def test_vacancy_formation_energy_direct(crystal):
     symbol, _, relaxed = crystal
     res = compute_vacancy(EMT(), relaxed.atoms, supercell=(2, 2, 2), fmax=1e-3)

@@ -108,7 +108,9 @@ def _load_conf(a) -> dict:
         except FileNotFoundError:
             raise PropsError(f"{a.CONF}: no such file") from None
         except json.JSONDecodeError as exc:
-            raise PropsError(f"{a.CONF}: not valid JSON ({exc})") from None
+            raise PropsError(
+                f"{a.CONF}: not valid JSON ({exc}); structure files go after --structure"
+            ) from None
         if not isinstance(conf, dict):
             raise PropsError(f"{a.CONF}: expected a JSON object")
     if a.structure:
