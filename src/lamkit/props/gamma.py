@@ -24,7 +24,14 @@ from ase.lattice.cubic import BodyCenteredCubic, FaceCenteredCubic
 from ase.neighborlist import neighbor_list
 from ase.optimize import FIRE
 
-from .common import EV_A2_TO_J_M2, PropsError, check_periodic, new_figure, save_figure
+from .common import (
+    EV_A2_TO_J_M2,
+    PropsError,
+    check_periodic,
+    new_figure,
+    save_figure,
+    single_points,
+)
 
 #: x (slip direction), y, z (slip-plane normal) and the slip period in units of a
 SYSTEMS = {
@@ -137,17 +144,17 @@ def compute_gamma(
     period = SYSTEMS[lattice][1] * a
     area = float(np.linalg.norm(np.cross(base.cell[0], base.cell[1])))
     fractions = np.arange(n_steps + 1) / n_steps
-    energies = []
+    cells = []
     for u in fractions:
         cell = base.copy()
         tilted = cell.get_cell().array.copy()
         tilted[2, 0] += u * period
         cell.set_cell(tilted, scale_atoms=False)
-        if relax:
-            energies.append(_relax_z(cell, calc, fmax, 1000))
-        else:
-            cell.calc = calc
-            energies.append(float(cell.get_potential_energy()))
+        cells.append(cell)
+    if relax:
+        energies = [_relax_z(cell, calc, fmax, 1000) for cell in cells]
+    else:  # all cells in one batched evaluation
+        energies = single_points(cells, calc)
     energies = np.array(energies)
     gamma = (energies - energies[0]) / area * EV_A2_TO_J_M2
     if lattice == "fcc":
