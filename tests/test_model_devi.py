@@ -323,7 +323,7 @@ def _reference_checkpoints(root: Path, name: str, config: dict) -> list[Path]:
 def reference_setup(tmp_path_factory):
     """Four se_e2_a and four DPA-1 DeePMD-kit checkpoints and two system folders: ``many``
     (a periodic system with virial labels, a non-periodic one with the type map H O and a
-    mixed-type one) and ``single`` (one frame each)."""
+    mixed-type one with virtual atoms) and ``single`` (one frame each)."""
     import warnings
 
     water = require_reference()
@@ -339,6 +339,11 @@ def reference_setup(tmp_path_factory):
         _copy_frames(water / "data_0", root / name / "periodic", n, virial=True)
         _copy_frames(water / "data_1", root / name / "nopbc", n, nopbc=True, swap=True)
         _copy_frames(mixed, root / name / "mixed", min(n, 2))
+        types_path = root / name / "mixed" / "set.000" / "real_atom_types.npy"
+        types = np.load(types_path)
+        types[:, -5:] = -1  # virtual (padding) atoms: zero forces, counted in natoms
+        types[1:, :3] = -1
+        np.save(types_path, types)
     return root, models
 
 
