@@ -171,6 +171,11 @@ def test_incompatible_members_are_named(tmp_path):
         Ensemble([a, b], device="cpu")
     with pytest.raises(ConfigError, match="one or more models"):
         Ensemble([], device="cpu")
+    conf = json.loads(json.dumps(CONFIG))
+    conf["fitting_net"] = {"type": "property", "task_dim": 2, "property_name": "gap"}
+    save_model(build_model(conf), b)
+    with pytest.raises(ConfigError, match=r"ensemble member .*b\.pth: .*property model"):
+        Ensemble([a, b], device="cpu")
 
 
 def test_cli_writes_the_file_and_reports_errors(tmp_path, capsys):

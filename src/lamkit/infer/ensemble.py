@@ -27,7 +27,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .. import keys
-from ..errors import ConfigError
+from ..errors import ConfigError, LamkitError
 from ..model import AtomicModel
 from .deep_pot import AtomBudget, DeepPot, _is_oom
 
@@ -58,6 +58,18 @@ def _name(model: ModelLike, index: int) -> str:
     return str(model)
 
 
+def _member(model: ModelLike, name: str, head: str | None, device) -> DeepPot:
+    """A DeepPot for one member; a model that is not an energy model is a ConfigError."""
+    if isinstance(model, DeepPot):
+        return model
+    try:
+        return DeepPot(model, head=head, device=device)
+    except LamkitError:
+        raise
+    except ValueError as exc:  # e.g. a property model: DeepPot says which interface fits
+        raise ConfigError(f"ensemble member {name}: {exc}") from None
+
+
 class Ensemble:
     """Several energy models evaluated together on one neighbour list per neighbour layout.
 
@@ -83,9 +95,7 @@ class Ensemble:
         if isinstance(models, (str, Path, AtomicModel, DeepPot)) or len(models) == 0:
             raise ConfigError("Ensemble: expected a list of one or more models")
         self.names = [_name(m, i) for i, m in enumerate(models)]
-        self.members = [
-            m if isinstance(m, DeepPot) else DeepPot(m, head=head, device=device) for m in models
-        ]
+        self.members = [_member(m, name, head, device) for m, name in zip(models, self.names)]
         check_compatible(self.members, self.names)
         self.budget = AtomBudget.from_arg(auto_batch_size)
         # one neighbour builder per slot layout; member i uses builder self._layout[i]
