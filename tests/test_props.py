@@ -333,6 +333,10 @@ def test_cli_errors(tmp_path, capsys, args, message):
                                     "properties": [{"type": "eos", "vol_strat": 0.9}]}))
         assert main(["props", str(conf)]) == 2
         assert "unknown option 'vol_strat'" in capsys.readouterr().err
+        conf.write_text(json.dumps({"structures": [str(path)], "interaction": {"type": "emt"},
+                                    "properties": [{"type": "vacancy", "supercell": "2x2"}]}))
+        assert main(["props", str(conf), "-o", str(tmp_path / "o")]) == 2
+        assert "Cu vacancy:" in capsys.readouterr().err
         assert main(["props", "--structure", "nope.vasp", "--calc", "emt", "-p", "eos"]) == 2
         assert "no file matches 'nope.vasp'" in capsys.readouterr().err
         return

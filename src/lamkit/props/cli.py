@@ -172,6 +172,17 @@ def _structures(patterns: list[str]) -> list[Path]:
     return files
 
 
+def _call(func: Callable, calc, atoms, options: dict, what: str):
+    """``func(calc, atoms, **options)``; an option of the wrong type or value is reported as
+    an error of ``what`` (e.g. "Cu vacancy")."""
+    try:
+        return func(calc, atoms, **options)
+    except PropsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise PropsError(f"{what}: {exc} (options {json.dumps(options)})") from None
+
+
 def run(a) -> int:
     """Entry point of ``lam props``."""
     from ase.io import read
@@ -184,26 +195,30 @@ def run(a) -> int:
             raise PropsError(
                 f"relaxation: unknown option {key!r}; allowed: {', '.join(RELAX_OPTIONS)}"
             )
-    files = _structures(conf["structures"])
-    calc = _calculator(conf["interaction"])
-    out = Path(a.output)
-    summary: dict[str, dict] = {}
-    for path in files:
+    structures: dict[str, object] = {}
+    for path in _structures(conf["structures"]):  # all read before any work starts
         try:
             atoms = read(path)
         except Exception as exc:  # noqa: BLE001 - any reader error is the file's problem
             raise PropsError(f"{path}: cannot read a structure ({exc})") from None
-        name = path.stem if path.stem not in summary else str(path).replace("/", "_")
+        name = path.stem if path.stem not in structures else str(path).replace("/", "_")
+        structures[name] = atoms
+    calc = _calculator(conf["interaction"])
+    out = Path(a.output)
+    summary: dict[str, dict] = {}
+    for name, atoms in structures.items():
         here = out / name
         if not relax_conf.get("skip", False):
             options = {k: v for k, v in relax_conf.items() if k != "skip"}
-            relaxed = relax_crystal(calc, atoms, **options)
+            relaxed = _call(relax_crystal, calc, atoms, options, f"{name} relaxation")
             write_json(here / "relaxation" / "result.json", relaxed.to_result_json())
+            if not relaxed.converged:
+                print(f"{name}: warning: relaxation not converged in {relaxed.steps} steps")
             atoms = relaxed.atoms
         summary[name] = {}
         for prop, options in props:
             func, _, picture = PROPERTIES[prop]
-            result = func(calc, atoms, **options)
+            result = _call(func, calc, atoms, options, f"{name} {prop}")
             write_json(here / prop / "result.json", result.to_result_json())
             if picture:
                 result.plot(here / prop / picture)
