@@ -211,6 +211,74 @@ def test_junk_filters_never_500(served, text):
         ErrorResponse(**r.json())
 
 
+_PROPS = ["nsites", "nelements", "elements", "species_at_sites", "chemical_formula_reduced",
+          "chemical_formula_anonymous", "chemical_formula_descriptive", "id", "immutable_id",
+          "last_modified", "_lamkit_energy_per_atom", "_lamkit_model", "structure_features",
+          "_lamkit_spacegroup_number", "dimension_types", "lattice_vectors", "species", "type",
+          "nperiodic_dimensions", "elements_ratios", "_other_x", "crazy", "chemical_formula_hill",
+          "a.b"]  # fmt: skip
+_VALUES = ["1", "-3", "2.5", "1e999", "-1e-999", "99999999999999999999999", '"Fe"', '"O"',
+           '"ClNa"', '"lam-1"', '"2024-03-01T00:00:00Z"', '"0001-01-01T00:00:00+14:00"',
+           '"\\""', '"%_"', '""', '"\u00e9"', "nsites", "TRUE"]  # fmt: skip
+_OPS = ["=", "!=", "<", "<=", ">", ">="]
+
+
+def _comparison(rng) -> str:
+    p, v, op = rng.choice(_PROPS), rng.choice(_VALUES), rng.choice(_OPS)
+    vs = ",".join(rng.choice(_VALUES) for _ in range(rng.randint(1, 3)))
+    return rng.choice(
+        [
+            f"{p} {op} {v}",
+            f"{v} {op} {p}",
+            f"{p} {rng.choice(['CONTAINS', 'STARTS WITH', 'STARTS', 'ENDS WITH', 'ENDS'])} {v}",
+            f"{p} HAS {v}",
+            f"{p} HAS {rng.choice(['ALL', 'ANY', 'ONLY'])} {vs}",
+            f"{p} HAS {op} {v}",
+            f"{p} LENGTH {rng.choice(_OPS + [''])} {rng.choice(['0', '2', '-1', '10' * 12])}",
+            f"{p} IS {rng.choice(['KNOWN', 'UNKNOWN'])}",
+        ]
+    )
+
+
+def _expression(rng, depth: int = 0) -> str:
+    if depth >= 3 or rng.random() < 0.4:
+        text = _comparison(rng)
+    else:
+        join = rng.choice([" AND ", " OR "])
+        text = join.join(_expression(rng, depth + 1) for _ in range(rng.randint(2, 3)))
+        text = f"({text})" if rng.random() < 0.5 else text
+    return f"NOT {text}" if rng.random() < 0.2 else text
+
+
+def test_generated_filters_never_500(served):
+    """300 generated filters (every operator on every kind of property, unknown properties,
+    hostile values, nesting, and truncated ones): 200, 400 or 501, never 500, and every answer
+    in OPTIMADE's form."""
+    import random
+
+    _, c = served
+    rng = random.Random(18)
+    statuses = {}
+    for i in range(300):
+        text = _expression(rng)
+        if i % 7 == 0:
+            text = text[: rng.randint(1, len(text))]
+        r = c.get(f"{V1}/structures", params={"filter": text, "page_limit": 3})
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code in (200, 400, 501), (text, r.status_code, r.text[:300])
+        (StructureResponseMany if r.status_code == 200 else ErrorResponse)(**r.json())
+    assert all(statuses.get(code, 0) >= 20 for code in (200, 400, 501)), statuses
+
+
+def test_deep_and_long_filters(served):
+    _, c = served
+    deep = "(" * 400 + "nsites=1" + ")" * 400
+    r = c.get(f"{V1}/structures", params={"filter": deep})
+    assert r.status_code in (200, 400), r.text[:300]
+    r = c.get(f"{V1}/structures", params={"filter": "nsites=1 OR " * 1000 + "nsites=2"})
+    assert r.status_code == 400 and "at most 10000" in r.json()["errors"][0]["detail"]
+
+
 def test_filters_equal_crystaldb_query(served):
     """The HTTP answers equal CrystalDB.query for filters it can say in both languages."""
     db, c = served

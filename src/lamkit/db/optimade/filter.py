@@ -30,6 +30,8 @@ from .fields import PREFIX
 from .formulas import FormulaIndex, stored_formula_of_reduced
 
 _MASK63 = (1 << 63) - 1
+#: Longest filter accepted (parsing is superlinear: 14,000 characters take about 2 s).
+MAX_FILTER_CHARS = 10_000
 _ELEMENT_SET = frozenset(ELEMENTS)
 #: Standard structure properties lamkit does not serve: filters treat them as unknown.
 _UNSERVED = frozenset(
@@ -67,6 +69,10 @@ def parse(text: str) -> Tree:
     global _parser
     from optimade.filterparser import LarkParser
 
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterError(
+            f"filter: {len(text)} characters; at most {MAX_FILTER_CHARS} are accepted"
+        )
     try:
         check_text(text, "filter")
     except QueryError as exc:
@@ -167,7 +173,7 @@ def _expect(name: str, value: Any, kind: str) -> Any:
         if kind == "timestamp":
             try:
                 return utc_naive(datetime.fromisoformat(value))
-            except (ValueError, RecordError):
+            except (ValueError, OverflowError, RecordError):
                 raise FilterError(
                     f"{name}: {value[:40]!r} is not an ISO 8601 time such as '2024-01-31T12:00:00Z'"
                 ) from None
@@ -450,7 +456,10 @@ class Translator:
         tree = parse(text)
         if not tree.children:
             return true()
-        return self._node(tree.children[0])
+        try:
+            return self._node(tree.children[0])
+        except RecursionError:
+            raise FilterError("filter: nested too deeply") from None
 
     # -- the tree
     def _node(self, t: Tree) -> ColumnElement:
@@ -529,7 +538,8 @@ class Translator:
             return prop.has(mode, values)
         if rhs.data == "length_op_rhs":
             op = str(toks[1]) if len(toks) > 1 else "="
-            return prop.length(op, int(trees[0].children[0]))
+            n = int(trees[0].children[0])
+            return prop.length(op, n if abs(n) < 2**62 else float(n))
         if rhs.data == "set_zip_op_rhs":
             raise _unsupported("HAS on zipped properties (prop1:prop2 HAS ...)")
         raise FilterError(f"filter: unexpected element {rhs.data!r}")  # pragma: no cover

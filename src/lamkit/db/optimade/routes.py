@@ -228,6 +228,8 @@ def structures(
         return error_response(request, exc.status, exc.detail)
     except FilterError as exc:
         return error_response(request, exc.status, str(exc))
+    except RecursionError:  # SQLAlchemy compiling a deeply nested condition
+        return error_response(request, 400, "filter: nested too deeply")
 
 
 def _structures(request, filter_, response_fields, sort, page_limit, page_offset, fmt):
