@@ -319,6 +319,33 @@ def test_optimade_validator_full_run(kind):
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
+def test_optimade_client_equals_crystaldb_query(kind):
+    """The `optimade` package's own client, over a live server, returns the records
+    CrystalDB.query returns for the same filters (all pages: page_limit 4 forces several)."""
+    pytest.importorskip(
+        "httpx2", reason="OptimadeClient needs `optimade[http-client]` (httpx2, rich, click)"
+    )
+    from optimade.client import OptimadeClient
+
+    table = [
+        ('elements HAS ALL "Fe","O"', {"elements": ["Fe", "O"]}),
+        ('elements HAS ONLY "Na","Cl"', {"only_elements": ["Na", "Cl"]}),
+        ('nsites <= 2 AND _lamkit_model = "m1"', {"nsites": (None, 2), "model": "m1"}),
+        ("_lamkit_e_above_hull <= 0.01", {"e_above_hull_max": 0.01}),
+    ]
+    with crystal_db(kind) as db:
+        db.import_records(_items(), batch_size=50)
+        app = create_app(db, keys_from_environment=False, max_limit=4)
+        with running_server(app) as url:
+            client = OptimadeClient(base_urls=[f"{url}/optimade"], use_async=False, silent=True)
+            for text, kwargs in table:
+                got = client.get(filter=text)["structures"][text][f"{url}/optimade"]
+                want = {r.public_id for r in db.iter_query(**kwargs)}
+                assert not got["errors"] and want, (text, got["errors"])
+                assert {e["id"] for e in got["data"]} == want, text
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_import_optimade_round_trip(kind, capsys):
     """`lam db import-optimade` pulls from our own server into a second database: the same
     structures bit for bit, energies and models; a second pull adds nothing."""
