@@ -388,3 +388,17 @@ def test_import_optimade_max_and_errors(capsys, tmp_path):
             err = capsys.readouterr().err
             assert code == 2 and "400" in err and "crazyfield" in err
             assert "Traceback" not in err
+
+
+def test_openapi_documents_optimade(served):
+    """The OpenAPI document lists the OPTIMADE endpoints with every status they answer, and
+    adding them renamed none of the service's own schemas."""
+    _, c = served
+    spec = c.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths[f"{V1}/structures"]["get"]["responses"]) >= {"200", "400", "403", "501"}
+    assert set(paths[f"{V1}/structures/{{entry_id}}"]["get"]["responses"]) >= {"200", "404"}
+    for p in ("/optimade/versions", f"{V1}/info", f"{V1}/info/structures", f"{V1}/links"):
+        assert "get" in paths[p], p
+    assert not [n for n in spec["components"]["schemas"] if "__" in n]
+    assert c.options(f"{V1}/structures").headers["allow"] == "GET, OPTIONS"

@@ -105,6 +105,49 @@ def _formulas(db: Any) -> FormulaIndex:
     return index
 
 
+_META = {"type": "object", "description": "OPTIMADE response meta (query, api_version, ...)"}
+_ERRORS_SCHEMA = {
+    "type": "object",
+    "required": ["errors", "meta"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["status", "title", "detail"],
+                "properties": {
+                    "status": {"type": "string"},
+                    "title": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+            },
+        },
+        "meta": _META,
+    },
+}
+
+
+def _docs(data: str, *errors: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of an endpoint: an OPTIMADE document whose ``data`` is ``data``
+    ("object" or "array"), and OPTIMADE errors with the given statuses.  (The ``optimade``
+    package's pydantic models are what the tests validate answers against; they are not used
+    here because their names would clash with the service's own models.)"""
+    body = {
+        "type": "object",
+        "required": ["data", "meta"],
+        "properties": {"data": {"type": data}, "meta": _META, "links": {"type": "object"}},
+    }
+    out: dict[int | str, dict[str, Any]] = {
+        200: {"description": "OPTIMADE answer", "content": {"application/json": {"schema": body}}}
+    }
+    for code in errors:
+        out[code] = {
+            "description": _TITLES[code],
+            "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
+        }
+    return out
+
+
 # ---------------------------------------------------------------------------- parameters
 def _int_param(name: str, text: str | None, default: int, lo: int) -> int:
     if text is None or text == "":
@@ -166,12 +209,12 @@ def _check_format(response_format: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------- endpoints
-@router.get("/versions", summary="OPTIMADE: served major versions (CSV)", tags=["optimade"])
+@router.get("/versions", summary="OPTIMADE: served major versions (CSV)")
 def versions() -> PlainTextResponse:
     return PlainTextResponse(f"version\n{MAJOR[1:]}\n", media_type="text/csv; header=present")
 
 
-@router.get(f"/{MAJOR}/info", summary="OPTIMADE: base info", tags=["optimade"])
+@router.get(f"/{MAJOR}/info", summary="OPTIMADE: base info", responses=_docs("object"))
 def info(request: Request) -> JSONResponse:
     attributes = {
         "api_version": API_VERSION,
@@ -186,7 +229,9 @@ def info(request: Request) -> JSONResponse:
 
 
 @router.get(
-    f"/{MAJOR}/info/structures", summary="OPTIMADE: structure properties", tags=["optimade"]
+    f"/{MAJOR}/info/structures",
+    summary="OPTIMADE: structure properties",
+    responses=_docs("object"),
 )
 def info_structures(request: Request) -> JSONResponse:
     props = {}
@@ -205,12 +250,20 @@ def info_structures(request: Request) -> JSONResponse:
     return JSONResponse({"data": data, "meta": meta(request)})
 
 
-@router.get(f"/{MAJOR}/links", summary="OPTIMADE: links to other databases", tags=["optimade"])
+@router.get(
+    f"/{MAJOR}/links",
+    summary="OPTIMADE: links to other databases",
+    responses=_docs("array"),
+)
 def links(request: Request) -> JSONResponse:
     return JSONResponse({"data": [], "meta": meta(request, data_returned=0, data_available=0)})
 
 
-@router.get(f"/{MAJOR}/structures", summary="OPTIMADE: search structures", tags=["optimade"])
+@router.get(
+    f"/{MAJOR}/structures",
+    summary="OPTIMADE: search structures",
+    responses=_docs("array", 400, 403, 501),
+)
 def structures(
     request: Request,
     filter: str | None = Query(None, description='OPTIMADE filter, e.g. elements HAS "Fe"'),
@@ -293,7 +346,9 @@ def _available(db: Any, conn) -> int:
 
 
 @router.get(
-    f"/{MAJOR}/structures/{{entry_id}}", summary="OPTIMADE: one structure", tags=["optimade"]
+    f"/{MAJOR}/structures/{{entry_id}}",
+    summary="OPTIMADE: one structure",
+    responses=_docs("object", 400, 404),
 )
 def structure(
     request: Request,
