@@ -279,3 +279,17 @@ def test_reduced_formula_to_stored(text, stored):
     assert stored_formula_of_reduced(text) == stored
     if stored is not None:
         assert formulas_of_stored(stored)[0] == text
+
+
+FORMULA_CASES = [c for c in CASES if "chemical_formula_reduced" in c[0] or "anonymous" in c[0]]
+
+
+@pytest.mark.parametrize("text,expected", FORMULA_CASES, ids=[c[0] for c in FORMULA_CASES])
+def test_long_formula_lists_as_one_parameter(filled, monkeypatch, text, expected):
+    """Formula lists beyond _LONG_LIST go as one JSON text (SQLite) or array (PostgreSQL),
+    so a filter matching 100,000 formulas stays under the databases' parameter limits."""
+    from lamkit.db.optimade import filter as optimade_filter
+
+    monkeypatch.setattr(optimade_filter, "_LONG_LIST", 0)
+    db, recs = filled
+    assert _ids(db, text) == {i for i, a in recs.items() if expected(a)}

@@ -12,6 +12,7 @@ cannot evaluate raises :class:`FilterError` with the OPTIMADE status: 400 for a 
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -19,7 +20,20 @@ from datetime import datetime
 from typing import Any
 
 from lark import Token, Tree
-from sqlalchemy import String, and_, false, func, literal, not_, or_, select, true
+from sqlalchemy import (
+    String,
+    and_,
+    any_,
+    bindparam,
+    false,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import QueryError, RecordError
@@ -30,6 +44,8 @@ from .fields import PREFIX
 from .formulas import FormulaIndex, stored_formula_of_reduced
 
 _MASK63 = (1 << 63) - 1
+#: Longer formula lists go to the database as one parameter (a JSON text or an array).
+_LONG_LIST = 500
 #: Longest filter accepted (parsing is superlinear: 14,000 characters take about 2 s).
 MAX_FILTER_CHARS = 10_000
 _ELEMENT_SET = frozenset(ELEMENTS)
@@ -347,7 +363,18 @@ class FormulaProp(Prop):
 
     def _where(self, predicate: Callable[[str], bool]) -> ColumnElement:
         matches = self.index.matching(self.conn, self.which, predicate)
-        return records.c.formula.in_(matches) if matches else false()
+        if not matches:
+            return false()
+        if len(matches) <= _LONG_LIST:
+            return records.c.formula.in_(matches)
+        # one bound parameter for the whole list: PostgreSQL takes at most 65,535 parameters
+        # per statement, SQLite 32,766 (or 250,000, as built)
+        if self.conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return records.c.formula == any_(bindparam(None, matches, type_=ARRAY(String)))
+        values = select(literal_column("value")).select_from(func.json_each(json.dumps(matches)))
+        return records.c.formula.in_(values)
 
     def compare(self, op, value):
         value = _expect(self.name, value, "string")
