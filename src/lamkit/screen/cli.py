@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--smax", type=float, default=None, help="eV/Å^3 (default: not checked)")
     r.add_argument("--steps", type=int, default=500)
     r.add_argument("--pressure", type=float, default=0.0, help="GPa")
-    r.add_argument("--max-atoms", type=int, default=2048, help="atom budget of one batch")
+    r.add_argument("--max-atoms", type=int, default=8192, help="atom budget of one batch")
     r.add_argument("--chunk-size", type=int, default=256, help="structures per shard")
     r.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

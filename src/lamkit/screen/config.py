@@ -58,7 +58,7 @@ class ScreenConfig:
     steps: int = _f(500)
     dtype: str = _f("float64")
     head: str | None = _f(None)
-    max_atoms: int = _f(2048, "exec")  # atom budget of one in-flight batch
+    max_atoms: int = _f(8192, "exec")  # atom budget of one in-flight batch
     device: str | None = _f(None, "exec")
     chunk_size: int = _f(256, "exec")  # structures per relax() call / per cluster shard
     retries: int = _f(2, "exec")  # cluster: retries of a failed shard
