@@ -402,3 +402,60 @@ def test_openapi_documents_optimade(served):
         assert "get" in paths[p], p
     assert not [n for n in spec["components"]["schemas"] if "__" in n]
     assert c.options(f"{V1}/structures").headers["allow"] == "GET, OPTIONS"
+
+
+def test_entry_conversion_and_skips():
+    """An OPTIMADE entry from any provider becomes lattice, species and fractional
+    coordinates; what lamkit cannot store is refused with the reason."""
+    from lamkit.db.optimade.importer import entry_item, structures_url
+
+    lat = [[4.0, 0.0, 0.0], [0.5, 4.0, 0.0], [0.0, 0.3, 5.0]]
+    frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.25, 0.75]])
+    attrs = {
+        "lattice_vectors": lat,
+        "cartesian_site_positions": (frac @ np.array(lat)).tolist(),
+        "species_at_sites": ["Ga1", "N"],
+        "species": [
+            {"name": "Ga1", "chemical_symbols": ["Ga"], "concentration": [1.0]},
+            {"name": "N", "chemical_symbols": ["N"], "concentration": [1.0]},
+        ],
+        "nperiodic_dimensions": 3,
+        "_prov_energy": -12.5,
+    }
+    item = entry_item({"id": "x1", "attributes": attrs}, "src", "_prov_energy", "pbe")
+    assert item["structure"]["species"] == ["Ga", "N"]
+    np.testing.assert_allclose(item["structure"]["frac_coords"], frac, atol=1e-14)
+    assert (item["energy"], item["model"], item["source"]) == (-12.5, "pbe", "src")
+    bad = [
+        ({"nperiodic_dimensions": 2}, "not periodic"),
+        ({"lattice_vectors": None}, "missing"),
+        (
+            {
+                "species": [
+                    {"name": "Ga1", "chemical_symbols": ["Ga", "Al"], "concentration": [0.5, 0.5]}
+                ]
+            },
+            "disordered",
+        ),  # fmt: skip
+        ({"species_at_sites": ["X", "N"], "species": []}, "not chemical elements"),
+        ({"lattice_vectors": [[1, 0, 0], [2, 0, 0], [0, 0, 1]]}, "degenerate"),
+    ]
+    for change, reason in bad:
+        with pytest.raises(ValueError, match=reason):
+            entry_item({"id": "x", "attributes": {**attrs, **change}}, "src")
+    assert structures_url("https://h/optimade/") == "https://h/optimade/v1/structures"
+    assert structures_url("https://h/optimade/v1.2") == "https://h/optimade/v1.2/structures"
+    assert structures_url("http://h/o/v1/structures") == "http://h/o/v1/structures"
+
+
+def test_import_optimade_unreachable(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["db", "--db", str(tmp_path / "d.db"), "import-optimade",
+                 f"http://127.0.0.1:{port}/optimade/v1", "--timeout", "5"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "import-optimade" in err and "Connect" in err
+    assert "Traceback" not in err
