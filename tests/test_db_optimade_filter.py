@@ -288,8 +288,8 @@ FORMULA_CASES = [c for c in CASES if "chemical_formula_reduced" in c[0] or "anon
 def test_long_formula_lists_as_one_parameter(filled, monkeypatch, text, expected):
     """Formula lists beyond _LONG_LIST go as one JSON text (SQLite) or array (PostgreSQL),
     so a filter matching 100,000 formulas stays under the databases' parameter limits."""
-    from lamkit.db.optimade import filter as optimade_filter
+    from lamkit.db.optimade import props
 
-    monkeypatch.setattr(optimade_filter, "_LONG_LIST", 0)
+    monkeypatch.setattr(props, "_LONG_LIST", 0)
     db, recs = filled
     assert _ids(db, text) == {i for i, a in recs.items() if expected(a)}
