@@ -5,7 +5,8 @@ The filter text is parsed with the ``optimade`` package's lark grammar; this mod
 tree.  Logic is two-valued as OPTIMADE asks: a comparison with a property of unknown value
 (NULL) is false, so ``NOT`` of it is true.  Element filters (``elements HAS ...``) are bit
 tests on the element masks of the small ``chemsystems`` table; OPTIMADE's reduced and anonymous
-formulas are evaluated once per distinct stored formula (:mod:`.formulas`).  A filter lamkit
+formulas are evaluated once per distinct stored formula (:mod:`.formulas`); each property's
+conditions are in :mod:`.props`.  A filter lamkit
 cannot evaluate raises :class:`FilterError` with the OPTIMADE status: 400 for a wrong filter,
 501 for a valid one that is not implemented.
 """
