@@ -295,10 +295,11 @@ def test_filters_equal_crystaldb_query(served):
         assert want and {e["id"] for e in body["data"]} == want, text
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
-def test_optimade_validator_full_run(kind):
+@pytest.mark.parametrize("kind,base", [("sqlite", V1), ("postgresql", V1), ("sqlite", "/optimade")])
+def test_optimade_validator_full_run(kind, base):
     """The `optimade-validator` shipped with the optimade package, full run (not --minimal),
-    against a live server: zero failures, zero internal errors."""
+    against a live server, at the versioned and the unversioned base URL: zero failures,
+    zero internal errors."""
     exe = shutil.which("optimade-validator")
     if exe is None:
         pytest.skip("optimade-validator is not on PATH")
@@ -306,7 +307,7 @@ def test_optimade_validator_full_run(kind):
         db.import_records(_items(), batch_size=50)
         with running_server(create_app(db, keys_from_environment=False)) as url:
             r = subprocess.run(
-                [exe, f"{url}{V1}", "--json", "--random-seed", "0"],
+                [exe, f"{url}{base}", "--json", "--random-seed", "0"],
                 capture_output=True,
                 text=True,
                 timeout=120,

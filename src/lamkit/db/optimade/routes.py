@@ -380,6 +380,18 @@ def structure(
         return error_response(request, exc.status, exc.detail)
 
 
+# The unversioned base URL serves the same endpoints (OPTIMADE allows it; the validator and
+# clients given "https://host/optimade" work too).  Registered before the catch-all below.
+for _path, _endpoint in (
+    ("/info", info),
+    ("/info/structures", info_structures),
+    ("/links", links),
+    ("/structures", structures),
+    ("/structures/{entry_id}", structure),
+):
+    router.add_api_route(_path, _endpoint, methods=["GET"], include_in_schema=False)
+
+
 @router.get("/{version}/{rest:path}", include_in_schema=False)
 def other(request: Request, version: str, rest: str) -> JSONResponse:
     """553 for a version prefix lamkit does not serve; 404 for anything else."""
