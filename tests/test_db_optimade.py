@@ -138,6 +138,10 @@ def test_paging_by_next_links(served, sort):
         assert body["meta"]["more_data_available"] == (body["links"]["next"] is not None)
         seen += [(e["id"], e["attributes"]) for e in body["data"]]
         url, pages = body["links"]["next"], pages + 1
+        if url:  # sorted pages by offset, the default order by an id cursor
+            assert ("page_offset=" in url, "page_cursor=" in url) == (bool(sort), not sort)
+        if body["meta"].get("data_returned") is not None:
+            assert body["meta"]["data_returned"] == 30
     assert pages == 8 and len({i for i, _ in seen}) == 30
     if sort:
         key = sort.lstrip("-")
@@ -187,6 +191,9 @@ def test_response_fields(served):
         ("sort=nope", 400),
         ("response_fields=nope", 400),
         ("response_format=xml", 400),
+        ("page_cursor=abc", 400),
+        ("page_cursor=id3&sort=nsites", 400),
+        ("page_cursor=id3&page_offset=2", 400),
     ],
 )
 def test_errors_in_optimade_form(served, query, status):

@@ -271,11 +271,15 @@ def structures(
     sort: str | None = Query(None, description="Comma-separated properties, '-' descending"),
     page_limit: str | None = Query(None, description="Page size"),
     page_offset: str | None = Query(None, description="Entries to skip"),
+    page_cursor: str | None = Query(
+        None, description="Opaque cursor of the next page (links.next, default order only)"
+    ),
     response_format: str | None = Query(None, description="Only 'json'"),
 ) -> JSONResponse:
     try:
+        _check_format(response_format)
         return _structures(
-            request, filter, response_fields, sort, page_limit, page_offset, response_format
+            request, filter, response_fields, sort, page_limit, page_offset, page_cursor
         )
     except OptimadeError as exc:
         return error_response(request, exc.status, exc.detail)
@@ -285,8 +289,7 @@ def structures(
         return error_response(request, 400, "filter: nested too deeply")
 
 
-def _structures(request, filter_, response_fields, sort, page_limit, page_offset, fmt):
-    _check_format(fmt)
+def _structures(request, filter_, response_fields, sort, page_limit, page_offset, cursor):
     st = _state(request)
     warnings: list[str] = []
     limit = _int_param("page_limit", page_limit, min(DEFAULT_PAGE_LIMIT, st.limits.max_limit), 1)
@@ -299,17 +302,22 @@ def _structures(request, filter_, response_fields, sort, page_limit, page_offset
         raise OptimadeError(400, f"page_offset: {offset} is too large")
     fields = _response_fields(response_fields, warnings)
     order = _order(sort)
+    after = _after(cursor, sort, offset)
     with read_conn(st.db.engine) as conn:
         cond, fw = condition(conn, filter_, _formulas(st.db))
         warnings += fw
-        rows = conn.execute(
-            select(records).where(cond).order_by(*order).offset(offset).limit(limit + 1)
-        ).all()
-        returned = _count(conn, cond, offset, len(rows), limit)
+        stmt = select(records).where(cond, *after).order_by(*order)
+        rows = conn.execute(stmt.offset(offset).limit(limit + 1)).all()
+        returned = _count(conn, cond, None if after else offset, len(rows), limit)
         available = _available(st.db, conn)
     more = len(rows) > limit
     data = [resource_of(r._mapping, fields) for r in rows[:limit]]
-    nxt = str(request.url.include_query_params(page_offset=offset + limit)) if more else None
+    nxt = None
+    if more and sort:
+        nxt = str(request.url.include_query_params(page_offset=offset + limit))
+    elif more:  # the default order pages by id: each page costs the same at any depth
+        url = request.url.remove_query_params("page_offset")
+        nxt = str(url.include_query_params(page_cursor=f"id{rows[limit - 1].id}"))
     counts = {"data_available": available}
     if returned is not None:
         counts["data_returned"] = returned
@@ -321,12 +329,27 @@ def _structures(request, filter_, response_fields, sort, page_limit, page_offset
     return JSONResponse(body)
 
 
-def _count(conn, cond, offset: int, nrows: int, limit: int) -> int | None:
+def _after(cursor: str | None, sort: str | None, offset: int) -> list:
+    """Conditions of a ``page_cursor`` ('id<n>': records after id n in the default order)."""
+    if cursor is None:
+        return []
+    m = re.fullmatch(r"id([0-9]{1,18})", cursor)
+    if m is None:
+        raise OptimadeError(400, f"page_cursor: not a cursor from a links.next: {cursor[:40]!r}")
+    if sort or offset:
+        raise OptimadeError(
+            400, "page_cursor pages the default order only; not with sort or page_offset"
+        )
+    return [records.c.id > int(m.group(1))]
+
+
+def _count(conn, cond, offset: int | None, nrows: int, limit: int) -> int | None:
     """``data_returned``: the exact number of matches when at most :data:`COUNT_CAP` (counted
     with a LIMIT, so a filter matching half a million records costs as much as one matching
     ten thousand), else None (the field is then left out, as OPTIMADE allows).  A last page
-    that is not empty tells the count without asking."""
-    if nrows <= limit and (nrows > 0 or offset == 0):
+    that is not empty tells the count without asking when ``offset`` (the matches before the
+    page) is known."""
+    if offset is not None and nrows <= limit and (nrows > 0 or offset == 0):
         return offset + nrows if offset + nrows <= COUNT_CAP else None
     capped = select(records.c.id).where(cond).limit(COUNT_CAP + 1).subquery()
     n = conn.execute(select(func.count()).select_from(capped)).scalar_one()
