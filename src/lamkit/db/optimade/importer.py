@@ -13,6 +13,7 @@ sends them.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -200,6 +201,7 @@ def run_command(db, args) -> int:
         raise DBError(f"--max: expected a positive integer; found {args.max}")
     if args.page_limit < 1:
         raise DBError(f"--page-limit: expected a positive integer; found {args.page_limit}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per page
     got = Pull()
     items = pull(
         args.URL,
