@@ -408,6 +408,7 @@ def test_openapi_documents_optimade(served):
     assert set(paths[f"{V1}/structures/{{entry_id}}"]["get"]["responses"]) >= {"200", "404"}
     for p in ("/optimade/versions", f"{V1}/info", f"{V1}/info/structures", f"{V1}/links"):
         assert "get" in paths[p], p
+    assert "text/csv" in paths["/optimade/versions"]["get"]["responses"]["200"]["content"]
     assert not [n for n in spec["components"]["schemas"] if "__" in n]
     assert c.options(f"{V1}/structures").headers["allow"] == "GET, OPTIONS"
 

@@ -209,7 +209,17 @@ def _check_format(response_format: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------- endpoints
-@router.get("/versions", summary="OPTIMADE: served major versions (CSV)")
+@router.get(
+    "/versions",
+    summary="OPTIMADE: served major versions (CSV)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "'version' and one major version per line",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def versions() -> PlainTextResponse:
     return PlainTextResponse(f"version\n{MAJOR[1:]}\n", media_type="text/csv; header=present")
 
