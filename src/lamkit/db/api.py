@@ -143,9 +143,11 @@ class CrystalDB:
         progress: bool = False,
         dedupe: bool = False,
         update_hull: bool = True,
+        workers: int = 1,
     ) -> _ingest.ImportReport:
         """Import structures (Structures, Atoms, dicts: see :mod:`lamkit.db.ingest`), one
-        transaction per batch.  Invalid items are rejected with a reason, never raised."""
+        transaction per batch.  Invalid items are rejected with a reason, never raised.
+        ``workers`` > 1 makes the rows (validation, space groups) in that many processes."""
         self._ensure()
         return _ingest.import_items(
             self,
@@ -157,6 +159,7 @@ class CrystalDB:
             progress=progress,
             dedupe=dedupe,
             update_hull=update_hull,
+            workers=workers,
         )
 
     def import_files(
@@ -171,6 +174,7 @@ class CrystalDB:
         update_hull: bool = True,
         energy_key: str | None = None,
         energies: dict[str, float] | str | Path | None = None,
+        workers: int = 1,
     ) -> _ingest.ImportReport:
         """Import files and folders: CIF, POSCAR/CONTCAR, extxyz and anything ASE reads, pymatgen
         JSON, the public API's record JSON (single, list or JSON lines) and deepmd/npy systems.
@@ -180,7 +184,8 @@ class CrystalDB:
         deepmd ``force.npy`` / ``virial.npy``.  ``energy_key``: the ``info`` key holding each
         ASE frame's total energy (eV).  ``energies``: file name -> total energy (eV), or the
         path of a two-column file of them (for CIFs, which carry none); names that match no
-        imported file are listed in ``report.unused_energies``."""
+        imported file are listed in ``report.unused_energies``.  ``workers``: processes that
+        make the rows (see :meth:`import_records`)."""
         from .readers import read_energy_file, with_energies
 
         self._ensure()
@@ -202,6 +207,7 @@ class CrystalDB:
             progress=progress,
             dedupe=dedupe,
             update_hull=update_hull,
+            workers=workers,
         )
         if energies is not None:
             report.unused_energies = sorted(set(energies) - used)

@@ -33,6 +33,16 @@ class _DbParser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _range(text: str | None, kind=float, name: str = "range"):
     """ "lo:hi" (either end may be empty) -> (lo, hi); a lone value v -> (v, v)."""
     if text is None:
@@ -73,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--model", default=None, help="model that computed the energies")
     i.add_argument("--batch-size", type=int, default=1000)
     i.add_argument("--dedupe", action="store_true", help="skip structures matching stored ones")
+    i.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes making the rows (validation, space groups); for large imports")
     i.add_argument("--no-hull", action="store_true", help="do not update hulls afterwards")
     i.add_argument("--no-progress", action="store_true")
     i.add_argument("--energy-file", help="two columns: structure file name, total energy in eV")
@@ -262,6 +274,7 @@ def _import(db, args) -> int:
         update_hull=not args.no_hull,
         energy_key=args.energy_key,
         energies=args.energy_file,
+        workers=args.workers,
     )
     print(rep.summary())
     if rep.unused_energies:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -21,6 +22,7 @@ from .engine import write_tx
 from .errors import RecordError
 from .readers import Item, iter_files, iter_items
 from .records import element_mask, make_row
+from .rowpool import make_rows
 from .schema import chemsystems, records
 
 if TYPE_CHECKING:
@@ -212,6 +214,8 @@ def _insert_postgresql(conn: Connection, rows: list[dict]) -> list[int]:
 
 
 def _row_of(item: Item, model, submitter, source) -> dict:
+    if item.error is not None:
+        raise RecordError(item.error)
     meta = item.meta
     src = meta.get("source", source if source is not None else _source_name(item.source))
     return make_row(
@@ -260,12 +264,16 @@ def import_items(
     progress: bool = False,
     dedupe: bool = False,
     update_hull: bool = True,
+    workers: int = 1,
 ) -> ImportReport:
-    """Import items in batches of ``batch_size`` (one transaction each); see the module doc."""
+    """Import items in batches of ``batch_size`` (one transaction each); see the module doc.
+    ``workers`` > 1: rows are made in that many processes (:mod:`lamkit.db.rowpool`)."""
     from tqdm.auto import tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; found {batch_size!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer; found {workers!r}")
     report = ImportReport()
     touched: set[tuple[str | None, str]] = set()
     start = time.perf_counter()
@@ -289,21 +297,17 @@ def import_items(
         touched.update((r["model"], r["chemsys"]) for r in rows if r["energy"] is not None)
         bar.set_postfix(added=report.added, rejected=len(report.rejected), refresh=False)
 
+    make = partial(_row_of, model=model, submitter=submitter, source=source)
     try:
-        for item in items:
+        for item, row, reason in make_rows(make, items, workers):
             report.seen += 1
             bar.update(1)
-            if item.error is not None:
-                report.rejected.append(Rejection(item.source, item.index, item.error))
-                continue
-            try:
-                batch.append(_row_of(item, model, submitter, source))
-                where.append((item.source, item.index))
-            except RecordError as exc:
-                report.rejected.append(Rejection(item.source, item.index, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - never let one bad record stop an import
-                reason = f"unexpected {type(exc).__name__}: {exc}"
+            reason = item.error if item.error is not None else reason
+            if reason is not None:
                 report.rejected.append(Rejection(item.source, item.index, reason))
+                continue
+            batch.append(row)
+            where.append((item.source, item.index))
             if len(batch) >= batch_size:
                 flush()
         flush()
