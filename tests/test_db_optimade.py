@@ -6,6 +6,7 @@ the full ``optimade-validator`` run against a live server with zero failures; an
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -329,11 +330,27 @@ def test_optimade_validator_full_run(kind, base):
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_optimade_client_equals_crystaldb_query(kind):
     """The `optimade` package's own client, over a live server, returns the records
-    CrystalDB.query returns for the same filters (all pages: page_limit 4 forces several)."""
-    pytest.importorskip(
-        "httpx2", reason="OptimadeClient needs `optimade[http-client]` (httpx2, rich, click)"
-    )
-    from optimade.client import OptimadeClient
+    CrystalDB.query returns for the same filters (all pages: page_limit 4 forces several).
+    The client (`optimade[http-client]`) pulls `httpx2`, which changes Starlette's TestClient
+    for every other test, so it lives in its own environment (.ci/optimade-client.sh) and runs
+    as its `optimade-get` command; in-process where that environment is this one."""
+    get = os.environ.get("LAMKIT_OPTIMADE_GET") or shutil.which("optimade-get")
+    try:
+        from optimade.client import OptimadeClient
+    except ImportError:
+        OptimadeClient = None
+    if OptimadeClient is None and get is None:
+        pytest.skip("no OptimadeClient: `source .ci/optimade-client.sh` (a separate venv with "
+                    "optimade[http-client]) sets LAMKIT_OPTIMADE_GET")
+
+    def fetch(url: str, text: str) -> dict:
+        if OptimadeClient is not None:
+            client = OptimadeClient(base_urls=[url], use_async=False, silent=True)
+            return client.get(filter=text)["structures"][text][url]
+        r = subprocess.run([get, "--silent", "--no-async", "--filter", text, url],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout)["structures"][text][url]
 
     table = [
         ('elements HAS ALL "Fe","O"', {"elements": ["Fe", "O"]}),
@@ -345,9 +362,8 @@ def test_optimade_client_equals_crystaldb_query(kind):
         db.import_records(_items(), batch_size=50)
         app = create_app(db, keys_from_environment=False, max_limit=4)
         with running_server(app) as url:
-            client = OptimadeClient(base_urls=[f"{url}/optimade"], use_async=False, silent=True)
             for text, kwargs in table:
-                got = client.get(filter=text)["structures"][text][f"{url}/optimade"]
+                got = fetch(f"{url}/optimade", text)
                 want = {r.public_id for r in db.iter_query(**kwargs)}
                 assert not got["errors"] and want, (text, got["errors"])
                 assert {e["id"] for e in got["data"]} == want, text
