@@ -12,6 +12,7 @@ lam db {init,import,query,hull,export,stats,serve}   crystal-structure database
 lam screen INPUTS... -m MODEL [--db URL] [-o OUT] [--workers N | --cluster ADDR] [--insert]
 lam screen --metrics RESULTS.csv --truth TRUTH.csv   a model as a stability classifier
 lam props CONF.json | --structure FILE (--model M | --calc emt) --props eos elastic ... -o OUT
+lam learn CONFIG.json [-o DIR]   property-driven fine-tuning by concurrent learning
 """
 
 from __future__ import annotations
@@ -353,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="See docs/props.md.")
     props_cli.add_arguments(pr)
     pr.set_defaults(func=props_cli.run)
+
+    from ..learn import cli as learn_cli  # lam learn: property-driven concurrent learning
+
+    le = sub.add_parser("learn", help="fine-tune a pretrained model until target properties "
+                        "are right (concurrent learning)",
+                        description="See docs/active-learning.md.")
+    learn_cli.add_arguments(le)
+    le.set_defaults(func=learn_cli.run)
     return p
 
 

@@ -2,7 +2,7 @@
 
 A JSON object (see docs/active-learning.md)::
 
-    {"model": "pretrained.pth", "head": null,
+    {"model": "pretrained.pth", "head": null,          (or a list: one model per member)
      "structures": {"Cu": {"bulk": "Cu", "crystalstructure": "fcc", "a": 3.6, "cubic": true},
                     "CuNi": "cuni.extxyz"},
      "properties": [{"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
@@ -112,6 +112,7 @@ class TrainSpec:
     start_lr: float = 1e-3
     stop_lr: float = 1e-5
     loss: dict[str, Any] = field(default_factory=dict)
+    random_fitting: bool = False  # members get new fitting nets (seeded differently)
     init_frames: int = 4  # labelled perturbed copies of each property structure (iteration 0)
     init_perturb: float = 0.03  # Å, and the same fraction of cell strain
 
@@ -139,7 +140,7 @@ class SelectSpec:
 
 @dataclass
 class LearnConfig:
-    model: str
+    models: list[str]  # pretrained model(s); member k starts from models[k % len(models)]
     head: str | None
     structures: dict[str, Any]
     properties: list[PropertySpec]
@@ -233,9 +234,12 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
     model = conf.get("model")
     if not model:
         raise ConfigError("model: missing (a pretrained lamkit or DeePMD-kit model file)")
-    model_path = Path(model) if Path(model).is_absolute() else base / model
-    if not model_path.exists():
-        raise ConfigError(f"model: no such file {str(model_path)!r}")
+    models = []
+    for m in model if isinstance(model, list) else [model]:
+        path = Path(m) if Path(m).is_absolute() else base / m
+        if not path.exists():
+            raise ConfigError(f"model: no such file {str(path)!r}")
+        models.append(str(path))
     structures = conf.get("structures")
     if not isinstance(structures, dict) or not structures:
         raise ConfigError("structures: expected an object name -> file or bulk description")
@@ -270,7 +274,7 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
     if not 0 <= ratio <= 1:
         raise ConfigError(f"converge.accurate_ratio: expected 0..1, got {ratio}")
     return LearnConfig(
-        model=str(model_path),
+        models=models,
         head=conf.get("head"),
         structures=dict(structures),
         properties=properties,

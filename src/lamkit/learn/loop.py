@@ -27,7 +27,7 @@ from .properties import build_structure, compute_property, exploration_cells, pr
 from .report import histogram, write_report
 from .select import select
 from .state import LearnState, load_state, save_state
-from .train import pretrained_model_config, train_ensemble
+from .train import check_pretrained, train_ensemble
 
 log = logging.getLogger("lamkit")
 
@@ -46,7 +46,7 @@ class LearnRun:
         self.structures = {
             name: build_structure(name, spec, cfg.base_dir) for name, spec in cfg.structures.items()
         }
-        _, _, pre_map = pretrained_model_config(cfg)
+        pre_map = check_pretrained(cfg)
         elements = [s for a in self.structures.values() for s in a.get_chemical_symbols()]
         self.type_map = pre_map + [e for e in dict.fromkeys(elements) if e not in pre_map]
         self.state = load_state(self.dir)
