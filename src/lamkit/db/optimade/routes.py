@@ -284,7 +284,9 @@ def structures(
     page_cursor: str | None = Query(
         None, description="Opaque cursor of the next page (links.next, default order only)"
     ),
-    response_format: str | None = Query(None, description="Only 'json'"),
+    response_format: str | None = Query(
+        None, description="Only 'json'", json_schema_extra={"enum": ["json"]}
+    ),
 ) -> JSONResponse:
     try:
         _check_format(response_format)
@@ -341,7 +343,7 @@ def _structures(request, filter_, response_fields, sort, page_limit, page_offset
 
 def _after(cursor: str | None, sort: str | None, offset: int) -> list:
     """Conditions of a ``page_cursor`` ('id<n>': records after id n in the default order)."""
-    if cursor is None:
+    if not cursor:  # absent, or given empty like the other parameters
         return []
     m = re.fullmatch(r"id([0-9]{1,18})", cursor)
     if m is None:
@@ -387,7 +389,9 @@ def structure(
     request: Request,
     entry_id: str,
     response_fields: str | None = Query(None, description="Comma-separated properties"),
-    response_format: str | None = Query(None, description="Only 'json'"),
+    response_format: str | None = Query(
+        None, description="Only 'json'", json_schema_extra={"enum": ["json"]}
+    ),
 ) -> JSONResponse:
     try:
         _check_format(response_format)

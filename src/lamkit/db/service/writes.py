@@ -135,6 +135,15 @@ def _store(
     }
 
 
+def _form_value_only(schema: dict[str, Any]) -> None:
+    """An optional form field is absent or a value: a form cannot carry JSON null, so the
+    OpenAPI document must not offer it (a client would send the text 'null')."""
+    kinds = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(kinds) == 1:
+        del schema["anyOf"]
+        schema.update(kinds[0])
+
+
 POST_EXAMPLE = {
     "records": [
         {
@@ -214,7 +223,11 @@ def import_file(
         description="cif, poscar, extxyz or json (default, or empty: from the file name).",
         json_schema_extra={"enum": ["", *DOWNLOADS]},
     ),
-    energy: float | None = Form(None, description="Total energy (eV) of a single-structure file."),
+    energy: float | None = Form(
+        None,
+        description="Total energy (eV) of a single-structure file.",
+        json_schema_extra=_form_value_only,
+    ),
     model: str | None = Form(None, max_length=255),
     source: str | None = Form(None, max_length=1024),
     tags: str | None = Form(None, description="Comma-separated."),
