@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import DBError, NotFoundError, QueryError, RecordError
 from ..optimade import routes as optimade_routes
 from . import routes, writes
+from .apidocs import add_docs
 from .auth import KeyChecker, keys_from_env, parse_keys
 from .limits import BodySizeLimit, Limits
 from .methods import AllowedMethods
@@ -109,6 +110,8 @@ def create_app(
         description="Search, download and submit crystal structures and their energies. "
         "Writes need an API key in the X-API-Key header.",
         lifespan=lifespan,
+        docs_url=None,  # served by apidocs from the fastapi-offline package, not a CDN
+        redoc_url=None,
     )
     app.state.lamkit = ServiceState(database, KeyChecker(keys), limits, _dialect(database))
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
@@ -128,6 +131,7 @@ def create_app(
     app.include_router(routes.router, prefix=API, tags=["read"])
     app.include_router(writes.router, prefix=API, tags=["write"])
     app.include_router(optimade_routes.router)  # /optimade/versions, /optimade/v1/...
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -42,7 +42,8 @@ def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str,
     """Plot-ready points. Binary: ``x`` = atomic fraction of ``elements[1]``; ternary: ``x, y``
     in an equilateral triangle with the elements at (0, 0), (1, 0) and (1/2, sqrt(3)/2);
     ``y`` (binary) or ``z`` (ternary) is the formation energy (eV/atom). ``hull`` lists the
-    stable points in order along x (binary)."""
+    stable points in order along x (binary), ``lines`` the tie lines between stable points
+    (ternary)."""
     n = len(elements)
     points = []
     for e in entries:
@@ -67,7 +68,33 @@ def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str,
     if n == 2:
         stable = sorted((p for p in points if p["stable"]), key=lambda p: (p["x"], p["y"]))
         out["hull"] = [[p["x"], p["y"]] for p in stable]
+    elif n == 3:
+        out["lines"] = tie_lines([p for p in points if p["stable"]])
     return out
+
+
+def tie_lines(stable: list[dict[str, Any]]) -> list[list[list[float]]]:
+    """Edges of the lower hull's facets over the triangle (ternary): ``[[x1, y1], [x2, y2]]``
+    per edge between two stable points, each once. Facets are the lower faces of the 3-D hull
+    of the stable points (x, y, formation energy); joggled so that coplanar points (three
+    elements alone) still make a triangle."""
+    pts = {(round(p["x"], 9), round(p["y"], 9)): p for p in stable if p["z"] is not None}
+    if len(pts) < 3:
+        return []
+    from scipy.spatial import ConvexHull, QhullError
+
+    xyz = [[p["x"], p["y"], p["z"]] for p in pts.values()]
+    try:
+        hull = ConvexHull(xyz, qhull_options="QJ")
+    except (QhullError, ValueError):  # all stable points on one line: nothing to draw
+        return []
+    edges: set[tuple[int, int]] = set()
+    for simplex, eq in zip(hull.simplices, hull.equations):
+        if eq[2] >= -1e-9:  # an upper or vertical face
+            continue
+        a, b, c = (int(i) for i in simplex)
+        edges.update(tuple(sorted(e)) for e in ((a, b), (b, c), (a, c)))
+    return [[xyz[i][:2], xyz[j][:2]] for i, j in sorted(edges)]
 
 
 def _stored_energies(db: Any, elements: list[str], model: str | None) -> int:

@@ -69,6 +69,12 @@ class Symmetry(BaseModel, extra="allow"):
     wyckoffs: list[str] = []
 
 
+class Cell(BaseModel):
+    lattice: Lattice
+    sites: list[Site]
+    nsites: int
+
+
 class DecompositionPart(BaseModel):
     id: int | None = None
     formula: str | None = None
@@ -90,6 +96,11 @@ class StructureDetail(StructureSummary):
         default_factory=Labels, description="Training labels stored with the energy, if any."
     )
     symmetry: Symmetry
+    conventional: Cell | None = Field(
+        None,
+        description="The conventional standard cell (pymatgen SpacegroupAnalyzer, symprec 0.1); "
+        "null when the cell cannot be analysed.",
+    )
     decomposition: list[DecompositionPart] = Field(
         [], description="Stable phases the structure would decompose into (empty on the hull)."
     )

@@ -142,6 +142,28 @@ def symmetry_of(db: Any, record: Any) -> dict[str, Any]:
     return {k: _plain(v) for k, v in sym.items() if isinstance(k, str)}
 
 
+def conventional_view(structure: Any) -> dict[str, Any] | None:
+    """The conventional standard cell (pymatgen's ``SpacegroupAnalyzer``, symprec 0.1) with its
+    lattice and sites, or None when spglib cannot analyse the cell."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sga = SpacegroupAnalyzer(structure, symprec=0.1)
+            cell = sga.get_conventional_standard_structure()
+            data = SpacegroupAnalyzer(cell, symprec=0.1).get_symmetry_dataset()
+            wyckoffs = list(getattr(data, "wyckoffs", []) or [])
+    except Exception as exc:  # noqa: BLE001 - degenerate cells: the stored cell still shows
+        log.info("no conventional cell: %s: %s", type(exc).__name__, exc)
+        return None
+    return {
+        "lattice": lattice_view(cell),
+        "sites": sites_view(cell, wyckoffs),
+        "nsites": len(cell),
+    }
+
+
 def sites_view(structure: Any, wyckoffs: list[str] | None) -> list[dict[str, Any]]:
     out = []
     for i, site in enumerate(structure):
@@ -213,6 +235,7 @@ def detail(db: Any, record: Any, base_url: str) -> dict[str, Any]:
     out["lattice"] = lattice_view(structure)
     out["symmetry"] = symmetry_of(db, record)
     out["sites"] = sites_view(structure, out["symmetry"].get("wyckoffs"))
+    out["conventional"] = conventional_view(structure)
     out["styles"] = element_styles([site["species"] for site in out["sites"]])
     out["labels"] = {
         k: None if getattr(record, k, None) is None else getattr(record, k).tolist()
