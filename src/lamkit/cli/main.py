@@ -4,6 +4,7 @@ lam train input.json [-r CKPT | -i MODEL | --finetune PRE [--model-branch B]] [-
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
 lam model-devi -m M0 M1 M2 M3 -s SYSTEMS [-o model_devi.out] [-f FREQ] [--atomic] ...
 lam freeze [-c CKPT_OR_DIR] [-o model.pth]
+lam convert IN OUT [--to deepmd|lamkit] [--head H]   lamkit <-> DeePMD-kit checkpoints
 lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
 lam example [DIR]      write the built-in example data and input
@@ -253,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", default="frozen_model.pth")
     f.add_argument("--head", default=None)
     f.set_defaults(func=_cmd_freeze)
+
+    from ..interop import convert as convert_cli  # lam convert: lamkit <-> DeePMD-kit checkpoints
+
+    cv = sub.add_parser("convert", help="a lamkit model to a DeePMD-kit v3 checkpoint and back",
+                        description="See docs/compatibility.md (Converting checkpoints).")
+    convert_cli.add_arguments(cv)
+    cv.set_defaults(func=convert_cli.run)
 
     cb = sub.add_parser(
         "change-bias",

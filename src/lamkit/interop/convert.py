@@ -1,0 +1,107 @@
+"""``lam convert``: lamkit model files to DeePMD-kit v3 checkpoints and back.
+
+* lamkit -> DeePMD-kit: every head of a multi-task model (or only ``head``, written as a
+  single-task checkpoint) through :mod:`lamkit.interop.to_deepmd`.
+* DeePMD-kit -> lamkit: the reader of :mod:`lamkit.interop.deepmd`; a multi-task checkpoint keeps
+  every head (or only ``head``). The reference ``model_params`` travel along in the lamkit file
+  (``deepmd_model_params``), so converting back writes the same config as well as the same
+  tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError, ModelFileError
+from ..model.io import FORMAT, atomic_save, model_from_payload, model_payload, read_file
+from .deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
+from .to_deepmd import deepmd_checkpoint
+
+TARGETS = ("deepmd", "lamkit")
+
+
+def source_format(obj, where: str) -> str:
+    """``"lamkit"`` or ``"deepmd"`` for a loaded model file."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return "lamkit"
+    if is_deepmd_checkpoint(obj):
+        return "deepmd"
+    raise ModelFileError(
+        f"{where}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
+    )
+
+
+def _lamkit_to_deepmd(obj: dict, head: str | None, where: str) -> dict:
+    conf = obj["model_config"]
+    params = obj.get("deepmd_model_params")
+    if "model_dict" not in conf:
+        branches = {"Default": model_from_payload(obj, where)}
+        return deepmd_checkpoint(branches, False, where, params=params)
+    heads = list(conf["model_dict"])
+    if head is not None:
+        model = model_from_payload(obj, where, head=head)
+        sub = params["model_dict"][head] if params else None
+        return deepmd_checkpoint({head: model}, False, where, params=sub)
+    branches = {h: model_from_payload(obj, where, head=h) for h in heads}
+    return deepmd_checkpoint(branches, True, where, params=params)
+
+
+def _deepmd_to_lamkit(obj: dict, head: str | None, where: str) -> dict:
+    params = obj["model"]["_extra_state"]["model_params"]
+    if "model_dict" not in params or head is not None:
+        model = load_deepmd_checkpoint(obj, head=head)
+        sub = params["model_dict"][head] if "model_dict" in params else params
+        return model_payload(model, "frozen", metadata={"source": where}, deepmd_model_params=sub)
+    branches = {h: load_deepmd_checkpoint(obj, head=h) for h in params["model_dict"]}
+    state = {
+        f"{h}.{k}": v.detach().cpu() for h, m in branches.items() for k, v in m.state_dict().items()
+    }
+    payload = model_payload(branches[next(iter(branches))], "frozen")
+    payload.update(
+        model_config={"model_dict": {h: m.config for h, m in branches.items()}, "shared_links": []},
+        model_state=state,
+        metadata={"source": where},
+        deepmd_model_params=params,
+    )
+    return payload
+
+
+def convert(
+    src: str | Path, dst: str | Path, to: str | None = None, head: str | None = None
+) -> tuple[str, str]:
+    """Convert the model file ``src`` into ``dst``; returns ``(from_format, to_format)``.
+
+    Args:
+        to: ``"deepmd"`` or ``"lamkit"``; default: the other format than ``src``'s.
+        head: one branch of a multi-task model (default: every branch).
+    """
+    where = str(src)
+    obj = read_file(src)
+    kind = source_format(obj, where)
+    to = to or ("deepmd" if kind == "lamkit" else "lamkit")
+    if to not in TARGETS:
+        raise ConfigError(f"--to: expected one of {TARGETS}, got '{to}'")
+    if to == kind:
+        raise ConfigError(f"{where}: already a {kind} file; choose --to {TARGETS}")
+    if kind == "lamkit":
+        out = _lamkit_to_deepmd(obj, head, where)
+    else:
+        out = _deepmd_to_lamkit(obj, head, where)
+    atomic_save(out, dst)
+    return kind, to
+
+
+def add_arguments(p) -> None:
+    """``lam convert IN OUT [--to deepmd|lamkit] [--head H]``."""
+    p.add_argument("input", help="a lamkit model/checkpoint or a DeePMD-kit v3 .pt checkpoint")
+    p.add_argument("output", help="file to write")
+    p.add_argument("--to", choices=TARGETS, default=None,
+                   help="target format (default: the other one)")
+    p.add_argument("--head", default=None,
+                   help="convert only this branch of a multi-task model (default: all)")
+
+
+def run(a) -> int:
+    kind, to = convert(a.input, a.output, to=a.to, head=a.head)
+    print(f"lam convert: {a.input} ({kind}) -> {a.output} ({to})")
+    return 0
