@@ -57,8 +57,13 @@ def _reference_model(params: dict, where: str) -> torch.nn.Module:
         raise ModelFileError(
             f"{where}: DeePMD-kit cannot build this model "
             f"({params.get('descriptor', {}).get('type')} + "
-            f"{params.get('fitting_net', {}).get('type')}): {exc}"
+            f"{params.get('fitting_net', {}).get('type')}): {_first_line(exc)}"
         ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _own_name(rest: str) -> str | None:
