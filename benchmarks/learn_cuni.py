@@ -1,0 +1,174 @@
+"""The ``lam learn`` study of docs/active-learning.md: EMT as ground truth, a small multi-task
+se_e2_a model pretrained on bulk Cu, Ni, Au and Cu-Au frames, fine-tuned for Cu and Cu3Ni
+properties (lattice constants, Cij, vacancy, intrinsic SFE, EOS); deviation-based selection
+against random selection of the same number of frames per iteration.
+
+    python benchmarks/learn_cuni.py prepare OUT      # EMT data, pretraining, two configs
+    lam learn OUT/learn-devi.json -o OUT/devi        # (both runs can go side by side)
+    lam learn OUT/learn-random.json -o OUT/random
+    python benchmarks/learn_cuni.py plot OUT docs/active-learning-study.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from lamkit.data.writer import write_deepmd_system
+
+TYPE_MAP = ["Cu", "Ni", "Au"]
+SE_A = {"type": "se_e2_a", "sel": [60, 60, 60], "rcut": 5.0, "rcut_smth": 1.0,
+        "neuron": [8, 16], "axis_neuron": 4, "seed": 1}
+
+
+def l12(a: float, major: str, minor: str) -> Atoms:
+    """The L1_2 A3B crystal (4-atom cubic cell), B at the corner."""
+    cell = bulk(major, "fcc", a=a, cubic=True)
+    cell[0].symbol = minor
+    return cell
+
+
+def _frames(make, n: int, rng) -> dict:
+    out: dict[str, list] = {"coord": [], "box": [], "energy": [], "force": [], "virial": []}
+    for _ in range(n):
+        at = make(rng)
+        strain = rng.uniform(-0.03, 0.03, (3, 3))
+        at.set_cell(at.cell.array @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
+        at.positions += rng.normal(0, 0.08, at.positions.shape)
+        at.calc = EMT()
+        out["energy"].append(at.get_potential_energy())
+        out["force"].append(at.get_forces())
+        out["virial"].append(-at.get_stress(voigt=False).reshape(9) * at.get_volume())
+        out["coord"].append(at.positions.copy())
+        out["box"].append(at.cell.array.reshape(9))
+    out["types"] = [TYPE_MAP.index(s) for s in at.get_chemical_symbols()]
+    return out
+
+
+def _system(path: Path, data: dict) -> str:
+    write_deepmd_system(
+        path, np.stack(data["coord"]), np.array(data["types"]), TYPE_MAP,
+        box=np.stack(data["box"]),
+        labels={k: np.asarray(data[k]) for k in ("energy", "force", "virial")},
+    )
+    return str(path)
+
+
+def prepare(out: Path) -> None:
+    from lamkit.train import Trainer
+
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    pure = [
+        _system(out / "pre" / s, _frames(lambda r, s=s, a=a: bulk(s, "fcc", a=a, cubic=True)
+                                         .repeat((2, 2, 2)), 30, rng))
+        for s, a in (("Cu", 3.59), ("Ni", 3.52), ("Au", 4.07))
+    ]
+
+    def random_cuau(r):
+        at = bulk("Cu", "fcc", a=3.8, cubic=True).repeat((2, 2, 2))
+        for k in r.choice(len(at), size=len(at) // 2, replace=False):
+            at[k].symbol = "Au"
+        return at
+
+    cuau = [
+        _system(out / "pre" / "Cu3Au", _frames(lambda r: l12(3.75, "Cu", "Au").repeat((2, 2, 2)),
+                                               30, rng)),
+        _system(out / "pre" / "CuAu_random", _frames(random_cuau, 30, rng)),
+    ]
+    loss = {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
+            "limit_pref_f": 1, "start_pref_v": 0.02, "limit_pref_v": 1}
+    conf = {
+        "model": {
+            "shared_dict": {"tm": TYPE_MAP, "desc": SE_A},
+            "model_dict": {
+                "pure": {"type_map": "tm", "descriptor": "desc",
+                         "fitting_net": {"neuron": [32, 32], "seed": 2}},
+                "CuAu": {"type_map": "tm", "descriptor": "desc",
+                         "fitting_net": {"neuron": [32, 32], "seed": 3}},
+            },
+        },
+        "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 3e-5, "decay_steps": 200},
+        "loss_dict": {"pure": loss, "CuAu": loss},
+        "training": {
+            "data_dict": {
+                "pure": {"training_data": {"systems": pure, "batch_size": 1}},
+                "CuAu": {"training_data": {"systems": cuau, "batch_size": 1}},
+            },
+            "numb_steps": 4000, "seed": 1, "disp_freq": 500, "save_freq": 4000,
+        },
+    }
+    ckpt = Trainer(conf, out / "pre" / "train").run()
+    write(out / "Cu3Ni.extxyz", l12(3.56, "Cu", "Ni"))
+    props = [
+        {"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
+        {"name": "elastic", "structure": "Cu", "tolerance": "10 %"},
+        {"name": "vacancy", "structure": "Cu", "tolerance": "0.1 eV"},
+        {"name": "sfe", "structure": "Cu", "tolerance": "10 mJ/m^2"},
+        {"name": "lattice", "structure": "Cu3Ni", "tolerance": "0.5 %"},
+        {"name": "eos", "structure": "Cu3Ni", "tolerance": {"V0": "1.5 %", "B0": "10 %"}},
+    ]
+    for method in ("devi", "random"):
+        learn = {
+            "model": str(Path(ckpt).resolve()),
+            "head": "pure",
+            "structures": {"Cu": {"bulk": "Cu", "crystalstructure": "fcc", "a": 3.6,
+                                  "cubic": True},
+                           "Cu3Ni": "Cu3Ni.extxyz"},
+            "properties": props,
+            "labeller": {"type": "emt"},
+            "train": {"members": 3, "numb_steps": 600, "start_lr": 1e-3, "stop_lr": 3e-5,
+                      "random_fitting": False, "init_frames": 2},
+            "explore": {"temperatures": [300, 800], "pressures": [0], "steps": 60,
+                        "traj_freq": 6},
+            "select": {"method": "fixed" if method == "devi" else "random",
+                       "lo": "0.03 eV/Å", "hi": "0.3 eV/Å", "max_select": 30},
+            "converge": {"accurate_ratio": 0.9, "max_iterations": 4},
+        }
+        (out / f"learn-{method}.json").write_text(json.dumps(learn, indent=1))
+
+
+def _records(run: Path) -> list[dict]:
+    return [r for r in json.loads((run / "report.json").read_text())["records"]
+            if "properties" in r]
+
+
+def plot(out: Path, png: Path) -> None:
+    """Worst error in units of its tolerance, and quantities within tolerance, against the
+    labelled frames each iteration trained on."""
+    from lamkit.props.common import new_figure, save_figure
+
+    fig, axes = new_figure(1, 2, size=(9.0, 3.6))
+    for name, style in (("devi", "o-"), ("random", "s--")):
+        recs = _records(out / name)
+        labels = [r["labels_before_train"] for r in recs]
+        errs = [[abs(e["error"]) / e["allowed"] for p in r["properties"].values()
+                 for e in p.values()] for r in recs]
+        worst = [max(e) for e in errs]
+        ok = [sum(x <= 1.0 for x in e) for e in errs]
+        axes[0].plot(labels, worst, style, label=name)
+        axes[1].plot(labels, ok, style, label=name)
+        print(name, "labels", labels, "worst |error|/tolerance", [f"{w:.2f}" for w in worst],
+              "within tolerance", ok, f"of {len(errs[0])}")
+    axes[0].axhline(1.0, color="k", ls=":")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("worst |error| / tolerance")
+    axes[1].set_ylabel("quantities within tolerance")
+    for ax in axes:
+        ax.set_xlabel("labelled frames used for training")
+        ax.legend(fontsize=7)
+    save_figure(fig, png)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "prepare":
+        prepare(Path(sys.argv[2]))
+    else:
+        plot(Path(sys.argv[2]), Path(sys.argv[3]))
