@@ -8,6 +8,8 @@ refusals. Runs on SQLite, and on PostgreSQL when ``LAMKIT_TEST_PG_URL`` is set.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 
 from .test_db_service_data import API, KEY, KINDS, database_url, fill  # noqa: E402
 
-MAX_EXAMPLES = 25
+#: Examples per operation; LAMKIT_FUZZ_EXAMPLES raises it for a longer run (CI keeps 25).
+MAX_EXAMPLES = int(os.environ.get("LAMKIT_FUZZ_EXAMPLES", "25"))
 AUTH = {"X-API-Key": KEY}
 FUZZ = settings(
     max_examples=MAX_EXAMPLES,
@@ -199,3 +202,59 @@ def test_import_valid_files(api_schema):
             _stored_as_posted(api_schema, rid, record)
 
     check()
+
+
+# ---------------------------------------------------------------------------- found by fuzzing
+@pytest.mark.parametrize(
+    "path, query, status",
+    [
+        # only separators: once a 400 about the core's 'only_elements', now chemsys' own 422
+        (f"{API}/hull/,", {}, 422),
+        (f"{API}/hull/-", {}, 422),
+        # empty parameters are absent, like OPTIMADE's other parameters (was 400 / a schema
+        # violation: response_format allowed only 'json' in the schema but '' in the code)
+        ("/optimade/v1/structures", {"page_cursor": "", "page_limit": "2"}, 200),
+        ("/optimade/v1/structures", {"response_format": ""}, 200),
+        ("/optimade/v1/structures/lam-1", {"response_format": "json"}, 200),
+        ("/optimade/v1/structures", {"response_format": "xml"}, 400),
+    ],
+)
+def test_found_by_fuzzing(api_schema, path, query, status):
+    """The inputs Schemathesis found refused wrongly or answered off-schema, checked again
+    with every check."""
+    template = f"{API}/hull/{{chemsys}}" if path.startswith(f"{API}/hull/") else path
+    template = template.replace("/lam-1", "/{entry_id}")
+    operation = api_schema[template]["GET"]
+    params = {}
+    if "{chemsys}" in template:
+        params = {"chemsys": path.rsplit("/", 1)[1]}
+    elif "{entry_id}" in template:  # a record the fuzzed DELETEs left
+        listing = api_schema["/optimade/v1/structures"]["GET"]
+        found = _checked(listing.Case(query={"page_limit": "1"}), 200)["data"]
+        assert found, "no record left to fetch"
+        params = {"entry_id": found[0]["id"]}
+    case = operation.Case(path_parameters=params, query=query)
+    body = _checked(case, status)
+    if status == 422:
+        assert body["detail"].startswith("chemsys:"), body
+    if status == 400:
+        assert "response_format" in body["errors"][0]["detail"], body
+
+
+def test_form_energy_is_a_number(api_schema):
+    """A multipart form cannot carry JSON null: POST /import's optional 'energy' is declared
+    a number (a client following the old anyOf[number, null] sent the text 'null': 422)."""
+    doc = api_schema.raw_schema
+    body = doc["paths"][f"{API}/import"]["post"]["requestBody"]["content"]
+    ref = body["multipart/form-data"]["schema"]["$ref"]
+    energy = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]["energy"]
+    assert energy["type"] == "number" and "anyOf" not in energy
+
+
+def test_response_format_is_an_enum(api_schema):
+    """OPTIMADE's response_format declares what is served ('json', or empty for the default):
+    with a bare string in the schema, 'xml' was a schema-valid request answered 400."""
+    for path in ("/optimade/v1/structures", "/optimade/v1/structures/{entry_id}"):
+        params = api_schema.raw_schema["paths"][path]["get"]["parameters"]
+        (fmt,) = [p for p in params if p["name"] == "response_format"]
+        assert sorted(fmt["schema"]["enum"]) == ["", "json"], path

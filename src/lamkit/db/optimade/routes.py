@@ -285,7 +285,7 @@ def structures(
         None, description="Opaque cursor of the next page (links.next, default order only)"
     ),
     response_format: str | None = Query(
-        None, description="Only 'json'", json_schema_extra={"enum": ["json"]}
+        None, description="Only 'json'", json_schema_extra={"enum": ["json", ""]}
     ),
 ) -> JSONResponse:
     try:
@@ -390,7 +390,7 @@ def structure(
     entry_id: str,
     response_fields: str | None = Query(None, description="Comma-separated properties"),
     response_format: str | None = Query(
-        None, description="Only 'json'", json_schema_extra={"enum": ["json"]}
+        None, description="Only 'json'", json_schema_extra={"enum": ["json", ""]}
     ),
 ) -> JSONResponse:
     try:

@@ -64,6 +64,8 @@ def chemsys_param(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     parts = [p for p in re.split(r"[-,\s]+", value.strip()) if p]
+    if not parts:  # only separators, e.g. ',' or '-'
+        return None
     elements_param("chemsys", parts)
     return "-".join(sorted(set(parts)))
 
