@@ -3,6 +3,7 @@
 from . import (
     dpa1,  # noqa: F401
     dpa2,  # noqa: F401  (registers dpa2)
+    dpa3,  # noqa: F401  (registers dpa3)
     se_e2_a,  # noqa: F401  (registers se_e2_a / se_a)
     se_e3_tebd,  # noqa: F401
 )

@@ -26,6 +26,7 @@ _BLOCKS: list[tuple[str, str]] = [
     ("descriptor.repinit_three_body.", "descriptor.repinit_three_body."),  # dpa2 (before repinit.)
     ("descriptor.repinit.", "descriptor.repinit."),  # dpa2
     ("descriptor.repformers.", "descriptor.repformers."),  # dpa2
+    ("descriptor.repflows.", "descriptor.repflows."),  # dpa3
 ]
 _STAT_RULES: list[tuple[str, str]] = [(r"^mean$", "davg"), (r"^stddev$", "dstd")]
 # (pattern, template) within one block, after its prefix
@@ -54,6 +55,8 @@ _BLOCK_RULES: list[tuple[str, str]] = [
     # repformer layers: every name is lamkit's, but the g2 layer norm's scale
     (r"^layers\.(\d+)\.attn2_lm\.matrix$", r"layers.\1.attn2_lm.weight"),
     (r"^((?:g2_embd|layers)\..*)$", r"\1"),
+    # repflow blocks (dpa3): every name is lamkit's
+    (r"^((?:edge_embd|angle_embd)\..*)$", r"\1"),
 ]
 # se_e2_a: one net per (centre, neighbour) type pair or per neighbour type
 _SEA_RULES: list[tuple[str, str]] = [

@@ -1,0 +1,205 @@
+"""One repflow layer of DPA-3: node, edge and angle features update each other.
+
+Shapes: node ``[nf, nloc, n_dim]`` (``node_ext``: ``[nf, nall, n_dim]``), edge
+``[nf, nloc, nnei, e_dim]``, angle ``[nf, nloc, a_sel, a_sel, a_dim]`` (pairs of the first
+``a_sel`` edge slots that lie within ``a_rcut``).
+
+Every linear map over a concatenation (``[node_i, node_j, edge_ij]``,
+``[angle_ijk, node_i, edge_ik, edge_ij]``) is applied block by block, which is the reference's
+``optim_update`` and equals its plain form up to rounding. With ``use_dynamic_sel`` the
+reference sums over the real edges/angles only and divides by ``sel / sel_reduce_factor``;
+empty slots contribute exactly zero here (switch 0), so the same numbers follow from the dense
+layout with those divisors.
+
+Parameter names are the reference's (``node_self_mlp``, ``n_residual``, ...), so a DeePMD-kit
+checkpoint's state dict loads unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...geometry.env import gather_rows
+from ...nn.mlp import Dense, activation, make_generator
+from ..dpa2.repformer_layer import combine_updates, make_residual
+
+
+def pair_moment(edge: torch.Tensor, h2: torch.Tensor, sw: torch.Tensor, scale: float):
+    """``h2^T (edge * sw) * scale``: ``[nf, nloc, 3, e_dim]`` (``sw`` is 0 in empty slots)."""
+    return torch.matmul(h2.transpose(-1, -2), edge * sw.unsqueeze(-1)) * scale
+
+
+def grrg(hg: torch.Tensor, axis_neuron: int) -> torch.Tensor:
+    """Invariant ``hg[..., :axis]^T hg / 3`` flattened: ``[nf, nloc, axis * e_dim]``."""
+    nf, nloc, _, dim = hg.shape
+    out = torch.matmul(hg[..., :axis_neuron].transpose(-1, -2), hg) / 3.0
+    return out.reshape(nf, nloc, axis_neuron * dim)
+
+
+class RepFlowLayer(nn.Module):
+    def __init__(
+        self,
+        nnei: int,
+        a_sel: int,
+        n_dim: int = 128,
+        e_dim: int = 64,
+        a_dim: int = 64,
+        a_compress_rate: int = 0,
+        a_compress_use_split: bool = False,
+        a_compress_e_rate: int = 1,
+        n_multi_edge_message: int = 1,
+        axis_neuron: int = 4,
+        update_angle: bool = True,
+        use_dynamic_sel: bool = False,
+        sel_reduce_factor: float = 10.0,
+        smooth_edge_update: bool = False,
+        activation_function: str = "silu",
+        update_style: str = "res_residual",
+        update_residual: float = 0.1,
+        update_residual_init: str = "const",
+        dtype: torch.dtype = torch.float64,
+        seed: int | None = None,
+        salt: tuple = (),
+    ):
+        super().__init__()
+        self.nnei, self.a_sel = int(nnei), int(a_sel)
+        self.n_dim, self.e_dim, self.a_dim = n_dim, e_dim, a_dim
+        self.axis_neuron = axis_neuron
+        self.update_angle = update_angle
+        self.update_style = update_style
+        self.smooth_edge_update = smooth_edge_update
+        self.n_multi_edge_message = n_multi_edge_message
+        self.a_compress_rate = a_compress_rate
+        self.a_compress_use_split = a_compress_use_split
+        self.act = activation(activation_function)
+        # divisors of the neighbour sums: the slot counts, or the "dynamic" expected counts
+        if use_dynamic_sel:
+            self.e_norm = self.nnei / sel_reduce_factor
+            self.a_norm = self.a_sel / sel_reduce_factor
+        else:
+            self.e_norm, self.a_norm = float(self.nnei), float(self.a_sel)
+
+        def gen(i):
+            return make_generator(seed, *salt, i)
+
+        def dense(n_in, n_out, i, bias=True):
+            return Dense(n_in, n_out, None, bias=bias, dtype=dtype, generator=gen(i))
+
+        res = update_style == "res_residual"
+
+        def resid(dim, i):
+            return make_residual(dim, update_residual, update_residual_init, dtype, gen(100 + i))
+
+        edge_info = 2 * n_dim + e_dim
+        self.node_self_mlp = dense(n_dim, n_dim, 0)
+        self.node_sym_linear = dense(axis_neuron * (n_dim + e_dim), n_dim, 2)
+        self.node_edge_linear = dense(edge_info, n_multi_edge_message * n_dim, 4)
+        self.edge_self_linear = dense(edge_info, e_dim, 6)
+        # residual weights in the reference's creation order, used by position
+        self.n_residual = nn.ParameterList(
+            [resid(n_dim, i) for i in range(2 + n_multi_edge_message)] if res else []
+        )
+        self.e_residual = nn.ParameterList(
+            [resid(e_dim, 10 + i) for i in range(2 if update_angle else 1)] if res else []
+        )
+        self.a_residual = nn.ParameterList([resid(a_dim, 20)] if res and update_angle else [])
+        self.a_compress_n_linear = self.a_compress_e_linear = None
+        self.edge_angle_linear1 = self.edge_angle_linear2 = self.angle_self_linear = None
+        if update_angle:
+            if a_compress_rate == 0:
+                self.n_a_dim, self.e_a_dim = n_dim, e_dim
+            else:
+                self.n_a_dim = a_dim // a_compress_rate
+                self.e_a_dim = a_dim // (2 * a_compress_rate) * a_compress_e_rate
+                if not a_compress_use_split:
+                    self.a_compress_n_linear = dense(n_dim, self.n_a_dim, 8, bias=False)
+                    self.a_compress_e_linear = dense(e_dim, self.e_a_dim, 9, bias=False)
+            angle_in = a_dim + self.n_a_dim + 2 * self.e_a_dim
+            self.edge_angle_linear1 = dense(angle_in, e_dim, 10)
+            self.edge_angle_linear2 = dense(e_dim, e_dim, 11)
+            self.angle_self_linear = dense(angle_in, a_dim, 13)
+
+    # --- block-wise linear maps ---------------------------------------------------------------
+    def _edge_linear(self, layer: Dense, node, node_ext, edge, nlist):
+        """``layer([node_i, node_j, edge_ij])`` without building the concatenation."""
+        w_i, w_j, w_e = torch.split(layer.matrix, [self.n_dim, self.n_dim, self.e_dim])
+        return (
+            layer.bias
+            + torch.matmul(node, w_i).unsqueeze(2)
+            + gather_rows(torch.matmul(node_ext, w_j), nlist)
+            + torch.matmul(edge, w_e)
+        )
+
+    def _angle_linear(self, layer: Dense, angle, node_a, edge_a):
+        """``layer([angle_ijk, node_i, edge_ik, edge_ij])`` (j: axis 2, k: axis 3)."""
+        w_a, w_n, w_k, w_j = torch.split(
+            layer.matrix, [angle.shape[-1], node_a.shape[-1], edge_a.shape[-1], edge_a.shape[-1]]
+        )
+        return (
+            layer.bias
+            + torch.matmul(node_a, w_n)[:, :, None, None, :]
+            + torch.matmul(edge_a, w_k).unsqueeze(2)
+            + torch.matmul(edge_a, w_j).unsqueeze(3)
+            + torch.matmul(angle, w_a)
+        )
+
+    def _combine(self, updates, residuals):
+        return combine_updates(updates, self.update_style, list(residuals))
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, node_ext, edge, h2, angle, nlist, sw, a_mask, a_sw):
+        """nlist: 0 in empty slots; sw / a_sw: 0 in empty slots; a_mask [nf, nloc, a_sel]."""
+        nloc = nlist.shape[1]
+        node = node_ext[:, :nloc]
+        nei_node = gather_rows(node_ext, nlist)
+        scale = self.e_norm**-0.5
+
+        n_updates = [node, self.act(self.node_self_mlp(node))]
+        sym = torch.cat(
+            [
+                grrg(pair_moment(edge, h2, sw, scale), self.axis_neuron),
+                grrg(pair_moment(nei_node, h2, sw, scale), self.axis_neuron),
+            ],
+            dim=-1,
+        )
+        n_updates.append(self.act(self.node_sym_linear(sym)))
+        message = self.act(self._edge_linear(self.node_edge_linear, node, node_ext, edge, nlist))
+        message = (message * sw.unsqueeze(-1)).sum(dim=-2) / self.e_norm
+        if self.n_multi_edge_message > 1:
+            heads = message.unflatten(-1, (self.n_multi_edge_message, self.n_dim))
+            n_updates.extend(heads.unbind(-2))
+        else:
+            n_updates.append(message)
+        node_new = self._combine(n_updates, self.n_residual)
+
+        e_updates = [
+            edge,
+            self.act(self._edge_linear(self.edge_self_linear, node, node_ext, edge, nlist)),
+        ]
+        if not self.update_angle:
+            return node_new, self._combine(e_updates, self.e_residual), angle
+
+        node_a, edge_a = node, edge
+        if self.a_compress_rate:
+            if self.a_compress_use_split:
+                node_a, edge_a = node[..., : self.n_a_dim], edge[..., : self.e_a_dim]
+            else:
+                node_a = self.a_compress_n_linear(node)
+                edge_a = self.a_compress_e_linear(edge)
+        edge_a = torch.where(a_mask.unsqueeze(-1), edge_a[:, :, : self.a_sel], 0.0)
+
+        upd = self.act(self._angle_linear(self.edge_angle_linear1, angle, node_a, edge_a))
+        weight = (a_sw.unsqueeze(-1) * a_sw.unsqueeze(-2)).unsqueeze(-1)
+        reduced = (weight * upd).sum(dim=-2) / self.a_norm**0.5
+        nf, _, nnei, _ = edge.shape
+        padded = torch.cat([reduced, reduced.new_zeros(nf, nloc, nnei - self.a_sel, self.e_dim)], 2)
+        if not self.smooth_edge_update:
+            full = torch.cat([a_mask, a_mask.new_zeros(nf, nloc, nnei - self.a_sel)], dim=-1)
+            padded = torch.where(full.unsqueeze(-1), padded, edge)
+        e_updates.append(self.act(self.edge_angle_linear2(padded)))
+        edge_new = self._combine(e_updates, self.e_residual)
+
+        a_upd = self.act(self._angle_linear(self.angle_self_linear, angle, node_a, edge_a))
+        angle_new = self._combine([angle, a_upd], self.a_residual)
+        return node_new, edge_new, angle_new

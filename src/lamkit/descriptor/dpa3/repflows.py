@@ -1,0 +1,149 @@
+"""The repflow block of DPA-3: edge and angle inputs from the environment matrix, then
+``nlayers`` :class:`RepFlowLayer` with the node features re-gathered to the ghost atoms before
+each layer; the output rotation matrix comes from the last edge features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ...geometry.env import gather_rows, smooth_switch
+from ...nn.mlp import Dense, activation, make_generator
+from .repflow_layer import RepFlowLayer, pair_moment
+
+
+def exp_switch(r: torch.Tensor, rmin: float, rmax: float) -> torch.Tensor:
+    """``exp(-exp(20 (r - rmin) / rmin))`` on ``r`` clamped to ``[0, rmax]`` (the reference's
+    ``use_exp_switch``): about 1 well inside ``rmin``, falling to ~0 beyond it."""
+    r = torch.clamp(r, min=0.0, max=rmax)
+    return torch.exp(-torch.exp(20.0 / rmin * (r - rmin)))
+
+
+def safe_norm(x: torch.Tensor) -> torch.Tensor:
+    """``|x|`` over the last axis, ``[..., 1]``, with a zero gradient at ``x = 0``."""
+    nonzero = (x * x).sum(-1, keepdim=True) > 0
+    safe = torch.where(nonzero, x, torch.ones_like(x))
+    return torch.where(nonzero, torch.linalg.norm(safe, dim=-1, keepdim=True), 0.0)
+
+
+def env_matrix(ext_coord, nlist, rcut: float, rcut_smth: float, protection: float, use_exp: bool):
+    """``[1/r, x/r^2, y/r^2, z/r^2] * sw`` ``[nf, nloc, nnei, 4]``, diff (0 in empty slots)
+    and sw ``[nf, nloc, nnei]`` (0 in empty slots)."""
+    nloc = nlist.shape[1]
+    mask = (nlist >= 0).unsqueeze(-1)
+    diff = (gather_rows(ext_coord, nlist) - ext_coord[:, :nloc, None, :]) * mask
+    safe = torch.where(mask, diff, torch.ones_like(diff))
+    length = torch.where(mask, torch.linalg.norm(safe, dim=-1, keepdim=True), 1.0)
+    switch = exp_switch if use_exp else smooth_switch
+    sw = switch(length, rcut_smth, rcut) * mask
+    inv = length + protection
+    env = torch.cat([1 / inv, diff / inv**2], dim=-1) * sw
+    return env, diff, sw.squeeze(-1)
+
+
+class Repflows(nn.Module):
+    def __init__(
+        self,
+        ntypes: int,
+        e_rcut: float,
+        e_rcut_smth: float,
+        e_sel: int,
+        a_rcut: float,
+        a_rcut_smth: float,
+        a_sel: int,
+        nlayers: int = 6,
+        n_dim: int = 128,
+        e_dim: int = 64,
+        a_dim: int = 64,
+        edge_init_use_dist: bool = False,
+        use_exp_switch: bool = False,
+        use_dynamic_sel: bool = False,
+        sel_reduce_factor: float = 10.0,
+        fix_stat_std: float = 0.3,
+        activation_function: str = "silu",
+        env_protection: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+        seed: int | None = None,
+        salt: tuple = (),
+        **layer_kw,
+    ):
+        super().__init__()
+        self.ntypes = ntypes
+        self.rcut, self.rcut_smth, self.nnei = float(e_rcut), float(e_rcut_smth), int(e_sel)
+        self.a_rcut, self.a_rcut_smth, self.a_sel = float(a_rcut), float(a_rcut_smth), int(a_sel)
+        self.n_dim, self.e_dim = n_dim, e_dim
+        self.edge_init_use_dist = edge_init_use_dist
+        self.use_exp_switch = use_exp_switch
+        self.env_protection = float(env_protection)
+        self.fix_stat_std = float(fix_stat_std)
+        self.e_norm = self.nnei / sel_reduce_factor if use_dynamic_sel else float(self.nnei)
+        self.act = activation(activation_function)
+        self.edge_embd = Dense(
+            1, e_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0)
+        )
+        self.angle_embd = Dense(
+            1, a_dim, None, bias=False, dtype=dtype, generator=make_generator(seed, *salt, 1)
+        )
+        self.layers = nn.ModuleList(
+            RepFlowLayer(
+                self.nnei,
+                self.a_sel,
+                n_dim=n_dim,
+                e_dim=e_dim,
+                a_dim=a_dim,
+                use_dynamic_sel=use_dynamic_sel,
+                sel_reduce_factor=sel_reduce_factor,
+                activation_function=activation_function,
+                dtype=dtype,
+                seed=seed,
+                salt=(*salt, 2, i),
+                **layer_kw,
+            )
+            for i in range(nlayers)
+        )
+        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=dtype))
+        std = self.fix_stat_std if self.fix_stat_std != 0.0 else 1.0
+        self.register_buffer("dstd", torch.full((ntypes, 4), std, dtype=dtype))
+
+    def inputs(self, ext_coord, ext_atype, nlist):
+        """Initial edge/angle features and the pair data every layer uses."""
+        nloc = nlist.shape[1]
+        prot, use_exp = self.env_protection, self.use_exp_switch
+        env, diff, sw = env_matrix(ext_coord, nlist, self.rcut, self.rcut_smth, prot, use_exp)
+        at = ext_atype[:, :nloc].clamp(min=0)
+        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
+        # angles: the first a_sel edge slots within a_rcut
+        a_nlist = nlist[..., : self.a_sel]
+        a_nlist = torch.where(
+            safe_norm(diff[..., : self.a_sel, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
+        )
+        _, a_diff, a_sw = env_matrix(
+            ext_coord, a_nlist, self.a_rcut, self.a_rcut_smth, prot, use_exp
+        )
+        unit = a_diff / (safe_norm(a_diff) + 1e-6)
+        cosine = torch.matmul(unit, unit.transpose(-1, -2)) * (1 - 1e-6)
+        angle = self.angle_embd(cosine.unsqueeze(-1) / math.sqrt(math.pi))
+        if self.edge_init_use_dist:
+            edge = self.edge_embd(safe_norm(diff))
+        else:
+            edge = self.act(self.edge_embd(rr[..., :1]))
+        return edge, rr[..., 1:], angle, sw, a_nlist >= 0, a_sw
+
+    def forward(self, ext_coord, ext_atype, nlist, node, mapping):
+        """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw."""
+        nf, nloc, _ = nlist.shape
+        edge, h2, angle, sw, a_mask, a_sw = self.inputs(ext_coord, ext_atype, nlist)
+        nl = torch.where(nlist >= 0, nlist, 0)
+        if mapping is None:
+            if ext_coord.shape[1] != nloc:
+                raise ValueError("repflows need `mapping` when there are ghost atoms")
+        else:
+            # message passing among local atoms: the ghosts' features are their owners'
+            nl = torch.gather(mapping, 1, nl.reshape(nf, -1)).reshape(nl.shape)
+        node = self.act(node)
+        for layer in self.layers:
+            node, edge, angle = layer(node, edge, h2, angle, nl, sw, a_mask, a_sw)
+        hg = pair_moment(edge, h2, sw, self.e_norm**-0.5)
+        return node, edge, h2, hg.transpose(-1, -2), sw
