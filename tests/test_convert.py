@@ -255,3 +255,29 @@ def test_clear_errors(work, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepmd.pt.model.model", None)
     with pytest.raises(LamkitError, match="needs the deepmd-kit package"):
         convert(root / "se_e2_a.lam", tmp_path / "x.pt")
+
+
+def test_reference_tools_accept_converted_files(work, tmp_path):
+    """dp --pt change-bias refits the bias of a converted model as lam change-bias does, and
+    dp --pt show reads the branches of a converted multi-task model."""
+    root, _, water = work
+    system = str(water / "data_3")
+    cmds = {
+        "bias": DP + ["change-bias", str(root / "se_e2_a.pt"), "-s", system, "-n", "0",
+                      "-o", str(tmp_path / "cb.pt")],
+        "show": DP + ["show", str(root / "multi.pt"), "model-branch", "type-map"],
+    }
+    procs = {k: subprocess.Popen(c, cwd=tmp_path, env=reference_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for k, c in cmds.items()}
+    assert lam_main(["change-bias", str(root / "se_e2_a.lam"), "-s", system, "-n", "0",
+                     "-o", str(tmp_path / "cb.lam")]) == 0
+    logs = {k: p.communicate(timeout=300)[0] for k, p in procs.items()}
+    for k, p in procs.items():
+        assert p.returncode == 0, logs[k][-3000:]
+    assert "Available model branches are ['a', 'b', 'RANDOM']" in logs["show"], logs["show"]
+    convert(tmp_path / "cb.pt", tmp_path / "cb_back.lam")
+    ref = torch.load(tmp_path / "cb_back.lam", weights_only=False)["model_state"]["out_bias"]
+    own = torch.load(tmp_path / "cb.lam", weights_only=False)["model_state"]["out_bias"]
+    before = torch.load(root / "se_e2_a.lam", weights_only=False)["model_state"]["out_bias"]
+    assert (ref - before).abs().max() > 1.0  # the bias did change
+    _assert_close(own.numpy(), ref.numpy(), "energy bias after change-bias")
