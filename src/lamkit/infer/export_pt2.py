@@ -1,0 +1,226 @@
+"""``lam freeze --format pt2``: an energy model as an AOTInductor package that torch alone runs.
+
+The package holds one compiled program ``(coord, atype, box) -> (energy, force, virial,
+atom_energy)`` for coord [nf, nloc, 3] Å (float64), atype [nf, nloc] int64 (type indices of the
+model's ``type_map``, -1 for a virtual atom) and box [nf, 9] Å (rows are cell vectors; a
+package written with ``periodic=False`` takes no box). Outputs: energy [nf, 1] eV, force
+[nf, nloc, 3] eV/Å, virial [nf, 9] eV, atom_energy [nf, nloc, 1] eV. The frame and atom counts
+are dynamic. A service loads it without lamkit::
+
+    import torch
+    pot = torch._inductor.aoti_load_package("model.pt2")
+    energy, force, virial, atom_energy = pot(coord, atype, box)
+    meta = pot.get_metadata()  # type_map, rcut, inputs, outputs, units (JSON strings)
+
+Everything lamkit normally does outside the model happens inside the program, with torch
+operations: the atoms are wrapped into the cell, every atom gets its ``(2k+1)^3`` periodic
+images (``k = images``, default 1), and the neighbour list is the nearest ``sel`` atoms within
+``rcut`` by brute force over all of them (memory ~ ``nf * nloc^2 * 27 * 32`` bytes: meant for
+the few hundred atoms a service evaluates, not for MD boxes). With ``images=1`` every cell
+height must be at least ``rcut``; the program cannot raise an error, so it returns NaN
+energies, forces and virials for a frame whose cell is too thin (use a larger ``images``).
+
+The forward *and* the backward pass (forces, virial) are traced into one graph of ATen
+operations with ``make_fx`` (as :mod:`lamkit.infer.compiled` does), which ``torch.export``
+turns into an exported program with symbolic frame and atom counts and AOTInductor compiles to
+C++ and packages (about half a minute to a few minutes on CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError
+from ..model.derivatives import forces_and_virials
+from ..model.energy_model import EnergyModel
+
+OUTPUTS = ("energy", "force", "virial", "atom_energy")
+UNITS = {
+    "coord": "Angstrom",
+    "box": "Angstrom",
+    "energy": "eV",
+    "force": "eV/Angstrom",
+    "virial": "eV",
+    "atom_energy": "eV",
+}
+
+
+def _image_shifts(images: int) -> torch.Tensor:
+    """Integer cell translations [(2k+1)^3, 3], the zero translation first."""
+    r = range(-images, images + 1)
+    shifts = [s for s in itertools.product(r, r, r) if any(s)]
+    return torch.tensor([(0, 0, 0)] + shifts, dtype=torch.float64)
+
+
+def _neighbor_list(
+    ext: torch.Tensor,
+    ext_atype: torch.Tensor,
+    nloc: int,
+    rcut: float,
+    sel: list[int],
+    mixed_types: bool,
+) -> torch.Tensor:
+    """Extended indices [nf, nloc, sum(sel)] of the nearest neighbours within ``rcut`` (-1:
+    empty), by distance; per-type sections of ``sel[t]`` slots unless ``mixed_types``."""
+    nf, nall = ext_atype.shape
+    centre = ext[:, :nloc]
+    dist = torch.linalg.vector_norm(ext.unsqueeze(1) - centre.unsqueeze(2), dim=-1)
+    real = ext_atype >= 0
+    ok = (dist <= rcut) & real.unsqueeze(1) & real[:, :nloc].unsqueeze(2)
+    ok = ok & (torch.arange(nall).unsqueeze(0) != torch.arange(nloc).unsqueeze(1))
+    nsel = int(sum(sel))
+    # nsel padding columns, so that topk always finds nsel candidates whatever nall is
+    pad_dist = dist.new_full((nf, nloc, nsel), float("inf"))
+    groups = [None] if mixed_types else list(range(len(sel)))
+    sections = []
+    for t, width in zip(groups, [nsel] if mixed_types else sel):
+        keep = ok if t is None else ok & (ext_atype == t).unsqueeze(1)
+        d = torch.cat([torch.where(keep, dist, float("inf")), pad_dist], dim=-1)
+        val, idx = torch.topk(d, int(width), dim=-1, largest=False, sorted=True)
+        sections.append(torch.where(torch.isfinite(val), idx, -1))
+    return torch.cat(sections, dim=-1)
+
+
+def _program(model: EnergyModel, periodic: bool, images: int):
+    """The function that is traced: (coord, atype[, box]) -> energy, force, virial, atom_e."""
+    rcut, sel, mixed = float(model.rcut), list(model.sel), bool(model.mixed_types)
+
+    def run(coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None = None):
+        nf, nloc = atype.shape
+        with torch.no_grad():
+            coord = coord.to(torch.float64)
+            if box is None:
+                ext, ext_atype = coord, atype
+                mapping = torch.arange(nloc).unsqueeze(0).expand(nf, nloc)
+                bad = torch.zeros(nf, dtype=torch.bool)
+            else:
+                cell = box.to(torch.float64).reshape(nf, 3, 3)
+                inv = torch.linalg.inv(cell)
+                wrap = -torch.floor(torch.matmul(coord, inv))
+                local = torch.matmul(torch.matmul(coord, inv) + wrap, cell)
+                shifts = _image_shifts(images)
+                trans = torch.matmul(shifts.unsqueeze(0), cell)  # [nf, nimg, 3]
+                nimg = shifts.shape[0]
+                ext = (local.unsqueeze(1) + trans.unsqueeze(2)).reshape(nf, nimg * nloc, 3)
+                ext_atype = atype.repeat(1, nimg)
+                mapping = torch.arange(nloc).repeat(nimg).unsqueeze(0).expand(nf, -1)
+                # cell heights (volume / area of the opposite face) must reach rcut / images
+                a, b, c = cell[:, 0], cell[:, 1], cell[:, 2]
+                vol = torch.abs((a * torch.linalg.cross(b, c)).sum(-1))
+                areas = torch.stack(
+                    [
+                        torch.linalg.vector_norm(torch.linalg.cross(u, v), dim=-1)
+                        for u, v in ((b, c), (c, a), (a, b))
+                    ],
+                    dim=-1,
+                )
+                bad = (vol.unsqueeze(-1) / areas * images < rcut).any(-1)
+            nlist = _neighbor_list(ext, ext_atype, nloc, rcut, sel, mixed)
+        x = ext.detach().requires_grad_(True)
+        with torch.enable_grad():
+            atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, mapping)
+            energy = atom_e.sum(1)
+            der = forces_and_virials(energy, atom_e, x, mapping, nloc)
+        nan = torch.where(bad, float("nan"), 0.0).to(energy.dtype)
+        return (
+            energy + nan.unsqueeze(-1),
+            der["force"] + nan.view(nf, 1, 1),
+            der["virial"] + nan.unsqueeze(-1),
+            atom_e,
+        )
+
+    return run
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, EnergyModel):
+        raise ModelFileError(
+            f"--format pt2 packages energy models only; this model is a {type(model).__name__}"
+        )
+    if model.fitting.numb_fparam or model.fitting.numb_aparam:
+        raise ModelFileError(
+            "--format pt2 does not support models with frame or atomic parameters "
+            "(fparam/aparam) yet"
+        )
+
+
+def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, nloc: int = 7):
+    """``torch.export`` of the energy/force/virial program with dynamic frame and atom counts
+    (traced on ``2`` frames of ``nloc`` example atoms)."""
+    from torch.export import Dim
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    _check_model(model)
+    model = model.eval()
+    model.requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    nf = 1  # frames are traced as one: a frame count > 1 would be guarded by the trace
+    cell = torch.eye(3, dtype=torch.float64) * max(2.0 * float(model.rcut), 6.0)
+    coord = torch.rand(nf, nloc, 3, generator=gen, dtype=torch.float64) @ cell
+    atype = torch.arange(nloc).remainder(model.ntypes).unsqueeze(0).repeat(nf, 1)
+    args: tuple = (coord, atype)
+    if periodic:
+        args = args + (cell.reshape(1, 9).repeat(nf, 1),)
+    fn = _program(model, periodic, images)
+    try:
+        traced = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    except Exception as exc:  # noqa: BLE001 - data-dependent Python control flow, ...
+        raise ModelFileError(
+            f"--format pt2: {type(model.descriptor).__name__} cannot be traced with dynamic "
+            f"atom counts ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+    atoms = Dim("natoms", min=2)
+    shapes: tuple = ({1: atoms}, {1: atoms})
+    if periodic:
+        shapes = shapes + (None,)
+    return torch.export.export(
+        traced,
+        args,
+        dynamic_shapes=shapes,
+        strict=False,
+        prefer_deferred_runtime_asserts_over_guards=True,
+    )
+
+
+def metadata(model: EnergyModel, periodic: bool, images: int) -> dict[str, str]:
+    """What a loader needs, as strings (AOTInductor metadata is a map of strings)."""
+    inputs = ["coord", "atype", "box"] if periodic else ["coord", "atype"]
+    return {
+        "format": "lamkit-pt2/1",
+        "type_map": json.dumps(list(model.type_map)),
+        "rcut": repr(float(model.rcut)),
+        "sel": json.dumps([int(s) for s in model.sel]),
+        "periodic": json.dumps(periodic),
+        "images": str(int(images)),
+        "inputs": json.dumps(inputs),
+        "outputs": json.dumps(list(OUTPUTS)),
+        "units": json.dumps(UNITS),
+    }
+
+
+def export_pt2(
+    model: EnergyModel, output: str | Path, periodic: bool = True, images: int = 1
+) -> Path:
+    """Write ``model`` to ``output`` as an AOTInductor ``.pt2`` package (see the module doc)."""
+    import torch._inductor
+
+    if images < 1:
+        raise ValueError(f"images: expected a positive number of periodic images, got {images}")
+    output = Path(output)
+    program = export_program(model, periodic=periodic, images=images)
+    meta = metadata(model, periodic, images)
+    tmp = output.with_name(output.name + ".tmp.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(tmp),
+            inductor_configs={"aot_inductor.metadata": meta},
+        )
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
