@@ -3,7 +3,7 @@
 lam train input.json [-r CKPT | -i MODEL | --finetune PRE [--model-branch B]] [-o DIR]
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
 lam model-devi -m M0 M1 M2 M3 -s SYSTEMS [-o model_devi.out] [-f FREQ] [--atomic] ...
-lam freeze [-c CKPT_OR_DIR] [-o model.pth]
+lam freeze [-c CKPT_OR_DIR] [-o model.pth] [--format pt2]
 lam convert IN OUT [--to deepmd|lamkit] [--head H]   lamkit <-> DeePMD-kit checkpoints
 lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
@@ -105,7 +105,7 @@ def _cmd_lammps(a) -> int:
 def _cmd_freeze(a) -> int:
     from ..infer import freeze
 
-    freeze(a.checkpoint, a.output, head=a.head)
+    freeze(a.checkpoint, a.output, head=a.head, format=a.format, images=a.images, periodic=a.pbc)
     print(f"frozen model written to {a.output}")
     return 0
 
@@ -253,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-c", "--checkpoint", default=".", help="checkpoint file or folder")
     f.add_argument("-o", "--output", default="frozen_model.pth")
     f.add_argument("--head", default=None)
+    f.add_argument(
+        "--format",
+        choices=["lamkit", "pt2"],
+        default=None,
+        help="lamkit (default) or pt2: an AOTInductor package torch alone loads "
+        "(default when the output ends in .pt2)",
+    )
+    f.add_argument("--images", type=int, default=1, help="pt2: periodic images per direction")
+    f.add_argument("--no-pbc", dest="pbc", action="store_false", help="pt2: no box input")
     f.set_defaults(func=_cmd_freeze)
 
     from ..interop import convert as convert_cli  # lam convert: lamkit <-> DeePMD-kit checkpoints

@@ -28,13 +28,14 @@ C++ and packages (about half a minute to a few minutes on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ..model.derivatives import forces_and_virials
 from ..model.energy_model import EnergyModel
 
@@ -88,6 +89,8 @@ def _neighbor_list(
 def _program(model: EnergyModel, periodic: bool, images: int):
     """The function that is traced: (coord, atype[, box]) -> energy, force, virial, atom_e."""
     rcut, sel, mixed = float(model.rcut), list(model.sel), bool(model.mixed_types)
+    desc = model.descriptor
+    sub_lists = getattr(desc, "sub_lists", None)
 
     def run(coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None = None):
         nf, nloc = atype.shape
@@ -120,8 +123,12 @@ def _program(model: EnergyModel, periodic: bool, images: int):
                 )
                 bad = (vol.unsqueeze(-1) / areas * images < rcut).any(-1)
             nlist = _neighbor_list(ext, ext_atype, nloc, rcut, sel, mixed)
+            # descriptors with several lists (DPA-2): the untrimmed per-block lists, so that
+            # no list width depends on the data
+            lists = sub_lists(ext, ext_atype, nlist) if sub_lists is not None else None
         x = ext.detach().requires_grad_(True)
-        with torch.enable_grad():
+        given = desc.using_graph_inputs(lists) if lists is not None else contextlib.nullcontext()
+        with torch.enable_grad(), given:
             atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, mapping)
             energy = atom_e.sum(1)
             der = forces_and_virials(energy, atom_e, x, mapping, nloc)
@@ -209,7 +216,7 @@ def export_pt2(
     import torch._inductor
 
     if images < 1:
-        raise ValueError(f"images: expected a positive number of periodic images, got {images}")
+        raise ConfigError(f"images: expected a positive number of periodic images, got {images}")
     output = Path(output)
     program = export_program(model, periodic=periodic, images=images)
     meta = metadata(model, periodic, images)

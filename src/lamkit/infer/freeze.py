@@ -11,6 +11,7 @@ import copy
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..model import EnergyModel, build_model, save_model
 from ..model.io import FORMAT, model_from_payload, read_file
 
@@ -40,6 +41,9 @@ def freeze(
     output: str | Path,
     head: str | None = None,
     precision: str | None = None,
+    format: str | None = None,
+    images: int = 1,
+    periodic: bool = True,
 ) -> Path:
     """Write the model of ``checkpoint`` to ``output`` as a lamkit frozen model.
 
@@ -51,6 +55,9 @@ def freeze(
         head: branch to keep from a multi-task checkpoint.
         precision: ``"float64"``/``"float32"`` to convert the weights; default: keep the
             trained precision (predictions then match the checkpoint exactly).
+        format: ``"lamkit"`` (default) or ``"pt2"``: an AOTInductor package that torch alone
+            loads (:mod:`lamkit.infer.export_pt2`; ``images`` and ``periodic`` are its
+            options); default ``"pt2"`` when ``output`` ends in ``.pt2``.
 
     Returns the output path. The file records ``source``, ``head``, ``step``, the lamkit
     version and the time of freezing in its ``metadata``.
@@ -59,11 +66,18 @@ def freeze(
     model = model_from_payload(obj, str(checkpoint), head=head)
     if precision is not None:
         model = _with_precision(model, precision)
+    output = Path(output)
+    format = format or ("pt2" if output.suffix == ".pt2" else "lamkit")
+    if format == "pt2":
+        from .export_pt2 import export_pt2
+
+        return export_pt2(model.eval(), output, periodic=periodic, images=images)
+    if format != "lamkit":
+        raise ConfigError(f"freeze: unknown format {format!r} (expected 'lamkit' or 'pt2')")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         step = obj.get("step")
     else:
         step = obj["model"]["_extra_state"].get("train_infos", {}).get("step")
-    output = Path(output)
     save_model(
         model.eval(),
         output,
