@@ -2,7 +2,9 @@
 
 ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) are FastAPI's own pages pointed at the script,
 style and icon files that the ``fastapi-offline`` pip package ships (Swagger UI 5, ReDoc 2),
-mounted at ``/apidocs``, instead of at a CDN: both work with no network.
+mounted at ``/apidocs``, instead of at a CDN: both work with no network. Their
+Content-Security-Policy lets them load nothing from elsewhere (ReDoc's bundle would fetch its
+logo from cdn.redoc.ly; Swagger UI would ask validator.swagger.io for a badge, switched off).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ log = logging.getLogger(__name__)
 PREFIX = "/apidocs"
 #: files the pages need from the package's folder
 ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+#: everything from this server; inline scripts and styles (the pages' own), blob workers (ReDoc)
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 
 
 def assets_dir() -> Path | None:
@@ -53,22 +60,27 @@ def add_docs(app: FastAPI) -> None:
     def docs() -> HTMLResponse:
         if assets is None:
             return _missing("API docs")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=spec,
             title=f"{app.title} - API docs",
             swagger_js_url=f"{PREFIX}/swagger-ui-bundle.js",
             swagger_css_url=f"{PREFIX}/swagger-ui.css",
             swagger_favicon_url=f"{PREFIX}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
         )
+        page.headers["Content-Security-Policy"] = CSP
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
         if assets is None:
             return _missing("ReDoc")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=spec,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{PREFIX}/redoc.standalone.js",
             redoc_favicon_url=f"{PREFIX}/favicon.png",
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = CSP
+        return page

@@ -8,15 +8,18 @@
   const $ = (id) => document.getElementById(id);
   const FIELDS = ["elements", "only_elements", "chemsys", "formula", "spacegroup", "e_min",
     "e_max", "e_above_hull_max", "nsites_min", "nsites_max", "submitter", "submitted_from",
-    "submitted_to", "order_by", "limit"];
+    "submitted_to", "model", "order_by", "limit"];
   // a bare date (YYYY-MM-DD) as "submitted to" means the whole day: the API's bound is
   // inclusive and a date alone is its first instant (UTC)
   const DATE_ONLY = /^\d{4}-\d{2}-\d{2}$/;
   const viewer = new CellViewer.Viewer($("structure-canvas"));
   // cursors[i] is the cursor that fetches page i (null for the first page)
   let paging = { query: null, cursors: [null], page: 0, next: null };
-  // finished searches, on <body data-searches>: lets scripts and tests wait for an answer
+  // finished searches and hull plots, on <body data-searches> / <body data-hulls>: lets
+  // scripts and tests wait for an answer
   let searches = 0;
+  let hulls = 0;
+  let record = null;  // the record on show
 
   // a search form field by name (not form.elements[...]: the input named "elements" shadows
   // the form's own .elements property)
@@ -58,9 +61,29 @@
     for (const name of FIELDS) {
       const el = field(name);
       if (!el) continue;
-      if (q.has(name)) el.value = q.get(name);
+      if (q.has(name)) {
+        if (el.tagName === "SELECT") ensureOption(el, q.get(name));
+        el.value = q.get(name);
+      }
       else if (el.tagName === "SELECT") el.selectedIndex = name === "limit" ? 1 : 0;
       else el.value = "";
+    }
+  }
+
+  // a <select> offers every value set on it (a sort key from a column head, a model of a link)
+  function ensureOption(select, value, text) {
+    if ([...select.options].some((o) => o.value === value)) return;
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text || value;
+    select.appendChild(o);
+  }
+
+  function markSorted(order) {
+    const key = order.replace(/^-/, "");
+    for (const th of document.querySelectorAll("#results th[data-sort]")) {
+      th.classList.toggle("sorted-asc", th.dataset.sort === key && !order.startsWith("-"));
+      th.classList.toggle("sorted-desc", th.dataset.sort === key && order.startsWith("-"));
     }
   }
 
@@ -119,6 +142,8 @@
     $("page-info").textContent = `page ${paging.page + 1}`;
     $("next-page").disabled = !data.next_cursor;
     $("first-page").disabled = paging.page === 0;
+    $("prev-page").disabled = paging.page === 0;
+    markSorted(field("order_by").value || "id");
   }
 
   // ------------------------------------------------------------------ detail
@@ -150,6 +175,17 @@
       ["density (g/cm³)", fmt(r.density, 3)],
       ["sites", r.nsites],
     ]);
+    const C = r.conventional;
+    const CL = C ? C.lattice : null;
+    kv($("conventional-table"), CL ? [
+      ["a, b, c (Å)", `${fmt(CL.a, 4)}, ${fmt(CL.b, 4)}, ${fmt(CL.c, 4)}`],
+      ["α, β, γ (°)", `${fmt(CL.alpha, 2)}, ${fmt(CL.beta, 2)}, ${fmt(CL.gamma, 2)}`],
+      ["volume (Å³)", fmt(CL.volume, 3)],
+      ["sites", C.nsites],
+    ] : [["–", "the cell could not be analysed"]]);
+    record = r;
+    $("view-conventional").disabled = !C;
+    $("view-conventional").checked = false;
     const S = r.symmetry;
     kv($("symmetry-table"), [
       ["space group", `${esc(S.symbol ?? "–")} (No. ${S.number ?? "?"})`],
@@ -225,14 +261,107 @@
     if (paging.next) go(new URLSearchParams(paging.query), paging.page + 1);
   });
   $("first-page").addEventListener("click", () => go(new URLSearchParams(paging.query), 0));
+  $("prev-page").addEventListener("click", () => {
+    if (paging.page > 0) go(new URLSearchParams(paging.query), paging.page - 1);
+  });
+  for (const th of document.querySelectorAll("#results th[data-sort]")) {
+    th.title = "Sort by this column (again: reverse)";
+    th.addEventListener("click", () => {
+      const select = field("order_by");
+      const now = select.value || "id";
+      const key = th.dataset.sort;
+      const order = now === key ? `-${key}` : key;
+      ensureOption(select, order, `${key} ${order.startsWith("-") ? "↓" : "↑"}`);
+      select.value = order;
+      paging.query = null;
+      go(formQuery(), 0);
+    });
+  }
+  $("view-conventional").addEventListener("change", (e) => {
+    if (!record) return;
+    const c = record.conventional;
+    viewer.show(e.target.checked && c ? { ...record, lattice: c.lattice, sites: c.sites } : record);
+  });
   $("close-detail").addEventListener("click", () => go(new URLSearchParams(paging.query || ""),
     paging.page));
   $("view-reset").addEventListener("click", () => viewer.reset());
   $("view-supercell").addEventListener("change", (e) => viewer.setSupercell(e.target.checked ? 2 : 1));
   window.addEventListener("hashchange", route);
 
-  getJSON(`${API}/stats`).then((s) => {
-    $("db-stats").textContent = `${s.records} structures · ${s.chemsys} chemical systems`;
-  }).catch(() => {});
-  route();
+  // ------------------------------------------------------------------ element picker
+  const picker = PeriodicTable.build($("ptable"), (els) => {
+    $("pt-picked").textContent = els.length ? `picked: ${els.join(", ")}` : "";
+  });
+  $("pt-apply").addEventListener("click", () => {
+    const mode = $("pt-only").checked ? "only_elements" : "elements";
+    field(mode).value = picker.picked().join(",");
+    field(mode === "elements" ? "only_elements" : "elements").value = "";
+    paging.query = null;
+    go(formQuery(), 0);
+  });
+  $("pt-clear").addEventListener("click", () => picker.set([]));
+
+  // ------------------------------------------------------------------ phase diagram
+  async function showHull(chemsys, model) {
+    const q = model ? `?model=${encodeURIComponent(model)}` : "";
+    $("hull-message").textContent = "Building the hull…";
+    $("hull-message").classList.remove("error");
+    $("hull-button").disabled = true;
+    try {
+      const h = await getJSON(`${API}/hull/${encodeURIComponent(chemsys)}${q}`);
+      const n = HullPlot.draw($("hull-plot"), h.plot);
+      $("hull-message").textContent = `${h.chemsys}, model ${h.model ?? "–"}: ${n} entries, ` +
+        `${h.stable.length} on the hull.`;
+      $("hull-plot").dataset.chemsys = h.chemsys;
+      $("hull-plot").dataset.model = h.model ?? "";
+      const rows = [...h.entries].sort((a, b) => (a.e_above_hull ?? 0) - (b.e_above_hull ?? 0));
+      $("hull-table").querySelector("tbody").innerHTML = rows.map((e) =>
+        `<tr data-id="${e.id}"><td><a href="#structure/${e.id}">${e.id}</a></td>` +
+        `<td>${esc(e.formula)}</td><td class="num">${fmt(e.formation_energy_per_atom, 4)}</td>` +
+        `<td class="num${e.stable ? " stable" : ""}">${fmt(e.e_above_hull, 4)}</td></tr>`).join("");
+    } catch (err) {
+      $("hull-plot").innerHTML = "";
+      $("hull-plot").dataset.points = "0";
+      $("hull-table").querySelector("tbody").innerHTML = "";
+      $("hull-message").textContent = `No hull: ${err.message}`;
+      $("hull-message").classList.add("error");
+    } finally {
+      $("hull-button").disabled = false;
+      document.body.dataset.hulls = String(++hulls);
+    }
+  }
+  $("hull-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    showHull($("h-chemsys").value.trim(), $("h-model").value);
+  });
+  $("h-model").addEventListener("change", () => {
+    if ($("h-chemsys").value.trim()) showHull($("h-chemsys").value.trim(), $("h-model").value);
+  });
+  $("hull-plot").addEventListener("mouseover", (e) => {
+    const c = e.target.closest("circle.hull-point");
+    if (!c) return;
+    $("hull-info").textContent = c.querySelector("title").textContent;
+    for (const tr of $("hull-table").querySelectorAll("tbody tr")) {
+      tr.classList.toggle("on", tr.dataset.id === c.dataset.id);
+    }
+  });
+  $("hull-plot").addEventListener("click", (e) => {
+    const c = e.target.closest("circle.hull-point");
+    if (c) location.hash = `structure/${c.dataset.id}`;
+  });
+
+  // ------------------------------------------------------------------ start
+  async function start() {
+    try {
+      const s = await getJSON(`${API}/stats`);
+      $("db-stats").textContent = `${s.records} structures · ${s.chemsys} chemical systems`;
+      const models = Object.entries(s.by_model || {}).sort((a, b) => b[1] - a[1]);
+      for (const [name, n] of models) {
+        ensureOption(field("model"), name, `${name} (${n})`);
+        ensureOption($("h-model"), name, `${name} (${n})`);
+      }
+    } catch (_) { /* the header stays empty; searches still work */ }
+    await route();
+  }
+  start();
 })();
