@@ -167,6 +167,9 @@ def test_statistics_rule():
     for fix in (0.3, 0.0):
         model = tiny_model(fix_stat_std=fix)
         desc = model.descriptor
+        fresh = DescrptDPA3(2, {**TINY, "fix_stat_std": fix})
+        assert torch.all(fresh.dstd == (fix or 1.0))
+        desc.repflows.dstd.fill_(fix or 1.0)  # as built; set_stat leaves a fixed std
         nbr = model.neighbor_builder()(coord, atype, box)
         ext, eat = model.extend(coord, atype, box, nbr)
         stat = desc.env_stat(
