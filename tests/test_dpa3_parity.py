@@ -57,6 +57,18 @@ BASE = {
 # name -> (repflow options, descriptor options) on top of BASE (argcheck defaults otherwise)
 CASES = {
     "default": ({}, {}),
+    # the options of the reference's examples/water/dpa3/input_torch.json at tiny sizes
+    "water-example": (
+        {
+            "a_compress_rate": 1,
+            "a_compress_e_rate": 2,
+            "a_compress_use_split": True,
+            "smooth_edge_update": True,
+            "edge_init_use_dist": True,
+            "use_exp_switch": True,
+        },
+        {"activation_function": "silut:10.0", "use_tebd_bias": False},
+    ),
     "no-angle-update": ({"update_angle": False}, {}),
     "compress": ({"a_compress_rate": 1, "a_compress_e_rate": 2}, {"concat_output_tebd": True}),
     "compress-split": ({"a_compress_rate": 2, "a_compress_use_split": True}, {}),
@@ -69,13 +81,15 @@ CASES = {
             "n_multi_edge_message": 2,
             "update_style": "res_avg",
         },
-        {"activation_function": "tanh", "use_tebd_bias": True},
+        {"activation_function": "custom_silu:1.0", "use_tebd_bias": True},
     ),
     "res-incr-exclude": (
         {"update_style": "res_incr", "update_residual_init": "norm", "fix_stat_std": 0.0},
         {"exclude_types": [[0, 1]], "env_protection": 0.01},
     ),
 }
+# fitting options on top of BASE, as in the example
+FITTING = {"water-example": {"activation_function": "silut:10.0", "resnet_dt": True}}
 SYSTEMS = ("triclinic", "cluster")
 
 # the reference side: argv = job json; writes <name>.pt checkpoints and results.pt
@@ -124,6 +138,7 @@ def _params(name: str) -> dict:
     params = copy.deepcopy(BASE)
     params["descriptor"]["repflow"].update(rf)
     params["descriptor"].update(top)
+    params["fitting_net"].update(FITTING.get(name, {}))
     return params
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
+from . import silut
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -41,6 +42,8 @@ _DTYPES = {
 def activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation function called ``name`` (case-insensitive; None means linear)."""
     key = "linear" if name is None else str(name).lower()
+    if key.startswith(silut.PREFIXES):
+        return silut.silut(key)
     if key not in _ACTIVATIONS:
         raise ConfigError(
             f"unknown activation_function '{name}'; known: {', '.join(sorted(_ACTIVATIONS))}."
