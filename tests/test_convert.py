@@ -164,6 +164,23 @@ def test_reference_evaluates_converted_model(work, name):
         assert len(want) == 3 and np.abs(want[1]).max() > 0  # energy, forces, virial
 
 
+@pytest.mark.parametrize("name", [*KINDS, "multi"])
+def test_lamkit_round_trip(work, tmp_path, name):
+    """lamkit -> DeePMD-kit -> lamkit: every tensor and the model config come back unchanged."""
+    root, _, _ = work
+    convert(root / f"{name}.pt", tmp_path / "back.lam")
+    before = torch.load(root / f"{name}.lam", weights_only=False)
+    after = torch.load(tmp_path / "back.lam", weights_only=False)
+    assert sorted(after["model_state"]) == sorted(before["model_state"])
+    for key, value in before["model_state"].items():
+        assert value.dtype == after["model_state"][key].dtype, key
+        assert torch.equal(value, after["model_state"][key]), key
+    heads = before["model_config"].get("model_dict", {"": before["model_config"]})
+    for head, conf in heads.items():
+        back = after["model_config"]["model_dict"][head] if head else after["model_config"]
+        assert back == conf, head
+
+
 def _metrics(text: str) -> dict[str, float]:
     found = {}
     for key in ("Energy RMSE", "Energy RMSE/Natoms", "Force  RMSE", "Energy MAE"):
@@ -194,7 +211,7 @@ def _same_checkpoints(a: Path, b: Path) -> None:
     assert sorted(sa) == sorted(sb)
     for key, value in sa.items():
         if key == "_extra_state":
-            assert sb[key]["model_params"] == value["model_params"]
+            assert sb[key] == value  # model_params and train_infos
             continue
         assert value.dtype == sb[key].dtype and torch.equal(value, sb[key]), key
 
@@ -240,6 +257,9 @@ def test_clear_errors(work, tmp_path, capsys, monkeypatch):
     assert lam_main(["convert", str(tmp_path / "other.pt"), str(tmp_path / "x.lam")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "other.pt" in err and "neither a lamkit model" in err
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "frozen.pth"))
+    with pytest.raises(LamkitError, match="frozen.pth: a TorchScript frozen model"):
+        convert(tmp_path / "frozen.pth", tmp_path / "x.lam")
     # a model the reference cannot build (a lamkit-only option, as a future one would be)
     # names the kinds and the reference's reason, and writes nothing
     from lamkit.interop import to_deepmd

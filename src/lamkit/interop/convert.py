@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from ..errors import ConfigError, ModelFileError
@@ -18,6 +19,14 @@ from .deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
 from .to_deepmd import deepmd_checkpoint
 
 TARGETS = ("deepmd", "lamkit")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (``dp freeze``'s ``.pth``): a zip with a ``code/`` folder."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def source_format(obj, where: str) -> str:
@@ -34,24 +43,33 @@ def source_format(obj, where: str) -> str:
 def _lamkit_to_deepmd(obj: dict, head: str | None, where: str) -> dict:
     conf = obj["model_config"]
     params = obj.get("deepmd_model_params")
+    # a converted DeePMD-kit file's record, else a training checkpoint's step
+    infos = obj.get("deepmd_train_infos") or {"lr": 0.0, "step": int(obj.get("step", 0))}
     if "model_dict" not in conf:
         branches = {"Default": model_from_payload(obj, where)}
-        return deepmd_checkpoint(branches, False, where, params=params)
+        return deepmd_checkpoint(branches, False, where, params=params, train_infos=infos)
     heads = list(conf["model_dict"])
     if head is not None:
         model = model_from_payload(obj, where, head=head)
         sub = params["model_dict"][head] if params else None
-        return deepmd_checkpoint({head: model}, False, where, params=sub)
+        return deepmd_checkpoint({head: model}, False, where, params=sub, train_infos=infos)
     branches = {h: model_from_payload(obj, where, head=h) for h in heads}
-    return deepmd_checkpoint(branches, True, where, params=params)
+    return deepmd_checkpoint(branches, True, where, params=params, train_infos=infos)
 
 
 def _deepmd_to_lamkit(obj: dict, head: str | None, where: str) -> dict:
     params = obj["model"]["_extra_state"]["model_params"]
+    infos = obj["model"]["_extra_state"].get("train_infos")
     if "model_dict" not in params or head is not None:
         model = load_deepmd_checkpoint(obj, head=head)
         sub = params["model_dict"][head] if "model_dict" in params else params
-        return model_payload(model, "frozen", metadata={"source": where}, deepmd_model_params=sub)
+        return model_payload(
+            model,
+            "frozen",
+            metadata={"source": where},
+            deepmd_model_params=sub,
+            deepmd_train_infos=infos,
+        )
     branches = {h: load_deepmd_checkpoint(obj, head=h) for h in params["model_dict"]}
     state = {
         f"{h}.{k}": v.detach().cpu() for h, m in branches.items() for k, v in m.state_dict().items()
@@ -62,6 +80,7 @@ def _deepmd_to_lamkit(obj: dict, head: str | None, where: str) -> dict:
         model_state=state,
         metadata={"source": where},
         deepmd_model_params=params,
+        deepmd_train_infos=infos,
     )
     return payload
 
@@ -76,6 +95,11 @@ def convert(
         head: one branch of a multi-task model (default: every branch).
     """
     where = str(src)
+    if _is_torchscript(Path(src)):
+        raise ModelFileError(
+            f"{where}: a TorchScript frozen model (dp freeze); it has no config and weights to "
+            "convert: convert the checkpoint it was frozen from (model.ckpt-*.pt)"
+        )
     obj = read_file(src)
     kind = source_format(obj, where)
     to = to or ("deepmd" if kind == "lamkit" else "lamkit")

@@ -129,7 +129,7 @@ def deepmd_checkpoint(
     multi_task: bool,
     where: str = "model",
     params: dict | None = None,
-    step: int = 0,
+    train_infos: dict | None = None,
 ) -> dict:
     """A DeePMD-kit v3 checkpoint dict (``{"model": state_dict}``) of lamkit models.
 
@@ -137,6 +137,7 @@ def deepmd_checkpoint(
         branches: ``{head: AtomicModel}``; one branch is written as head ``Default`` unless
             ``multi_task``.
         params: the reference ``model_params`` to record (default: from the models' configs).
+        train_infos: the reference's ``{"lr", "step"}`` record (default: step 0).
     """
     if multi_task:
         heads = {h: reference_params(m.config) for h, m in branches.items()}
@@ -150,5 +151,8 @@ def deepmd_checkpoint(
     for head, branch in branches.items():
         label = f"{where} (head {head})" if multi_task else where
         state.update(head_state(branch, heads[head], head, label))
-    state["_extra_state"] = {"model_params": params, "train_infos": {"lr": 0.0, "step": step}}
+    state["_extra_state"] = {
+        "model_params": params,
+        "train_infos": train_infos or {"lr": 0.0, "step": 0},
+    }
     return {"model": state}
