@@ -91,6 +91,7 @@ def shoot(element, name: str, tmp_path: Path) -> Path:
     folder = Path(os.environ.get("LAMKIT_TEST_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"db-page-{name}.png"
+    element.parent.execute_script("arguments[0].scrollIntoView({block: 'start'})", element)
     assert element.screenshot(str(path)), path
     assert path.stat().st_size > 5_000
     return path

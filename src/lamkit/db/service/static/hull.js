@@ -10,7 +10,7 @@ const HullPlot = (() => {
   const NS = "http://www.w3.org/2000/svg";
   const W = 560;
   const H = 420;
-  const PAD = { left: 62, right: 20, top: 20, bottom: 46 };
+  const PAD = { left: 62, right: 20, top: 46, bottom: 46 };
 
   function el(name, attrs, parent) {
     const node = document.createElementNS(NS, name);
@@ -126,15 +126,29 @@ const HullPlot = (() => {
     }
   }
 
+  // key at the top left, above the plot: stable points, the colours of energies above hull
+  function legend(svg, top) {
+    const x = 12;
+    const g = el("g", { class: "hull-legend" }, svg);
+    el("circle", { cx: x + 6, cy: 12, r: 5, fill: "#1d2433" }, g);
+    text(g, x + 16, 16, "on the hull", { "font-size": 11 });
+    for (let k = 0; k < 5; k++) {
+      el("rect", { x: x + k * 14, y: 24, width: 14, height: 9,
+        fill: colour(top * (k + 0.5) / 5, top) }, g);
+    }
+    text(g, x + 76, 33, `E above hull 0–${top.toFixed(2)} eV/atom`, { "font-size": 11 });
+  }
+
   // draw the "plot" of a hull answer into <svg>; returns the number of points drawn
   function draw(svg, plot) {
     svg.innerHTML = "";
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     const tops = plot.points.map((p) => p.e_above_hull || 0);
     const top = Math.max(0.05, ...tops);
-    if (plot.kind === "binary") binary(svg, plot, top);
-    else if (plot.kind === "ternary") ternary(svg, plot, top);
-    else {
+    if (plot.kind === "binary" || plot.kind === "ternary") {
+      (plot.kind === "binary" ? binary : ternary)(svg, plot, top);
+      legend(svg, top);
+    } else {
       text(svg, W / 2, H / 2, "Only binary and ternary systems are drawn; see the table below.",
         { "text-anchor": "middle" });
     }
