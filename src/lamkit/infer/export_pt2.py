@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -143,12 +144,33 @@ def _program(model: EnergyModel, periodic: bool, images: int):
     return run
 
 
+def _aten_only() -> dict:
+    """lamkit's custom operators (:mod:`lamkit.nn.rows`) as the ATen operations they run:
+    a package must not need lamkit to load."""
+    from ..nn.rows import put_rows, take_rows  # noqa: F401 - registers torch.ops.lamkit
+
+    def take(x, index):
+        return x.index_select(0, index)
+
+    def put(src, index, n):
+        return src.new_zeros(n, src.shape[1]).index_add(0, index, src)
+
+    return {torch.ops.lamkit.take_rows.default: take, torch.ops.lamkit.put_rows.default: put}
+
+
 def _check_model(model) -> None:
     if not isinstance(model, EnergyModel):
         raise ModelFileError(
             f"--format pt2 packages energy models only; this model is a {type(model).__name__}"
         )
-    if model.fitting.numb_fparam or model.fitting.numb_aparam:
+    desc, fit = model.descriptor, model.fitting
+    if not (desc.mixed_types and getattr(fit, "mixed_types", True)):
+        raise ModelFileError(
+            f"--format pt2 cannot package {type(desc).__name__} with {type(fit).__name__}: "
+            "its networks select atoms by type (data-dependent shapes that torch.export "
+            "cannot trace with a dynamic atom count); DPA-1, DPA-2 and se_e3_tebd models work"
+        )
+    if fit.numb_fparam or fit.numb_aparam:
         raise ModelFileError(
             "--format pt2 does not support models with frame or atomic parameters "
             "(fparam/aparam) yet"
@@ -172,9 +194,15 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
     args: tuple = (coord, atype)
     if periodic:
         args = args + (cell.reshape(1, 9).repeat(nf, 1),)
-    fn = _program(model, periodic, images)
+    run = _program(model, periodic, images)
+    fn = run if periodic else (lambda coord, atype: run(coord, atype))
     try:
-        traced = make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+        traced = make_fx(
+            fn,
+            decomposition_table=_aten_only(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(*args)
     except Exception as exc:  # noqa: BLE001 - data-dependent Python control flow, ...
         raise ModelFileError(
             f"--format pt2: {type(model.descriptor).__name__} cannot be traced with dynamic "
@@ -184,13 +212,26 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
     shapes: tuple = ({1: atoms}, {1: atoms})
     if periodic:
         shapes = shapes + (None,)
-    return torch.export.export(
+    program = torch.export.export(
         traced,
         args,
         dynamic_shapes=shapes,
         strict=False,
         prefer_deferred_runtime_asserts_over_guards=True,
     )
+    foreign = sorted(
+        {
+            str(node.target)
+            for node in program.graph.nodes
+            if isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace not in ("aten", "prims")
+        }
+    )
+    if foreign:  # they would need lamkit (Python) at load time
+        raise ModelFileError(
+            f"--format pt2: the traced program uses operators outside torch: {', '.join(foreign)}"
+        )
+    return program
 
 
 def metadata(model: EnergyModel, periodic: bool, images: int) -> dict[str, str]:
@@ -218,15 +259,17 @@ def export_pt2(
     if images < 1:
         raise ConfigError(f"images: expected a positive number of periodic images, got {images}")
     output = Path(output)
-    program = export_program(model, periodic=periodic, images=images)
-    meta = metadata(model, periodic, images)
     tmp = output.with_name(output.name + ".tmp.pt2")
     try:
-        torch._inductor.aoti_compile_and_package(
-            program,
-            package_path=str(tmp),
-            inductor_configs={"aot_inductor.metadata": meta},
-        )
+        with warnings.catch_warnings():
+            # torch's own deprecation notices while it exports and packages (pytree internals)
+            warnings.simplefilter("ignore", FutureWarning)
+            program = export_program(model, periodic=periodic, images=images)
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(tmp),
+                inductor_configs={"aot_inductor.metadata": metadata(model, periodic, images)},
+            )
         tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)
