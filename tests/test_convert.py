@@ -59,6 +59,7 @@ KINDS = {
 }
 OWN = {"DeepPot": DeepPot, "DeepDipole": DeepDipole, "DeepPolar": DeepPolar,
        "DeepProperty": DeepProperty}
+FROZEN = ["se_e2_a", "dpa2"]  # also through dp --pt freeze
 MULTI = {"a": (SE_A, FIT), "b": (DPA1, {**FIT, "seed": 3})}
 DP = [sys.executable, "-m", "deepmd", "--pt"]
 
@@ -76,7 +77,12 @@ for job in jobs:
     x = np.load(job["frames"])
     cls = {"DeepPot": DeepPot, "DeepDipole": DeepDipole, "DeepPolar": DeepPolar,
            "DeepProperty": DeepProperty}[job["cls"]]
-    dp = cls(job["model"], head=job.get("head"))
+    model = job["model"]
+    if job.get("freeze"):  # dp --pt freeze: a TorchScript .pth, as LAMMPS loads it
+        from deepmd.pt.entrypoints.main import freeze
+        freeze(model=model, output=job["freeze"])
+        model = job["freeze"]
+    dp = cls(model, head=job.get("head"))
     extra = {k: x[k] for k in ("fparam", "aparam") if job.get(k)}
     out = dp.eval(x["coord"], x["box"], x["atype"].tolist(), **extra)
     out = out if isinstance(out, tuple) else (out,)
@@ -127,6 +133,10 @@ def work(tmp_path_factory):
         jobs.append({"model": str(root / f"{name}.pt"), "cls": cls, "frames": str(frames),
                      "out": str(root / f"{name}.ref.npz"), "name": name,
                      "fparam": "fparam" in name, "aparam": "fparam" in name})
+    for name in FROZEN:
+        jobs.append({**next(j for j in jobs if j["name"] == name),
+                     "out": str(root / f"frozen_{name}.ref.npz"),
+                     "freeze": str(root / f"frozen_{name}.pth")})
     branches = {h: _model(d, f, seed=i) for i, (h, (d, f)) in enumerate(MULTI.items())}
     atomic_save(model_payload(MultiTaskModel(branches, share=False)), root / "multi.lam")
     convert(root / "multi.lam", root / "multi.pt")
@@ -142,10 +152,14 @@ def work(tmp_path_factory):
     return root, frames, water
 
 
-@pytest.mark.parametrize("name", [*KINDS, *(f"multi_{h}" for h in MULTI)])
+@pytest.mark.parametrize(
+    "name", [*KINDS, *(f"multi_{h}" for h in MULTI), *(f"frozen_{k}" for k in FROZEN)]
+)
 def test_reference_evaluates_converted_model(work, name):
     root, frames, _ = work
     x = np.load(frames)
+    ref = np.load(root / f"{name}.ref.npz")
+    name = name.removeprefix("frozen_")
     if name.startswith("multi_"):
         head = name.split("_", 1)[1]
         own = DeepPot(str(root / "multi.lam"), head=head)
@@ -155,7 +169,6 @@ def test_reference_evaluates_converted_model(work, name):
     extra = {k: x[k] for k in ("fparam", "aparam") if "fparam" in name}
     got = own.eval(x["coord"], x["box"], x["atype"], **extra)
     got = got if isinstance(got, tuple) else (got,)
-    ref = np.load(root / f"{name}.ref.npz")
     want = [ref[f"arr_{i}"] for i in range(len(ref.files))]
     assert len(want) >= 1
     for i, w in enumerate(want[: len(got)]):
