@@ -371,3 +371,85 @@ def test_api_docs_render_offline(browser, site, page, tmp_path):  # noqa: F811
             assert (status, size) == (0, 0), name
             assert any(name in e and "blocked" in e for e in blocked), (name, blocked)
     assert errors == []
+
+
+# ---------------------------------------------------------------- without a browser
+def test_docs_pages_load_only_what_the_server_serves(site):
+    pytest.importorskip("fastapi_offline", reason="fastapi-offline (the db extra) serves /docs")
+    import re
+
+    base, _ = site
+    for page in ("docs", "redoc"):
+        with urllib.request.urlopen(f"{base}/{page}", timeout=20) as r:
+            html = r.read().decode()
+            csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "img-src 'self' data:" in csp
+        refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert refs and all(ref.startswith("/") for ref in refs), refs
+        for ref in refs:
+            with urllib.request.urlopen(base + ref, timeout=20) as r:
+                assert r.status == 200 and len(r.read()) > 1000, ref
+
+
+def test_ternary_tie_lines_triangulate_the_stable_points():
+    from lamkit.db.service.hullview import tie_lines
+
+    r3 = 3**0.5 / 2
+
+    def pt(x, y, z):
+        return {"x": x, "y": y, "z": z, "stable": True}
+
+    corners = [pt(0, 0, 0.0), pt(1, 0, 0.0), pt(0.5, r3, 0.0)]
+    assert len(tie_lines(corners)) == 3  # coplanar: the triangle's sides
+    inner = pt(0.5, r3 / 3, -0.2)  # the centre, below the plane: joined to each corner
+    lines = tie_lines(corners + [inner])
+    assert len(lines) == 6
+    assert sum(1 for a, b in lines if [0.5, r3 / 3] in (a, b)) == 3
+    edge = pt(0.5, 0, -0.3)  # on the bottom side: splits it, 3 * 5 - 3 - 4 = 8 edges
+    assert len(tie_lines(corners + [inner, edge])) == 8
+    assert tie_lines(corners[:2]) == []
+
+
+def test_conventional_cell_of_a_primitive_cell():
+    from lamkit.db.service.views import conventional_view
+
+    conv = conventional_view(_fcc_primitive("Cu", CU_A))
+    assert conv is not None and conv["nsites"] == len(conv["sites"]) == 4
+    lat = conv["lattice"]
+    assert [lat["a"], lat["b"], lat["c"]] == pytest.approx([CU_A] * 3)
+    assert [lat["alpha"], lat["beta"], lat["gamma"]] == pytest.approx([90.0] * 3)
+    assert {s["wyckoff"] for s in conv["sites"]} == {"a"}
+    tetragonal = conventional_view(l10("Cu", "Au", 3.85))  # P4/mmm: the stored 2-site cell
+    assert tetragonal is not None and tetragonal["nsites"] == 2
+
+
+def test_tie_lines_of_random_ternary_hulls_make_full_triangulations():
+    """pymatgen's PhaseDiagram picks the stable phases of random Li-Na-K energies; their tie
+    lines must triangulate the triangle: 3n - 3 - h edges (h points on its sides)."""
+    import numpy as np
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    from lamkit.db.service.hullview import tie_lines
+
+    rng = np.random.default_rng(7)
+    els, r3 = ["Li", "Na", "K"], 3**0.5 / 2
+    for _ in range(60):
+        entries = [PDEntry(Composition({e: 1}), 0.0) for e in els]
+        for _ in range(int(rng.integers(1, 10))):
+            counts = rng.integers(0, 4, size=3)
+            if counts.sum() == 0:
+                continue
+            comp = Composition(dict(zip(els, map(int, counts))))
+            entries.append(PDEntry(comp, -rng.random() * comp.num_atoms))
+        pd = PhaseDiagram(entries)
+        pts = []
+        for e in pd.stable_entries:
+            f = e.composition.fractional_composition
+            x, y = f["Na"] + f["K"] / 2, f["K"] * r3
+            pts.append({"x": x, "y": y, "z": pd.get_form_energy_per_atom(e), "stable": True})
+        xy = {(round(p["x"], 9), round(p["y"], 9)) for p in pts}
+        h = sum(
+            1 for x, y in xy if min(abs(y), abs(y - 2 * r3 * x), abs(y - 2 * r3 * (1 - x))) < 1e-7
+        )
+        assert len(tie_lines(pts)) == 3 * len(xy) - 3 - h

@@ -76,23 +76,31 @@ def plot_points(elements: list[str], entries: list[dict[str, Any]]) -> dict[str,
 def tie_lines(stable: list[dict[str, Any]]) -> list[list[list[float]]]:
     """Edges of the lower hull's facets over the triangle (ternary): ``[[x1, y1], [x2, y2]]``
     per edge between two stable points, each once. Facets are the lower faces of the 3-D hull
-    of the stable points (x, y, formation energy); joggled so that coplanar points (three
-    elements alone) still make a triangle."""
+    of the stable points (x, y, formation energy) and one point high above them (so that three
+    points, or coplanar ones, still make a solid); joggled so that coplanar points (the three
+    elements alone) still make a triangulation."""
     pts = {(round(p["x"], 9), round(p["y"], 9)): p for p in stable if p["z"] is not None}
     if len(pts) < 3:
         return []
     from scipy.spatial import ConvexHull, QhullError
 
     xyz = [[p["x"], p["y"], p["z"]] for p in pts.values()]
+    zs = [z for _, _, z in xyz]
+    apex = len(xyz)
+    above = max(zs) + 10 * (max(zs) - min(zs) + 1)
+    cx, cy = sum(p[0] for p in xyz) / apex, sum(p[1] for p in xyz) / apex
     try:
-        hull = ConvexHull(xyz, qhull_options="QJ")
+        hull = ConvexHull([*xyz, [cx, cy, above]], qhull_options="QJ")
     except (QhullError, ValueError):  # all stable points on one line: nothing to draw
         return []
     edges: set[tuple[int, int]] = set()
     for simplex, eq in zip(hull.simplices, hull.equations):
-        if eq[2] >= -1e-9:  # an upper or vertical face
+        if apex in simplex or eq[2] >= -1e-6:  # a side of the pyramid, or an upright face
             continue
         a, b, c = (int(i) for i in simplex)
+        (xa, ya, _), (xb, yb, _), (xc, yc, _) = xyz[a], xyz[b], xyz[c]
+        if abs((xb - xa) * (yc - ya) - (xc - xa) * (yb - ya)) < 1e-9:  # flat over the triangle
+            continue
         edges.update(tuple(sorted(e)) for e in ((a, b), (b, c), (a, c)))
     return [[xyz[i][:2], xyz[j][:2]] for i, j in sorted(edges)]
 
