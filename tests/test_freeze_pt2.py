@@ -1,7 +1,8 @@
 """``lam freeze --format pt2`` (:mod:`lamkit.infer.export_pt2`): an AOTInductor package that
 gives DeepPot's energies, forces, virials and atom energies for any atom count, in a periodic
-triclinic cell, loaded by torch alone in a process where lamkit cannot be imported; models it
-cannot package are refused with a one-line error. One package is compiled for the module
+triclinic cell, loaded by torch alone in a process where lamkit cannot be imported; the
+non-periodic and the type-sorted (se_e2_a) programs; models it cannot package are refused
+with a one-line error. One package is compiled for the module
 (about a minute and a half on one busy core)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lamkit.cli.main import main
 from lamkit.errors import ConfigError, ModelFileError
 from lamkit.infer import DeepPot, freeze
 from lamkit.infer.export_pt2 import export_program
+from lamkit.model import build_model, load_model
 from lamkit.model.io import save_model
 from lamkit.testing import standard_system
 
@@ -170,18 +172,48 @@ def test_non_periodic_program(model):
         )
 
 
+def test_type_sorted_se_e2_a_program(tmp_path):
+    """se_e2_a with per-type networks runs them densely inside the program (export_dense)."""
+    model = load_model(tiny_model_file(tmp_path / "se_a.pth")).eval()
+    model.requires_grad_(False)
+    s = standard_system("cubic", 2, model.rcut, seed=11)
+    coord, atype, box = s.coord.reshape(-1, 3), s.atype, s.cell.reshape(9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree internals
+        program = export_program(model)
+    got = program.module()(
+        torch.tensor(coord).reshape(1, -1, 3),
+        torch.tensor(atype, dtype=torch.int64).reshape(1, -1),
+        torch.tensor(box).reshape(1, 9),
+    )
+    want = reference(model, coord, atype, box)
+    for value, key in zip(got, ("energy", "force", "virial", "atom_energy")):
+        np.testing.assert_allclose(
+            value.numpy(), want[key].reshape(value.shape), rtol=1e-10, atol=1e-12, err_msg=key
+        )
+    assert "forward" not in vars(model.fitting) and "_rows" not in vars(model.descriptor)
+
+
 def test_models_it_cannot_package_are_refused(tmp_path, capsys):
-    se_a = tiny_model_file(tmp_path / "se_a.pth")
-    with pytest.raises(ModelFileError, match="SeA .*select atoms by type"):
-        freeze(se_a, tmp_path / "se_a.pt2")
-    assert not (tmp_path / "se_a.pt2").exists()
+    model = build_model(
+        {
+            "type_map": ["O", "H"],
+            "descriptor": {"type": "dpa1", "sel": 20, "rcut": 4.0, "neuron": [4, 8]},
+            "fitting_net": {"neuron": [8], "numb_fparam": 1},
+        }
+    )
+    path = str(tmp_path / "fparam.pth")
+    save_model(model.eval(), path)
+    with pytest.raises(ModelFileError, match="fparam"):
+        freeze(path, tmp_path / "fparam.pt2")
+    assert not (tmp_path / "fparam.pt2").exists()
     # through the CLI: one line, no traceback, exit code 2
-    assert main(["freeze", "-c", se_a, "-o", str(tmp_path / "x.pt2")]) == 2
+    assert main(["freeze", "-c", path, "-o", str(tmp_path / "x.pt2")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("lam freeze: error:")]
-    assert len(lines) == 1 and "--format pt2 cannot package SeA" in lines[0]
+    assert len(lines) == 1 and "--format pt2 does not support" in lines[0]
     with pytest.raises(ConfigError, match="unknown format 'onnx'"):
-        freeze(se_a, tmp_path / "x.onnx", format="onnx")
+        freeze(path, tmp_path / "x.onnx", format="onnx")
     with pytest.raises(ConfigError, match="images"):
-        freeze(se_a, tmp_path / "x.pt2", images=0)
+        freeze(path, tmp_path / "x.pt2", images=0)

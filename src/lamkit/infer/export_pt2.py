@@ -39,6 +39,7 @@ import torch
 from ..errors import ConfigError, ModelFileError
 from ..model.derivatives import forces_and_virials
 from ..model.energy_model import EnergyModel
+from .export_dense import dense_type_selection, supported
 
 OUTPUTS = ("energy", "force", "virial", "atom_energy")
 UNITS = {
@@ -164,11 +165,11 @@ def _check_model(model) -> None:
             f"--format pt2 packages energy models only; this model is a {type(model).__name__}"
         )
     desc, fit = model.descriptor, model.fitting
-    if not (desc.mixed_types and getattr(fit, "mixed_types", True)):
+    if not supported(model):
         raise ModelFileError(
             f"--format pt2 cannot package {type(desc).__name__} with {type(fit).__name__}: "
             "its networks select atoms by type (data-dependent shapes that torch.export "
-            "cannot trace with a dynamic atom count); DPA-1, DPA-2 and se_e3_tebd models work"
+            "cannot trace with a dynamic atom count)"
         )
     if fit.numb_fparam or fit.numb_aparam:
         raise ModelFileError(
@@ -197,12 +198,13 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
     run = _program(model, periodic, images)
     fn = run if periodic else (lambda coord, atype: run(coord, atype))
     try:
-        traced = make_fx(
-            fn,
-            decomposition_table=_aten_only(),
-            tracing_mode="symbolic",
-            _allow_non_fake_inputs=True,
-        )(*args)
+        with dense_type_selection(model):
+            traced = make_fx(
+                fn,
+                decomposition_table=_aten_only(),
+                tracing_mode="symbolic",
+                _allow_non_fake_inputs=True,
+            )(*args)
     except Exception as exc:  # noqa: BLE001 - data-dependent Python control flow, ...
         raise ModelFileError(
             f"--format pt2: {type(model.descriptor).__name__} cannot be traced with dynamic "
