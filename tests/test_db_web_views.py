@@ -187,6 +187,13 @@ def test_binary_hull_plot_is_the_api_hull_and_follows_the_model(browser, site, t
     (cuau_b,) = (e["id"] for e in hull_b["stable"] if e["formula"] == "CuAu")
     browser.find_element("css selector", f'#hull-plot circle[data-id="{cuau_b}"]').click()
     wait_for(browser, lambda d: f"id {cuau_b}" in text_of(d, "detail-title"), "the record")
+    # the record's "phase diagram" link plots its own system and model
+    plot_hull(browser, "Cu-Au", "A")
+    done = hulls(browser)
+    browser.find_element("id", "detail-hull").click()
+    wait_for(browser, lambda d: hulls(d) > done, "the hull of the record")
+    assert browser.find_element("id", "hull-plot").get_attribute("data-model") == "B"
+    assert_plot_is_api_hull(browser, hull_b)
     assert console_errors(browser) == []
 
 

@@ -129,7 +129,8 @@ class HullResponse(BaseModel):
     plot: dict[str, Any] = Field(
         description="Plot-ready data: for a binary system 'x' is the atomic fraction of the "
         "second element and 'y' the formation energy per atom; 'hull' lists the "
-        "points of the lower hull in order."
+        "points of the lower hull in order. Ternary: 'x', 'y' in the triangle, 'z' the "
+        "formation energy, 'lines' the tie lines [[x1, y1], [x2, y2]] between stable points."
     )
     hull: dict[str, Any] | None = Field(None, description="The core's own hull dict.")
 

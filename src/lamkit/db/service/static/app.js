@@ -201,7 +201,23 @@
       ["E above hull (eV/atom)", `<span id="ehull-value" class="${onHull ? "stable" : ""}">` +
         `${fmt(r.e_above_hull, 4)}</span>${onHull ? " (on the hull)" : ""}`],
       ["model", esc(r.model ?? "–")],
+      ["phase diagram", r.energy !== null && r.chemsys
+        ? `<a href="#" id="detail-hull">${esc(r.chemsys)}${r.model ? ` (${esc(r.model)})` : ""}</a>`
+        : "–"],
     ]);
+    const link = $("detail-hull");
+    if (link) {
+      link.addEventListener("click", (e) => {
+        e.preventDefault();
+        $("h-chemsys").value = r.chemsys;
+        if (r.model) {
+          ensureOption($("h-model"), r.model);
+          $("h-model").value = r.model;
+        }
+        showHull(r.chemsys, r.model || "");
+        $("hull-panel").scrollIntoView({ behavior: "instant", block: "start" });
+      });
+    }
     const parts = r.decomposition || [];
     $("decomposition").innerHTML = parts.length && !onHull
       ? `<p class="small">Decomposes into ${parts.map((p) => `${fmt(p.fraction, 3)} × ` +
