@@ -1,11 +1,12 @@
 """``lam freeze --format pt2``: an energy model as an AOTInductor package that torch alone runs.
 
 The package holds one compiled program ``(coord, atype, box) -> (energy, force, virial,
-atom_energy)`` for coord [nf, nloc, 3] Å (float64), atype [nf, nloc] int64 (type indices of the
-model's ``type_map``, -1 for a virtual atom) and box [nf, 9] Å (rows are cell vectors; a
-package written with ``periodic=False`` takes no box). Outputs: energy [nf, 1] eV, force
-[nf, nloc, 3] eV/Å, virial [nf, 9] eV, atom_energy [nf, nloc, 1] eV. The frame and atom counts
-are dynamic. A service loads it without lamkit::
+atom_energy)`` for one frame: coord [1, natoms, 3] Å (float64), atype [1, natoms] int64 (type
+indices of the model's ``type_map``, -1 for a virtual atom) and box [1, 9] Å (rows are cell
+vectors; a package written with ``periodic=False`` takes no box). Outputs: energy [1, 1] eV,
+force [1, natoms, 3] eV/Å, virial [1, 9] eV, atom_energy [1, natoms, 1] eV. The atom count is
+dynamic (2 or more); the frame count is 1 (a traced frame count > 1 would carry guards of the
+trace), so a service evaluates frames one by one. A service loads it without lamkit::
 
     import torch
     pot = torch._inductor.aoti_load_package("model.pt2")
@@ -15,14 +16,14 @@ are dynamic. A service loads it without lamkit::
 Everything lamkit normally does outside the model happens inside the program, with torch
 operations: the atoms are wrapped into the cell, every atom gets its ``(2k+1)^3`` periodic
 images (``k = images``, default 1), and the neighbour list is the nearest ``sel`` atoms within
-``rcut`` by brute force over all of them (memory ~ ``nf * nloc^2 * 27 * 32`` bytes: meant for
-the few hundred atoms a service evaluates, not for MD boxes). With ``images=1`` every cell
-height must be at least ``rcut``; the program cannot raise an error, so it returns NaN
-energies, forces and virials for a frame whose cell is too thin (use a larger ``images``).
+``rcut`` by brute force over all of them (memory ~ ``natoms^2 * 27 * 32`` bytes for ``k = 1``:
+meant for the few hundred atoms a service evaluates, not for MD boxes). Every cell height must
+be at least ``rcut / k``; the program cannot raise an error, so it returns NaN energies,
+forces and virials for a frame whose cell is too thin (use a larger ``images``).
 
 The forward *and* the backward pass (forces, virial) are traced into one graph of ATen
 operations with ``make_fx`` (as :mod:`lamkit.infer.compiled` does), which ``torch.export``
-turns into an exported program with symbolic frame and atom counts and AOTInductor compiles to
+turns into an exported program with a symbolic atom count and AOTInductor compiles to
 C++ and packages (about half a minute to a few minutes on CPU).
 """
 
@@ -179,8 +180,8 @@ def _check_model(model) -> None:
 
 
 def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, nloc: int = 7):
-    """``torch.export`` of the energy/force/virial program with dynamic frame and atom counts
-    (traced on ``2`` frames of ``nloc`` example atoms)."""
+    """``torch.export`` of the energy/force/virial program for one frame with a dynamic atom
+    count (traced on ``nloc`` example atoms)."""
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
