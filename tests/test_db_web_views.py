@@ -225,6 +225,13 @@ def test_ternary_hull_plot_and_its_tie_lines(browser, site, tmp_path):  # noqa: 
     )
     assert n_lines == len(lines)
     shoot(browser.find_element("id", "hull-panel"), "ternary", tmp_path)
+    # no system typed: a message, the plot stays
+    done = hulls(browser)
+    browser.find_element("id", "h-chemsys").clear()
+    browser.find_element("id", "hull-button").click()
+    wait_for(browser, lambda d: hulls(d) > done, "the empty system's message")
+    assert "Type a chemical system" in text_of(browser, "hull-message")
+    assert len(circles(browser)) == len(hull["plot"]["points"])
     # a system with no energies of the model: a message, no points
     plot_hull(browser, "Au-Cu-Ni", "B")
     assert "No hull" in text_of(browser, "hull-message")

@@ -319,6 +319,12 @@
 
   // ------------------------------------------------------------------ phase diagram
   async function showHull(chemsys, model) {
+    if (!chemsys) {
+      $("hull-message").textContent = "Type a chemical system first, e.g. Cu-Au or Li-Fe-O.";
+      $("hull-message").classList.add("error");
+      document.body.dataset.hulls = String(++hulls);
+      return;
+    }
     const q = model ? `?model=${encodeURIComponent(model)}` : "";
     $("hull-message").textContent = "Building the hull…";
     $("hull-message").classList.remove("error");
