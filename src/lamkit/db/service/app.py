@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +32,7 @@ from .apidocs import add_docs
 from .auth import KeyChecker, keys_from_env, parse_keys
 from .limits import BodySizeLimit, Limits
 from .methods import AllowedMethods
+from .once import single_values
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(files("lamkit.db.service") / "static"))
@@ -128,8 +129,9 @@ def create_app(
             "writes": app.state.lamkit.keys.enabled,
         }
 
-    app.include_router(routes.router, prefix=API, tags=["read"])
-    app.include_router(writes.router, prefix=API, tags=["write"])
+    once = [Depends(single_values)]  # a repeated one-value query parameter: 422
+    app.include_router(routes.router, prefix=API, tags=["read"], dependencies=once)
+    app.include_router(writes.router, prefix=API, tags=["write"], dependencies=once)
     app.include_router(optimade_routes.router)  # /optimade/versions, /optimade/v1/...
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
