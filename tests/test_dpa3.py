@@ -18,6 +18,7 @@ from lamkit.errors import ConfigError
 from lamkit.fitting.energy import EnergyFitting
 from lamkit.model.build import build_model
 from lamkit.model.energy_model import EnergyModel
+from lamkit.model.type_map import change_type_map
 from lamkit.testing import randomize_statistics, standard_system
 from lamkit.testing.physics import _compare, assert_close, cutoff_crossing_path, predict
 from lamkit.testing.suite import ModelPhysicsTests
@@ -215,3 +216,21 @@ def test_lam_train_two_steps(tmp_path, monkeypatch):
     rows = [ln.split() for ln in (tmp_path / "lcurve.out").read_text().splitlines()]
     losses = [float(r[1]) for r in rows if r and not r[0].startswith("#")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_change_type_map_keeps_predictions_and_fixed_std():
+    """Fine-tuning to a new type map: old elements predict exactly as before, and a new
+    element gets the constant std ``fix_stat_std`` like the others (not 1)."""
+    conf = {
+        "type_map": TYPE_MAP,
+        "descriptor": {"type": "dpa3", "repflow": TINY, "seed": 1, "precision": "float64"},
+        "fitting_net": {"neuron": [8], "seed": 1, "precision": "float64"},
+    }
+    model = randomize_statistics(build_model(conf), 2)
+    model.descriptor.repflows.dstd.fill_(0.3)
+    model.descriptor.repflows.davg.zero_()
+    sys_ = standard_system("triclinic", 2, 4.0, seed=7)
+    new = change_type_map(model, ["H", "C", "O"])
+    moved = sys_.copy(atype=np.where(sys_.atype == 0, 2, 0))
+    _compare("new type map", predict(new, moved), predict(model, sys_), 1e-12, 1e-12)
+    assert torch.all(new.descriptor.dstd == 0.3)

@@ -4,8 +4,9 @@ Only tensors indexed by atom type change: the type-embedding rows, the environme
 (``davg``/``dstd``), the output bias and std and the fitting's per-type bias. Every other weight
 is copied, so predictions for structures of the old elements stay exactly what they were. New
 elements get the freshly initialised embedding rows of a model built for the new type map, zero
-mean / unit spread statistics and zero bias, for the fine-tuning data to set (as DeePMD-kit's
-``change_type_map`` does). Type indices in the config (``exclude_types`` and friends) follow.
+mean, that model's initial spread (1; DPA-3's fix_stat_std) and zero bias, for the
+fine-tuning data to set (as DeePMD-kit's ``change_type_map`` does). Type indices in the
+config (``exclude_types`` and friends) follow.
 
 Descriptors without a type embedding (se_e2_a) have one network per type (pair); their type
 map stays as it is (data in any type map is mapped onto it by element name).
@@ -119,8 +120,7 @@ def _new_rows(key, fresh_value, old_value, rows, n_old) -> torch.Tensor:
     out = fresh_value.clone()
     if key.endswith(("davg", "out_bias", "bias_atom")):
         out.zero_()
-    elif key.endswith(("dstd", "out_std")):
-        out.fill_(1.0)
+    # dstd / out_std keep the rebuilt model's initial values: 1, or DPA-3's fix_stat_std
     if old_value.shape[0] != n_old:
         raise ConfigError(f"type_map: '{key}' has {old_value.shape[0]} rows for {n_old} types")
     for j, i in rows:
