@@ -44,6 +44,10 @@ DPA1 = {"type": "dpa1", "sel": 40, "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 
 SE_T = {"type": "se_e3_tebd", "sel": 10, "rcut": 3.0, "rcut_smth": 0.5, "neuron": [4, 8],
         "tebd_dim": 4, "seed": 1}
 DPA2 = copy.deepcopy(DPA2_DESCRIPTOR)
+DPA3 = {"type": "dpa3", "seed": 1, "repflow": {
+    "n_dim": 8, "e_dim": 6, "a_dim": 4, "nlayers": 2, "e_rcut": 4.0, "e_rcut_smth": 3.0,
+    "e_sel": 48, "a_rcut": 3.0, "a_rcut_smth": 2.0, "a_sel": 40, "axis_neuron": 2,
+    "smooth_edge_update": True}}
 FIT = {"neuron": [8, 8], "seed": 2}
 # name -> (descriptor, fitting, reference/lamkit evaluator class name)
 KINDS = {
@@ -52,6 +56,7 @@ KINDS = {
     "dpa1": (DPA1, FIT, "DeepPot"),
     "dpa2": (DPA2, FIT, "DeepPot"),
     "se_e3_tebd": (SE_T, FIT, "DeepPot"),
+    "dpa3": (DPA3, FIT, "DeepPot"),
     "dipole": (SE_A, {**FIT, "type": "dipole"}, "DeepDipole"),
     "polar": (SE_A, {**FIT, "type": "polar"}, "DeepPolar"),
     "property": (DPA1, {**FIT, "type": "property", "property_name": "band", "task_dim": 3},
@@ -59,7 +64,7 @@ KINDS = {
 }
 OWN = {"DeepPot": DeepPot, "DeepDipole": DeepDipole, "DeepPolar": DeepPolar,
        "DeepProperty": DeepProperty}
-FROZEN = ["se_e2_a", "dpa2"]  # also through dp --pt freeze
+FROZEN = ["se_e2_a", "dpa2", "dpa3"]  # also through dp --pt freeze
 MULTI = {"a": (SE_A, FIT), "b": (DPA1, {**FIT, "seed": 3})}
 DP = [sys.executable, "-m", "deepmd", "--pt"]
 
@@ -93,6 +98,8 @@ for job in jobs:
 def _model(descriptor: dict, fitting: dict, seed: int = 0):
     model = build_model({"type_map": TYPE_MAP, "descriptor": descriptor, "fitting_net": fitting})
     randomize_statistics(model, seed=seed)
+    if descriptor["type"] == "dpa3":  # the repflow block keeps a zero mean
+        model.descriptor.repflows.davg.data.zero_()
     with torch.no_grad():  # non-trivial fparam/aparam statistics where there are any
         for name, buf in model.named_buffers():
             if name.endswith(("_avg", "_inv_std")) and buf.numel():
