@@ -146,6 +146,7 @@ def test_shapes_and_rot_mat():
         ({"a_sel": 60}, {}, "a_sel"),
         ({}, {"use_econf_tebd": True}, "use_econf_tebd"),
         ({}, {"add_chg_spin_ebd": True}, "add_chg_spin_ebd"),
+        ({}, {"default_chg_spin": [0, 1]}, "default_chg_spin"),
         ({}, {"activation_function": "silut:abc"}, "threshold"),
         ({}, {"activation_function": "swish"}, "swish"),
         ({"bogus_key": 1}, {}, "bogus_key"),

@@ -88,8 +88,17 @@ CASES = {
         {"exclude_types": [[0, 1]], "env_protection": 0.01},
     ),
 }
+# the example in its own precision, float32 (agreement to float32 rounding only)
+CASES["water-example-float32"] = (CASES["water-example"][0], {**CASES["water-example"][1]})
+CASES["water-example-float32"][1]["precision"] = "float32"
 # fitting options on top of BASE, as in the example
-FITTING = {"water-example": {"activation_function": "silut:10.0", "resnet_dt": True}}
+EXAMPLE_FITTING = {"activation_function": "silut:10.0", "resnet_dt": True}
+FITTING = {
+    "water-example": EXAMPLE_FITTING,
+    "water-example-float32": {**EXAMPLE_FITTING, "precision": "float32"},
+}
+# (rtol, atol) of the comparison; float64 unless named
+TOLERANCE = {"water-example-float32": (1e-5, 1e-6)}
 SYSTEMS = ("triclinic", "cluster")
 
 # the reference side: argv = job json; writes <name>.pt checkpoints and results.pt
@@ -102,7 +111,7 @@ from deepmd.pt.model.model import get_model
 job = json.load(open(sys.argv[1]))
 results = {}
 for name, params in job["cases"].items():
-    model = get_model(json.loads(json.dumps(params))).double()
+    model = get_model(json.loads(json.dumps(params)))
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for key, value in model.state_dict().items():
@@ -184,10 +193,7 @@ def test_dpa3_matches_reference(reference, case):
         want = {k: v.numpy() for k, v in results[case][sys_name].items()}
         tag = f"{case}/{sys_name}"
         assert np.abs(want["force"]).max() > 1e-4  # the forces are not trivially zero
-        assert_close(f"{tag} energy", np.ravel(got["energy"]), np.ravel(want["energy"]))
-        assert_close(f"{tag} force", np.ravel(got["force"]), np.ravel(want["force"]))
-        assert_close(f"{tag} virial", np.ravel(got["virial"]), np.ravel(want["virial"]))
-        assert_close(
-            f"{tag} atom_energy", np.ravel(got["atom_energy"]), np.ravel(want["atom_energy"])
-        )
-        assert_close(f"{tag} descriptor", seen[0][0].numpy(), want["descriptor"])
+        tol = TOLERANCE.get(case, (1e-10, 1e-12))
+        for name in ("energy", "force", "virial", "atom_energy"):
+            assert_close(f"{tag} {name}", np.ravel(got[name]), np.ravel(want[name]), *tol)
+        assert_close(f"{tag} descriptor", seen[0][0].double().numpy(), want["descriptor"], *tol)

@@ -92,7 +92,8 @@ def check_dpa3(conf: dict, where: str) -> None:
             f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
             "supported; set it to false"
         )
-    if conf.get("add_chg_spin_ebd"):
+    if conf.get("add_chg_spin_ebd") or conf.get("default_chg_spin") is not None:
         raise ConfigError(
-            f"{where}/add_chg_spin_ebd: charge/spin embeddings are not supported; set it to false"
+            f"{where}/add_chg_spin_ebd: charge/spin embeddings (add_chg_spin_ebd, "
+            "default_chg_spin) are not supported; leave them out"
         )

@@ -78,7 +78,14 @@ class DescrptDPA3(Descriptor):
     ):
         super().__init__()
         where = "model/descriptor"
-        check_dpa3({"use_econf_tebd": use_econf_tebd, "add_chg_spin_ebd": add_chg_spin_ebd}, where)
+        check_dpa3(
+            {
+                "use_econf_tebd": use_econf_tebd,
+                "add_chg_spin_ebd": add_chg_spin_ebd,
+                "default_chg_spin": default_chg_spin,
+            },
+            where,
+        )
         rf = normalize(repflow, REPFLOW_ARGS, f"{where}/repflow")
         check_repflow(rf, f"{where}/repflow")
         if rf["skip_stat"]:
