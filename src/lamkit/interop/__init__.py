@@ -1,5 +1,8 @@
-"""Reading DeePMD-kit v3 PyTorch checkpoints into lamkit models."""
+"""DeePMD-kit v3 PyTorch checkpoints: reading them into lamkit models, writing lamkit models as
+such checkpoints (``to_deepmd``) and ``lam convert`` between the two file formats."""
 
+from .convert import convert
 from .deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
+from .to_deepmd import deepmd_checkpoint
 
-__all__ = ["is_deepmd_checkpoint", "load_deepmd_checkpoint"]
+__all__ = ["convert", "deepmd_checkpoint", "is_deepmd_checkpoint", "load_deepmd_checkpoint"]
