@@ -148,10 +148,11 @@ class RepFlowLayer(nn.Module):
         return combine_updates(updates, self.update_style, list(residuals))
 
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, node_ext, edge, h2, angle, nlist, sw, a_mask, a_sw):
-        """nlist: 0 in empty slots; sw / a_sw: 0 in empty slots; a_mask [nf, nloc, a_sel]."""
+    def forward(self, node_ext, edge, h2, angle, nlist, sw, a_mask, a_sw, start: int = 0):
+        """nlist: 0 in empty slots; sw / a_sw: 0 in empty slots; a_mask [nf, rows, a_sel].
+        The pair rows belong to centre atoms ``start : start + rows`` (chunked evaluation)."""
         nloc = nlist.shape[1]
-        node = node_ext[:, :nloc]
+        node = node_ext[:, start : start + nloc]
         nei_node = gather_rows(node_ext, nlist)
         scale = self.e_norm**-0.5
 

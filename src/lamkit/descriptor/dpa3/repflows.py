@@ -4,12 +4,14 @@ each layer; the output rotation matrix comes from the last edge features."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
 from ...geometry.env import gather_rows, smooth_switch
+from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from .repflow_layer import RepFlowLayer, pair_moment
 
@@ -28,12 +30,14 @@ def safe_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, torch.linalg.norm(safe, dim=-1, keepdim=True), 0.0)
 
 
-def env_matrix(ext_coord, nlist, rcut: float, rcut_smth: float, protection: float, use_exp: bool):
-    """``[1/r, x/r^2, y/r^2, z/r^2] * sw`` ``[nf, nloc, nnei, 4]``, diff (0 in empty slots)
-    and sw ``[nf, nloc, nnei]`` (0 in empty slots)."""
-    nloc = nlist.shape[1]
+def env_matrix(
+    ext_coord, nlist, rcut: float, rcut_smth: float, protection: float, use_exp: bool, start=0
+):
+    """``[1/r, x/r^2, y/r^2, z/r^2] * sw`` ``[nf, rows, nnei, 4]``, diff (0 in empty slots)
+    and sw ``[nf, rows, nnei]`` (0 in empty slots) of centre atoms ``start : start + rows``."""
+    rows = nlist.shape[1]
     mask = (nlist >= 0).unsqueeze(-1)
-    diff = (gather_rows(ext_coord, nlist) - ext_coord[:, :nloc, None, :]) * mask
+    diff = (gather_rows(ext_coord, nlist) - ext_coord[:, start : start + rows, None, :]) * mask
     safe = torch.where(mask, diff, torch.ones_like(diff))
     length = torch.where(mask, torch.linalg.norm(safe, dim=-1, keepdim=True), 1.0)
     switch = exp_switch if use_exp else smooth_switch
@@ -107,12 +111,15 @@ class Repflows(nn.Module):
         std = self.fix_stat_std if self.fix_stat_std != 0.0 else 1.0
         self.register_buffer("dstd", torch.full((ntypes, 4), std, dtype=dtype))
 
-    def inputs(self, ext_coord, ext_atype, nlist):
-        """Initial edge/angle features and the pair data every layer uses."""
-        nloc = nlist.shape[1]
+    def inputs(self, ext_coord, ext_atype, nlist, start: int = 0):
+        """Initial edge/angle features and the pair data every layer uses, of centre atoms
+        ``start : start + nlist.shape[1]``."""
+        rows = nlist.shape[1]
         prot, use_exp = self.env_protection, self.use_exp_switch
-        env, diff, sw = env_matrix(ext_coord, nlist, self.rcut, self.rcut_smth, prot, use_exp)
-        at = ext_atype[:, :nloc].clamp(min=0)
+        env, diff, sw = env_matrix(
+            ext_coord, nlist, self.rcut, self.rcut_smth, prot, use_exp, start
+        )
+        at = ext_atype[:, start : start + rows].clamp(min=0)
         rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
         # angles: the first a_sel edge slots within a_rcut
         a_nlist = nlist[..., : self.a_sel]
@@ -120,7 +127,7 @@ class Repflows(nn.Module):
             safe_norm(diff[..., : self.a_sel, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
         )
         _, a_diff, a_sw = env_matrix(
-            ext_coord, a_nlist, self.a_rcut, self.a_rcut_smth, prot, use_exp
+            ext_coord, a_nlist, self.a_rcut, self.a_rcut_smth, prot, use_exp, start
         )
         unit = a_diff / (safe_norm(a_diff) + 1e-6)
         cosine = torch.matmul(unit, unit.transpose(-1, -2)) * (1 - 1e-6)
@@ -134,7 +141,14 @@ class Repflows(nn.Module):
     def forward(self, ext_coord, ext_atype, nlist, node, mapping):
         """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw."""
         nf, nloc, _ = nlist.shape
-        edge, h2, angle, sw, a_mask, a_sw = self.inputs(ext_coord, ext_atype, nlist)
+        bounds = row_bounds(nf, nloc)
+        edge, h2, angle, sw, a_mask, a_sw = map_rows(
+            lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s),
+            nf,
+            nloc,
+            nlist,
+            bounds=bounds,
+        )
         nl = torch.where(nlist >= 0, nlist, 0)
         if mapping is None:
             if ext_coord.shape[1] != nloc:
@@ -144,6 +158,25 @@ class Repflows(nn.Module):
             nl = torch.gather(mapping, 1, nl.reshape(nf, -1)).reshape(nl.shape)
         node = self.act(node)
         for layer in self.layers:
-            node, edge, angle = layer(node, edge, h2, angle, nl, sw, a_mask, a_sw)
+            if bounds is None:
+                node, edge, angle = layer(node, edge, h2, angle, nl, sw, a_mask, a_sw)
+            else:  # slices of centre atoms; each reads every atom's node features
+                node, edge, angle = map_rows(
+                    functools.partial(self._layer_rows, layer, node),
+                    nf,
+                    nloc,
+                    edge,
+                    h2,
+                    angle,
+                    nl,
+                    sw,
+                    a_mask,
+                    a_sw,
+                    bounds=bounds,
+                )
         hg = pair_moment(edge, h2, sw, self.e_norm**-0.5)
         return node, edge, h2, hg.transpose(-1, -2), sw
+
+    @staticmethod
+    def _layer_rows(layer, node, start, stop, edge, h2, angle, nl, sw, a_mask, a_sw):
+        return layer(node, edge, h2, angle, nl, sw, a_mask, a_sw, start)
