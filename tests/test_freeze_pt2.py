@@ -120,7 +120,7 @@ def test_metadata_and_a_cell_too_thin_for_the_images(model, package):
         torch.tensor(atype, dtype=torch.int64).reshape(1, -1),
         torch.tensor(thin).reshape(1, 9),
     )
-    assert torch.isnan(e).all() and torch.isnan(f).all() and torch.isnan(v).all()
+    assert all(torch.isnan(x).all() for x in (e, f, v, ae))
 
 
 def test_loads_and_runs_without_lamkit(model, package, tmp_path):
@@ -130,9 +130,15 @@ def test_loads_and_runs_without_lamkit(model, package, tmp_path):
     code = (
         "import runpy, sys\n"
         "sys.modules['lamkit'] = None  # any import of lamkit now raises ImportError\n"
+        "import torch\n"
         f"sys.argv = ['load_pt2.py', {str(package)!r}, {str(tmp_path / 's.npz')!r}, "
         f"{str(tmp_path / 'out.npz')!r}]\n"
-        f"runpy.run_path({str(LOADER)!r}, run_name='__main__')\n"
+        f"pot = runpy.run_path({str(LOADER)!r}, run_name='__main__')['pot']\n"
+        "try:  # the loader turns AOTInductor's input checks on\n"
+        "    x = torch.zeros(1, 3, 3, dtype=torch.float32)  # float32 coordinates\n"
+        "    pot(x, torch.zeros(1, 3, dtype=torch.int64), torch.eye(3).double().reshape(1, 9))\n"
+        "except RuntimeError as exc:\n"
+        "    print('refused:', exc)\n"
         "assert not any(m == 'lamkit' or m.startswith('lamkit.') for m in sys.modules"
         " if sys.modules[m] is not None)\n"
     )
@@ -146,6 +152,7 @@ def test_loads_and_runs_without_lamkit(model, package, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "type_map ['O', 'H']" in run.stdout
+    assert "refused: input_handles[0]: unmatched dtype" in run.stdout
     got = np.load(tmp_path / "out.npz")
     want = reference(model, coord, atype, box)
     for key in ("energy", "force", "virial", "atom_energy"):

@@ -6,11 +6,14 @@ type_map) and box [9] (Angstrom, rows are cell vectors; leave it out for a --no-
 """
 
 import json
+import os
 import sys
 
 import numpy as np
 import torch
 
+# AOTInductor checks input dtypes and shapes only when asked (read once, before loading)
+os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")
 pot = torch._inductor.aoti_load_package(sys.argv[1])
 meta = pot.get_metadata()
 print("type_map", json.loads(meta["type_map"]), "rcut", float(meta["rcut"]), "Angstrom")

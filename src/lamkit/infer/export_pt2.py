@@ -19,7 +19,7 @@ images (``k = images``, default 1), and the neighbour list is the nearest ``sel`
 ``rcut`` by brute force over all of them (memory ~ ``natoms^2 * 27 * 32`` bytes for ``k = 1``:
 meant for the few hundred atoms a service evaluates, not for MD boxes). Every cell height must
 be at least ``rcut / k``; the program cannot raise an error, so it returns NaN energies,
-forces and virials for a frame whose cell is too thin (use a larger ``images``).
+forces, virials and atom energies for a frame whose cell is too thin (use a larger ``images``).
 
 The forward *and* the backward pass (forces, virial) are traced into one graph of ATen
 operations with ``make_fx`` (as :mod:`lamkit.infer.compiled` does), which ``torch.export``
@@ -140,7 +140,7 @@ def _program(model: EnergyModel, periodic: bool, images: int):
             energy + nan.unsqueeze(-1),
             der["force"] + nan.view(nf, 1, 1),
             der["virial"] + nan.unsqueeze(-1),
-            atom_e,
+            atom_e + nan.view(nf, 1, 1),
         )
 
     return run
