@@ -237,13 +237,19 @@ def _same_checkpoints(a: Path, b: Path) -> None:
 
 
 def test_reference_checkpoint_round_trip(work, tmp_path):
-    """dp --pt train's own checkpoint -> lamkit -> DeePMD-kit: the same tensors, bit for bit."""
-    _, _, water = work
+    """dp --pt train's own checkpoint -> lamkit -> DeePMD-kit: the same tensors, bit for bit.
+    The training starts from a converted lamkit model (``--init-model``)."""
+    root, _, water = work
     data = subset_system(water / "data_0", tmp_path / "data", 4)
     model = {"type_map": TYPE_MAP, "descriptor": DPA1, "fitting_net": FIT}
     (tmp_path / "input.json").write_text(json.dumps(energy_input(model, [data], steps=1)))
-    run_reference(["train", "input.json", "--skip-neighbor-stat"], tmp_path)
+    init = ["--init-model", str(root / "dpa1.pt")]
+    run_reference(["train", "input.json", "--skip-neighbor-stat", *init], tmp_path)
     ckpt = tmp_path / "model.ckpt-1.pt"
+    trained = torch.load(ckpt, weights_only=True)["model"]
+    start = torch.load(root / "dpa1.pt", weights_only=True)["model"]
+    weights = [k for k in start if k.endswith(".matrix")]
+    assert weights and all(torch.allclose(trained[k], start[k], atol=1e-2) for k in weights)
     assert lam_main(["convert", str(ckpt), str(tmp_path / "m.lam")]) == 0
     assert lam_main(["convert", str(tmp_path / "m.lam"), str(tmp_path / "back.pt")]) == 0
     _same_checkpoints(ckpt, tmp_path / "back.pt")

@@ -5,8 +5,9 @@ the model config (``deepmd.pt.model.model.get_model``), walk its state dict and 
 from the lamkit model through :func:`lamkit.interop.deepmd.translate_name`, the same name table
 the reader uses. So the written state dict has exactly the names, shapes and dtypes the
 reference expects, and a name the table does not know is an error here instead of a file the
-reference cannot load. The file is ``{"model": state_dict}`` with ``_extra_state`` holding
-``model_params`` and ``train_infos``, like ``dp --pt train``'s ``model.ckpt-*.pt``.
+reference cannot load. The file is ``{"model": state_dict, "optimizer": None}``, the state dict's
+``_extra_state`` holding ``model_params`` and ``train_infos``, like ``dp --pt train``'s
+``model.ckpt-*.pt`` (whose optimizer state a converted model does not have).
 
 Reference entries the reader ignores are filled as follows: ``._networks.`` duplicates from their
 ``.networks.`` twin, everything else (compression tables, ``case_embd``, ...) keeps the value of
@@ -131,7 +132,8 @@ def deepmd_checkpoint(
     params: dict | None = None,
     train_infos: dict | None = None,
 ) -> dict:
-    """A DeePMD-kit v3 checkpoint dict (``{"model": state_dict}``) of lamkit models.
+    """A DeePMD-kit v3 checkpoint dict (``{"model": state_dict, "optimizer": None}``) of
+    lamkit models.
 
     Args:
         branches: ``{head: AtomicModel}``; one branch is written as head ``Default`` unless
@@ -155,4 +157,5 @@ def deepmd_checkpoint(
         "model_params": params,
         "train_infos": train_infos or {"lr": 0.0, "step": 0},
     }
-    return {"model": state}
+    # dp train --init-model/--restart read "optimizer" unconditionally; None = a fresh optimizer
+    return {"model": state, "optimizer": None}
