@@ -6,7 +6,10 @@ the output bias are re-drawn so that every term counts), saves it as a DeePMD-ki
 (``{"model": state dict with _extra_state.model_params}``) and evaluates it on a periodic
 triclinic three-type system and a non-periodic cluster. lamkit loads each checkpoint file with
 its DeePMD-kit reader and must reproduce energies, forces, virials, atomic energies and the
-descriptor output to 1e-10 (float64). Skipped without the reference (a failure in CI).
+descriptor output to 1e-10 (float64; the example's options also in float32, to 1e-5).
+A slow test trains a multi-task checkpoint with ``dp --pt train`` (two heads sharing a DPA-3)
+and compares one head with ``deepmd.infer.DeepPot``. Skipped without the reference (a failure
+in CI).
 """
 
 from __future__ import annotations
@@ -197,3 +200,86 @@ def test_dpa3_matches_reference(reference, case):
         for name in ("energy", "force", "virial", "atom_energy"):
             assert_close(f"{tag} {name}", np.ravel(got[name]), np.ravel(want[name]), *tol)
         assert_close(f"{tag} descriptor", seen[0][0].double().numpy(), want["descriptor"], *tol)
+
+
+# --- a checkpoint written by ``dp --pt train``: multi-task, two heads sharing one DPA-3 ------
+_TRAINED_EVAL = r"""
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+from deepmd.infer import DeepPot
+data, out = sys.argv[1], sys.argv[2]
+coord = np.load(f"{data}/set.000/coord.npy")[:1]
+box = np.load(f"{data}/set.000/box.npy")[:1]
+atype = np.loadtxt(f"{data}/type.raw", dtype=int)
+e, f, v = DeepPot("model.ckpt.pt", head="water_b").eval(coord, box, atype)[:3]
+np.savez(out, energy=e, force=f, virial=v)
+"""
+
+
+def _multitask_input(water) -> dict:
+    desc = copy.deepcopy(CASES["water-example"][0])
+    desc.update(n_dim=16, e_dim=8, a_dim=8, nlayers=2, e_rcut=6.0, e_rcut_smth=5.3, e_sel=120)
+    desc.update(a_rcut=4.0, a_rcut_smth=3.5, a_sel=30)
+    fit = {"neuron": [16, 16], "precision": "float64", **EXAMPLE_FITTING}
+    loss = {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 20, "start_pref_f": 100}
+    loss.update(limit_pref_f=60, start_pref_v=0.02, limit_pref_v=1)
+    return {
+        "model": {
+            "shared_dict": {
+                "tm": ["O", "H"],
+                "dpa3": {
+                    "type": "dpa3",
+                    "repflow": desc,
+                    "activation_function": "silut:10.0",
+                    "precision": "float64",
+                    "seed": 1,
+                },
+            },
+            "model_dict": {
+                head: {"type_map": "tm", "descriptor": "dpa3", "fitting_net": dict(fit, seed=s)}
+                for head, s in (("water_a", 1), ("water_b", 2))
+            },
+        },
+        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 1e-3, "stop_lr": 3e-5},
+        "loss_dict": {"water_a": loss, "water_b": loss},
+        "training": {
+            "model_prob": {"water_a": 0.5, "water_b": 0.5},
+            "data_dict": {
+                head: {"training_data": {"systems": [str(water / d)], "batch_size": 1}}
+                for head, d in (("water_a", "data_0"), ("water_b", "data_1"))
+            },
+            "numb_steps": 2,
+            "seed": 10,
+            "disp_freq": 2,
+            "save_freq": 2,
+        },
+    }
+
+
+@pytest.mark.slow
+def test_dp_trained_multitask_checkpoint(tmp_path):
+    """Two steps of ``dp --pt train`` on a multi-task input whose heads share a DPA-3 descriptor
+    with the water example's options; lamkit's reader gives ``deepmd.infer.DeepPot``'s energy,
+    forces and virial for head water_b on a water frame."""
+    water = require_reference()
+    (tmp_path / "input.json").write_text(json.dumps(_multitask_input(water)))
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = dict(cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    cmd = [sys.executable, "-m", "deepmd", "--pt", "train", "input.json", "--skip-neighbor-stat"]
+    proc = subprocess.run(cmd, **run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "eval.py").write_text(_TRAINED_EVAL)
+    data = water / "data_3"
+    proc = subprocess.run([sys.executable, "eval.py", str(data), "ref.npz"], **run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = np.load(tmp_path / "ref.npz")
+    model = load_deepmd_checkpoint(tmp_path / "model.ckpt.pt", head="water_b")
+    coord = np.load(data / "set.000" / "coord.npy")[:1].reshape(1, -1, 3)
+    cell = np.load(data / "set.000" / "box.npy")[:1].reshape(1, 3, 3)
+    atype = np.loadtxt(data / "type.raw", dtype=np.int64)[None]
+    from lamkit.testing.physics import predict_batch
+
+    got = predict_batch(model, coord, atype, cell, False)
+    for name in ("energy", "force", "virial"):
+        assert_close(f"trained {name}", np.ravel(got[name]), np.ravel(want[name]), 1e-10, 1e-12)
