@@ -20,10 +20,10 @@ import torch
 from lamkit.cli.main import main
 from lamkit.errors import ConfigError, ModelFileError
 from lamkit.infer import DeepPot, freeze
-from lamkit.infer.export_pt2 import export_program
+from lamkit.infer.export_pt2 import export_program, metadata
 from lamkit.model import build_model, load_model
 from lamkit.model.io import save_model
-from lamkit.testing import standard_system
+from lamkit.testing import randomize_statistics, standard_system
 
 from .conftest import IN_CI
 from .screen_common import tiny_model_file
@@ -201,25 +201,63 @@ def test_type_sorted_se_e2_a_program(tmp_path):
     assert "forward" not in vars(model.fitting) and "_rows" not in vars(model.descriptor)
 
 
+def test_frame_and_atomic_parameters(tmp_path):
+    """fparam [1, nfp] and aparam [1, natoms, nap] become inputs of the program."""
+    model = build_model(
+        {
+            "type_map": ["O", "H"],
+            "descriptor": {"type": "dpa1", "sel": 30, "rcut": 4.0, "neuron": [4, 8], "seed": 2},
+            "fitting_net": {"neuron": [8], "numb_fparam": 2, "numb_aparam": 1, "seed": 2},
+        }
+    )
+    randomize_statistics(model, 2)
+    model.eval().requires_grad_(False)
+    s = standard_system("cubic", 2, model.rcut, seed=13)
+    coord, atype, box = s.coord.reshape(-1, 3), s.atype, s.cell.reshape(9)
+    rng = np.random.default_rng(0)
+    fparam, aparam = rng.normal(size=(1, 2)), rng.normal(size=(1, len(atype), 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree internals
+        program = export_program(model)
+    got = program.module()(
+        torch.tensor(coord).reshape(1, -1, 3),
+        torch.tensor(atype, dtype=torch.int64).reshape(1, -1),
+        torch.tensor(box).reshape(1, 9),
+        torch.tensor(fparam),
+        torch.tensor(aparam),
+    )
+    dp = DeepPot(model)
+    want = dp.eval(coord.reshape(1, -1), box.reshape(1, 9), atype, fparam=fparam, aparam=aparam)
+    frame = (coord.reshape(1, -1), box.reshape(1, 9), atype)
+    plain = dp.eval(*frame, fparam=fparam * 0, aparam=aparam)
+    assert abs(plain[0] - want[0]).max() > 1e-6  # fparam matters
+    for value, ref, key in zip(got, want, ("energy", "force", "virial")):
+        np.testing.assert_allclose(
+            value.numpy(), ref.reshape(value.shape), rtol=1e-10, atol=1e-12, err_msg=key
+        )
+    inputs = json.loads(metadata(model, True, 1)["inputs"])
+    assert inputs == ["coord", "atype", "box", "fparam", "aparam"]
+
+
 def test_models_it_cannot_package_are_refused(tmp_path, capsys):
     model = build_model(
         {
             "type_map": ["O", "H"],
             "descriptor": {"type": "dpa1", "sel": 20, "rcut": 4.0, "neuron": [4, 8]},
-            "fitting_net": {"neuron": [8], "numb_fparam": 1},
+            "fitting_net": {"type": "property", "task_dim": 2, "neuron": [8]},
         }
     )
-    path = str(tmp_path / "fparam.pth")
+    path = str(tmp_path / "property.pth")
     save_model(model.eval(), path)
-    with pytest.raises(ModelFileError, match="fparam"):
-        freeze(path, tmp_path / "fparam.pt2")
-    assert not (tmp_path / "fparam.pt2").exists()
+    with pytest.raises(ModelFileError, match="energy models only"):
+        freeze(path, tmp_path / "property.pt2")
+    assert not (tmp_path / "property.pt2").exists()
     # through the CLI: one line, no traceback, exit code 2
     assert main(["freeze", "-c", path, "-o", str(tmp_path / "x.pt2")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("lam freeze: error:")]
-    assert len(lines) == 1 and "--format pt2 does not support" in lines[0]
+    assert len(lines) == 1 and "--format pt2 packages energy models only" in lines[0]
     with pytest.raises(ConfigError, match="unknown format 'onnx'"):
         freeze(path, tmp_path / "x.onnx", format="onnx")
     with pytest.raises(ConfigError, match="images"):

@@ -6,7 +6,9 @@ indices of the model's ``type_map``, -1 for a virtual atom) and box [1, 9] Å (r
 vectors; a package written with ``periodic=False`` takes no box). Outputs: energy [1, 1] eV,
 force [1, natoms, 3] eV/Å, virial [1, 9] eV, atom_energy [1, natoms, 1] eV. The atom count is
 dynamic (2 or more); the frame count is 1 (a traced frame count > 1 would carry guards of the
-trace), so a service evaluates frames one by one. A service loads it without lamkit::
+trace), so a service evaluates frames one by one. A model with frame or atomic parameters
+takes fparam [1, numb_fparam] and aparam [1, natoms, numb_aparam] after the box. A service
+loads it without lamkit::
 
     import torch
     pot = torch._inductor.aoti_load_package("model.pt2")
@@ -95,7 +97,7 @@ def _program(model: EnergyModel, periodic: bool, images: int):
     desc = model.descriptor
     sub_lists = getattr(desc, "sub_lists", None)
 
-    def run(coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None = None):
+    def run(coord, atype, box=None, fparam=None, aparam=None):
         nf, nloc = atype.shape
         with torch.no_grad():
             coord = coord.to(torch.float64)
@@ -132,7 +134,7 @@ def _program(model: EnergyModel, periodic: bool, images: int):
         x = ext.detach().requires_grad_(True)
         given = desc.using_graph_inputs(lists) if lists is not None else contextlib.nullcontext()
         with torch.enable_grad(), given:
-            atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, mapping)
+            atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, mapping, fparam, aparam)
             energy = atom_e.sum(1)
             der = forces_and_virials(energy, atom_e, x, mapping, nloc)
         nan = torch.where(bad, float("nan"), 0.0).to(energy.dtype)
@@ -172,11 +174,6 @@ def _check_model(model) -> None:
             "its networks select atoms by type (data-dependent shapes that torch.export "
             "cannot trace with a dynamic atom count)"
         )
-    if fit.numb_fparam or fit.numb_aparam:
-        raise ModelFileError(
-            "--format pt2 does not support models with frame or atomic parameters "
-            "(fparam/aparam) yet"
-        )
 
 
 def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, nloc: int = 7):
@@ -193,11 +190,20 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
     cell = torch.eye(3, dtype=torch.float64) * max(2.0 * float(model.rcut), 6.0)
     coord = torch.rand(nf, nloc, 3, generator=gen, dtype=torch.float64) @ cell
     atype = torch.arange(nloc).remainder(model.ntypes).unsqueeze(0).repeat(nf, 1)
-    args: tuple = (coord, atype)
+    inputs = {"coord": coord, "atype": atype}
     if periodic:
-        args = args + (cell.reshape(1, 9).repeat(nf, 1),)
+        inputs["box"] = cell.reshape(1, 9).repeat(nf, 1)
+    fit = model.fitting
+    if fit.numb_fparam:
+        inputs["fparam"] = torch.zeros(nf, fit.numb_fparam, dtype=torch.float64)
+    if fit.numb_aparam:
+        inputs["aparam"] = torch.zeros(nf, nloc, fit.numb_aparam, dtype=torch.float64)
+    names, args = list(inputs), tuple(inputs.values())
     run = _program(model, periodic, images)
-    fn = run if periodic else (lambda coord, atype: run(coord, atype))
+
+    def fn(*tensors):
+        return run(**dict(zip(names, tensors)))
+
     try:
         with dense_type_selection(model):
             traced = make_fx(
@@ -212,9 +218,8 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
             f"atom counts ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from exc
     atoms = Dim("natoms", min=2)
-    shapes: tuple = ({1: atoms}, {1: atoms})
-    if periodic:
-        shapes = shapes + (None,)
+    per_atom = {"coord": {1: atoms}, "atype": {1: atoms}, "aparam": {1: atoms}}
+    shapes = tuple(per_atom.get(name) for name in names)
     program = torch.export.export(
         traced,
         args,
@@ -240,6 +245,8 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
 def metadata(model: EnergyModel, periodic: bool, images: int) -> dict[str, str]:
     """What a loader needs, as strings (AOTInductor metadata is a map of strings)."""
     inputs = ["coord", "atype", "box"] if periodic else ["coord", "atype"]
+    inputs += ["fparam"] * bool(model.fitting.numb_fparam)
+    inputs += ["aparam"] * bool(model.fitting.numb_aparam)
     return {
         "format": "lamkit-pt2/1",
         "type_map": json.dumps(list(model.type_map)),
@@ -248,6 +255,8 @@ def metadata(model: EnergyModel, periodic: bool, images: int) -> dict[str, str]:
         "periodic": json.dumps(periodic),
         "images": str(int(images)),
         "inputs": json.dumps(inputs),
+        "numb_fparam": str(int(model.fitting.numb_fparam)),
+        "numb_aparam": str(int(model.fitting.numb_aparam)),
         "outputs": json.dumps(list(OUTPUTS)),
         "units": json.dumps(UNITS),
     }
