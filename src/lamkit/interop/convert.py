@@ -97,8 +97,8 @@ def convert(
     where = str(src)
     if _is_torchscript(Path(src)):
         raise ModelFileError(
-            f"{where}: a TorchScript frozen model (dp freeze); it has no config and weights to "
-            "convert: convert the checkpoint it was frozen from (model.ckpt-*.pt)"
+            f"{where}: a TorchScript frozen model (dp freeze, lam freeze --format pth); it has no "
+            "config and weights to convert: convert the checkpoint it was frozen from"
         )
     obj = read_file(src)
     kind = source_format(obj, where)
