@@ -24,9 +24,10 @@ from .test_db_service_data import API, KEY, KINDS, database_url, fill  # noqa: E
 #: Examples per operation; LAMKIT_FUZZ_EXAMPLES raises it for a longer run (CI keeps 25).
 MAX_EXAMPLES = int(os.environ.get("LAMKIT_FUZZ_EXAMPLES", "25"))
 AUTH = {"X-API-Key": KEY}
+#: LAMKIT_FUZZ_RANDOM=1: fresh random cases each run (to hunt), instead of the fixed ones of CI.
 FUZZ = settings(
     max_examples=MAX_EXAMPLES,
-    derandomize=True,
+    derandomize=not os.environ.get("LAMKIT_FUZZ_RANDOM"),
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
