@@ -140,30 +140,36 @@ def _records(run: Path) -> list[dict]:
             if "properties" in r]
 
 
+SHOWN = ("lattice:Cu3Ni:a", "eos:Cu3Ni:V0", "eos:Cu3Ni:B0", "vacancy:Cu:Ef", "elastic:Cu:C11")
+
+
 def plot(out: Path, png: Path) -> None:
-    """Worst error in units of its tolerance, and quantities within tolerance, against the
-    labelled frames each iteration trained on."""
+    """|error| / tolerance of some quantities, and the accurate ratio of the explored frames,
+    against the labelled frames each iteration trained on; prints every quantity."""
     from lamkit.props.common import new_figure, save_figure
 
-    fig, axes = new_figure(1, 2, size=(9.0, 3.6))
-    for name, style in (("devi", "o-"), ("random", "s--")):
+    fig, axes = new_figure(1, 2, size=(10.0, 3.8))
+    for name, style in (("devi", "-"), ("random", "--")):
         recs = _records(out / name)
         labels = [r["labels_before_train"] for r in recs]
-        errs = [[abs(e["error"]) / e["allowed"] for p in r["properties"].values()
-                 for e in p.values()] for r in recs]
-        worst = [max(e) for e in errs]
-        ok = [sum(x <= 1.0 for x in e) for e in errs]
-        axes[0].plot(labels, worst, style, label=name)
-        axes[1].plot(labels, ok, style, label=name)
-        print(name, "labels", labels, "worst |error|/tolerance", [f"{w:.2f}" for w in worst],
-              "within tolerance", ok, f"of {len(errs[0])}")
+        errs = [{f"{k}:{q}": abs(e["error"]) / e["allowed"] for k, p in r["properties"].items()
+                 for q, e in p.items()} for r in recs]
+        for k, key in enumerate(SHOWN):
+            axes[0].plot(labels, [e[key] for e in errs], style, marker="os^vd"[k],
+                         color=f"C{k}", label=f"{name} {key}")
+        axes[1].plot(labels, [r["ratios"]["accurate"] for r in recs], style, marker="o",
+                     label=name)
+        print(name, "labels", labels)
+        for key in errs[0]:
+            print(f"  {key:18s} |error|/tolerance", " ".join(f"{e[key]:6.2f}" for e in errs))
     axes[0].axhline(1.0, color="k", ls=":")
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("worst |error| / tolerance")
-    axes[1].set_ylabel("quantities within tolerance")
+    axes[0].set_ylabel("|error| / tolerance")
+    axes[0].legend(fontsize=5, ncol=2)
+    axes[1].set_ylabel("accurate ratio of explored frames")
+    axes[1].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("labelled frames used for training")
-        ax.legend(fontsize=7)
     save_figure(fig, png)
 
 
