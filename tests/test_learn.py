@@ -248,7 +248,10 @@ def test_converges_when_properties_are_within_tolerance(pretrained, tmp_path):
         select={"lo": "0.05 eV/Å", "hi": "0.15 eV/Å", "max_select": 2},
         converge={"accurate_ratio": 0.5, "max_iterations": 3},
     )
-    state = run_learn(parse_config(conf), tmp_path / "c")
+    path = tmp_path / "learn.json"  # through the command line this time
+    path.write_text(json.dumps(conf))
+    assert main(["learn", str(path), "-o", str(tmp_path / "c")]) == 0
+    state = load_state(tmp_path / "c")
     assert state.finished == "converged" and state.iteration == 0
     assert state.targets == {"lattice:Cu": {"a": 3.6}}
     assert state.records[0]["converged"] and state.labels == 3  # the initial frames only
