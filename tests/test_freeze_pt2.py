@@ -73,11 +73,17 @@ def package(model, tmp_path_factory):
 
 def systems(rcut: float) -> dict[str, tuple]:
     """name -> coord [n, 3], atype [n], box [9]: 4 atoms in a skewed cell, 12 atoms (some
-    outside the cell) in a cube."""
+    outside the cell) in a cube, and 48 in its 2x2x1 supercell (more atoms than any size
+    limit Inductor could have guessed from the 7 traced ones)."""
     out = {}
     for name, seed in (("triclinic", 3), ("cubic", 5)):
         s = standard_system(name, 2, rcut, seed=seed)
         out[name] = (s.coord.reshape(-1, 3), s.atype, s.cell.reshape(9))
+    coord, atype, box = out["cubic"]
+    cell = box.reshape(3, 3)
+    shifts = np.array([(i, j, 0) for i in range(2) for j in range(2)]) @ cell
+    big = (coord[None] + shifts[:, None]).reshape(-1, 3)
+    out["supercell"] = (big, np.tile(atype, 4), (cell * [[2], [2], [1]]).reshape(9))
     return out
 
 
@@ -125,7 +131,7 @@ def test_metadata_and_a_cell_too_thin_for_the_images(model, package):
 
 def test_loads_and_runs_without_lamkit(model, package, tmp_path):
     """The example loader (docs/md-engines.md) in a process where ``import lamkit`` fails."""
-    coord, atype, box = systems(model.rcut)["cubic"]
+    coord, atype, box = systems(model.rcut)["supercell"]  # with input checks on: no size cap
     np.savez(tmp_path / "s.npz", coord=coord, atype=atype, box=box)
     code = (
         "import runpy, sys\n"

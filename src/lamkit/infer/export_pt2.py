@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -162,6 +163,20 @@ def _aten_only() -> dict:
     return {torch.ops.lamkit.take_rows.default: take, torch.ops.lamkit.put_rows.default: put}
 
 
+def _outer_products(graph_module: torch.fx.GraphModule) -> None:
+    """Matrix products with an inner size of 1 (``[n, 1] @ [1, m]``, e.g. the backward of a
+    fitting net's last layer) as the broadcast products they are, in place: the same numbers.
+    Inductor otherwise turns small ones into products itself, and with a symbolic ``n`` that
+    choice adds a guard ``n + m <= 32`` that caps the atom count of the package."""
+    mm = torch.ops.aten.mm.default
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is mm:
+            a = node.args[0].meta.get("val")
+            if a is not None and isinstance(a.shape[-1], int) and a.shape[-1] == 1:
+                node.target = torch.ops.aten.mul.Tensor
+    graph_module.recompile()
+
+
 def _check_model(model) -> None:
     if not isinstance(model, EnergyModel):
         raise ModelFileError(
@@ -217,6 +232,7 @@ def export_program(model: EnergyModel, periodic: bool = True, images: int = 1, n
             f"--format pt2: {type(model.descriptor).__name__} cannot be traced with dynamic "
             f"atom counts ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from exc
+    _outer_products(traced)
     atoms = Dim("natoms", min=2)
     per_atom = {"coord": {1: atoms}, "atype": {1: atoms}, "aparam": {1: atoms}}
     shapes = tuple(per_atom.get(name) for name in names)
@@ -271,8 +287,9 @@ def export_pt2(
     if images < 1:
         raise ConfigError(f"images: expected a positive number of periodic images, got {images}")
     output = Path(output)
-    tmp = output.with_name(output.name + ".tmp.pt2")
-    try:
+    # packaged under its final name (the archive's folder is named after the file), then moved
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".pt2-") as tmpdir:
+        tmp = Path(tmpdir) / output.name
         with warnings.catch_warnings():
             # torch's own deprecation notices while it exports and packages (pytree internals)
             warnings.simplefilter("ignore", FutureWarning)
@@ -283,6 +300,4 @@ def export_pt2(
                 inductor_configs={"aot_inductor.metadata": metadata(model, periodic, images)},
             )
         tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return output
