@@ -207,6 +207,43 @@ def test_type_sorted_se_e2_a_program(tmp_path):
     assert "forward" not in vars(model.fitting) and "_rows" not in vars(model.descriptor)
 
 
+def _other_model(kind: str):
+    if kind == "dpa2":
+        from .test_dpa2 import tiny_model
+
+        return tiny_model(update_g2_has_attn=True, update_residual=0.2)
+    from .test_se_e3_tebd import make_e3
+
+    return make_e3()
+
+
+@pytest.mark.parametrize("kind", ["dpa2", "se_e3_tebd"])
+def test_dpa2_and_se_e3_tebd_programs(kind):
+    """DPA-2 (several neighbour lists, message passing through the mapping) and se_e3_tebd
+    export too; the triclinic cell needs two images."""
+    model = _other_model(kind).eval()
+    model.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree internals
+        program = export_program(model, images=IMAGES)
+    for name in ("triclinic", "cubic"):
+        coord, atype, box = systems(model.rcut)[name]
+        got = program.module()(
+            torch.tensor(coord).reshape(1, -1, 3),
+            torch.tensor(atype, dtype=torch.int64).reshape(1, -1),
+            torch.tensor(box).reshape(1, 9),
+        )
+        want = reference(model, coord, atype, box)
+        for value, key in zip(got, ("energy", "force", "virial", "atom_energy")):
+            np.testing.assert_allclose(
+                value.numpy(),
+                want[key].reshape(value.shape),
+                rtol=1e-10,
+                atol=1e-12,
+                err_msg=f"{kind} {name} {key}",
+            )
+
+
 def test_frame_and_atomic_parameters(tmp_path):
     """fparam [1, nfp] and aparam [1, natoms, nap] become inputs of the program."""
     model = build_model(
