@@ -3,7 +3,7 @@ gives DeepPot's energies, forces, virials and atom energies for any atom count, 
 triclinic cell, loaded by torch alone in a process where lamkit cannot be imported; the
 non-periodic and the type-sorted (se_e2_a) programs; models it cannot package are refused
 with a one-line error. One package is compiled for the module
-(about a minute and a half on one busy core)."""
+(35 s to 2 minutes on one core)."""
 
 from __future__ import annotations
 
