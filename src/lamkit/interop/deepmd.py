@@ -21,6 +21,7 @@ from ..model import AtomicModel, build_model
 # se_e2_a, one type-embedded net elsewhere) and ``filter_layers_strip`` (strip mode).
 _BLOCKS: list[tuple[str, str]] = [
     ("descriptor.sea.", "descriptor."),  # se_e2_a
+    ("descriptor.seat.", "descriptor."),  # se_e3 (per type-pair nets, as se_e2_a's rules)
     ("descriptor.se_atten.", "descriptor."),  # dpa1 / se_atten / se_atten_v2
     ("descriptor.se_ttebd.", "descriptor."),  # se_e3_tebd
     ("descriptor.repinit_three_body.", "descriptor.repinit_three_body."),  # dpa2 (before repinit.)
@@ -70,6 +71,13 @@ _SEA_RULES: list[tuple[str, str]] = [
 _RULES: list[tuple[str, str]] = [
     (r"^out_bias$", "out_bias"),
     (r"^out_std$", "out_std"),
+    # se_e2_r keeps its statistics and per neighbour-type nets outside a block
+    (r"^descriptor\.mean$", "descriptor.davg"),
+    (r"^descriptor\.stddev$", "descriptor.dstd"),
+    (
+        r"^descriptor\.filter_layers\.networks\.(\d+)\.layers\.(\d+)\.(matrix|bias|idt)$",
+        r"descriptor.embeddings.\1.layers.\2.\3",
+    ),
     (
         r"^descriptor\.type_embedding\.embedding\.embedding_net\.layers\.(\d+)\."
         r"(matrix|bias|idt)$",
@@ -104,7 +112,8 @@ def translate_name(name: str) -> str | None:
     for ref_prefix, own_prefix in _BLOCKS:
         if name.startswith(ref_prefix):
             rest = name[len(ref_prefix) :]
-            rules = _SEA_RULES if ref_prefix == "descriptor.sea." else _BLOCK_RULES
+            per_type = ref_prefix in ("descriptor.sea.", "descriptor.seat.")
+            rules = _SEA_RULES if per_type else _BLOCK_RULES
             for pattern, template in rules:
                 if re.match(pattern, rest):
                     return own_prefix + re.sub(pattern, template, rest)
