@@ -88,7 +88,11 @@ class SeR(Descriptor):
         # net k embeds the slots of neighbour type k (reference: filter_layers.networks.k)
         self.embeddings = nn.ModuleList(
             EmbeddingNet(
-                1, self.neuron, activation_function, resnet_dt, self.dtype,
+                1,
+                self.neuron,
+                activation_function,
+                resnet_dt,
+                self.dtype,
                 make_generator(seed, 0, k),
             )
             for k in range(ntypes)
@@ -117,8 +121,13 @@ class SeR(Descriptor):
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
         nf, nloc, nnei = nlist.shape
         env, _, _, _ = environment_matrix(
-            ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection,
-            radial_only=True, start=start,
+            ext_coord,
+            nlist,
+            self.rcut,
+            self.rcut_smth,
+            self.env_protection,
+            radial_only=True,
+            start=start,
         )
         atype = ext_atype[:, start : start + nloc]
         at = atype.clamp(min=0)

@@ -82,7 +82,11 @@ class SeT(Descriptor):
         self.dim_out = self.neuron[-1]
         self.embeddings = nn.ModuleList(
             EmbeddingNet(
-                1, self.neuron, activation_function, resnet_dt, self.dtype,
+                1,
+                self.neuron,
+                activation_function,
+                resnet_dt,
+                self.dtype,
                 make_generator(seed, 0, k),
             )
             for k in range(ntypes * ntypes)
