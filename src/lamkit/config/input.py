@@ -15,6 +15,7 @@ DATA_ARGS = (
     Arg("sys_probs", (list, type(None)), None, aliases=("sys_weights",)),
     Arg("rglob_patterns", (list, type(None)), None),
     Arg("min_pair_dist", (float,), 0.0),
+    Arg("set_prefix", (str,), "set", doc="deprecated in the reference; only 'set' is read"),
 )
 VALID_ARGS = (*DATA_ARGS, Arg("numb_btch", (int,), 1, aliases=("numb_batch",)))
 
@@ -173,7 +174,9 @@ def normalize_input(config: dict) -> dict:
     for task, dconf in per_task.items():
         for sec in ("training_data", "validation_data"):
             data = dconf[sec]
+            where = f"training/data_dict/{task}/{sec}" if task else f"training/{sec}"
             if data and data.get("rglob_patterns"):
-                where = f"training/data_dict/{task}/{sec}" if task else f"training/{sec}"
                 raise ConfigError(f"{where}/rglob_patterns is not supported yet")
+            if data and data.get("set_prefix", "set") != "set":
+                raise ConfigError(f"{where}/set_prefix: only 'set' (set.*/ folders) is read")
     return out

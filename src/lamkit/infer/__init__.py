@@ -4,7 +4,7 @@ ASE calculator, model ensembles (``Ensemble``, ``lam model-devi``), ``show`` and
 from .batch import BatchOutput
 from .calculator import DP, LamCalculator
 from .deep_pot import AtomBudget, DeepEval, DeepPot
-from .deep_property import DeepDipole, DeepPolar, DeepProperty, open_model
+from .deep_property import DeepDipole, DeepDOS, DeepPolar, DeepProperty, open_model
 from .ensemble import Ensemble, EnsembleCalculator, EnsembleOutput
 from .freeze import freeze
 from .show import describe_model, format_description, parameter_counts
@@ -13,6 +13,7 @@ __all__ = [
     "DP",
     "AtomBudget",
     "BatchOutput",
+    "DeepDOS",
     "DeepDipole",
     "DeepEval",
     "DeepPolar",

@@ -242,7 +242,7 @@ class DeepEval:
         """Raise ValueError when this interface does not fit the model's output."""
 
     def output_kind(self) -> str:
-        """What the model predicts: "energy", "property", "dipole" or "polar"."""
+        """What the model predicts: "energy", "property", "dipole", "polar" or "dos"."""
         return model_kind(self.model)
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -414,11 +414,15 @@ class DeepEval:
 
 
 def model_kind(model: AtomicModel) -> str:
-    """The kind of output: energy, property, dipole or polar (from the fitting's output
+    """The kind of output: energy, property, dipole, polar or dos (from the fitting's output
     definition)."""
+    from ..fitting.dos import DOSFitting
+
     od = model.output_def
     if od.r_differentiable:
         return "energy"
+    if isinstance(model.fitting, DOSFitting):
+        return "dos"
     if od.global_key in ("global_dipole", "global_polar"):
         return od.global_key.split("_", 1)[1]
     return "property"
@@ -429,6 +433,7 @@ _INTERFACE = {
     "property": "DeepProperty",
     "dipole": "DeepDipole",
     "polar": "DeepPolar",
+    "dos": "DeepDOS",
 }
 
 

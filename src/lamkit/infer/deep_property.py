@@ -116,17 +116,33 @@ class DeepPolar(DeepTensor):
     kind = "polar"
 
 
+class DeepDOS(DeepProperty):
+    """Density of states of a ``dos`` model (``deepmd.infer.DeepDOS``): ``eval`` returns
+    ``(dos [nf, numb_dos],)`` and with ``atomic`` also ``atom_dos [nf, natoms, numb_dos]``."""
+
+    def _check_model(self, model) -> None:
+        check_kind(model, "dos", "DeepDOS")
+
+    def get_numb_dos(self) -> int:
+        return self.get_task_dim()
+
+    @property
+    def numb_dos(self) -> int:
+        return self.get_numb_dos()
+
+
 INTERFACES = {
     "energy": DeepPot,
     "property": DeepProperty,
     "dipole": DeepDipole,
     "polar": DeepPolar,
+    "dos": DeepDOS,
 }
 
 
 def open_model(model_file, **kwargs) -> DeepEval:
-    """The inference interface that fits the model: DeepPot, DeepProperty, DeepDipole or
-    DeepPolar (``kwargs``: see :class:`DeepEval`)."""
+    """The inference interface that fits the model: DeepPot, DeepProperty, DeepDipole,
+    DeepPolar or DeepDOS (``kwargs``: see :class:`DeepEval`)."""
     from ..model import AtomicModel, load_model
 
     model = model_file

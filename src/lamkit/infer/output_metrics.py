@@ -1,5 +1,5 @@
-"""``lam test`` for property, dipole and polarizability models (``dp test``'s property and
-tensor testers).
+"""``lam test`` for property, dipole, polarizability and DOS models (``dp test``'s property
+and tensor testers; the DOS tester is :mod:`.dos_metrics`).
 
 Property models, per system: MAE and RMSE over all frames and columns (``PROPERTY MAE``,
 as the reference prints), the same for each column (``task_dim`` of them: lamkit's addition),
@@ -18,12 +18,15 @@ tensors (``atomic_dipole.npy``...). Detail file ``PREFIX.out``: ``data_x ... pre
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..data import DataRequirement, expand_systems, load_systems
 from ..errors import DataError
+from .dos_metrics import PER_SYSTEM_ONLY as PER_DOS
+from .dos_metrics import dos_lines, dos_requirements, test_dos_system
 
 log = logging.getLogger("lamkit.test")
 
@@ -47,6 +50,8 @@ def requirements(dp, atomic: bool) -> list[DataRequirement]:
     """The label files a test of ``dp``'s model reads."""
     od = dp.model.output_def
     kind = dp.output_kind()
+    if kind == "dos":
+        return dos_requirements(od.size, atomic)
     if kind == "property":
         where = f"the model's property '{od.name}' with task_dim {od.size}"
         reqs = [DataRequirement(od.label, od.size, must=True, origin=where)]
@@ -134,6 +139,8 @@ def test_tensor_system(dp, system, n: int, detail=None, append=False, atomic=Fal
 
 def _lines(dp, res: dict) -> list[str]:
     kind = dp.output_kind()
+    if kind == "dos":
+        return dos_lines(res)
     if kind == "property":
         name = dp.model.output_def.name
         out = [
@@ -163,7 +170,7 @@ def weighted_average(results: list[dict]) -> dict:
     """Element-count weighted MAE and RMS-averaged RMSE of every metric the systems share."""
     avg: dict = {}
     for key in results[0] if results else ():
-        if not key.startswith(("mae", "rmse")) or key in ("rmse_sqrtn", "rmse_n"):
+        if not key.startswith(("mae", "rmse")) or key in ("rmse_sqrtn", "rmse_n", *PER_DOS):
             continue  # the per-atom normalised tensor errors are per system only
         size = "n" + key.removeprefix("mae").removeprefix("rmse")  # rmse_property -> n_property
         rows = [(r[key], r[size]) for r in results if key in r and size in r]
@@ -191,8 +198,12 @@ def run_output_test(
         log.info("# ---------------output of lam test---------------")
         log.info("# testing system : %s", s.path)
         try:
-            more = {"group": k} if tester is test_property_system else {}
-            res = tester(dp, s, n, detail_file, append=k > 0, atomic=atomic, **more)
+            if dp.output_kind() == "dos":
+                details = partial(_per_frame_details, detail_file) if detail_file else None
+                res = test_dos_system(dp, s, n, _inputs, details, atomic=atomic, group=k)
+            else:
+                more = {"group": k} if tester is test_property_system else {}
+                res = tester(dp, s, n, detail_file, append=k > 0, atomic=atomic, **more)
         except KeyError as exc:
             raise DataError(f"{s.path}: no label {exc} for this model") from None
         log.info("# number of test data : %d", n)

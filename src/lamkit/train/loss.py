@@ -192,14 +192,14 @@ class EnergyLoss:
 
 
 # the loss of each fitting type when the input's loss section names none
-DEFAULT_LOSS = {"ener": "ener", "energy": "ener", "property": "property"}
+DEFAULT_LOSS = {"ener": "ener", "energy": "ener", "property": "property", "dos": "dos"}
 
 
 def build_loss(config: dict | None, start_lr: float, model_config: dict | None = None):
     """The loss of the input's ``loss`` section for a model of ``model_config`` (normalised
     or not); the loss type defaults to the one that fits the fitting type. Call the loss's
     ``attach(model)`` once the model exists (the property loss reads its statistics)."""
-    from . import loss_property, loss_tensor  # noqa: F401 - register their types
+    from . import loss_dos, loss_property, loss_tensor  # noqa: F401 - register their types
 
     conf = dict(config or {})
     ftype = ((model_config or {}).get("fitting_net") or {}).get("type", "ener")
