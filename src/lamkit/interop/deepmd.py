@@ -109,6 +109,10 @@ def translate_name(name: str) -> str | None:
     """
     if any(re.search(p, name) for p in _IGNORED):
         return None
+    sub = re.match(r"^descriptor\.descrpt_list\.(\d+)\.", name)
+    if sub:  # hybrid: each sub-descriptor's names, below descrpt_list.<i>
+        own = translate_name("descriptor." + name[sub.end() :])
+        return None if own is None else f"descriptor.descrpt_list.{sub.group(1)}.{own[11:]}"
     for ref_prefix, own_prefix in _BLOCKS:
         if name.startswith(ref_prefix):
             rest = name[len(ref_prefix) :]
