@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
-from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 
 # the reference's fixed rescaling of the averaged embedding
 RESCALE = 0.2
@@ -82,7 +82,9 @@ class SeR(Descriptor):
         self.type_one_side = bool(type_one_side)
         self.set_davg_zero = set_davg_zero
         self.env_protection = float(env_protection)
-        self.exclude_types = [tuple(p) for p in exclude_types]
+        self.exclude_types = check_exclude_types(
+            exclude_types, ntypes, "model/descriptor/exclude_types"
+        )
         self.dtype = to_dtype(precision)
         self.dim_out = self.neuron[-1]
         # net k embeds the slots of neighbour type k (reference: filter_layers.networks.k)

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
-from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 
 
 @DESCRIPTORS.register("se_e3", "se_at", "se_a_3be", "se_t")
@@ -77,7 +77,9 @@ class SeT(Descriptor):
         self.neuron = list(neuron)
         self.set_davg_zero = set_davg_zero
         self.env_protection = float(env_protection)
-        self.exclude_types = [tuple(p) for p in exclude_types]
+        self.exclude_types = check_exclude_types(
+            exclude_types, ntypes, "model/descriptor/exclude_types"
+        )
         self.dtype = to_dtype(precision)
         self.dim_out = self.neuron[-1]
         self.embeddings = nn.ModuleList(
