@@ -102,11 +102,28 @@ _IGNORED = [
 ]
 
 
-def translate_name(name: str) -> str | None:
-    """lamkit state-dict name of a reference name below ``atomic_model.`` (None: not used).
+# a DP model with a pair table (DPZBLModel): models.0 is the DP model, models.1 the table
+_ZBL_RULES: list[tuple[str, str | None]] = [
+    (r"^models\.1\.(tab_info|tab_data)$", r"pair_table.\1"),
+    (r"^models\.1\.out_bias$", "tab_out_bias"),
+    (r"^out_bias$", "zbl_out_bias"),
+    (r"^(models\.1\.)?out_std$", None),
+]
+
+
+def translate_name(name: str, zbl: bool = False) -> str | None:
+    """lamkit state-dict name of a reference name below ``atomic_model.`` (None: not used);
+    ``zbl``: names of a DP model with a pair table (``use_srtab``).
 
     Raises ``KeyError`` for a name that no rule knows.
     """
+    if zbl:
+        for pattern, template in _ZBL_RULES:
+            if re.match(pattern, name):
+                return None if template is None else re.sub(pattern, template, name)
+        if not name.startswith("models.0."):
+            raise KeyError(name)
+        name = name[len("models.0.") :]
     if any(re.search(p, name) for p in _IGNORED):
         return None
     sub = re.match(r"^descriptor\.descrpt_list\.(\d+)\.", name)
@@ -180,7 +197,7 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
         if not rest.startswith("atomic_model."):
             continue
         try:
-            own = translate_name(rest[len("atomic_model.") :])
+            own = translate_name(rest[len("atomic_model.") :], bool(params.get("use_srtab")))
         except KeyError:
             raise ModelFileError(
                 f"{where}: parameter '{name}' has no lamkit counterpart yet"
@@ -200,7 +217,7 @@ def _reshape_stats(state: dict, model: AtomicModel) -> None:
     """Reference layouts differ from lamkit's in a few buffers; convert them here: the output
     bias/std ``[1, ntypes, odim]`` and every block's davg/dstd ``[ntypes, nnei, 4]`` (the same
     in every slot; lamkit keeps ``[ntypes, 4]``)."""
-    for key in ("out_bias", "out_std"):
+    for key in ("out_bias", "out_std", "tab_out_bias", "zbl_out_bias"):
         if key in state and state[key].dim() == 3:
             state[key] = state[key][0]
     for key in [k for k in state if k.endswith((".davg", ".dstd"))]:

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..fitting import FITTINGS, build_fitting
 from .atomic_model import AtomicModel
 from .energy_model import EnergyModel
+from .zbl_model import ZBLEnergyModel
 
 MODEL_ARGS = (
     Arg("type_map", (list,), REQUIRED, doc='element names, e.g. ["O", "H"]'),
@@ -31,6 +32,7 @@ MODEL_ARGS = (
     Arg("bridging_r_inner", (float,), 0.5),
     Arg("bridging_r_outer", (float,), 0.8),
     Arg("use_srtab", (str, type(None)), None),
+    Arg("smin_alpha", (float, type(None)), None),
     Arg("sw_rmin", (float, type(None)), None),
     Arg("sw_rmax", (float, type(None)), None),
 )
@@ -44,7 +46,11 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
             f"{path}/type: only 'standard' models are supported, got '{conf['type']}'"
         )
     if conf["use_srtab"]:
-        raise ConfigError(f"{path}/use_srtab: tabulated pair potentials are not supported yet")
+        for key in ("smin_alpha", "sw_rmin", "sw_rmax"):
+            if conf[key] is None:
+                raise ConfigError(f"{path}/{key}: required with use_srtab")
+        if not conf["sw_rmin"] < conf["sw_rmax"]:
+            raise ConfigError(f"{path}/sw_rmax: must be larger than sw_rmin")
     if not conf["type_map"] or not all(isinstance(t, str) for t in conf["type_map"]):
         raise ConfigError(f"{path}/type_map: expected a non-empty list of element names")
     if len(set(conf["type_map"])) != len(conf["type_map"]):
@@ -89,4 +95,13 @@ def build_model(config: dict) -> AtomicModel:
     )
     # outputs with coordinate derivatives (energy) get forces and virials
     model_cls = EnergyModel if fitting.output_def().r_differentiable else AtomicModel
+    if conf["use_srtab"]:
+        if model_cls is not EnergyModel:
+            raise ConfigError("model/use_srtab: needs an energy fitting (fitting_net/type 'ener')")
+        if not descriptor.mixed_types:
+            raise ConfigError(
+                "model/use_srtab: needs a mixed-type descriptor (se_atten, dpa2, dpa3, ...), "
+                f"as the reference; '{dconf.get('type', 'se_e2_a')}' keeps types apart"
+            )
+        model_cls = ZBLEnergyModel
     return model_cls(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)

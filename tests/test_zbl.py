@@ -1,0 +1,90 @@
+"""Physics of the DP + pair-table model (``use_srtab``) and of the pair table alone:
+finite-difference forces and virial with atoms inside the switching region, at the table's
+first grid points and across the cutoff; the table reproduces its grid values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lamkit.errors import ConfigError
+from lamkit.model import build_model
+from lamkit.model.pair_tab import PairTable, read_pair_table
+from lamkit.testing.models import randomize_statistics
+from lamkit.testing.physics import check_forces, check_virial, predict
+from lamkit.testing.systems import System, random_system
+
+TABLE = Path("/work/shared/data/tables/H2O_tab_potential.txt")
+D3 = Path("/work/shared/data/tables/dftd3.txt")
+pytestmark = pytest.mark.skipif(not TABLE.is_file(), reason="shared pair tables not present")
+RCUT = 4.0
+
+
+def _model(**kw):
+    conf = {
+        "type_map": ["O", "H"], "use_srtab": str(TABLE), "smin_alpha": 0.1, "sw_rmin": 0.8,
+        "sw_rmax": 1.2,
+        "descriptor": {"type": "dpa1", "sel": 60, "rcut": RCUT, "rcut_smth": 0.5,
+                       "neuron": [4, 8], "axis_neuron": 4, "attn": 8, "attn_layer": 1,
+                       "precision": "float64", "seed": 1},
+        "fitting_net": {"neuron": [8], "precision": "float64", "seed": 1},
+    }
+    conf.update(kw)
+    model = randomize_statistics(build_model(conf), seed=1)
+    with torch.no_grad():
+        model.tab_out_bias.copy_(torch.tensor([[0.2], [-0.1]]))
+        model.zbl_out_bias.copy_(torch.tensor([[0.05], [0.3]]))
+    return model
+
+
+def test_table_reproduces_grid_values():
+    vdata = np.loadtxt(D3)
+    info, _ = read_pair_table(D3, 10.0)
+    table = PairTable(str(D3), 10.0, 2)
+    rr = torch.tensor(vdata[5:90:7, 0]).reshape(1, -1, 1)
+    for col, (ti, tj) in enumerate([(0, 0), (0, 1), (1, 1)]):
+        ones = torch.ones_like(rr, dtype=torch.int64)
+        got = table.pair_energy(rr, ti * ones[..., 0], tj * ones, torch.ones_like(rr, dtype=bool))
+        np.testing.assert_allclose(
+            got.numpy().ravel(), vdata[5:90:7, 1 + col], rtol=1e-9, atol=1e-12
+        )
+    assert info[2] == vdata.shape[0] - 1
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_forces_in_switching_region(periodic):
+    model = _model()
+    cell = np.eye(3) * 4.5 if periodic else None
+    system = random_system(8, 2, cell, extent=2.5, min_dist=0.6, seed=3)
+    out = predict(model, system)
+    assert np.isfinite(out["energy"]).all()
+    check_forces(model, system, rtol=1e-6, atol=1e-7)
+    if periodic:
+        check_virial(model, system, rtol=1e-6, atol=1e-7)
+
+
+def test_forces_near_table_start_and_cutoff():
+    model = _model(sw_rmin=0.01, sw_rmax=0.05)
+    # a pair 0.0021 Å apart (inside the table's second grid interval) and one near rcut
+    coord = np.array([[0, 0, 0], [0.0021, 0.0003, 0.0], [RCUT - 1e-3, 0.01, 0.0]])
+    system = System(coord=coord, atype=np.array([0, 1, 1]))
+    check_forces(model, system, h=1e-7, rtol=1e-6, atol=1e-6)
+
+
+def test_refusals():
+    with pytest.raises(ConfigError, match="sw_rmin"):
+        build_model({**_conf_base(), "sw_rmin": None})
+    with pytest.raises(ConfigError, match="use_srtab"):
+        build_model({**_conf_base(), "descriptor": {"type": "se_e2_a", "sel": [4, 4],
+                                                    "rcut": 3.0, "neuron": [4]}})
+
+
+def _conf_base():
+    return {"type_map": ["O", "H"], "use_srtab": str(TABLE), "smin_alpha": 0.1,
+            "sw_rmin": 0.8, "sw_rmax": 1.2,
+            "descriptor": {"type": "dpa1", "sel": 20, "rcut": 3.0, "neuron": [4],
+                           "axis_neuron": 2, "attn_layer": 0},
+            "fitting_net": {"neuron": [4]}}

