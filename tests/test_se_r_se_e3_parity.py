@@ -184,3 +184,40 @@ def test_matches_reference(reference, case):
         for name in ("energy", "force", "virial", "atom_energy"):
             assert_close(f"{tag} {name}", np.ravel(got[name]), np.ravel(want[name]), *tol)
         assert_close(f"{tag} descriptor", seen[0][0].double().numpy(), want["descriptor"], *tol)
+
+
+# --- statistics and sel of the reference's own examples, computed by ``dp --pt train`` -------
+@pytest.mark.parametrize("name", ["se_e2_r", "se_e3"])
+def test_example_statistics_match_reference(name, tmp_path):
+    """The example models (examples/water/se_e2_r and se_e3) set up by ``dp --pt train`` with 0
+    steps on the first 8 frames of water data_0 (every frame enters the statistics): the
+    resolved ``sel`` (se_e3 has "auto"), davg/dstd and the energy bias are lamkit's."""
+    from lamkit.train import Trainer
+
+    from .reference_finetune import run_reference, subset_system
+    from .test_se_r_se_e3 import EXAMPLE_MODELS
+
+    water = require_reference()
+    data = subset_system(water / "data_0", tmp_path / "data", 8)
+    conf = {
+        "model": {**copy.deepcopy(EXAMPLE_MODELS[name]), "data_stat_nbatch": 100},
+        "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 1e-3, "stop_lr": 1e-8},
+        "loss": {"type": "ener"},
+        "training": {
+            "training_data": {"systems": [str(data)], "batch_size": 1},
+            "numb_steps": 0,
+            "seed": 1,
+            "disp_freq": 100,
+            "save_freq": 1000,
+        },
+    }
+    (tmp_path / "input.json").write_text(json.dumps(conf))
+    run_reference(["train", "input.json"], tmp_path)
+    ref = load_deepmd_checkpoint(tmp_path / "model.ckpt-0.pt")
+    own = Trainer(copy.deepcopy(conf), tmp_path / "lam").model
+    assert own.descriptor.sel == ref.descriptor.sel
+    assert (ref.descriptor.davg[:, 0] > 0).all() and (ref.descriptor.dstd != 1).all()
+    for key in ("davg", "dstd"):
+        want = getattr(ref.descriptor, key).detach().numpy()
+        assert_close(f"{name} {key}", getattr(own.descriptor, key).detach().numpy(), want, 1e-8)
+    assert_close(f"{name} out_bias", own.out_bias.detach().numpy(), ref.out_bias.numpy(), 1e-8)
