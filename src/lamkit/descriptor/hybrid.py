@@ -11,8 +11,9 @@ largest count of the sub-descriptors (``sel``). It mixes types when any sub-desc
   sub-descriptors), then cut as above.
 
 Neighbours beyond a sub-descriptor's own cutoff may remain in its slots; they enter with a zero
-switch, as in DeePMD-kit. ``rot_mat`` is the sub-descriptors' rotation matrices stacked along the
-embedding axis, when every sub-descriptor has one.
+switch, as in DeePMD-kit. Cuts keep the nearest neighbours: each block is sorted by distance
+first (the model's neighbour list need not be). ``rot_mat`` is the sub-descriptors' rotation
+matrices stacked along the embedding axis, when every sub-descriptor has one.
 """
 
 from __future__ import annotations
@@ -123,8 +124,25 @@ class DescrptHybrid(Descriptor):
         self.dim_emb = sum(getattr(d, "dim_emb", 0) for d in descs)
         self.dtype = descs[0].dtype
 
-    def sub_nlists(self, ext_atype: torch.Tensor, nlist: torch.Tensor) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def sorted_nlist(self, ext_coord: torch.Tensor, nlist: torch.Tensor) -> torch.Tensor:
+        """``nlist`` with every type block (the whole list when mixed) ordered nearest first,
+        empty slots last, as the reference's neighbour list is (cuts keep the nearest)."""
+        nf, nloc, _ = nlist.shape
+        filled = nlist >= 0
+        nb = torch.gather(ext_coord, 1, nlist.clamp(min=0).reshape(nf, -1, 1).expand(-1, -1, 3))
+        dist = (nb.reshape(nf, nloc, -1, 3) - ext_coord[:, :nloc, None, :]).norm(dim=-1)
+        dist = torch.where(filled, dist, torch.full_like(dist, float("inf")))
+        blocks, start = [], 0
+        for width in self.sel:
+            order = torch.sort(dist[..., start : start + width], dim=-1, stable=True).indices
+            blocks.append(torch.gather(nlist[..., start : start + width], 2, order))
+            start += width
+        return torch.cat(blocks, dim=-1)
+
+    def sub_nlists(self, ext_coord, ext_atype, nlist) -> list[torch.Tensor]:
         """The neighbour list of each sub-descriptor, cut from the hybrid's."""
+        nlist = self.sorted_nlist(ext_coord, nlist)
         typed = regroup_by_type(nlist, ext_atype, self.sel_by_type) if self.sel_by_type else None
         out = []
         for d, idx in zip(self.descrpt_list, self.cut_index):
@@ -134,7 +152,7 @@ class DescrptHybrid(Descriptor):
 
     def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
         descs, rots = [], []
-        for d, nl in zip(self.descrpt_list, self.sub_nlists(ext_atype, nlist)):
+        for d, nl in zip(self.descrpt_list, self.sub_nlists(ext_coord, ext_atype, nlist)):
             out = d(ext_coord, ext_atype, nl, mapping)
             descs.append(out[keys.DESCRIPTOR])
             if self.has_rot_mat:
@@ -152,7 +170,9 @@ class DescrptHybrid(Descriptor):
         samples = list(samples)
         per_sub: list[list[dict]] = [[] for _ in self.descrpt_list]
         for s in samples:
-            for i, nl in enumerate(self.sub_nlists(s[keys.EXT_ATYPE], s[keys.NLIST])):
+            for i, nl in enumerate(
+                self.sub_nlists(s[keys.EXT_COORD], s[keys.EXT_ATYPE], s[keys.NLIST])
+            ):
                 per_sub[i].append({**s, keys.NLIST: nl})
         return per_sub
 
