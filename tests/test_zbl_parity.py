@@ -36,10 +36,12 @@ CASES = {
     "dpa1": {
         "type": "se_atten", "sel": 90, "rcut": RCUT, "rcut_smth": 0.5, "neuron": [4, 8],
         "axis_neuron": 4, "attn": 8, "attn_layer": 1, "precision": "float64", "seed": 1,
+        "smooth_type_embedding": False,
     },
     "dpa1-tebd-concat": {
         "type": "dpa1", "sel": 90, "rcut": RCUT, "rcut_smth": 2.0, "neuron": [4, 8],
         "axis_neuron": 4, "attn": 8, "attn_layer": 0, "tebd_input_mode": "strip",
+        "smooth_type_embedding": True,
         "precision": "float64", "seed": 2,
     },
 }
@@ -130,9 +132,6 @@ def test_pair_table_matches_reference(reference):
     assert np.abs(data - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
-# the DP part differs from the reference's by ~1e-3 eV/atom (the table part agrees to 4e-15):
-# not resolved yet
-@pytest.mark.xfail(strict=True, reason="DP sub-model of DPZBL differs from the reference")
 @pytest.mark.parametrize("case", list(CASES))
 def test_zbl_matches_reference(reference, case):
     data, out, results = reference
