@@ -190,26 +190,51 @@ EXAMPLE_DESCRIPTOR = {
 }
 
 
-def test_lam_train_two_steps(tmp_path, monkeypatch):
-    data = need_shared("water")
-    conf = {
+def example_input(water) -> dict:
+    """The reference's examples/water/hybrid/input.json (descriptor as above), its data paths
+    pointed at the shared copy and 2 steps instead of 1000."""
+    return {
         "model": {
             "type_map": TYPE_MAP,
             "descriptor": EXAMPLE_DESCRIPTOR,
-            "fitting_net": {"neuron": [16, 16], "resnet_dt": True, "seed": 1},
-            "data_stat_nbatch": 1,
+            "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1},
         },
-        "learning_rate": {"start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 1},
-        "loss": {"type": "ener"},
+        "learning_rate": {
+            "type": "exp",
+            "decay_steps": 5000,
+            "start_lr": 0.001,
+            "stop_lr": 3.51e-8,
+        },
+        "loss": {
+            "type": "ener",
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1,
+            "start_pref_f": 1000,
+            "limit_pref_f": 1,
+            "start_pref_v": 0,
+            "limit_pref_v": 0,
+        },
         "training": {
-            "training_data": {"systems": [str(data / "data_0")], "batch_size": 1},
+            "training_data": {
+                "systems": [str(water / f"data_{i}") for i in range(3)],
+                "batch_size": "auto",
+            },
+            "validation_data": {
+                "systems": [str(water / "data_3")],
+                "batch_size": 1,
+                "numb_btch": 3,
+            },
             "numb_steps": 2,
+            "seed": 10,
+            "disp_file": "lcurve.out",
             "disp_freq": 1,
             "save_freq": 2,
-            "seed": 1,
         },
     }
-    (tmp_path / "in.json").write_text(json.dumps(conf))
+
+
+def test_lam_train_two_steps(tmp_path, monkeypatch):
+    (tmp_path / "in.json").write_text(json.dumps(example_input(need_shared("water"))))
     monkeypatch.chdir(tmp_path)
     assert main(["train", "in.json"]) == 0
     rows = [ln.split() for ln in (tmp_path / "lcurve.out").read_text().splitlines()]
