@@ -219,3 +219,25 @@ def test_lam_test_matches_dp_test(ckpt, data, tmp_path):
         assert a.shape == b.shape == ((250 if "ados" not in name else 32 * 250), 2), name
         np.testing.assert_array_equal(b[:, 0], a[:, 0])
         np.testing.assert_allclose(b[:, 1], a[:, 1], rtol=1e-8, atol=1e-10)
+
+
+def test_lamkit_model_converts_to_the_reference(data, tmp_path):
+    """A lamkit DOS model written as a DeePMD-kit checkpoint (``lam convert --to deepmd``)
+    predicts the same DOS in the reference."""
+    from deepmd.infer.deep_dos import DeepDOS as RefDOS
+
+    from lamkit.infer import DeepDOS
+    from lamkit.interop.to_deepmd import deepmd_checkpoint
+    from lamkit.model import build_model
+    from lamkit.testing import randomize_statistics
+
+    model = randomize_statistics(build_model(make_config(data)["model"]), 3).eval()
+    path = tmp_path / "converted.pt"
+    torch.save(deepmd_checkpoint({"Default": model}, multi_task=False), path)
+    coord, box, atype, _ = frames(data, 2)
+    dos, ados = DeepDOS(model).eval(coord, box, atype, atomic=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_dos, ref_ados = RefDOS(str(path)).eval(coord, box, atype, atomic=True)
+    assert max(rel_diff(ref_dos, dos), rel_diff(ref_ados, ados)) < RTOL
+    assert np.abs(model.out_bias.numpy()).max() > 1e-3  # the statistics travel too
