@@ -274,3 +274,17 @@ def test_lam_train_reference_example(name, tmp_path, monkeypatch):
     losses = [float(v) for r in rows if r and not r[0].startswith("#") for v in r[1:3]]
     assert losses and all(np.isfinite(losses))
     assert (tmp_path / "model.ckpt.pt").exists()
+
+
+def test_excluded_pairs_with_radial_mean_jump_at_the_cutoff():
+    """The reference's rule (an excluded slot reads 0, an empty one ``-davg/dstd``; the parity
+    test covers it) makes se_e2_r with ``exclude_types`` and a non-zero radial mean jump where
+    an excluded neighbour crosses rcut; with a zero mean it is smooth (the physics suite)."""
+    from lamkit.testing.physics import check_cutoff_smoothness
+
+    model = tiny_model("se_r-exclude")
+    with torch.no_grad():
+        model.descriptor.davg.fill_(0.05)
+    sys_ = standard_system("cubic", 2, RCUT, seed=7)
+    with pytest.raises(AssertionError, match="across the cutoff"):
+        check_cutoff_smoothness(model, sys_, np.random.default_rng(15))
