@@ -74,7 +74,8 @@ for name, params in job["cases"].items():
         box = None if s["cell"] is None else torch.tensor(s["cell"], dtype=torch.float64)
         out = model(coord, atype, box=None if box is None else box.reshape(1, 9))
         res = {k: out[k].detach()[0] for k in ("energy", "force", "virial", "atom_energy")}
-        res["weight"] = model.atomic_model.zbl_weight.detach()[0]
+        if hasattr(model.atomic_model, "zbl_weight"):
+            res["weight"] = model.atomic_model.zbl_weight.detach()[0]
         results[name][sys_name] = res
 torch.save(results, f"{job['out']}/results.pt")
 """
@@ -93,7 +94,17 @@ def _systems(data) -> dict[str, System]:
     return {"water": _water(data), "cluster": cluster}
 
 
+D3 = "/work/shared/data/tables/dftd3.txt"
+# linear_ener: a DPA-1 model plus the D3 table with a larger cutoff (weights as the example)
+LINEAR = {"d3-sum": "sum", "d3-list": [0.7, 1.3]}
+
+
 def _params(name: str) -> dict:
+    if name in LINEAR:
+        dp = {"descriptor": CASES["dpa1"], "fitting_net": FIT}
+        table = {"type": "pairtab", "tab_file": D3, "rcut": 6.0, "sel": 200}
+        return {"type": "linear_ener", "weights": LINEAR[name], "type_map": ["O", "H"],
+                "models": [dp, table]}
     return {"type_map": ["O", "H"], "use_srtab": TABLE, **ZBL, "descriptor": CASES[name],
             "fitting_net": FIT}
 
@@ -107,7 +118,7 @@ def reference(tmp_path_factory):
         check_sel_not_saturated(s, RCUT, [90], 2)
         cell = None if not s.periodic else np.asarray(s.cell).reshape(3, 3).tolist()
         systems[name] = {"coord": s.coord.tolist(), "atype": s.atype.tolist(), "cell": cell}
-    job = {"out": str(out), "cases": {n: _params(n) for n in CASES}, "systems": systems}
+    job = {"out": str(out), "cases": {n: _params(n) for n in [*CASES, *LINEAR]}, "systems": systems}
     (out / "job.json").write_text(json.dumps(job))
     (out / "ref.py").write_text(_SCRIPT)
     proc = subprocess.run(
@@ -117,6 +128,20 @@ def reference(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return data, out, torch.load(out / "results.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("case", list(LINEAR))
+def test_linear_matches_reference(reference, case):
+    data, out, results = reference
+    model = load_deepmd_checkpoint(out / f"{case}.pt")
+    assert type(model).__name__ == "LinearEnergyModel" and model.rcut == 6.0
+    assert float(model.pair_tables[0].out_bias.abs().sum()) > 0
+    for sys_name, system in _systems(data).items():
+        got = predict(model, system)
+        want = {k: v.numpy() for k, v in results[case][sys_name].items()}
+        for name in ("energy", "force", "virial", "atom_energy"):
+            assert_close(f"{case}/{sys_name} {name}", np.ravel(got[name]),
+                         np.ravel(want[name]), 1e-10, 1e-10)
 
 
 def test_pair_table_matches_reference(reference):

@@ -107,22 +107,40 @@ _ZBL_RULES: list[tuple[str, str | None]] = [
     (r"^models\.1\.(tab_info|tab_data)$", r"pair_table.\1"),
     (r"^models\.1\.out_bias$", "tab_out_bias"),
     (r"^out_bias$", "zbl_out_bias"),
-    (r"^(models\.1\.)?out_std$", None),
+    (r"^(models\.[1-9]\d*\.)?out_std$", None),
+]
+# linear_ener: models.0 is the DP model, models.<k> the pair tables
+_LINEAR_RULES: list[tuple[str, str | None]] = [
+    (r"^models\.(\d+)\.(tab_info|tab_data|out_bias)$", "pair_tables.{}.{}"),
+    (r"^out_bias$", "linear_out_bias"),
+    (r"^(models\.[1-9]\d*\.)?out_std$", None),
 ]
 
 
-def translate_name(name: str, zbl: bool = False) -> str | None:
+def _combined_name(name: str, kind: str) -> str | None:
+    rules = _ZBL_RULES if kind == "zbl" else _LINEAR_RULES
+    for pattern, template in rules:
+        match = re.match(pattern, name)
+        if match is None:
+            continue
+        if template is None:
+            return None
+        if kind == "linear" and "{}" in template:
+            return template.format(int(match.group(1)) - 1, match.group(2))
+        return re.sub(pattern, template, name)
+    raise KeyError(name)
+
+
+def translate_name(name: str, kind: str | None = None) -> str | None:
     """lamkit state-dict name of a reference name below ``atomic_model.`` (None: not used);
-    ``zbl``: names of a DP model with a pair table (``use_srtab``).
+    ``kind``: "zbl" (a DP model with a pair table, ``use_srtab``) or "linear"
+    (``linear_ener``) for the names of a combined model.
 
     Raises ``KeyError`` for a name that no rule knows.
     """
-    if zbl:
-        for pattern, template in _ZBL_RULES:
-            if re.match(pattern, name):
-                return None if template is None else re.sub(pattern, template, name)
+    if kind is not None:
         if not name.startswith("models.0."):
-            raise KeyError(name)
+            return _combined_name(name, kind)
         name = name[len("models.0.") :]
     if any(re.search(p, name) for p in _IGNORED):
         return None
@@ -185,6 +203,8 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     else:
         head = "Default"
     model = build_model(dict(params))
+    kind = "zbl" if params.get("use_srtab") else None
+    kind = "linear" if params.get("type") == "linear_ener" else kind
     prefix = f"model.{head}."
     state = {}
     for name, value in sd.items():
@@ -197,7 +217,7 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
         if not rest.startswith("atomic_model."):
             continue
         try:
-            own = translate_name(rest[len("atomic_model.") :], bool(params.get("use_srtab")))
+            own = translate_name(rest[len("atomic_model.") :], kind)
         except KeyError:
             raise ModelFileError(
                 f"{where}: parameter '{name}' has no lamkit counterpart yet"
@@ -217,8 +237,8 @@ def _reshape_stats(state: dict, model: AtomicModel) -> None:
     """Reference layouts differ from lamkit's in a few buffers; convert them here: the output
     bias/std ``[1, ntypes, odim]`` and every block's davg/dstd ``[ntypes, nnei, 4]`` (the same
     in every slot; lamkit keeps ``[ntypes, 4]``)."""
-    for key in ("out_bias", "out_std", "tab_out_bias", "zbl_out_bias"):
-        if key in state and state[key].dim() == 3:
+    for key in [k for k in state if k.endswith(("out_bias", "out_std"))]:
+        if state[key].dim() == 3:
             state[key] = state[key][0]
     for key in [k for k in state if k.endswith((".davg", ".dstd"))]:
         full = state[key]

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..fitting import FITTINGS, build_fitting
 from .atomic_model import AtomicModel
 from .energy_model import EnergyModel
+from .linear_model import LinearEnergyModel
 from .zbl_model import ZBLEnergyModel
 
 MODEL_ARGS = (
@@ -40,6 +41,8 @@ MODEL_ARGS = (
 
 def normalize_model_config(config: dict, path: str = "model") -> dict:
     """Validated model config with defaults; descriptor and fitting sections normalised too."""
+    if config.get("type") == "linear_ener":
+        return _normalize_linear(config, path)
     conf = normalize(config, MODEL_ARGS, path)
     if conf["type"] != "standard":
         raise ConfigError(
@@ -66,6 +69,47 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     fconf = FITTINGS.get(ftype).normalize_config(fit, f"{path}/fitting_net")
     conf["fitting_net"] = {**fconf, "type": ftype}
     return conf
+
+
+def _flatten_linear(conf: dict, path: str) -> dict:
+    """The reference's ``models`` list as one DP model config plus ``pair_tables``."""
+    models = conf.pop("models")
+    if not isinstance(models, list) or not models or "descriptor" not in models[0]:
+        raise ConfigError(f"{path}/models/0: the first model must be a DP model (descriptor)")
+    tables = []
+    for i, sub in enumerate(models[1:], 1):
+        if sub.get("type") != "pairtab":
+            raise ConfigError(
+                f"{path}/models/{i}/type: only pair tables ('pairtab') may follow the DP "
+                f"model, got '{sub.get('type', 'standard')}'"
+            )
+        unknown = set(sub) - {"type", "tab_file", "rcut", "sel", "type_map"}
+        if unknown:
+            raise ConfigError(f"{path}/models/{i}: unsupported keys {sorted(unknown)}")
+        tables.append({"tab_file": sub["tab_file"], "rcut": float(sub["rcut"]),
+                       "sel": int(sub["sel"] if isinstance(sub["sel"], int) else sum(sub["sel"]))})
+    dp = {k: v for k, v in models[0].items() if not k.startswith("_")}
+    if dp.pop("type_map", conf.get("type_map")) != conf.get("type_map"):
+        raise ConfigError(f"{path}/models/0/type_map: must equal {path}/type_map")
+    return {**conf, **dp, "pair_tables": tables}
+
+
+def _normalize_linear(config: dict, path: str) -> dict:
+    """A ``linear_ener`` config: a DP model (normalised as a standard one) plus pair tables."""
+    conf = dict(config)
+    if "models" in conf:
+        conf = _flatten_linear(conf, path)
+    conf.pop("type")
+    tables = conf.pop("pair_tables", [])
+    weights = conf.pop("weights", "mean")
+    n = 1 + len(tables)
+    if weights not in ("sum", "mean") and not (
+        isinstance(weights, list) and len(weights) == n
+    ):
+        raise ConfigError(f"{path}/weights: 'sum', 'mean' or a list of {n} numbers")
+    norm = normalize_model_config(conf, path)
+    norm.update(type="linear_ener", weights=weights, pair_tables=tables)
+    return norm
 
 
 def build_model(config: dict) -> AtomicModel:
@@ -95,6 +139,13 @@ def build_model(config: dict) -> AtomicModel:
     )
     # outputs with coordinate derivatives (energy) get forces and virials
     model_cls = EnergyModel if fitting.output_def().r_differentiable else AtomicModel
+    if conf["type"] == "linear_ener":
+        if model_cls is not EnergyModel or not descriptor.mixed_types:
+            raise ConfigError(
+                "model/models/0: linear_ener needs an energy model with a mixed-type "
+                "descriptor (se_atten, dpa2, dpa3, ...), as the reference"
+            )
+        model_cls = LinearEnergyModel
     if conf["use_srtab"]:
         if model_cls is not EnergyModel:
             raise ConfigError("model/use_srtab: needs an energy fitting (fitting_net/type 'ener')")
