@@ -19,6 +19,7 @@ PARAMETERS = {  # total, descriptor (type map [O, H])
     ("dpa2", "medium"): (1_017_163, 867_882),
     ("dpa2", "large"): (1_741_003, 1_591_722),
     ("dpa2_compressible", None): (628_698, None),
+    ("dpa3", None): (1_309_761, 1_162_400),  # as the reference's model of the same input
     ("dpa1", None): (612_995, 110_434),
     ("se_e3_tebd", None): (120_593, 112),
     ("se_e2_a", None): (1_014_182, 12_900),
@@ -62,12 +63,18 @@ def test_make_input_fills_data_type_map_and_steps():
     assert conf["model"]["descriptor"]["sel"] == "auto"  # per-type sel of [O, H] no longer fits
     kept = make_input("dpa2", "large", type_map=["Cu", "Au", "Ni"])
     assert kept["model"]["descriptor"]["repinit"]["nsel"] == 120
+    dpa3 = make_input("dpa3", None, ["a"], ["b"], ["Cu", "Au", "Ni"], steps=2)
+    normalize_input(dpa3)
+    assert dpa3["model"]["descriptor"]["repflow"]["e_sel"] == 120  # one count: still fits
+    assert dpa3["training"]["numb_steps"] == 2
+    assert sum(p.numel() for p in build_model(dpa3["model"]).parameters()) > 1_309_761
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("dpa3",), "no preset 'dpa3'; available: dpa1, dpa2"),
+        (("dpa4",), "no preset 'dpa4'; available: dpa1, dpa2, dpa2_compressible, dpa3"),
+        (("dpa3", "small"), "--size: only dpa2 comes in sizes"),
         (("dpa2", "huge"), "--size: 'huge' is not one of small, medium, large"),
         (("se_e3_tebd", "small"), "--size: only dpa2 comes in sizes"),
     ],

@@ -7,6 +7,7 @@ dpa2 (size small)         DPA-2, repformer 3 layers, no g2 attention     622,219
 dpa2 (size medium)        DPA-2, 6 layers with g2 attention (default)  1,017,163
 dpa2 (size large)         DPA-2, 12 layers with g2 attention           1,741,003
 dpa2_compressible         DPA-2 small, repinit ``tebd_input_mode`` strip   628,698
+dpa3                      DPA-3, 6 repflow layers, float32             1,309,761
 dpa1 (alias se_atten)     DPA-1, two attention layers                    612,995
 se_e3_tebd                three-body embedding with type embedding       120,593
 se_e2_a (alias se_a)      the classic smooth-edition descriptor        1,014,182
@@ -35,6 +36,7 @@ DEFAULT_SIZE = "medium"  # the reference's recommended DPA-2 model
 _PRESETS = {
     "dpa2": "dpa2_{size}",
     "dpa2_compressible": "dpa2_compressible",
+    "dpa3": "dpa3",
     "dpa1": "dpa1",
     "se_e3_tebd": "se_e3_tebd",
     "se_e2_a": "se_e2_a",
