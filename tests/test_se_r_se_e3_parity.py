@@ -8,7 +8,10 @@ _extra_state.model_params}``) and evaluates it on a periodic triclinic three-typ
 non-periodic cluster. lamkit loads each checkpoint with its DeePMD-kit reader and must
 reproduce energies, forces, virials, atomic energies and the descriptor output to 1e-10
 (float64; the float32 cases to 1e-5). The reference normalises each config with its argcheck
-first, as ``dp train`` does (defaults and aliases). Skipped without the reference (a failure in CI).
+first, as ``dp train`` does (defaults and aliases). lamkit's DeePMD-kit writer must give the
+checkpoints back tensor for tensor, and the resolved ``sel``, davg/dstd and energy bias of the
+reference's two water examples (``dp --pt train``, 0 steps) must be lamkit's. Skipped without
+the reference (a failure in CI).
 """
 
 from __future__ import annotations
