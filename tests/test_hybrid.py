@@ -110,8 +110,9 @@ def test_concatenation_and_cuts(kind):
         torch.testing.assert_close(got[..., n:], want[..., n:], rtol=1e-12, atol=1e-12)
 
 
-def test_statistics_blocks():
-    model = tiny_model("mixed")
+@pytest.mark.parametrize("kind", list(LISTS))
+def test_statistics_blocks(kind):
+    model = tiny_model(kind)
     desc = model.descriptor
     ids = desc.stat_id()
     assert sorted(ids) == ["0", "1"] and ids["0"] != ids["1"]
@@ -123,8 +124,20 @@ def test_statistics_blocks():
     desc.set_stat(stat)
     for i, d in enumerate(desc.descrpt_list):
         davg, dstd = stat[str(i)].davg_dstd(1e-2, d.set_davg_zero)
-        np.testing.assert_allclose(d.dstd.numpy(), np.asarray(dstd), rtol=1e-12)
-    assert not torch.allclose(desc.descrpt_list[0].dstd, desc.descrpt_list[1].dstd)
+        want = np.asarray(dstd)[..., : d.dstd.shape[-1]]  # se_e2_r keeps the radial column
+        np.testing.assert_allclose(d.dstd.numpy(), want, rtol=1e-12)
+    a, b = (d.dstd for d in desc.descrpt_list)
+    assert a.shape != b.shape or not torch.allclose(a, b)
+    # each block's statistics are those of the sub-descriptor on its own neighbour list
+    from lamkit.geometry.neighbor import NeighborBuilder
+
+    for i, d in enumerate(desc.descrpt_list):
+        own = NeighborBuilder(d.rcut, d.sel, d.mixed_types)(coord, atype, box)
+        e2, t2 = model.extend(coord, atype, box, own)
+        alone = d.env_stat([{keys.EXT_COORD: e2, keys.EXT_ATYPE: t2, keys.NLIST: own[keys.NLIST]}])
+        np.testing.assert_allclose(stat[str(i)].r, alone.r, rtol=1e-12)
+        np.testing.assert_allclose(stat[str(i)].a, alone.a, rtol=1e-12)
+        assert stat[str(i)].r[:, 0].min() > 0  # counted
 
 
 @pytest.mark.parametrize(
