@@ -88,3 +88,74 @@ def _conf_base():
             "descriptor": {"type": "dpa1", "sel": 20, "rcut": 3.0, "neuron": [4],
                            "axis_neuron": 2, "attn_layer": 0},
             "fitting_net": {"neuron": [4]}}
+
+
+def _linear(weights="sum", rcut_tab=7.0):
+    conf = {
+        "type": "linear_ener", "weights": weights, "type_map": ["O", "H"],
+        "models": [
+            {"descriptor": {"type": "se_atten", "sel": 40, "rcut": 3.0, "rcut_smth": 0.5,
+                            "neuron": [4, 8], "axis_neuron": 4, "attn": 8, "attn_layer": 1,
+                            "precision": "float64", "seed": 1},
+             "fitting_net": {"neuron": [8], "precision": "float64", "seed": 1}},
+            {"type": "pairtab", "tab_file": str(D3), "rcut": rcut_tab, "sel": 80},
+        ],
+    }
+    model = randomize_statistics(build_model(conf), seed=2)
+    with torch.no_grad():
+        model.pair_tables[0].out_bias.copy_(torch.tensor([[0.1], [-0.2]]))
+        model.linear_out_bias.copy_(torch.tensor([[0.3], [0.02]]))
+    return model
+
+
+def test_linear_forces_and_virial():
+    model = _linear([0.6, 1.4])
+    assert model.rcut == 7.0 and model.sel == [80]
+    system = random_system(10, 2, np.eye(3) * 6.5, min_dist=1.0, seed=4)
+    check_forces(model, system, rtol=1e-6, atol=1e-8)
+    check_virial(model, system, rtol=1e-6, atol=1e-8)
+
+
+def test_linear_sum_is_dp_plus_table():
+    """weights 'sum': the energy is the DP model's plus half the pair energies (+ biases)."""
+    model = _linear("sum", rcut_tab=5.0)
+    system = random_system(6, 2, None, extent=5.0, min_dist=1.0, seed=6)
+    e = predict(model, system)["energy"].item()
+    table = model.pair_tables[0]
+    pair = 0.0
+    for i in range(6):
+        for j in range(i + 1, 6):
+            r = np.linalg.norm(system.coord[i] - system.coord[j])
+            ti, tj = (torch.tensor([[int(system.atype[k])]]) for k in (i, j))
+            rr = torch.tensor([[[r]]], dtype=torch.float64)
+            pair += float(table.pair_energy(rr, ti, tj.unsqueeze(-1), rr > 0))
+    with torch.no_grad():
+        table.tab_data.zero_()
+        table.out_bias.zero_()
+    e_dp = predict(model, system)["energy"].item()
+    assert read_pair_table(D3, 5.0)[1].shape[2] == 99  # the whole table (0.1 .. 10 Å) is kept
+    biases = [0.1, -0.2]
+    pair += sum(biases[t] for t in system.atype)
+    assert pair != 0 and abs((e - e_dp) - pair) < 1e-8 * abs(pair)
+
+
+@pytest.mark.parametrize("rcut", [3.05, 3.45, 2.5])
+def test_padding_beyond_table(tmp_path, rcut):
+    """A table that does not end at zero, rcut beyond it: the reference pads one cubic down
+    to zero (same coefficients as its PairTab); rcut inside: the table is kept whole."""
+    pair_tab = pytest.importorskip("deepmd.utils.pair_tab", reason="reference deepmd-kit")
+    r = np.arange(0.5, 3.0001, 0.1)
+    path = tmp_path / "tab.txt"
+    np.savetxt(path, np.c_[r, np.exp(-r), 0.5 * np.exp(-2 * r), 1 / r**6])
+    info, data = read_pair_table(path, rcut)
+    ref = pair_tab.PairTab(str(path), rcut)
+    np.testing.assert_allclose(info, ref.tab_info, rtol=1e-14)
+    np.testing.assert_allclose(data.ravel(), ref.tab_data, rtol=1e-10, atol=1e-14)
+    table = PairTable(str(path), rcut, 2)
+    end = 0.5 + 0.1 * info[2]
+    rr = torch.tensor([3.0 - 1e-9, 3.0 + 1e-9, end - 1e-9]).reshape(1, -1, 1)
+    one = torch.ones_like(rr, dtype=torch.int64)
+    e = table.pair_energy(rr, one[..., 0], one, torch.ones_like(rr, dtype=bool)).ravel()
+    if rcut > 3.0:  # continuous at the table's end, zero at the padded end
+        assert abs(float(e[0] - e[1])) < 1e-8 and abs(float(e[0]) - 3.0**-6) < 1e-8
+        assert abs(float(e[2])) < 1e-8
