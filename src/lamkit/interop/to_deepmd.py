@@ -39,6 +39,11 @@ def reference_params(config: dict) -> dict:
 
     conf = clean(copy.deepcopy(config))
     conf.pop("shared_links", None)
+    if conf.get("type") == "linear_ener":  # back to the reference's list of models
+        tables = [{"type": "pairtab", **t} for t in conf.pop("pair_tables")]
+        top = {k: conf.pop(k) for k in ("type", "weights", "type_map")}
+        conf["type_map"] = top["type_map"]
+        return {**top, "models": [conf, *tables]}
     return conf
 
 
@@ -67,16 +72,16 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _own_name(rest: str) -> str | None:
+def _own_name(rest: str, kind: str | None = None) -> str | None:
     """lamkit name for a reference name below ``model.<head>.`` (None: no lamkit tensor)."""
     if rest == "min_nbor_dist":
         return "min_nbor_dist"
     if not rest.startswith("atomic_model."):
         return None
     rest = rest[len("atomic_model.") :]
-    own = translate_name(rest)
+    own = translate_name(rest, kind)
     if own is None and "._networks." in rest:  # an alias of the ".networks." entry
-        own = translate_name(rest.replace("._networks.", ".networks."))
+        own = translate_name(rest.replace("._networks.", ".networks."), kind)
     return own
 
 
@@ -99,12 +104,14 @@ def head_state(model: torch.nn.Module, params: dict, head: str, where: str) -> d
     """The reference state-dict entries ``model.<head>.*`` of one lamkit branch."""
     ref = _reference_model(params, where)
     own_state = model.state_dict()
+    kind = "zbl" if params.get("use_srtab") else None
+    kind = "linear" if params.get("type") == "linear_ener" else kind
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     for rest, like in ref.state_dict().items():
         name = f"model.{head}.{rest}"
         try:
-            own = _own_name(rest)
+            own = _own_name(rest, kind)
         except KeyError:
             raise ModelFileError(
                 f"{where}: the reference parameter '{rest}' has no lamkit counterpart; "
