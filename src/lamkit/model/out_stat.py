@@ -174,7 +174,7 @@ def set_output_stats(model, batches: list[dict], conf: dict | None = None) -> bo
         "%s output statistics per type %s: bias %s, std %s",
         model.output_def.name,
         model.type_map,
-        np.array2string(bias, precision=6),
-        np.array2string(std[0], precision=6),
+        np.array2string(bias, precision=6, threshold=64),  # a 250-point DOS: summarised
+        np.array2string(std[0], precision=6, threshold=64),
     )
     return True
