@@ -7,7 +7,9 @@ with its DeePMD-kit reader and must reproduce energies, forces, virials, atomic 
 the concatenated descriptor to 1e-10 (float64). The cases cover a type-sorted list (se_e2_a +
 se_e2_r with different cutoffs), a mixed list (dpa1 + se_e3_tebd) and the reference's
 examples/water/hybrid mix (se_e2_a, se_e2_r and se_atten: type-sorted descriptors inside a
-mixed list). Skipped without the reference (a failure in CI).
+mixed list). A slow test trains the water/hybrid mix with ``dp --pt train`` on 4 water frames and
+compares lamkit's statistics of every sub-descriptor and the checkpoint's predictions with it.
+Skipped without the reference (a failure in CI).
 """
 
 from __future__ import annotations
@@ -209,3 +211,100 @@ def test_hybrid_round_trip_to_deepmd(reference, case):
     a, b = predict(reread, sys_), predict(model, sys_)
     for name in ("energy", "force", "virial"):
         assert_close(f"{case} reread {name}", np.ravel(a[name]), np.ravel(b[name]), 1e-12, 1e-14)
+
+
+# --- a checkpoint written by ``dp --pt train`` on water data_0: statistics and predictions ----
+def _trained_config() -> dict:
+    from .conftest import energy_input
+    from .test_reference_parity import WATER
+
+    subs = [
+        {
+            "type": "se_e2_a",
+            "rcut": 4.0,
+            "rcut_smth": 0.5,
+            "sel": [20, 40],
+            "neuron": [4, 8],
+            "axis_neuron": 2,
+            "set_davg_zero": False,
+            **F64,
+        },
+        {
+            "type": "se_e2_r",
+            "rcut": 6.0,
+            "rcut_smth": 0.5,
+            "sel": [46, 92],
+            "neuron": [4, 8],
+            **F64,
+        },
+        {
+            "type": "se_atten",
+            "attn_layer": 0,
+            "rcut": 6.0,
+            "rcut_smth": 0.5,
+            "sel": 138,
+            "neuron": [4, 8],
+            "axis_neuron": 2,
+            "tebd_dim": 4,
+            "set_davg_zero": False,
+            **F64,
+        },
+    ]
+    model = {
+        "type_map": ["O", "H"],
+        "descriptor": {"type": "hybrid", "list": subs},
+        "fitting_net": {"neuron": [16, 16], **F64},
+        "data_stat_nbatch": 10,  # >= the 4 frames: every frame, both codes
+    }
+    small = WATER.parent / "mixed_type_small" / "data_standard"  # 4 water frames: quick stats
+    return energy_input(model, [small], 2, valid=[WATER / "data_3"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from .test_reference_parity import DP, _finish, _start
+
+    require_reference()
+    wd = tmp_path_factory.mktemp("dp_hybrid")
+    (wd / "input.json").write_text(json.dumps(_trained_config(), indent=1))
+    _finish(
+        _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
+        wd,
+        "train.log",
+    )
+    return wd / "model.ckpt-2.pt"
+
+
+@pytest.mark.slow
+def test_dp_trained_statistics_and_predictions(trained, tmp_path):
+    """davg/dstd of every sub-descriptor from lamkit's Trainer (every frame, as the reference)
+    equal the dp-trained checkpoint's; the checkpoint predicts as DeepPot does."""
+    import warnings
+
+    from lamkit.train import Trainer
+
+    from .test_reference_parity import rel_diff, water_frames
+
+    sd = torch.load(str(trained), map_location="cpu", weights_only=False)["model"]
+    model = Trainer(_trained_config(), tmp_path).model
+    prefix = "model.Default.atomic_model.descriptor.descrpt_list."
+    for i, block in enumerate(("sea.", "", "se_atten.")):  # se_e2_r: no block prefix
+        d = model.descriptor.descrpt_list[i]
+        for ref_key, own in (("mean", d.davg), ("stddev", d.dstd)):
+            ref = sd[f"{prefix}{i}.{block}{ref_key}"].numpy()
+            got = own.detach().numpy()
+            got = np.broadcast_to(got.reshape(got.shape[0], 1, -1), ref.shape)
+            assert rel_diff(ref, got) < 1e-10, (block, ref_key, rel_diff(ref, got))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from deepmd.infer import DeepPot as RefDeepPot
+
+        coord, box, atype = water_frames(2)
+        want = RefDeepPot(str(trained)).eval(coord.reshape(2, -1), box, atype)[:3]
+    loaded = load_deepmd_checkpoint(trained)
+    out = loaded.evaluate(
+        torch.tensor(coord), torch.tensor(np.tile(atype, (2, 1))), torch.tensor(box)
+    )
+    for name, ref in zip(("energy", "force", "virial"), want):
+        got = out[name].detach().numpy()
+        assert rel_diff(np.ravel(ref), np.ravel(got)) < 1e-10, name
