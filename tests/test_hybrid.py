@@ -253,3 +253,29 @@ def test_lam_train_two_steps(tmp_path, monkeypatch):
     rows = [ln.split() for ln in (tmp_path / "lcurve.out").read_text().splitlines()]
     losses = [float(r[1]) for r in rows if r and not r[0].startswith("#")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_dipole_on_stacked_rotation_matrices():
+    """A dipole fitting on a hybrid takes the sub-descriptors' rotation matrices stacked
+    (embedding widths add up); the dipole rotates with the system."""
+    from lamkit.testing.systems import random_rotation
+
+    subs = [{**d, "precision": "float64"} for d in LISTS["mixed"]]
+    conf = {
+        "type_map": TYPE_MAP,
+        "descriptor": {"type": "hybrid", "list": subs},
+        "fitting_net": {"type": "dipole", "neuron": [8], "precision": "float64", "seed": 1},
+    }
+    model = randomize_statistics(build_model(conf), 1)
+    for d in model.descriptor.descrpt_list:
+        if d.set_davg_zero:
+            d.davg.zero_()
+    assert model.descriptor.has_rot_mat and model.descriptor.dim_emb == 8 + 8
+    sys_ = standard_system("cluster", 2, 4.0, seed=7)
+    coord, atype, box = sys_.tensors(torch.float64)
+    rot = torch.tensor(random_rotation(np.random.default_rng(1)))
+    key = model.output_name
+    a = model.evaluate(coord, atype, box)[key].detach()
+    b = model.evaluate(coord @ rot.T, atype, box)[key].detach()
+    assert float(a.abs().max()) > 1e-3
+    torch.testing.assert_close(a @ rot.T, b, rtol=1e-12, atol=1e-12)
