@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from lamkit import keys
 from lamkit.errors import ConfigError
 from lamkit.model import build_model
-from lamkit.model.pair_tab import PairTable, read_pair_table
+from lamkit.model.pair_tab import PairTable, pair_distances, read_pair_table
+from lamkit.model.zbl_model import switch_weight
 from lamkit.testing.models import randomize_statistics
 from lamkit.testing.physics import check_forces, check_virial, predict
 from lamkit.testing.systems import System, random_system
@@ -61,6 +63,15 @@ def test_forces_in_switching_region(periodic):
     system = random_system(8, 2, cell, extent=2.5, min_dist=0.6, seed=3)
     out = predict(model, system)
     assert np.isfinite(out["energy"]).all()
+    # some atoms lie inside the switching region (0 < w < 1), where w's gradient counts
+    coord = torch.tensor(system.coord)[None]
+    atype = torch.tensor(system.atype)[None]
+    box = None if cell is None else torch.tensor(cell).reshape(1, 9)
+    nbr = model.neighbor_builder()(coord, atype, box)
+    ext, _ = model.extend(coord, atype, box, nbr)
+    nl = nbr[keys.NLIST]
+    w = switch_weight(pair_distances(ext, nl), nl >= 0, 0.1, 0.8, 1.2)
+    assert ((w > 0) & (w < 1)).any()
     check_forces(model, system, rtol=1e-6, atol=1e-7)
     if periodic:
         check_virial(model, system, rtol=1e-6, atol=1e-7)
