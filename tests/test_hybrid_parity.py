@@ -5,10 +5,11 @@ random statistics and output bias, saves it as a DeePMD-kit checkpoint and evalu
 periodic triclinic three-type system and a non-periodic cluster. lamkit loads each checkpoint
 with its DeePMD-kit reader and must reproduce energies, forces, virials, atomic energies and
 the concatenated descriptor to 1e-10 (float64). The cases cover a type-sorted list (se_e2_a +
-se_e2_r with different cutoffs), a mixed list (dpa1 + se_e3_tebd) and the reference's
+se_e2_r with different cutoffs), a mixed list (dpa1 + se_e3_tebd), the reference's
 examples/water/hybrid mix (se_e2_a, se_e2_r and se_atten: type-sorted descriptors inside a
-mixed list). A slow test trains the water/hybrid mix with ``dp --pt train`` on 4 water frames and
-compares lamkit's statistics of every sub-descriptor and the checkpoint's predictions with it.
+mixed list) and a message-passing DPA-3 next to se_e2_a. A slow test trains the water/hybrid
+mix with ``dp --pt train`` on 4 water frames and compares lamkit's statistics of every
+sub-descriptor and the checkpoint's predictions with it.
 Skipped without the reference (a failure in CI).
 """
 
@@ -82,10 +83,29 @@ ATTEN0 = {
     "tebd_dim": 4,
     **F64,
 }
+DPA3 = {
+    "type": "dpa3",
+    "repflow": {
+        "n_dim": 8,
+        "e_dim": 6,
+        "a_dim": 4,
+        "nlayers": 2,
+        "e_rcut": RCUT,
+        "e_rcut_smth": 4.0,
+        "e_sel": 40,
+        "a_rcut": 3.5,
+        "a_rcut_smth": 3.0,
+        "a_sel": 20,
+        "axis_neuron": 2,
+        "smooth_edge_update": True,
+    },
+    **F64,
+}
 CASES = {
     "sorted": [SEA, SER],
     "mixed": [DPA1, TEBD3],
     "water-example-mix": [SEA, SER, ATTEN0],
+    "message-passing": [DPA3, SEA],
 }
 SYSTEMS = ("triclinic", "cluster")
 
