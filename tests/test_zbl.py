@@ -16,7 +16,14 @@ from lamkit.model import build_model
 from lamkit.model.pair_tab import PairTable, pair_distances, read_pair_table
 from lamkit.model.zbl_model import switch_weight
 from lamkit.testing.models import randomize_statistics
-from lamkit.testing.physics import check_forces, check_virial, predict
+from lamkit.testing.physics import (
+    check_batch,
+    check_forces,
+    check_rotation,
+    check_virial,
+    check_virtual_atoms,
+    predict,
+)
 from lamkit.testing.systems import System, random_system
 
 TABLE = Path("/work/shared/data/tables/H2O_tab_potential.txt")
@@ -170,3 +177,15 @@ def test_padding_beyond_table(tmp_path, rcut):
     if rcut > 3.0:  # continuous at the table's end, zero at the padded end
         assert abs(float(e[0] - e[1])) < 1e-8 and abs(float(e[0]) - 3.0**-6) < 1e-8
         assert abs(float(e[2])) < 1e-8
+
+
+@pytest.mark.parametrize("make", [_model, _linear])
+def test_batch_virtual_atoms_rotation(make):
+    """Batched = one by one; virtual atoms change nothing; rotation covariance."""
+    model = make()
+    cell = np.eye(3) * 6.0
+    systems = [random_system(8, 2, cell, min_dist=0.7, seed=k) for k in (7, 8)]
+    check_batch(model, systems)
+    check_virtual_atoms(model, systems[0], np.random.default_rng(0))
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    check_rotation(model, systems[1], q)
