@@ -44,8 +44,9 @@ def _model(**kw):
     conf.update(kw)
     model = randomize_statistics(build_model(conf), seed=1)
     with torch.no_grad():
-        model.tab_out_bias.copy_(torch.tensor([[0.2], [-0.1]]))
-        model.zbl_out_bias.copy_(torch.tensor([[0.05], [0.3]]))
+        model.tab_out_bias.copy_(torch.tensor([[0.2], [-0.1]], dtype=torch.float64))
+        model.out_bias.copy_(torch.tensor([[0.05], [0.3]], dtype=torch.float64))
+        model.dp_out_bias.copy_(torch.tensor([[-0.4], [0.7]], dtype=torch.float64))
     return model
 
 
@@ -122,7 +123,8 @@ def _linear(weights="sum", rcut_tab=7.0):
     model = randomize_statistics(build_model(conf), seed=2)
     with torch.no_grad():
         model.pair_tables[0].out_bias.copy_(torch.tensor([[0.1], [-0.2]], dtype=torch.float64))
-        model.linear_out_bias.copy_(torch.tensor([[0.3], [0.02]]))
+        model.out_bias.copy_(torch.tensor([[0.3], [0.02]], dtype=torch.float64))
+        model.dp_out_bias.copy_(torch.tensor([[-0.4], [0.7]], dtype=torch.float64))
     return model
 
 

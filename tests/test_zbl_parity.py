@@ -162,7 +162,7 @@ def test_zbl_matches_reference(reference, case):
     data, out, results = reference
     model = load_deepmd_checkpoint(out / f"{case}.pt")
     assert type(model).__name__ == "ZBLEnergyModel"
-    assert float(model.tab_out_bias.abs().sum()) > 0 and float(model.zbl_out_bias.abs().sum()) > 0
+    assert float(model.tab_out_bias.abs().sum()) > 0 and float(model.dp_out_bias.abs().sum()) > 0
     for sys_name, system in _systems(data).items():
         got = predict(model, system)
         want = {k: v.numpy() for k, v in results[case][sys_name].items()}

@@ -106,19 +106,24 @@ _IGNORED = [
 _ZBL_RULES: list[tuple[str, str | None]] = [
     (r"^models\.1\.(tab_info|tab_data)$", r"pair_table.\1"),
     (r"^models\.1\.out_bias$", "tab_out_bias"),
-    (r"^out_bias$", "zbl_out_bias"),
-    (r"^(models\.[1-9]\d*\.)?out_std$", None),
 ]
 # linear_ener: models.0 is the DP model, models.<k> the pair tables
 _LINEAR_RULES: list[tuple[str, str | None]] = [
     (r"^models\.(\d+)\.(tab_info|tab_data|out_bias)$", "pair_tables.{}.{}"),
-    (r"^out_bias$", "linear_out_bias"),
-    (r"^(models\.[1-9]\d*\.)?out_std$", None),
+]
+
+
+# both: the combination's bias is lamkit's out_bias (set by training statistics), the DP
+# member's is dp_out_bias; the members' out_std are not used by energy models
+_COMBINED_RULES: list[tuple[str, str | None]] = [
+    (r"^models\.0\.out_bias$", "dp_out_bias"),
+    (r"^models\.\d+\.out_std$", None),
+    (r"^(out_bias|out_std)$", r"\1"),
 ]
 
 
 def _combined_name(name: str, kind: str) -> str | None:
-    rules = _ZBL_RULES if kind == "zbl" else _LINEAR_RULES
+    rules = _COMBINED_RULES + (_ZBL_RULES if kind == "zbl" else _LINEAR_RULES)
     for pattern, template in rules:
         match = re.match(pattern, name)
         if match is None:
@@ -139,7 +144,7 @@ def translate_name(name: str, kind: str | None = None) -> str | None:
     Raises ``KeyError`` for a name that no rule knows.
     """
     if kind is not None:
-        if not name.startswith("models.0."):
+        if not name.startswith("models.0.") or name in ("models.0.out_bias", "models.0.out_std"):
             return _combined_name(name, kind)
         name = name[len("models.0.") :]
     if any(re.search(p, name) for p in _IGNORED):

@@ -91,6 +91,12 @@ class AtomicModel(nn.Module):
     def neighbor_builder(self, cache: bool = False) -> NeighborBuilder:
         return NeighborBuilder(self.rcut, self.sel, self.mixed_types, cache=cache)
 
+    @property
+    def fitting_out_bias(self) -> torch.Tensor:
+        """The bias applied to the fitting's output: ``out_bias`` (combined models that fit
+        ``out_bias`` on top of their members give their DP member's own here)."""
+        return self.out_bias
+
     # --- forward ----------------------------------------------------------------------------
     def extend(
         self,
@@ -137,7 +143,7 @@ class AtomicModel(nn.Module):
         mask = atype >= 0
         for t in self.atom_exclude_types:
             mask = mask & (atype != t)
-        atom = self.fitting.apply_out_stat(atom, atype, self.out_bias, self.out_std)
+        atom = self.fitting.apply_out_stat(atom, atype, self.fitting_out_bias, self.out_std)
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
 
     def reduce(self, atom: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

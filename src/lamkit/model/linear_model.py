@@ -1,10 +1,11 @@
 """Linear combination of a DP energy model and pair tables (the reference's ``linear_ener``
 model, e.g. a DPA-1 model plus a D3 dispersion table).
 
-Per atom, ``E = sum_k w_k (E_k + b_k) + b``: model 0 is the DP model (its bias ``out_bias``),
-the others are pair tables (``pair_tables.<k-1>``, each with its own ``out_bias``), ``b`` is
-the combination's ``linear_out_bias`` and the weights ``w_k`` come from ``weights`` ("sum": all
-1, "mean": all 1/n, or a list). The neighbour list is built once for the largest cutoff and
+Per atom, ``E = sum_k w_k (E_k + b_k) + b``: model 0 is the DP model (its bias
+``dp_out_bias``), the others are pair tables (``pair_tables.<k-1>``, each with its own
+``out_bias``), ``b`` is the combination's ``out_bias`` (the one training statistics set, as
+in the reference) and the weights ``w_k`` come from ``weights`` ("sum": all 1, "mean": all
+1/n, or a list). The neighbour list is built once for the largest cutoff and
 ``sel`` (mixed types, sorted by distance); each member keeps its neighbours within its own
 cutoff, the nearest ``sel`` of them, as the reference does.
 """
@@ -40,9 +41,7 @@ class LinearEnergyModel(EnergyModel):
         self.table_sel = [int(t["sel"]) for t in tables]
         for table in self.pair_tables:
             table.register_buffer("out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64))
-        self.register_buffer(
-            "linear_out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64)
-        )
+        self.register_buffer("dp_out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64))
         n = 1 + len(tables)
         weights = self.config.get("weights", "mean")
         if weights == "sum":
@@ -50,6 +49,10 @@ class LinearEnergyModel(EnergyModel):
         elif weights == "mean":
             weights = [1.0 / n] * n
         self.weights = [float(w) for w in weights]
+
+    @property
+    def fitting_out_bias(self) -> torch.Tensor:
+        return self.dp_out_bias
 
     @property
     def rcut(self) -> float:
@@ -77,5 +80,5 @@ class LinearEnergyModel(EnergyModel):
         for w, table, nsel in zip(self.weights[1:], self.pair_tables, self.table_sel):
             nl = member_nlist(rr, nlist, table.rcut, nsel)
             atom = atom + w * (table(ext_coord, ext_atype, nl) + table.out_bias[atype])
-        atom = atom + self.linear_out_bias[atype]
+        atom = atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask

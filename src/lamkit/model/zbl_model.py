@@ -2,9 +2,10 @@
 ``use_srtab`` with ``smin_alpha``, ``sw_rmin``, ``sw_rmax``).
 
 Per atom, ``E = (1 - w) (E_dp + b_dp) + w (E_tab + b_tab) + b``: ``E_dp + b_dp`` is the
-standard model's atomic energy (``out_bias``), ``E_tab`` the pair table's (half the tabulated
-energies of the neighbours within the descriptor's cutoff), ``b_tab`` and ``b`` the per-type
-biases of the table (``tab_out_bias``) and of the combination (``zbl_out_bias``). The weight
+standard model's atomic energy (its bias ``dp_out_bias``), ``E_tab`` the pair table's (half
+the tabulated energies of the neighbours within the descriptor's cutoff), ``b_tab`` and ``b``
+the per-type biases of the table (``tab_out_bias``) and of the combination (``out_bias``, the
+one training statistics set, as in the reference). The weight
 ``w`` follows the softmin distance ``s = sum r e^(-r/a) / sum e^(-r/a)`` over the neighbours
 (``a = smin_alpha``): 1 below ``sw_rmin``, 0 above ``sw_rmax``, and in between
 ``-6 u^5 + 15 u^4 - 10 u^3 + 1`` with ``u = (s - sw_rmin) / (sw_rmax - sw_rmin)``.
@@ -47,7 +48,11 @@ class ZBLEnergyModel(EnergyModel):
         self.sw_rmax = float(conf["sw_rmax"])
         self.pair_table = PairTable(conf["use_srtab"], descriptor.rcut, self.ntypes)
         self.register_buffer("tab_out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64))
-        self.register_buffer("zbl_out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64))
+        self.register_buffer("dp_out_bias", torch.zeros(self.ntypes, 1, dtype=torch.float64))
+
+    @property
+    def fitting_out_bias(self) -> torch.Tensor:
+        return self.dp_out_bias
 
     def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
         dp_atom, mask = super().atomic_outputs(
@@ -60,5 +65,5 @@ class ZBLEnergyModel(EnergyModel):
         w = switch_weight(
             pair_distances(ext_coord, nlist), valid, self.smin_alpha, self.sw_rmin, self.sw_rmax
         ).unsqueeze(-1)
-        atom = (1 - w) * dp_atom + w * tab_atom + self.zbl_out_bias[atype]
+        atom = (1 - w) * dp_atom + w * tab_atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
