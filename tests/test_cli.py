@@ -178,7 +178,7 @@ def test_init_with_data_folders(workdir, capsys):
 
 
 def test_init_errors(workdir, capsys):
-    assert main(["init", "dpa3"]) == 2
+    assert main(["init", "dpa22"]) == 2
     assert "Did you mean 'dpa2'?" in capsys.readouterr().err
     for k in range(2):  # two systems without type_map.raw
         (workdir / "d" / f"s{k}").mkdir(parents=True)
