@@ -4,7 +4,6 @@ box/relax, and the example input runs through `lam lammps`."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -176,4 +175,3 @@ def test_example_input_through_lam_lammps(tmp_path):
                         "--elements", "Cu"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "2 atom types but 1 elements" in p.stderr
     assert "Traceback" not in p.stderr
-    json.dumps({})

@@ -34,7 +34,7 @@ from .infer.deep_pot import DeepPot
 
 log = logging.getLogger("lamkit.lammps")
 _EXTERNAL = re.compile(r"^\s*fix\s+(\S+)\s+\S+\s+external\s+pf/callback\b", re.MULTILINE)
-_RUNS = re.compile(r"^\s*(run|minimize|rerun|min_modify|tad|neb|prd|temper)\b")
+_RUNS = re.compile(r"^\s*(run|minimize|rerun|tad|neb|prd|temper)\b")
 
 
 def new_lammps(cmdargs: Sequence[str] = ("-log", "none", "-screen", "none", "-nocite")):
