@@ -56,6 +56,7 @@ PROPERTIES: dict[str, dict[str, str]] = {
     "surface": {"gamma": "surface"},
 }
 SELECTORS = ("fixed", "adaptive-lower", "random")
+ENGINES = ("ase", "lammps")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class ExploreSpec:
     timestep: float = 2.0  # fs
     friction: float = 0.02  # 1/fs
     seed: int = 7
+    engine: str = "ase"  # or "lammps": the first member drives LAMMPS through fix external
 
 
 @dataclass
@@ -268,6 +270,13 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
     explore = _section(conf, "explore", ExploreSpec)
     if explore.steps < 1 or explore.traj_freq < 1 or not explore.temperatures:
         raise ConfigError("explore: steps, traj_freq >= 1 and at least one temperature needed")
+    if explore.engine not in ENGINES:
+        raise ConfigError(f"explore.engine: {explore.engine!r} is not one of {ENGINES}"
+                          f"{did_you_mean(str(explore.engine), list(ENGINES))}")
+    if explore.engine == "lammps":
+        from .explore_lammps import check_lammps
+
+        check_lammps()
     converge = conf.get("converge") or {}
     _check_keys(converge, {"accurate_ratio", "max_iterations"}, "converge")
     ratio = float(converge.get("accurate_ratio", 0.9))

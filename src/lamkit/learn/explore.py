@@ -6,6 +6,8 @@ strained, sheared, vacancy, slab and stacking-fault cells). Every cell runs once
 temperature; bulk cells run once per pressure too (Berendsen NPT, pressures in GPa), the
 others at fixed cell (Langevin NVT). Velocities and the Langevin noise are seeded by the
 iteration, the cell and the condition, so a resumed run explores the same trajectories.
+``explore.engine: "lammps"`` runs the trajectories in LAMMPS instead
+(:mod:`lamkit.learn.explore_lammps`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def explore(
     cells: list[tuple[str, Atoms, bool]], calc, spec: ExploreSpec, iteration: int, hi: float
 ) -> tuple[list[Atoms], list[float]]:
     """All trajectories of one iteration over ``cells`` (source, atoms, is_bulk)."""
+    md = run_md
+    if spec.engine == "lammps":
+        from .explore_lammps import run_md_lammps as md
     frames: list[Atoms] = []
     devis: list[float] = []
     for c, (source, atoms, is_bulk) in enumerate(cells):
@@ -86,7 +91,7 @@ def explore(
             for p, press in enumerate(pressures):
                 seq = np.random.SeedSequence([spec.seed, iteration, c, t, p])
                 seed = int(seq.generate_state(1)[0])
-                fr, dv = run_md(atoms, calc, float(temp), press, spec, seed, RUNAWAY * hi)
+                fr, dv = md(atoms, calc, float(temp), press, spec, seed, RUNAWAY * hi)
                 for f in fr:
                     f.info.update(source=source, temperature=float(temp),
                                   pressure=float("nan") if press is None else float(press))
