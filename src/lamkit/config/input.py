@@ -31,6 +31,14 @@ TRAINING_ARGS = (
     Arg("save_freq", (int,), 1000),
     Arg("save_ckpt", (str,), "model.ckpt"),
     Arg("max_ckpt_keep", (int,), 5),
+    Arg("ckpt_keep_ratio", (float, type(None)), None, doc="keep the last fraction of the run"),
+    Arg("enable_ema", (bool,), False, doc="exponential moving average of the weights"),
+    Arg("ema_decay", (float,), 0.999),
+    Arg("ema_ckpt_keep", (int, type(None)), None, doc="EMA checkpoints kept (max_ckpt_keep)"),
+    Arg("zero_stage", (int,), 0, doc="only 0 (plain data parallel) is supported"),
+    Arg("neighbor_graph_method", (str,), "auto", choices=("auto", "dense", "nv")),
+    Arg("enable_compile", (bool,), False),
+    Arg("enable_tf32", (bool,), False, doc="TF32 matmuls on CUDA (no effect on CPU)"),
     Arg("disp_training", (bool,), True),
     Arg("time_training", (bool,), True),
     Arg("stat_file", (str, type(None)), None),
@@ -111,6 +119,38 @@ def load_input(path: str | Path) -> dict:
     return data
 
 
+def _check_training(tr: dict) -> None:
+    """Values the schema's types cannot reject."""
+    ratio = tr["ckpt_keep_ratio"]
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise ConfigError(f"training/ckpt_keep_ratio: expected a fraction in (0, 1); found {ratio}")
+    if not 0.0 <= tr["ema_decay"] < 1.0:
+        raise ConfigError(f"training/ema_decay: expected 0 <= decay < 1; found {tr['ema_decay']}")
+    if tr["ema_ckpt_keep"] is not None and tr["ema_ckpt_keep"] < 0:
+        raise ConfigError(f"training/ema_ckpt_keep: expected >= 0; found {tr['ema_ckpt_keep']}")
+    if tr["zero_stage"] != 0:
+        raise ConfigError(
+            f"training/zero_stage: {tr['zero_stage']} (ZeRO/FSDP sharding) is not supported; "
+            "use 0: torchrun data parallelism with full replicas"
+        )
+
+
+def keep_counts(tr: dict, num_steps: int) -> tuple[int, int]:
+    """Checkpoints kept of the regular and the EMA family: ``max_ckpt_keep`` and
+    ``ema_ckpt_keep`` (default: the same), both replaced by
+    ``ceil(ckpt_keep_ratio * ceil(numb_steps / save_freq))`` when the ratio is given."""
+    import math
+
+    ratio = tr.get("ckpt_keep_ratio")
+    if ratio is not None:
+        total = max(1, math.ceil(num_steps / tr["save_freq"])) if tr["save_freq"] > 0 else 1
+        n = max(1, math.ceil(ratio * total))
+        return n, n
+    keep = tr["max_ckpt_keep"]
+    ema = tr.get("ema_ckpt_keep")
+    return keep, keep if ema is None else ema
+
+
 def normalize_input(config: dict) -> dict:
     """Check the top-level sections and normalise ``training`` and ``optimizer``.
 
@@ -166,6 +206,7 @@ def normalize_input(config: dict) -> dict:
         out["training"]["replay"] = (
             None if replay is None else normalize(replay, REPLAY_ARGS, "training/replay")
         )
+    _check_training(out["training"])
     opt = dict(config.get("optimizer") or {})
     if "opt_type" in config["training"] and "type" not in opt:
         opt["type"] = out["training"]["opt_type"]

@@ -18,15 +18,23 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    payload: dict, folder: str | Path, prefix: str, step: int, keep: int = 5
+    payload: dict,
+    folder: str | Path,
+    prefix: str,
+    step: int,
+    keep: int = 5,
+    pointer: bool = True,
 ) -> Path:
+    """Write ``<prefix>-<step>.pt``; ``pointer=False`` (a secondary family, e.g. the EMA
+    weights) leaves the ``checkpoint`` pointer file to the regular checkpoints."""
     folder = Path(folder)
     name = f"{Path(prefix).name}-{step}.pt"
     target = (
         folder / Path(prefix).parent / name if Path(prefix).parent != Path(".") else folder / name
     )
     atomic_save(payload, target)
-    _atomic_text(target.parent / "checkpoint", name)
+    if pointer:
+        _atomic_text(target.parent / "checkpoint", name)
     link = target.parent / f"{Path(prefix).name}.pt"
     tmp_link = target.parent / f".{link.name}.tmp"
     if tmp_link.is_symlink() or tmp_link.exists():

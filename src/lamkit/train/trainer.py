@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import keys
-from ..config.input import normalize_input
+from ..config.input import keep_counts, normalize_input
 from ..config.multitask import SharedLink, expand_model_dict, is_multitask
 from ..errors import ConfigError
 from ..model import build_model, normalize_model_config
@@ -35,6 +35,7 @@ from ..runtime import tune_allocator
 from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .distributed import DistContext
+from .ema import WeightAverage, ema_prefix
 from .lcurve import LcurveWriter
 from .lr import LearningRate
 from .stats import (
@@ -162,6 +163,10 @@ class Trainer:
         self.dist.broadcast_module(self.model)
         self.params = self._unique_params()
         self.optimizer = self._optimizer(self.params)
+        self.ema = WeightAverage(self.model, tr["ema_decay"]) if tr["enable_ema"] else None
+        self.keep, self.ema_keep = keep_counts(tr, self.num_steps)
+        if tr["enable_tf32"] and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
         if resume is not None:
             self._restore(resume)
             log.info("restarted from %s at step %d", restart, self.start_step)
@@ -341,9 +346,19 @@ class Trainer:
         log.info("weights and statistics initialised from %s", path)
 
     def _restore(self, ck: dict):
+        if ck.get("optimizer") is None:
+            raise ConfigError(
+                "--restart: this checkpoint holds averaged (EMA) weights only, no optimizer "
+                "state; restart from the regular checkpoint, or start from it with --init-model"
+            )
         self.model.load_state_dict(ck["model_state"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.start_step = int(ck["step"])
+        if self.ema is not None:
+            if ck.get("ema") is not None:
+                self.ema.load_state_dict(ck["ema"], "--restart")
+            else:
+                log.warning("--restart: the checkpoint has no EMA weights; the average starts now")
         samplers = ck["sampler"] if self.multi else {DEFAULT: ck["sampler"]}
         vsamplers = ck.get("valid_sampler") if self.multi else {DEFAULT: ck.get("valid_sampler")}
         for name, t in self.tasks.items():
@@ -377,6 +392,7 @@ class Trainer:
             "task_rng": self.task_rng.bit_generator.state,
             "replay": None if self.replay is None else self.replay.to_dict(),
             "torch_rng": torch.get_rng_state(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     # --- one step -----------------------------------------------------------------------------
@@ -425,6 +441,8 @@ class Trainer:
             if not torch.isfinite(norm):
                 raise FloatingPointError(f"step {step + 1}: the gradient norm is {norm}")
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return more
 
     def train_metrics(self, task: str, lr: float) -> dict:
@@ -489,21 +507,11 @@ class Trainer:
                     t_disp = self._log_progress(step, trn, val, lr, t_start, t_disp)
             if (step + 1) % tr["save_freq"] == 0 or step + 1 == self.num_steps:
                 if main:
-                    last_ckpt = save_checkpoint(
-                        self._payload(step + 1),
-                        self.out,
-                        tr["save_ckpt"],
-                        step + 1,
-                        tr["max_ckpt_keep"],
-                    )
-                    log.info("saved checkpoint %s", last_ckpt)
+                    last_ckpt = self._save(step + 1)
         if self.num_steps == 0 and main:
             # as the reference: the model as built (e.g. fine-tuned: pretrained weights, refitted
             # bias) is saved as the step-0 checkpoint
-            last_ckpt = save_checkpoint(
-                self._payload(0), self.out, tr["save_ckpt"], 0, tr["max_ckpt_keep"]
-            )
-            log.info("saved checkpoint %s", last_ckpt)
+            last_ckpt = self._save(0)
         if writer is not None:
             writer.close()
         if len(step_times) > 2:
@@ -518,6 +526,23 @@ class Trainer:
             writer.plot()
         self.dist.barrier()
         return last_ckpt
+
+    def _save(self, step: int) -> Path:
+        """The regular checkpoint of ``step`` and, with ``enable_ema``, the EMA one (the averaged
+        weights, no optimizer state) next to it."""
+        path = save_checkpoint(self._payload(step), self.out, self.tr["save_ckpt"], step, self.keep)
+        log.info("saved checkpoint %s", path)
+        if self.ema is not None:
+            with self.ema.applied(self.model):
+                payload = self._payload(step)
+                # .cpu() of a CPU tensor is the tensor itself: copy before the live weights return
+                payload["model_state"] = {k: v.clone() for k, v in payload["model_state"].items()}
+            payload.update(optimizer=None, ema=None)
+            ema_path = save_checkpoint(
+                payload, self.out, ema_prefix(self.tr["save_ckpt"]), step, self.ema_keep, False
+            )
+            log.info("saved EMA checkpoint %s", ema_path)
+        return path
 
     def _log_progress(self, step, trn, val, lr, t_start, t_disp) -> float:
         now = time.perf_counter()
