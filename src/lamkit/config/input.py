@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -23,7 +24,18 @@ TRAINING_ARGS = (
     Arg("training_data", (dict,), REQUIRED, sub=DATA_ARGS),
     Arg("validation_data", (dict, type(None)), None, sub=VALID_ARGS),
     Arg(
-        "numb_steps", (int,), REQUIRED, aliases=("stop_batch", "num_step", "num_steps", "numb_step")
+        "numb_steps",
+        (int, type(None)),
+        None,
+        aliases=("stop_batch", "num_step", "num_steps", "numb_step"),
+        doc="steps of the run (or numb_epoch / num_epoch_dict)",
+    ),
+    Arg(
+        "numb_epoch",
+        (float, type(None)),
+        None,
+        aliases=("num_epoch", "num_epochs", "numb_epochs"),
+        doc="epochs of a single-task run (may be fractional)",
     ),
     Arg("seed", (int, type(None)), None),
     Arg("disp_file", (str,), "lcurve.out"),
@@ -68,6 +80,7 @@ MULTI_TRAINING_ARGS = (
     *(a for a in TRAINING_ARGS if a.name not in _PER_TASK),
     Arg("data_dict", (dict,), REQUIRED, doc="per task: training_data, validation_data"),
     Arg("model_prob", (dict, type(None)), None, doc="task probabilities (default: data size)"),
+    Arg("num_epoch_dict", (dict, type(None)), None, doc="epochs per task (sets model_prob)"),
 )
 # the replay option of fine-tuning (lamkit's own): rehearse frames of the pretraining data
 REPLAY_ARGS = (
@@ -135,12 +148,45 @@ def _check_training(tr: dict) -> None:
         )
 
 
+def check_schedule_keys(tr: dict, multi: bool, tasks: list[str] | None = None) -> None:
+    """The run length is given exactly once, in the form the mode accepts."""
+    steps, epoch, per_task = tr.get("numb_steps"), tr.get("numb_epoch"), tr.get("num_epoch_dict")
+    if not multi:
+        if per_task:
+            raise ConfigError("training/num_epoch_dict: only multi-task inputs have it")
+        if (steps is None) == (epoch is None):
+            raise ConfigError("training: give exactly one of numb_steps and numb_epoch")
+        if epoch is not None and not (math.isfinite(epoch) and epoch > 0):
+            raise ConfigError(f"training/numb_epoch: expected a positive number; found {epoch}")
+        return
+    if epoch is not None:
+        raise ConfigError("training/numb_epoch: multi-task inputs give num_epoch_dict instead")
+    if (steps is None) == (not per_task):
+        raise ConfigError("training: give exactly one of numb_steps and num_epoch_dict")
+    if per_task:
+        if tr.get("model_prob"):
+            raise ConfigError(
+                "training: model_prob and num_epoch_dict exclude each other (the epochs set the "
+                "task probabilities)"
+            )
+        missing = [t for t in tasks or [] if t not in per_task]
+        unknown = [t for t in per_task if tasks is not None and t not in tasks]
+        if missing or unknown:
+            raise ConfigError(
+                f"training/num_epoch_dict: every task needs an entry (missing {missing}, "
+                f"unknown {unknown}; tasks {tasks})"
+            )
+        for t, v in per_task.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(
+                    f"training/num_epoch_dict/{t}: expected a positive number; found {v!r}"
+                )
+
+
 def keep_counts(tr: dict, num_steps: int) -> tuple[int, int]:
     """Checkpoints kept of the regular and the EMA family: ``max_ckpt_keep`` and
     ``ema_ckpt_keep`` (default: the same), both replaced by
     ``ceil(ckpt_keep_ratio * ceil(numb_steps / save_freq))`` when the ratio is given."""
-    import math
-
     ratio = tr.get("ckpt_keep_ratio")
     if ratio is not None:
         total = max(1, math.ceil(num_steps / tr["save_freq"])) if tr["save_freq"] > 0 else 1
@@ -197,12 +243,14 @@ def normalize_input(config: dict) -> dict:
                     )
         if replay is not None:
             raise ConfigError("training/replay: replay fine-tuning is for single-task inputs")
+        check_schedule_keys(tr, True, tasks)
         out["training"] = tr
     else:
         for key in ("loss_dict", "learning_rate_dict"):
             if key in config:
                 raise ConfigError(f"{key}: only multi-task inputs (model/model_dict) have it")
         out["training"] = normalize(train, TRAINING_ARGS, "training")
+        check_schedule_keys(out["training"], False)
         out["training"]["replay"] = (
             None if replay is None else normalize(replay, REPLAY_ARGS, "training/replay")
         )

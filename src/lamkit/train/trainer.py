@@ -27,6 +27,7 @@ import torch
 from .. import keys
 from ..config.input import keep_counts, normalize_input
 from ..config.multitask import SharedLink, expand_model_dict, is_multitask
+from ..config.schema import normalize
 from ..errors import ConfigError
 from ..model import build_model, normalize_model_config
 from ..model.io import FORMAT, VERSION, model_from_payload, read_file
@@ -37,7 +38,8 @@ from .checkpoint import latest_checkpoint, save_checkpoint
 from .distributed import DistContext
 from .ema import WeightAverage, ema_prefix
 from .lcurve import LcurveWriter
-from .lr import LearningRate
+from .lr import LR_ARGS, LearningRate
+from .schedule import resolve_schedule
 from .stats import (
     auto_selections,
     resolve_auto_sel,
@@ -102,7 +104,6 @@ class Trainer:
         self.config = normalize_input(copy.deepcopy(config))
         tr = self.config["training"]
         self.tr = tr
-        self.num_steps = tr["numb_steps"]
         self.seed = seed = tr["seed"]
         if seed is not None:
             torch.manual_seed(seed)
@@ -120,8 +121,11 @@ class Trainer:
         lr_conf = self.config.get("learning_rate") or {}
         if tr["warmup_steps"] and "warmup_steps" not in lr_conf:
             lr_conf = {**lr_conf, "warmup_steps": tr["warmup_steps"]}
+        self.tasks = self._make_tasks(confs, normalize(lr_conf, LR_ARGS, "learning_rate"))
+        self.num_steps, epoch_prob = resolve_schedule(tr, self.tasks, self.dist.world)
+        if tr["numb_steps"] is None:
+            log.info("%d training steps from the epochs asked for", self.num_steps)
         self.lr = LearningRate(lr_conf, self.num_steps)
-        self.tasks = self._make_tasks(confs)
         self.replay = None
         if tr.get("replay"):
             from .replay import add_replay_task
@@ -150,6 +154,8 @@ class Trainer:
                 log.info("%s", t.valid_sampler.describe("validation"))
         self.task_names = list(self.tasks)
         self.task_prob = task_probabilities(list(self.tasks.values()), tr.get("model_prob"))
+        if epoch_prob is not None:  # num_epoch_dict (multi-task inputs have no replay)
+            self.task_prob = epoch_prob
         if self.multi:
             probs = dict(zip(self.task_names, np.round(self.task_prob, 4).tolist()))
             log.info("task probabilities: %s", probs)
@@ -207,8 +213,8 @@ class Trainer:
         confs = {t: normalize_model_config(c, where.format(t)) for t, c in confs.items()}
         return confs, links, rules
 
-    def _make_tasks(self, confs: dict[str, dict]) -> dict[str, Task]:
-        tr, start_lr = self.tr, self.lr.start_lr
+    def _make_tasks(self, confs: dict[str, dict], lr_conf: dict) -> dict[str, Task]:
+        tr, start_lr = self.tr, lr_conf["start_lr"]
         tasks = {}
         for name, conf in confs.items():
             if "data_dict" in tr:
