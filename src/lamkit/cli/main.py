@@ -3,7 +3,7 @@
 lam train input.json [-r CKPT | -i MODEL | --finetune PRE [--model-branch B]] [-o DIR]
 lam test -m MODEL -s SYSTEM [-n N] [-d PREFIX]
 lam model-devi -m M0 M1 M2 M3 -s SYSTEMS [-o model_devi.out] [-f FREQ] [--atomic] ...
-lam freeze [-c CKPT_OR_DIR] [-o model.pth] [--format pt2]
+lam freeze [-c CKPT_OR_DIR] [-o model.pth] [--format pt2|pth]
 lam convert IN OUT [--to deepmd|lamkit] [--head H]   lamkit <-> DeePMD-kit checkpoints
 lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
@@ -255,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--head", default=None)
     f.add_argument(
         "--format",
-        choices=["lamkit", "pt2"],
+        choices=["lamkit", "pt2", "pth"],
         default=None,
-        help="lamkit (default) or pt2: an AOTInductor package torch alone loads "
-        "(default when the output ends in .pt2)",
+        help="lamkit (default); pt2: an AOTInductor package torch alone loads "
+        "(default when the output ends in .pt2); pth: TorchScript for DeePMD-kit's C++ "
+        "inference (LAMMPS pair_style deepmd)",
     )
     f.add_argument("--images", type=int, default=1, help="pt2: periodic images per direction")
     f.add_argument("--no-pbc", dest="pbc", action="store_false", help="pt2: no box input")

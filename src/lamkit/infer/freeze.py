@@ -57,7 +57,9 @@ def freeze(
             trained precision (predictions then match the checkpoint exactly).
         format: ``"lamkit"`` (default) or ``"pt2"``: an AOTInductor package that torch alone
             loads (:mod:`lamkit.infer.export_pt2`; ``images`` and ``periodic`` are its
-            options); default ``"pt2"`` when ``output`` ends in ``.pt2``.
+            options); default ``"pt2"`` when ``output`` ends in ``.pt2``. ``"pth"``:
+            TorchScript for DeePMD-kit's C++ inference and ``pair_style deepmd``
+            (:mod:`lamkit.infer.export_pth`).
 
     Returns the output path. The file records ``source``, ``head``, ``step``, the lamkit
     version and the time of freezing in its ``metadata``.
@@ -72,8 +74,14 @@ def freeze(
         from .export_pt2 import export_pt2
 
         return export_pt2(model.eval(), output, periodic=periodic, images=images)
+    if format == "pth":
+        from .export_pth import export_pth
+
+        return export_pth(model.eval(), output)
     if format != "lamkit":
-        raise ConfigError(f"freeze: unknown format {format!r} (expected 'lamkit' or 'pt2')")
+        raise ConfigError(
+            f"freeze: unknown format {format!r} (expected 'lamkit', 'pt2' or 'pth')"
+        )
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         step = obj.get("step")
     else:
