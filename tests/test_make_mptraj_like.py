@@ -152,3 +152,50 @@ def test_written_dataset_reads_back(tmp_path):
         np.testing.assert_allclose(sysobj.labels["virial"], v_ref, atol=1e-9)
         total += sysobj.nframes
     assert total == 60
+
+
+def test_large_files_are_memory_mapped(tmp_path, monkeypatch):
+    from lamkit.data import DataRequirement, checks, load_system
+    from lamkit.data.loader import frames_to_batch
+    from lamkit.errors import DataError
+
+    gen.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--frames",
+            "40",
+            "--min-atoms",
+            "12",
+            "--max-atoms",
+            "12",
+            "--workers",
+            "1",
+        ]
+    )
+    path = tmp_path / "natoms_012"
+    reqs = [DataRequirement("energy", 1, must=True), DataRequirement("force", 3, atomic=True)]
+    in_memory = load_system(path, gen.ELEMENTS, reqs)
+    monkeypatch.setattr(checks, "MMAP_MIN_BYTES", 0)
+    monkeypatch.setattr(checks, "BLOCK_BYTES", 700)  # several blocks per file
+    mapped = load_system(path, gen.ELEMENTS, reqs)
+    assert not checks.is_mapped(in_memory.coords)
+    for arr in (mapped.coords, mapped.atype, mapped.labels["force"], mapped.box):
+        assert checks.is_mapped(arr)
+    idx = np.array([5, 0, 33])
+    a, b = frames_to_batch(in_memory, idx), frames_to_batch(mapped, idx)
+    for key in a:
+        if hasattr(a[key], "shape"):
+            assert (a[key] == b[key]).all(), key
+    np.testing.assert_array_equal(mapped.natoms_vec[idx], b["natoms"].numpy())
+    # a bad value deep in a mapped file is still found, with its frame
+    force = np.load(path / "set.000" / "force.npy")
+    force[31, 7] = np.nan
+    np.save(path / "set.000" / "force.npy", force)
+    with pytest.raises(DataError, match=r"force.npy: frame 31, column 7 is nan"):
+        load_system(path, gen.ELEMENTS, reqs)
+    types = np.load(path / "set.000" / "real_atom_types.npy")
+    types[27, 3] = 89
+    np.save(path / "set.000" / "real_atom_types.npy", types)
+    with pytest.raises(DataError, match=r"type index 89 at frame 27, atom 3"):
+        load_system(path, gen.ELEMENTS, reqs[:1])

@@ -39,7 +39,7 @@ def frames_to_batch(system: System, frames: Sequence[int] | np.ndarray, sid: int
         batch[key] = torch.from_numpy(arr[idx])
     for key, found in system.find.items():
         batch[keys.find_key(key)] = float(found)
-    batch[keys.NATOMS] = torch.from_numpy(system.natoms_vec[idx])
+    batch[keys.NATOMS] = torch.from_numpy(system.natoms_vec_of(idx))
     batch[keys.SID] = int(sid)
     batch[keys.FID] = idx.tolist()
     return batch

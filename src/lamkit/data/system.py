@@ -11,6 +11,8 @@ Layout of a system directory (standard and mixed type)::
     set.*/<key>.npy     labels, [nf, ndof] (global) or [nf, natoms*ndof] (atomic)
 
 Sets are read in lexicographic order and concatenated.  Everything is float64 in memory.
+Large files (``checks.MMAP_MIN_BYTES``) of a single-set system stay memory-mapped read-only:
+frames are paged in when a batch uses them, and per-frame type counts are made per batch.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class System:
     atype: np.ndarray  # [nf, natoms] int64 index into type_map; -1 = virtual atom
     labels: dict[str, np.ndarray]  # key -> [nf, width] (global) or [nf, natoms, width] (atomic)
     find: dict[str, float]  # key -> 1.0 if the label was in the data, else 0.0
-    natoms_vec: np.ndarray  # [nf, 2 + ntypes] int64 (natoms, natoms, count per type)
+    type_count: int  # number of types that ``atype`` indexes
     pbc: bool
     mixed_type: bool
     type_map: list[str] | None
@@ -106,7 +108,16 @@ class System:
 
     @property
     def ntypes(self) -> int:
-        return int(self.natoms_vec.shape[1] - 2)
+        return self.type_count
+
+    @property
+    def natoms_vec(self) -> np.ndarray:
+        """``[nf, 2 + ntypes]`` int64: (natoms, natoms, real atoms per type) of every frame."""
+        return count_types(self.atype, self.type_count)
+
+    def natoms_vec_of(self, frames: np.ndarray) -> np.ndarray:
+        """:attr:`natoms_vec` of the given frames only (cheap for a batch)."""
+        return count_types(self.atype[frames], self.type_count)
 
     def to_file_order(self, arr: np.ndarray, axis: int = 1) -> np.ndarray:
         """Put an atomic array (atoms along ``axis``) back into the file's atom order."""
@@ -128,7 +139,6 @@ def select_frames(system: System, frames: Sequence[int] | np.ndarray) -> System:
         box=None if system.box is None else system.box[idx],
         atype=system.atype[idx],
         labels={k: v[idx] for k, v in system.labels.items()},
-        natoms_vec=system.natoms_vec[idx],
     )
 
 
@@ -165,12 +175,17 @@ def make_system(
         atype=atype,
         labels=labels,
         find=find,
-        natoms_vec=count_types(atype, ntypes),
+        type_count=ntypes,
         pbc=box is not None,
         mixed_type=mixed_type,
         type_map=list(type_map) if type_map is not None else None,
         atom_order=order,
     )
+
+
+def join_sets(arrays: list[np.ndarray]) -> np.ndarray:
+    """Frames of all sets in one array; a single set is returned as is (it may be mapped)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _read_label(path: Path, req: DataRequirement, nframes: int, natoms: int, ref: Path):
@@ -228,7 +243,7 @@ def _read_set(
         types = read_npy(types_path)
         if types.dtype.kind not in "iu":
             raise DataError(f"{types_path} holds {types.dtype}; expected integer type indices")
-        types = types.astype(np.int64).reshape(types.shape[0], -1)
+        types = np.asarray(types, dtype=np.int64).reshape(types.shape[0], -1)
         check_nframes(types, types_path, nf, coord_path)
         check_columns(types, types_path, natoms, f"{type_raw} lists {natoms} atoms")
         out["real_atom_types"] = types
@@ -248,7 +263,7 @@ def _collect_labels(
     for req in requirements:
         have = ["label:" + req.key in s for s in sets]
         if all(have):
-            labels[req.key] = np.concatenate([s["label:" + req.key] for s in sets])
+            labels[req.key] = join_sets([s["label:" + req.key] for s in sets])
             find[req.key] = 1.0
             continue
         if any(have):
@@ -286,7 +301,7 @@ def _resolve_types(
             check_type_range(
                 s["real_atom_types"], len(sys_type_map), d / MIXED_TYPE_FILE, True, map_path
             )
-        atype = np.concatenate([s["real_atom_types"] for s in sets])
+        atype = join_sets([s["real_atom_types"] for s in sets])
     else:
         if sys_type_map is not None:
             check_type_range(file_types, len(sys_type_map), type_path, False, map_path)
@@ -350,8 +365,8 @@ def load_system(
     labels, find = _collect_labels(root, set_dirs, sets, requirements, natoms)
     return make_system(
         path=str(root),
-        coords=np.concatenate([s["coord"] for s in sets]),
-        box=np.concatenate([s["box"] for s in sets]) if pbc else None,
+        coords=join_sets([s["coord"] for s in sets]),
+        box=join_sets([s["box"] for s in sets]) if pbc else None,
         atype=atype,
         labels=labels,
         find=find,

@@ -69,6 +69,8 @@ def remap_types(
     ``atype``: any shape, int; the caller has checked it lies in ``[-1, len(sys_type_map))``.
     """
     lookup = name_lookup(sys_type_map, model_type_map, source)
+    if np.array_equal(lookup, np.arange(len(lookup))):
+        return atype  # same order: no copy (a memory-mapped array stays mapped)
     # append -1 so that index -1 (virtual atom) maps to the last entry, i.e. stays -1
     lookup = np.concatenate([lookup, np.array([-1], dtype=np.int64)])
     return lookup[atype]
