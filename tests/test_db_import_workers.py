@@ -58,3 +58,57 @@ def test_workers_must_be_positive(tmp_path):
     db = CrystalDB(f"sqlite:///{tmp_path / 'x.db'}").init()
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         db.import_records(items(3), workers=0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_deferred_symmetry_is_pending_then_indexed_as_an_import_would(tmp_path, workers):
+    from lamkit.db.records import SYMMETRY_PENDING
+    from lamkit.db.symindex import count_pending
+
+    data = items(300)
+    now = CrystalDB(f"sqlite:///{tmp_path / 'now.db'}").init()
+    later = CrystalDB(f"sqlite:///{tmp_path / 'later.db'}").init()
+    now.import_records(data, batch_size=100)
+    rep = later.import_records(data, batch_size=100, workers=workers, defer_symmetry=True)
+    assert rep.added > 250 and count_pending(later) == rep.added
+    rec = later.get(rep.added_ids[0])
+    assert (rec.spacegroup_number, rec.spacegroup_symbol) == (None, SYMMETRY_PENDING)
+    # queries work meanwhile; a space-group filter does not match pending records
+    assert len(later.query(formula=rec.formula, limit=500).records) >= 1
+    sg = snapshot(now)[0][3]
+    assert later.query(spacegroup=sg).records == []
+    assert snapshot(later) != snapshot(now)
+    done = later.index_symmetry(workers=workers, batch_size=64)
+    assert done.indexed == rep.added and count_pending(later) == 0
+    assert snapshot(later) == snapshot(now)  # ids, hashes, formulas, space groups alike
+    symbols = {(r.id, r.spacegroup_symbol) for r in later.iter_query()}
+    assert symbols == {(r.id, r.spacegroup_symbol) for r in now.iter_query()}
+    assert later.index_symmetry().indexed == 0  # nothing left: a re-run is a no-op
+
+
+def test_deferred_symmetry_refuses_dedupe(tmp_path):
+    db = CrystalDB(f"sqlite:///{tmp_path / 'x.db'}").init()
+    with pytest.raises(ValueError, match="dedupe compares space groups"):
+        db.import_records(items(3), dedupe=True, defer_symmetry=True)
+
+
+def test_cli_defer_symmetry_then_index(tmp_path, capsys):
+    import json
+
+    from lamkit.cli.main import main
+
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "lattice": np.asarray(d["lattice"]).tolist(), "species": [str(s) for s in d["species"]],
+        "frac_coords": np.asarray(d["frac_coords"]).tolist(), "energy": d["energy"]})
+        for d in items(40) if np.isfinite(d["energy"])))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["db", "--db", url, "import", str(path), "--defer-symmetry", "--no-progress"]) == 0
+    added = int(capsys.readouterr().out.split()[0])
+    assert added > 30
+    assert main(["db", "--db", url, "index", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"{added} space groups in")
+    db = CrystalDB(url)
+    assert all(r.spacegroup_number is not None for r in db.iter_query())
+    assert main(["db", "--db", url, "import", str(path), "--defer-symmetry", "--dedupe"]) != 0
+    assert "cannot be used with --defer-symmetry" in capsys.readouterr().err

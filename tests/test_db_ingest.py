@@ -324,3 +324,29 @@ def test_hostile_strings_are_stored_verbatim(db):
 def test_provenance_strings_are_checked_alike_on_every_backend(db, field, value, reason):
     rep = db.import_records([{"structure": rocksalt("Na", "Cl", 5.64).as_dict(), field: value}])
     assert rep.added == 0 and reason in rep.rejected[0].reason
+
+
+def test_min_distance_agrees_with_a_neighbour_list():
+    """The numpy path (small cells) against vesin, on random, skewed and tiny cells."""
+    import math
+
+    from lamkit.db import records as R
+
+    rng = np.random.default_rng(7)
+    checked = direct = 0
+    for t in range(400):
+        n = int(rng.integers(1, 10))
+        lattice = np.diag(rng.uniform(0.3, 4.0, 3)) + rng.normal(0, 1.0 if t % 3 else 0.2, (3, 3))
+        if abs(np.linalg.det(lattice)) < 0.05:
+            continue
+        frac = rng.uniform(-1.5, 2.5, (n, 3))
+        cutoff = float(rng.choice([0.5, 1.0, 2.5]))
+        got = R._min_distance(lattice, frac, cutoff)
+        if n == 1 and cutoff <= min(np.linalg.norm(lattice, axis=1)):
+            want = math.inf
+        else:
+            want = R._min_distance_vesin(lattice, frac @ lattice, cutoff)
+        assert got == want or abs(got - want) < 1e-9, (t, got, want)
+        checked += 1
+        direct += math.isfinite(got)
+    assert checked > 350 and direct > 100  # many cells have a pair inside the cutoff

@@ -144,10 +144,12 @@ class CrystalDB:
         dedupe: bool = False,
         update_hull: bool = True,
         workers: int = 1,
+        defer_symmetry: bool = False,
     ) -> _ingest.ImportReport:
         """Import structures (Structures, Atoms, dicts: see :mod:`lamkit.db.ingest`), one
         transaction per batch.  Invalid items are rejected with a reason, never raised.
-        ``workers`` > 1 makes the rows (validation, space groups) in that many processes."""
+        ``workers`` > 1 makes the rows (validation, space groups) in that many processes.
+        ``defer_symmetry``: space groups are stored as pending for :meth:`index_symmetry`."""
         self._ensure()
         return _ingest.import_items(
             self,
@@ -160,7 +162,18 @@ class CrystalDB:
             dedupe=dedupe,
             update_hull=update_hull,
             workers=workers,
+            defer_symmetry=defer_symmetry,
         )
+
+    def index_symmetry(
+        self, *, workers: int = 1, batch_size: int = 1000, progress: bool = False
+    ):
+        """Fill in the space groups left pending by ``defer_symmetry`` imports
+        (:func:`lamkit.db.symindex.index_symmetry`); returns an ``IndexReport``."""
+        from .symindex import index_symmetry
+
+        self._ensure()
+        return index_symmetry(self, workers=workers, batch_size=batch_size, progress=progress)
 
     def import_files(
         self,
@@ -175,6 +188,7 @@ class CrystalDB:
         energy_key: str | None = None,
         energies: dict[str, float] | str | Path | None = None,
         workers: int = 1,
+        defer_symmetry: bool = False,
     ) -> _ingest.ImportReport:
         """Import files and folders: CIF, POSCAR/CONTCAR, extxyz and anything ASE reads, pymatgen
         JSON, the public API's record JSON (single, list or JSON lines) and deepmd/npy systems.
@@ -185,7 +199,7 @@ class CrystalDB:
         ASE frame's total energy (eV).  ``energies``: file name -> total energy (eV), or the
         path of a two-column file of them (for CIFs, which carry none); names that match no
         imported file are listed in ``report.unused_energies``.  ``workers``: processes that
-        make the rows (see :meth:`import_records`)."""
+        make the rows, ``defer_symmetry`` (see :meth:`import_records`)."""
         from .readers import read_energy_file, with_energies
 
         self._ensure()
@@ -208,6 +222,7 @@ class CrystalDB:
             dedupe=dedupe,
             update_hull=update_hull,
             workers=workers,
+            defer_symmetry=defer_symmetry,
         )
         if energies is not None:
             report.unused_energies = sorted(set(energies) - used)

@@ -85,10 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--dedupe", action="store_true", help="skip structures matching stored ones")
     i.add_argument("--workers", type=_positive_int, default=1,
                    help="processes making the rows (validation, space groups); for large imports")
+    i.add_argument("--defer-symmetry", action="store_true",
+                   help="store space groups as pending (fast bulk import); run 'lam db index'")
     i.add_argument("--no-hull", action="store_true", help="do not update hulls afterwards")
     i.add_argument("--no-progress", action="store_true")
     i.add_argument("--energy-file", help="two columns: structure file name, total energy in eV")
     i.add_argument("--energy-key", help="info key holding each extxyz/ASE frame's energy (eV)")
+
+    x = sub.add_parser("index", help="space groups of records imported with --defer-symmetry")
+    x.add_argument("--workers", type=_positive_int, default=1)
+    x.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("query", help="list matching records")
     _add_filters(q)
@@ -233,6 +239,8 @@ def _run(args) -> int:
             print(f"initialised {db!r}")
         elif cmd == "import":
             return _import(db, args)
+        elif cmd == "index":
+            print(db.index_symmetry(workers=args.workers, progress=not args.no_progress).summary())
         elif cmd == "query":
             page = db.query(
                 **_filters(args), order_by=args.order_by, limit=args.limit, cursor=args.cursor
@@ -264,6 +272,9 @@ def _import(db, args) -> int:
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             + "; nothing was imported"
         )
+    if args.dedupe and args.defer_symmetry:
+        raise DBError("import: --dedupe compares space groups; it cannot be used with "
+                      "--defer-symmetry")
     rep = db.import_files(
         args.FILES,
         submitter=args.submitter,
@@ -275,6 +286,7 @@ def _import(db, args) -> int:
         energy_key=args.energy_key,
         energies=args.energy_file,
         workers=args.workers,
+        defer_symmetry=args.defer_symmetry,
     )
     print(rep.summary())
     if rep.unused_energies:

@@ -213,7 +213,7 @@ def _insert_postgresql(conn: Connection, rows: list[dict]) -> list[int]:
     return ids
 
 
-def _row_of(item: Item, model, submitter, source) -> dict:
+def _row_of(item: Item, model, submitter, source, symmetry: bool = True) -> dict:
     if item.error is not None:
         raise RecordError(item.error)
     meta = item.meta
@@ -227,6 +227,7 @@ def _row_of(item: Item, model, submitter, source) -> dict:
         submitted=meta.get("submitted"),
         tags=meta.get("tags"),
         labels=item.labels,
+        symmetry=symmetry,
     )
 
 
@@ -265,15 +266,23 @@ def import_items(
     dedupe: bool = False,
     update_hull: bool = True,
     workers: int = 1,
+    defer_symmetry: bool = False,
 ) -> ImportReport:
     """Import items in batches of ``batch_size`` (one transaction each); see the module doc.
-    ``workers`` > 1: rows are made in that many processes (:mod:`lamkit.db.rowpool`)."""
+    ``workers`` > 1: rows are made in that many processes (:mod:`lamkit.db.rowpool`).
+    ``defer_symmetry``: store the space groups as pending, for :mod:`lamkit.db.symindex`
+    (``lam db index``) to fill in; several times faster for distinct structures."""
     from tqdm.auto import tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; found {batch_size!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer; found {workers!r}")
+    if defer_symmetry and dedupe:
+        raise ValueError(
+            "dedupe compares space groups, so it cannot defer them; import with dedupe or "
+            "with defer_symmetry, not both"
+        )
     report = ImportReport()
     touched: set[tuple[str | None, str]] = set()
     start = time.perf_counter()
@@ -297,7 +306,9 @@ def import_items(
         touched.update((r["model"], r["chemsys"]) for r in rows if r["energy"] is not None)
         bar.set_postfix(added=report.added, rejected=len(report.rejected), refresh=False)
 
-    make = partial(_row_of, model=model, submitter=submitter, source=source)
+    make = partial(
+        _row_of, model=model, submitter=submitter, source=source, symmetry=not defer_symmetry
+    )
     try:
         for item, row, reason in make_rows(make, items, workers):
             report.seen += 1

@@ -43,6 +43,9 @@ MAX_SITES = 5000
 #: conditioned (Qhull fails on entries of order 1e20 eV/atom).
 ENERGY_PER_ATOM_MIN = -1.0e7
 ENERGY_PER_ATOM_MAX = 1.0e5
+#: ``spacegroup_symbol`` of a record imported with deferred symmetry (``spacegroup_number`` is
+#: NULL) until :func:`lamkit.db.symindex.index_symmetry` (``lam db index``) fills both in.
+SYMMETRY_PENDING = "pending"
 #: Valid element symbols: H (Z=1) to Og (Z=118).
 ELEMENTS: tuple[str, ...] = tuple(chemical_symbols[1:119])
 _ELEMENT_SET = frozenset(ELEMENTS)
@@ -227,12 +230,67 @@ def min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float = MIN_DIST
     return hit
 
 
-def _min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float) -> float:
-    from vesin import NeighborList
+#: Largest number of (pair, image) distances the numpy path of :func:`_min_distance` forms; a
+#: larger problem goes to vesin's neighbour list (the numpy path is faster for small cells).
+_DIRECT_MAX = 20_000
 
+
+def _min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float) -> float:
     cart = frac @ lattice
     if len(cart) == 1 and cutoff <= min(np.linalg.norm(lattice, axis=1)):
         return math.inf
+    # images needed along each axis: a vector shorter than cutoff has fractional component k
+    # at most cutoff * |b_k| (b_k: reciprocal vector without 2 pi, |b_k| = |a_l x a_m| / V),
+    # and the differences below are wrapped into [-0.5, 0.5]
+    a, b, c = lattice.tolist()
+    areas = (_cross_norm(b, c), _cross_norm(c, a), _cross_norm(a, b))
+    volume = abs(det3(lattice))
+    reach = tuple(math.ceil(cutoff * s / volume + 0.5) for s in areas)
+    n = len(frac)
+    if n * (n + 1) // 2 * math.prod(2 * r + 1 for r in reach) <= _DIRECT_MAX:
+        return _min_distance_direct(lattice, frac, cutoff, reach)
+    return _min_distance_vesin(lattice, cart, cutoff)
+
+
+def _cross_norm(u: list[float], v: list[float]) -> float:
+    x = u[1] * v[2] - u[2] * v[1]
+    y = u[2] * v[0] - u[0] * v[2]
+    z = u[0] * v[1] - u[1] * v[0]
+    return math.sqrt(x * x + y * y + z * z)
+
+
+@lru_cache(maxsize=64)
+def _shifts(reach: tuple[int, int, int]) -> np.ndarray:
+    """Integer lattice shifts [m, 3] within ``reach``, (0, 0, 0) in the middle row."""
+    axes = [np.arange(-r, r + 1, dtype=np.float64) for r in reach]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+@lru_cache(maxsize=256)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j) of the pairs i <= j of n sites and the positions of i == j."""
+    i, j = np.triu_indices(n)
+    return i, j, np.flatnonzero(i == j)
+
+
+def _min_distance_direct(
+    lattice: np.ndarray, frac: np.ndarray, cutoff: float, reach: tuple[int, int, int]
+) -> float:
+    """All pairs i <= j and all lattice shifts within ``reach``, but an atom with itself."""
+    i, j, same = _pairs(len(frac))
+    shifts = _shifts(reach)
+    diff = frac[j] - frac[i]
+    diff -= np.round(diff)
+    vec = (diff[:, None, :] + shifts[None, :, :]) @ lattice  # [pairs, shifts, 3] Å
+    d2 = (vec * vec).sum(axis=-1)
+    d2[same, len(shifts) // 2] = np.inf
+    dmin = math.sqrt(float(d2.min()))
+    return dmin if dmin < cutoff else math.inf
+
+
+def _min_distance_vesin(lattice: np.ndarray, cart: np.ndarray, cutoff: float) -> float:
+    from vesin import NeighborList
+
     nl = NeighborList(cutoff=cutoff, full_list=False)
     (d,) = nl.compute(cart, lattice, periodic=True, quantities="d")
     return float(d.min()) if len(d) else math.inf
@@ -357,11 +415,13 @@ def make_row(
     submitted: datetime | str | None = None,
     tags=None,
     labels: dict | None = None,
+    symmetry: bool = True,
 ) -> dict:
     """The ``records`` row (without id) of a structure and its total energy (eV), with optional
     ``labels`` (``forces`` [n, 3] eV/Å, ``stress`` [3, 3] eV/Å^3, ``magmoms`` [n]).
 
-    Validates (RecordError with the reason) and computes every derived field."""
+    Validates (RecordError with the reason) and computes every derived field; with
+    ``symmetry=False`` the space group is left pending (:data:`SYMMETRY_PENDING`)."""
     s = validate(arrays_from(obj))
     if energy is not None:
         try:
@@ -384,7 +444,10 @@ def make_row(
     elements = sorted(set(s.species))
     volume = abs(det3(s.lattice))  # Å^3, positive for left-handed cells too
     mass = float(sum(_MASS[el] for el in s.species))
-    number, symbol = spacegroup(s.lattice, s.frac_coords, s.species)
+    if symmetry:
+        number, symbol = spacegroup(s.lattice, s.frac_coords, s.species)
+    else:
+        number, symbol = None, SYMMETRY_PENDING
     return {
         **label_columns(labels, n),
         **lattice_parameters(s.lattice),
