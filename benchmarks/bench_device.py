@@ -1,0 +1,39 @@
+"""``--device`` for the benchmark scripts: cpu by default, cuda (or cuda:N) when asked.
+
+A script calls :func:`add_device_argument` on its parser and :func:`resolve_device` on the
+parsed value; asking for CUDA on a machine without it stops the script with one line that says
+so, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for models and tensors: cpu (default), cuda or cuda:N",
+    )
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` for ``name``; ``SystemExit`` with a message when CUDA is asked for
+    and not available, or the name is not a device."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SystemExit(f"--device: '{name}' is not a torch device ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif device.type != "cpu":
+        raise SystemExit(f"--device {name}: use cpu or cuda[:N]")
+    return device

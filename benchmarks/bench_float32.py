@@ -1,0 +1,185 @@
+"""Float32 against float64 for DPA-2 small and a small DPA-3: speed and accuracy at equal steps.
+
+For each model the same input (the built-in Cu-Au example data of ``lam example``, same seed,
+same weights at step 0, same number of steps) is trained once with ``precision: float64`` and
+once with ``float32`` in descriptor and fitting. Printed per run: training seconds per step
+(the trainer's own loop rate), inference seconds per evaluation of one validation frame
+(``DeepPot.eval``, energy + forces + virial, after warm-up), and the validation energy and
+force RMSEs of the trained model on the example's validation system.
+
+    python benchmarks/bench_float32.py --steps 200 --evals 50
+    python benchmarks/bench_float32.py --device cuda      # on a machine with a CUDA device
+
+Accuracy after a few hundred steps is a learning-curve point, not converged accuracy: the
+question is whether float32 follows the float64 curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
+
+MODELS = ("dpa2_small", "dpa3_small")
+PRECISIONS = ("float64", "float32")
+
+
+class _RateLog(logging.Handler):
+    """Keeps the trainer's last reported loop rate (steps/s, the 5th argument of its log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("step %d/%d") and record.args:
+            self.rate = float(record.args[4])
+
+
+def model_section(name: str, precision: str) -> dict:
+    """The preset's model for the example's Cu/Au type map, in ``precision``."""
+    from lamkit.examples import TYPE_MAP
+    from lamkit.presets import load_preset
+
+    if name == "dpa2_small":
+        model = load_preset("dpa2", "small")["model"]
+    elif name == "dpa3_small":  # the water DPA-3 example at half depth and width
+        model = load_preset("dpa3")["model"]
+        rf = model["descriptor"]["repflow"]
+        rf.update(n_dim=64, e_dim=32, a_dim=16, nlayers=3)
+        model["fitting_net"]["neuron"] = [120, 120, 120]
+    else:
+        raise SystemExit(f"--models: unknown model '{name}'; choose from {', '.join(MODELS)}")
+    model = copy.deepcopy(model)
+    model["type_map"] = list(TYPE_MAP)
+    model["descriptor"]["precision"] = precision
+    model["fitting_net"]["precision"] = precision
+    return model
+
+
+def make_input(name: str, precision: str, data: Path, steps: int) -> dict:
+    from lamkit.examples import example_input
+
+    train = [str(p) for p in sorted((data / "data").glob("train_*"))]
+    conf = example_input(train, [str(data / "data" / "valid")], steps)
+    conf["model"] = model_section(name, precision)
+    conf["learning_rate"] = {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 50}
+    conf["training"].update(disp_freq=steps, save_freq=steps)
+    conf["training"]["training_data"]["batch_size"] = 1
+    return conf
+
+
+def run_one(name: str, precision: str, data: Path, args, device, out: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from lamkit.infer.deep_pot import DeepPot
+    from lamkit.infer.metrics import run_test
+    from lamkit.train.trainer import Trainer
+
+    conf = make_input(name, precision, data, args.steps)
+    torch.manual_seed(0)
+    rate, log = _RateLog(), logging.getLogger("lamkit.train")
+    saved = log.level, log.propagate
+    log.addHandler(rate)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the progress lines are read, not printed
+    try:
+        t0 = time.perf_counter()
+        ckpt = Trainer(conf, out, device=str(device)).run()
+        wall = time.perf_counter() - t0
+    finally:
+        log.removeHandler(rate)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+    dp = DeepPot(ckpt, device=device)
+    valid = data / "data" / "valid"
+    res = run_test(dp, str(valid))["average"]
+    coord = np.load(valid / "set.000" / "coord.npy")[:1]
+    cell = np.load(valid / "set.000" / "box.npy")[:1]
+    atype = np.loadtxt(valid / "type.raw", dtype=np.int64).reshape(-1)
+    for _ in range(3):
+        dp.eval(coord, cell, atype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.evals):
+        dp.eval(coord, cell, atype)
+    sync()
+    infer = (time.perf_counter() - t0) / args.evals
+    row = {
+        "model": name,
+        "precision": precision,
+        "steps": args.steps,
+        "train_s_per_step": None if rate.rate is None else 1.0 / rate.rate,
+        "train_wall_s": wall,
+        "infer_s_per_eval": infer,
+        "natoms_eval": int(np.asarray(atype).size),
+        "rmse_e_per_atom": float(res["rmse_ea"]),
+        "rmse_f": float(res["rmse_f"]),
+    }
+    print(
+        f"{name:11s} {precision}: train {row['train_s_per_step']:.3f} s/step, "
+        f"infer {infer * 1e3:.2f} ms/eval ({row['natoms_eval']} atoms), "
+        f"valid RMSE E {row['rmse_e_per_atom'] * 1e3:.2f} meV/atom, "
+        f"F {row['rmse_f'] * 1e3:.1f} meV/A",
+        flush=True,
+    )
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--steps", type=int, default=200, help="training steps of every run")
+    p.add_argument("--evals", type=int, default=50, help="timed inference calls")
+    p.add_argument("--frames", type=int, default=40, help="example frames per system")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None, help="keep the data and runs here")
+    p.add_argument("--json", type=Path, default=None, help="write the rows here")
+    add_device_argument(p)
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    from lamkit.examples import write_example
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_float32_"))
+    data = work / "example"
+    if not (data / "data" / "valid").is_dir():
+        write_example(data, nframes=args.frames, steps=args.steps)
+    print(f"device {device}, {args.threads} threads, torch {torch.__version__}, data {data}")
+    rows = []
+    for name in args.models:
+        for precision in PRECISIONS:
+            rows.append(run_one(name, precision, data, args, device, work / name / precision))
+    for name in args.models:
+        r64, r32 = (
+            next(r for r in rows if r["model"] == name and r["precision"] == pr)
+            for pr in PRECISIONS
+        )
+        train = r32["train_s_per_step"] / r64["train_s_per_step"]
+        infer = r32["infer_s_per_eval"] / r64["infer_s_per_eval"]
+        print(
+            f"{name}: float32/float64 train time {train:.2f}, infer time {infer:.2f}, "
+            f"force RMSE {r32['rmse_f'] / r64['rmse_f']:.3f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
