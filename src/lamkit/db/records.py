@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
+from .distances import shortest_distance
 from .errors import RecordError
 from .labels import LABELS, LATTICE_PARAMS, decode, label_columns, lattice_parameters
 
@@ -225,75 +226,9 @@ def min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float = MIN_DIST
     key = (lattice.tobytes(), frac.tobytes(), float(cutoff))
     hit = _GEOMETRY_CACHE.get(("d", key))
     if hit is None:
-        hit = _min_distance(lattice, frac, cutoff)
+        hit = shortest_distance(lattice, frac, cutoff)
         _cache_put(("d", key), hit)
     return hit
-
-
-#: Largest number of (pair, image) distances the numpy path of :func:`_min_distance` forms; a
-#: larger problem goes to vesin's neighbour list (the numpy path is faster for small cells).
-_DIRECT_MAX = 20_000
-
-
-def _min_distance(lattice: np.ndarray, frac: np.ndarray, cutoff: float) -> float:
-    cart = frac @ lattice
-    if len(cart) == 1 and cutoff <= min(np.linalg.norm(lattice, axis=1)):
-        return math.inf
-    # images needed along each axis: a vector shorter than cutoff has fractional component k
-    # at most cutoff * |b_k| (b_k: reciprocal vector without 2 pi, |b_k| = |a_l x a_m| / V),
-    # and the differences below are wrapped into [-0.5, 0.5]
-    a, b, c = lattice.tolist()
-    areas = (_cross_norm(b, c), _cross_norm(c, a), _cross_norm(a, b))
-    volume = abs(det3(lattice))
-    reach = tuple(math.ceil(cutoff * s / volume + 0.5) for s in areas)
-    n = len(frac)
-    if n * (n + 1) // 2 * math.prod(2 * r + 1 for r in reach) <= _DIRECT_MAX:
-        return _min_distance_direct(lattice, frac, cutoff, reach)
-    return _min_distance_vesin(lattice, cart, cutoff)
-
-
-def _cross_norm(u: list[float], v: list[float]) -> float:
-    x = u[1] * v[2] - u[2] * v[1]
-    y = u[2] * v[0] - u[0] * v[2]
-    z = u[0] * v[1] - u[1] * v[0]
-    return math.sqrt(x * x + y * y + z * z)
-
-
-@lru_cache(maxsize=64)
-def _shifts(reach: tuple[int, int, int]) -> np.ndarray:
-    """Integer lattice shifts [m, 3] within ``reach``, (0, 0, 0) in the middle row."""
-    axes = [np.arange(-r, r + 1, dtype=np.float64) for r in reach]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-
-
-@lru_cache(maxsize=256)
-def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j) of the pairs i <= j of n sites and the positions of i == j."""
-    i, j = np.triu_indices(n)
-    return i, j, np.flatnonzero(i == j)
-
-
-def _min_distance_direct(
-    lattice: np.ndarray, frac: np.ndarray, cutoff: float, reach: tuple[int, int, int]
-) -> float:
-    """All pairs i <= j and all lattice shifts within ``reach``, but an atom with itself."""
-    i, j, same = _pairs(len(frac))
-    shifts = _shifts(reach)
-    diff = frac[j] - frac[i]
-    diff -= np.round(diff)
-    vec = (diff[:, None, :] + shifts[None, :, :]) @ lattice  # [pairs, shifts, 3] Å
-    d2 = (vec * vec).sum(axis=-1)
-    d2[same, len(shifts) // 2] = np.inf
-    dmin = math.sqrt(float(d2.min()))
-    return dmin if dmin < cutoff else math.inf
-
-
-def _min_distance_vesin(lattice: np.ndarray, cart: np.ndarray, cutoff: float) -> float:
-    from vesin import NeighborList
-
-    nl = NeighborList(cutoff=cutoff, full_list=False)
-    (d,) = nl.compute(cart, lattice, periodic=True, quantities="d")
-    return float(d.min()) if len(d) else math.inf
 
 
 # Exact caches of the geometry-only results (minimum distance, space group).  High-throughput
