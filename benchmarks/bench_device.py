@@ -37,3 +37,18 @@ def resolve_device(name: str):
     elif device.type != "cpu":
         raise SystemExit(f"--device {name}: use cpu or cuda[:N]")
     return device
+
+
+def device_env(env: dict, device) -> dict:
+    """``env`` for child processes (``lam``, ``dp``) that should run on ``device``: on the CPU
+    no CUDA device is visible to them and the reference's ``DEVICE`` switch says cpu; on
+    ``cuda:N`` only card N is visible (it is their ``cuda:0``)."""
+    env = dict(env)
+    if str(device) == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", DEVICE="cpu")
+    else:
+        env.pop("DEVICE", None)
+        index = getattr(device, "index", None)
+        if index is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(index)
+    return env

@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WATER = REPO / ".." / "shared" / "data" / "water"
 
@@ -115,12 +118,15 @@ def water_config(water: Path, steps: int, type_map=("O", "H")) -> dict:
     }
 
 
+DEVICE = "cpu"  # --device, set by main()
+
+
 def test(model, system: Path) -> dict:
     """Per-atom energy RMSE (meV/atom) and force RMSE (meV/Å) of ``model`` on ``system``."""
     from lamkit.infer import DeepPot
     from lamkit.infer.metrics import run_test
 
-    avg = run_test(DeepPot(model), str(system))["average"]
+    avg = run_test(DeepPot(model, device=DEVICE), str(system))["average"]
     return {"rmse_e_meV_atom": 1e3 * avg["rmse_ea"], "rmse_f_meV_A": 1e3 * avg["rmse_f"]}
 
 
@@ -128,7 +134,7 @@ def train(config: dict, out: Path, **kw) -> tuple[Path, float]:
     from lamkit.train import Trainer
 
     t0 = time.perf_counter()
-    ckpt = Trainer(config, out, **kw).run()
+    ckpt = Trainer(config, out, device=DEVICE, **kw).run()
     return ckpt, time.perf_counter() - t0
 
 
@@ -152,7 +158,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here")
     ap.add_argument("--json", type=Path, default=None)
+    add_device_argument(ap)
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = str(resolve_device(args.device))
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from lamkit.examples import write_example
@@ -183,7 +192,13 @@ def main() -> int:
     # 2. fine-tuning vs scratch on data_2, tested on data_3
     from lamkit.train import Trainer
 
-    zero = Trainer(water_config(water, 0), work / "ft0", finetune=str(pre), model_branch="water")
+    zero = Trainer(
+        water_config(water, 0),
+        work / "ft0",
+        finetune=str(pre),
+        model_branch="water",
+        device=DEVICE,
+    )
     res["finetune_0_steps"] = test(zero.model, water / "data_3")  # bias refit only
     ft, secs_ft = train(
         water_config(water, args.steps), work / "ft", finetune=str(pre), model_branch="water"

@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
 from water_models import MODELS, reference_checkpoint, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,8 +73,9 @@ def frame(data: Path):
     return coord, box, atype
 
 
-def load_tool(name: str, ckpt: Path, data: Path):
-    """``(call, load seconds)``: ``call()`` evaluates the frame with tool ``name``."""
+def load_tool(name: str, ckpt: Path, data: Path, device: str = "cpu"):
+    """``(call, load seconds)``: ``call()`` evaluates the frame with tool ``name`` on
+    ``device`` (the reference reads it from the ``DEVICE`` variable that :func:`main` sets)."""
     coord, box, atype = frame(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -85,7 +87,7 @@ def load_tool(name: str, ckpt: Path, data: Path):
         else:
             from lamkit.infer.deep_pot import DeepPot
 
-            dp = DeepPot(str(ckpt), compile=name == "lamkit-compiled")
+            dp = DeepPot(str(ckpt), compile=name == "lamkit-compiled", device=device)
         t_load = time.perf_counter() - t0
 
     def call():
@@ -113,7 +115,7 @@ def worker(a) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    call, t_load = load_tool(a.worker, a.ckpt, a.data)
+    call, t_load = load_tool(a.worker, a.ckpt, a.data, a.device)
     t0 = time.perf_counter()
     for _ in range(max(1, a.warmup)):
         out = call()
@@ -139,6 +141,7 @@ class Remote:
     def __init__(self, name: str, a, ckpt: Path, data: Path):
         cmd = [sys.executable, __file__, "--worker", name, "--ckpt", str(ckpt)]
         cmd += ["--data", str(data), "--threads", str(a.threads), "--warmup", str(a.warmup)]
+        cmd += ["--device", a.device]
         env = dict(os.environ)
         if name == "deepmd" and a.tune_ref_malloc:  # lamkit.runtime.tune_allocator's settings
             env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
@@ -183,8 +186,12 @@ def main(argv=None) -> int:
         help="with --isolated: the reference's process gets lamkit's malloc settings",
     )
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
+    add_device_argument(p)
     a = p.parse_args(argv)
     a.data = a.data.resolve()
+    a.device = str(resolve_device(a.device))
+    if a.device == "cpu":  # the reference's own switch (deepmd.pt.utils.env.DEVICE)
+        os.environ["DEVICE"] = "cpu"
 
     set_threads(a.threads)
     if a.worker:
@@ -211,7 +218,7 @@ def main(argv=None) -> int:
             outputs[name] = r.first["out"]
             blocks[name] = r.block
         else:
-            call, t_load[name] = load_tool(name, ckpt, a.data)
+            call, t_load[name] = load_tool(name, ckpt, a.data, a.device)
             t0 = time.perf_counter()
             for _ in range(max(1, a.warmup)):
                 out = call()
@@ -243,7 +250,7 @@ def main(argv=None) -> int:
     print(
         f"# one frame of {len(frame(a.data)[2])} atoms, {n_each} evals each (blocks of "
         f"{a.block}, alternating order), {a.warmup} warm-up calls, {a.threads} threads, "
-        f"torch {torch.__version__}, "
+        f"device {a.device}, torch {torch.__version__}, "
         + ("each tool in its own process" if a.isolated else "all tools in one process")
         + (", reference with lamkit's malloc settings" if a.tune_ref_malloc else "")
     )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, device_env, resolve_device  # noqa: E402
 from bench_train_water import avg_step_time, bench_env, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,14 +141,16 @@ def main(argv=None) -> int:
         "median s/step that drifting machine load distorts less",
     )
     p.add_argument("--timing-steps", type=int, default=300, help="steps of each timing run")
+    add_device_argument(p)
     a = p.parse_args(argv)
+    device = resolve_device(a.device)
 
     data = a.data.resolve()
     if not (data / "data_2").is_dir():
         print(f"no property data in {data}", file=sys.stderr)
         return 2
     work = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_property_"))).resolve()
-    env = bench_env(a.threads, False)
+    env = device_env(bench_env(a.threads, False), device)
     tools = {
         "lam": [sys.executable, "-m", "lamkit.cli.main", "train", "input.json"],
         "dp": [sys.executable, "-m", "deepmd", "--pt", "train", "input.json"],
@@ -168,7 +171,8 @@ def main(argv=None) -> int:
     else:
         tools["dp"].append("--skip-neighbor-stat")  # lamkit needs none with an explicit sel
     order = [t.strip() for t in a.order.split(",") if t.strip()]
-    print(f"# property example, {a.steps} steps, {a.threads} threads, work dir {work}")
+    print(f"# property example, {a.steps} steps, {a.threads} threads, device {device}")
+    print(f"# work dir {work}")
     print(f"# python {sys.version.split()[0]}, load average {os.getloadavg()}")
     results, failed = {}, False
     for tool in order:
