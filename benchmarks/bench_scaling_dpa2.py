@@ -34,6 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, device_env, resolve_device  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "water"
 SIZES = ("1,1,1", "2,2,2", "4,4,4", "6,6,3")
@@ -68,20 +71,24 @@ class RefLowerEval:
 
         ref = DeepPot(str(ckpt))
         self.model = ref.deep_eval.dp.model["Default"]
+        self.device = next(self.model.parameters()).device
         self.neighbors = NeighborBuilder(ref.get_rcut(), [sum(self.model.get_sel())], True)
 
     def eval(self, coords, cells, types):
         import torch
 
         coord = torch.tensor(coords.reshape(1, -1, 3))
-        nbr = self.neighbors(coord, types[None], cells)
+        nbr = self.neighbors(coord, types[None], cells)  # on the CPU, then moved
         mapping = nbr["mapping"]
         ext = torch.gather(coord, 1, mapping[..., None].expand(-1, -1, 3))
         ext = ext + torch.bmm(nbr["shift"].double(), torch.tensor(cells.reshape(1, 3, 3)))
-        out = self.model.forward_lower(ext, torch.tensor(types)[mapping], nbr["nlist"], mapping)
+        dev = self.device
+        out = self.model.forward_lower(
+            ext.to(dev), torch.tensor(types)[mapping].to(dev), nbr["nlist"].to(dev), mapping.to(dev)
+        )
         force = torch.zeros(1, len(types), 3, dtype=torch.float64)
-        force.index_add_(1, mapping[0], out["extended_force"].detach())
-        energy, virial = out["energy"].detach(), out["virial"].detach()
+        force.index_add_(1, mapping[0], out["extended_force"].detach().cpu())
+        energy, virial = out["energy"].detach().cpu(), out["virial"].detach().cpu()
         return energy.numpy().reshape(1, 1), force.numpy(), virial.numpy().reshape(1, 9)
 
 
@@ -133,7 +140,8 @@ def worker(a) -> int:
         else:
             from lamkit.infer import DeepPot
 
-            dp = DeepPot(str(a.ckpt), chunk_atoms=0 if a.worker == "lamkit-whole" else None)
+            chunk = 0 if a.worker == "lamkit-whole" else None
+            dp = DeepPot(str(a.ckpt), chunk_atoms=chunk, device=a.device)
         dp.eval(*water_box(a.data, (1, 1, 1)))  # warm-up: lazy initialisation of both stacks
         coords, cells, types = water_box(a.data, reps)
         result["natoms"] = len(types)
@@ -174,11 +182,12 @@ def run_one(a, tool: str, reps: str, save: Path, env: dict) -> dict:
     """One worker subprocess under the memory cap and the time limit."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--reps", reps]
     cmd += ["--ckpt", str(a.ckpt), "--data", str(a.data), "--repeat", str(a.repeat)]
-    cmd += ["--save", str(save)]
+    cmd += ["--save", str(save), "--device", a.device]
     cap = int(a.mem_limit_gb * 2**30)
 
     def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        if a.device == "cpu":  # CUDA reserves far more address space than it uses
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
@@ -293,10 +302,14 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=TOOLS + EXTRA_TOOLS, help=argparse.SUPPRESS)
     p.add_argument("--reps", help=argparse.SUPPRESS)
     p.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    add_device_argument(p)
     a = p.parse_args(argv)
     a.data = a.data.resolve()
-    if a.worker:
+    if a.worker:  # the driver set the environment; cuda:N is the worker's cuda:0
+        a.device = "cpu" if a.device == "cpu" else "cuda"
         return worker(a)
+    device = resolve_device(a.device)
+    a.device = str(device)
 
     env = dict(os.environ)
     env.update(
@@ -306,6 +319,7 @@ def main(argv=None) -> int:
         DP_INTER_OP_PARALLELISM_THREADS="1",
         NUM_WORKERS="0",
     )
+    env = device_env(env, device)
     workdir = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_scaling_dpa2_"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if a.ckpt is None:
