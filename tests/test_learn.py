@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
@@ -269,3 +270,70 @@ def test_dask_workers_label_like_this_process():
         np.testing.assert_array_equal(x["forces"], y["forces"])
     assert local[-1]["virial"] is None and local[0]["virial"].shape == (3, 3)
     shutil.rmtree("dask-worker-space", ignore_errors=True)
+
+
+# -- deformation pools and virial trust levels ------------------------------------------------
+def test_virial_levels_flag_frames_the_forces_miss():
+    spec = SelectSpec(lo=0.05, hi=0.15, max_select=10, lo_v=0.01, hi_v=0.5)
+    devi_v = np.array([0.02, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # frame 0: accurate forces only
+    sel = select(DEVI, spec, 0, devi_v)
+    assert sel.chosen == [0, 2, 3, 4] and (sel.accurate, sel.failed) == (1, 2)
+    assert select(DEVI, spec, 0, np.full(7, 0.6)).failed == 7  # over hi_v: failed
+    assert select(DEVI, SelectSpec(lo=0.05, hi=0.15), 0, devi_v).chosen == [2, 3, 4]
+
+
+def test_virial_levels_need_units_and_both(pretrained):
+    with pytest.raises(ConfigError, match="select.lo_v: 0.01 has no unit"):
+        parse_config(_conf(pretrained, select={"lo_v": 0.01, "hi_v": "1 eV"}))
+    with pytest.raises(ConfigError, match="both lo_v and hi_v"):
+        parse_config(_conf(pretrained, select={"lo_v": "0.01 eV"}))
+    with pytest.raises(ConfigError, match="select.hi_v: '1 GPa' is a pressure"):
+        parse_config(_conf(pretrained, select={"lo_v": "0.01 eV", "hi_v": "1 GPa"}))
+
+
+def test_elastic_pool_cells_give_emt_elastic_constants():
+    """The pool's strained cells are the strains they claim: EMT stress differences over
+    +-0.5 % give the elastic constants that lamkit.props computes (one-atom basis: no internal
+    relaxation)."""
+    from lamkit.learn.properties import deformation_pool
+    from lamkit.props import compute_elastic
+
+    a = _emt_lattice()
+    cu = bulk("Cu", "fcc", a=a, cubic=True)
+    pool = deformation_pool("elastic", cu)
+    assert len(pool) == 36 and all(len(p) == 32 for p in pool)
+    stress = []
+    for p in pool:
+        p.calc = EMT()
+        stress.append(-p.get_stress() / units.GPa)  # ASE sign: tension positive -> GPa
+    stress = np.array(stress).reshape(6, 6, 6)  # voigt j, amplitude, stress component
+    c = (stress[:, 3] - stress[:, 2]) / 0.01  # amplitudes +-0.005
+    ref = compute_elastic(EMT(), cu).cij
+    np.testing.assert_allclose(-c, ref, atol=0.02 * ref[0, 0])
+    assert ref[0, 0] > 100 and ref[3, 3] > 50
+
+
+def test_loop_scores_the_pool(pretrained, tmp_path):
+    conf = _conf(pretrained, labeller={"type": "emt"},
+                 properties=[{"name": "lattice", "structure": "Cu", "tolerance": "0.5 %",
+                              "target": "3.59 Å"}],
+                 train={"members": 2, "numb_steps": 5, "init_frames": 1},
+                 explore={"temperatures": [300], "steps": 10, "traj_freq": 5, "pool": True,
+                          "pool_rattle": 0.01},
+                 select={"lo": "1 eV/Å", "hi": "2 eV/Å", "lo_v": "0 eV", "hi_v": "100 eV",
+                         "max_select": 50},
+                 converge={"max_iterations": 1})
+    state = run_learn(parse_config(conf), tmp_path / "run")
+    first = state.records[0]
+    assert first["explored"] == 3 * 2 + 4  # 3 lattice cells x 2 frames + 4 pool volumes
+    it = tmp_path / "run" / "iter.000"
+    devi_v = np.load(it / "max_devi_v.npy")
+    assert devi_v.shape == (10,) and (devi_v[6:] > 0).all()
+    # lo_v = 0: every frame is a candidate through its virial deviation
+    assert first["selected"] == 10 and first["ratios"]["candidate"] == 1.0
+    from ase.io import read
+
+    pool = read(it / "explored.extxyz", index="6:")
+    assert [f.info["source"] for f in pool] == [f"lattice:Cu:pool{k}" for k in range(4)]
+    vols = [f.get_volume() / len(f) for f in pool]
+    np.testing.assert_allclose(np.array(vols) / (3.6**3 / 4), [0.97, 0.985, 1.015, 1.03])

@@ -128,6 +128,8 @@ class ExploreSpec:
     friction: float = 0.02  # 1/fs
     seed: int = 7
     engine: str = "ase"  # or "lammps": the first member drives LAMMPS through fix external
+    pool: bool = False  # also score the properties' own deformed cells (deformation_pool)
+    pool_rattle: float = 0.0  # Å: random displacements of the pool cells (seeded)
 
 
 @dataclass
@@ -137,6 +139,8 @@ class SelectSpec:
     hi: float = 0.15
     max_select: int = 50
     rate_candi: float = 0.1  # adaptive-lower: fraction of the frames below hi
+    lo_v: float | None = None  # virial trust levels, eV per atom (max_devi_v); both or none
+    hi_v: float | None = None
     seed: int = 11
 
 
@@ -254,7 +258,8 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
         raise ConfigError(f"properties: a property is listed twice for one structure: {keys}")
     if "labeller" not in conf:
         raise ConfigError("labeller: missing (e.g. {\"type\": \"emt\"})")
-    select = _section(conf, "select", SelectSpec, {"lo": "force", "hi": "force"})
+    select = _section(conf, "select", SelectSpec,
+                      {"lo": "force", "hi": "force", "lo_v": "energy", "hi_v": "energy"})
     if select.method not in SELECTORS:
         raise ConfigError(
             f"select.method: {select.method!r} is not one of {SELECTORS}"
@@ -262,6 +267,10 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
         )
     if not 0 <= select.lo < select.hi:
         raise ConfigError(f"select: expected 0 <= lo < hi, got {select.lo}, {select.hi} eV/Å")
+    if (select.lo_v is None) != (select.hi_v is None):
+        raise ConfigError("select: give both lo_v and hi_v (virial trust levels) or neither")
+    if select.hi_v is not None and not 0 <= select.lo_v < select.hi_v:
+        raise ConfigError(f"select: expected 0 <= lo_v < hi_v, got {select.lo_v}, {select.hi_v} eV")
     if select.max_select < 1:
         raise ConfigError(f"select.max_select: expected >= 1, got {select.max_select}")
     train = _section(conf, "train", TrainSpec)

@@ -63,6 +63,7 @@ def run_md(
         f.calc = None
         devi = float(calc.results["max_devi_f"])
         f.info["max_devi_f"] = devi
+        f.info["max_devi_v"] = float(calc.results["max_devi_v"])
         frames.append(f)
         devis.append(devi)
 
@@ -98,4 +99,26 @@ def explore(
                 frames += fr
                 devis += dv
         log.info("learn: explored %s: %d frames so far", source, len(frames))
+    return frames, devis
+
+
+def score_pool(
+    pool: list[tuple[str, Atoms]], calc, spec: ExploreSpec, iteration: int
+) -> tuple[list[Atoms], list[float]]:
+    """Static candidates (``explore.pool``): the properties' own deformed cells, rattled by
+    ``pool_rattle`` Å (seeded by the iteration), with the ensemble's max_devi_f."""
+    rng = np.random.default_rng([spec.seed, iteration, 99])
+    frames: list[Atoms] = []
+    devis: list[float] = []
+    for source, atoms in pool:
+        f = atoms.copy()
+        f.calc = None
+        if spec.pool_rattle > 0:
+            f.positions += rng.normal(0.0, spec.pool_rattle, f.positions.shape)
+        devi = float(calc.get_property("max_devi_f", f))
+        f.info.update(max_devi_f=devi, max_devi_v=float(calc.results["max_devi_v"]),
+                      source=source, temperature=float("nan"), pressure=float("nan"))
+        frames.append(f)
+        devis.append(devi)
+    log.info("learn: scored %d pool cells", len(frames))
     return frames, devis

@@ -109,6 +109,7 @@ def run_md_lammps(
             frame.info["lammps_pe"] = float(lmp.get_thermo("pe"))
             devi = float(calc.get_property("max_devi_f", frame))
             frame.info["max_devi_f"] = devi
+            frame.info["max_devi_v"] = float(calc.results["max_devi_v"])
             frames.append(frame)
             devis.append(devi)
             if devi > stop_devi:

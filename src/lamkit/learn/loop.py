@@ -23,7 +23,13 @@ from ase.io import read, write
 from ..errors import ConfigError
 from .config import LearnConfig
 from .label import build_labeller, label_frames, write_labelled
-from .properties import build_structure, compute_property, exploration_cells, property_error
+from .properties import (
+    build_structure,
+    compute_property,
+    deformation_pool,
+    exploration_cells,
+    property_error,
+)
 from .report import histogram, write_report
 from .select import select
 from .state import LearnState, load_state, save_state
@@ -75,6 +81,13 @@ class LearnRun:
                 exploration_cells(spec.name, self.structures[spec.structure])
             ):
                 out.append((f"{spec.key}:{k}", atoms, is_bulk))
+        return out
+
+    def _pool(self) -> list[tuple[str, Atoms]]:
+        out = []
+        for spec in self.cfg.properties:
+            for k, atoms in enumerate(deformation_pool(spec.name, self.structures[spec.structure])):
+                out.append((f"{spec.key}:pool{k}", atoms))
         return out
 
     def _label(self, frames: list[Atoms], folder: Path) -> tuple[int, list[dict]]:
@@ -143,22 +156,27 @@ class LearnRun:
         rec["props_ok"] = all(q["ok"] for p in rec["properties"].values() for q in p.values())
 
     def explore(self) -> None:
-        from .explore import explore
+        from .explore import explore, score_pool
 
-        frames, devi = explore(
-            self._cells(), self._calculator(), self.cfg.explore, self.state.iteration,
-            self.cfg.select.hi,
-        )
+        calc = self._calculator()
+        spec, it = self.cfg.explore, self.state.iteration
+        frames, devi = explore(self._cells(), calc, spec, it, self.cfg.select.hi)
+        if spec.pool:
+            pool_frames, pool_devi = score_pool(self._pool(), calc, spec, it)
+            frames, devi = frames + pool_frames, devi + pool_devi
         d = self._iter_dir()
         write(d / "explored.extxyz", frames, format="extxyz")
         np.save(d / "max_devi_f.npy", np.asarray(devi, dtype=np.float64))
+        np.save(d / "max_devi_v.npy", np.array([f.info["max_devi_v"] for f in frames]))
         rec = self.state.record()
         rec["explored"] = len(frames)
         rec["devi_hist"] = histogram(devi)
 
     def select(self) -> None:
         d = self._iter_dir()
-        sel = select(np.load(d / "max_devi_f.npy"), self.cfg.select, self.state.iteration)
+        devi_v = np.load(d / "max_devi_v.npy") if (d / "max_devi_v.npy").exists() else None
+        sel = select(np.load(d / "max_devi_f.npy"), self.cfg.select, self.state.iteration,
+                     devi_v)
         rec = self.state.record()
         rec.update(ratios=sel.ratios(), lo=sel.lo, hi=sel.hi, selected=len(sel.chosen))
         (d / "selected.json").write_text(json.dumps(sel.to_dict()))

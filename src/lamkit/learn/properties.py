@@ -147,6 +147,55 @@ def exploration_cells(name: str, atoms: Atoms) -> list[tuple[Atoms, bool]]:
     raise ConfigError(f"unknown property {name!r}")
 
 
+def _strained(base: Atoms, voigt: list[float]) -> Atoms:
+    from ..props.elastic import strain_matrix
+
+    a = _copy(base)
+    a.set_cell(base.cell.array @ (np.eye(3) + strain_matrix(np.array(voigt))).T, scale_atoms=True)
+    return a
+
+
+def deformation_pool(name: str, atoms: Atoms) -> list[Atoms]:
+    """The cells the property calculation itself evaluates, unrelaxed, around ``atoms``: a
+    candidate pool scored by deviation next to the MD frames (``explore.pool``). EOS/lattice:
+    volumes 0.90..1.10 (0.97..1.03); elastic: each Voigt strain at +-0.5, +-1 and +-2 %;
+    vacancy: the vacancy cell; sfe: the tilted cells along the (111)[11-2] line; surface: the
+    slab. Bulk cells are supercells of at least 24 atoms."""
+    base = _supercell(atoms)
+    if name in ("lattice", "eos"):
+        ratios = np.arange(0.90, 1.1001, 0.025) if name == "eos" else (0.97, 0.985, 1.015, 1.03)
+        out = []
+        for r in ratios:
+            a = _copy(base)
+            a.set_cell(base.cell * float(r) ** (1.0 / 3.0), scale_atoms=True)
+            out.append(a)
+        return out
+    if name == "elastic":
+        out = []
+        for j in range(6):
+            for amp in (-0.02, -0.01, -0.005, 0.005, 0.01, 0.02):
+                voigt = [0.0] * 6
+                voigt[j] = amp
+                out.append(_strained(base, voigt))
+        return out
+    if name == "sfe":
+        from ..props.gamma import ATOMS_PER_CELL, SYSTEMS, detect_lattice, oriented_cell
+
+        lattice = detect_lattice(atoms)
+        if lattice not in SYSTEMS or len(set(atoms.get_chemical_symbols())) != 1:
+            return []
+        lat = (ATOMS_PER_CELL[lattice] * atoms.get_volume() / len(atoms)) ** (1.0 / 3.0)
+        out = []
+        for k in range(1, 6):
+            cell = oriented_cell(atoms.get_chemical_symbols()[0], lattice, lat, 10.0)
+            tilted = cell.get_cell().array.copy()
+            tilted[2, 0] += k / 6.0 * SYSTEMS[lattice][1] * lat
+            cell.set_cell(tilted, scale_atoms=False)
+            out.append(cell)
+        return out
+    return [a for a, _ in exploration_cells(name, atoms)]
+
+
 def property_error(
     spec: PropertySpec, values: dict[str, float], targets: dict[str, float]
 ) -> dict[str, dict[str, float | bool]]:

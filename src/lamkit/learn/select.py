@@ -8,6 +8,11 @@
 * ``random``: the baseline; ``max_select`` frames drawn uniformly from all explored frames
   whatever their deviation (the ratios are still those of the fixed levels).
 
+With virial trust levels ``lo_v``/``hi_v`` (eV per atom, the ``max_devi_v`` of
+``lam model-devi``) a frame is classified by both deviations, the worse class winning (as
+DPGen2's ``model_devi_v_trust_lo/hi``): strained perfect crystals have zero forces for every
+member, so only the virial deviation can flag their stress.
+
 At most ``max_select`` candidates are labelled per iteration, drawn at random (seeded) when
 there are more.
 """
@@ -61,14 +66,18 @@ def adaptive_lower(devi: np.ndarray, hi: float, rate: float) -> float:
     return float(below[n - 1])
 
 
-def select(devi, spec: SelectSpec, iteration: int) -> Selection:
-    """Classify the frames' ``devi`` (max_devi_f, eV/Å) and choose the frames to label."""
+def select(devi, spec: SelectSpec, iteration: int, devi_v=None) -> Selection:
+    """Classify the frames' ``devi`` (max_devi_f, eV/Å) and, with virial levels, ``devi_v``
+    (max_devi_v, eV/atom), and choose the frames to label."""
     devi = np.asarray(devi, dtype=np.float64)
     rng = np.random.default_rng([spec.seed, iteration])
     lo = spec.lo
     if spec.method == "adaptive-lower":
         lo = adaptive_lower(devi, spec.hi, spec.rate_candi)
     kind = classify(devi, lo, spec.hi)
+    if spec.hi_v is not None and devi_v is not None:
+        lo_v = spec.lo_v if spec.lo_v is not None else 0.0
+        kind = np.maximum(kind, classify(np.asarray(devi_v, dtype=np.float64), lo_v, spec.hi_v))
     if spec.method == "random":
         pool = np.arange(len(devi))
     else:
