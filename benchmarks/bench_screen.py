@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
+
 ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 TOOLS = ("batched", "lamkit-ase", "deepmd-ase")
 
@@ -280,7 +283,7 @@ def main(argv=None) -> int:
                    "of all --n structures")
     p.add_argument("--blocks", type=int, default=4, help="rounds of interleaved blocks")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device_argument(p)
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                    help="batched relaxation precision (the serial loops use the checkpoint's)")
     p.add_argument("--fmax", type=float, default=0.05)
@@ -297,7 +300,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     a = p.parse_args(argv)
-    set_threads(a.threads, a.device)
+    set_threads(a.threads, a.device)  # before torch is imported
+    a.device = str(resolve_device(a.device))
     import torch
 
     torch.set_num_threads(a.threads)

@@ -4,6 +4,7 @@ properties (lattice constants, Cij, vacancy, intrinsic SFE, EOS); deviation-base
 against random selection of the same number of frames per iteration.
 
     python benchmarks/learn_cuni.py prepare OUT      # EMT data, pretraining, two configs
+                                                     # (--device cuda: pretrain on the GPU)
     lam learn OUT/learn-devi.json -o OUT/devi        # (both runs can go side by side)
     lam learn OUT/learn-random.json -o OUT/random
     python benchmarks/learn_cuni.py plot OUT docs/active-learning-study.png
@@ -11,6 +12,7 @@ against random selection of the same number of frames per iteration.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +24,9 @@ from ase.calculators.emt import EMT
 from ase.io import write
 
 from lamkit.data.writer import write_deepmd_system
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
 
 TYPE_MAP = ["Cu", "Ni", "Au"]
 SE_A = {"type": "se_e2_a", "sel": [60, 60, 60], "rcut": 5.0, "rcut_smth": 1.0,
@@ -61,7 +66,7 @@ def _system(path: Path, data: dict) -> str:
     return str(path)
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, device: str = "cpu") -> None:
     from lamkit.train import Trainer
 
     rng = np.random.default_rng(0)
@@ -105,7 +110,7 @@ def prepare(out: Path) -> None:
             "numb_steps": 4000, "seed": 1, "disp_freq": 500, "save_freq": 4000,
         },
     }
-    ckpt = Trainer(conf, out / "pre" / "train").run()
+    ckpt = Trainer(conf, out / "pre" / "train", device=device).run()
     write(out / "Cu3Ni.extxyz", l12(3.56, "Cu", "Ni"))
     props = [
         {"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
@@ -174,7 +179,15 @@ def plot(out: Path, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "prepare":
-        prepare(Path(sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("stage", choices=("prepare", "plot"))
+    ap.add_argument("out", type=Path)
+    ap.add_argument("png", type=Path, nargs="?", help="plot: the figure to write")
+    add_device_argument(ap)
+    args = ap.parse_args()
+    if args.stage == "prepare":
+        prepare(args.out, str(resolve_device(args.device)))
+    elif args.png is None:
+        ap.error("plot needs the figure path: plot OUT PNG")
     else:
-        plot(Path(sys.argv[2]), Path(sys.argv[3]))
+        plot(args.out, args.png)

@@ -41,6 +41,10 @@ ELEMENTS = ["Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al"]
 REFERENCE_PROTOTYPES = ["fcc", "bcc", "hcp", "L1_2", "L1_0", "B2", "B32", "D0_3", "L2_1", "C1_b"]
 MODEL_NAME = "lamkit-emt-dpa1"
 CHUNK = 50
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import add_device_argument, resolve_device  # noqa: E402
+
+DEVICE = "cpu"  # --device, set by main()
 DEFAULT_WORK = Path.home() / ".cache" / "lamkit-screen-study"
 # frames of a relaxation trajectory kept as training data: early steps densely
 KEEP_STEPS = {0, 1, 3, 6, 10, 16, 25, 40, 60, 90, 140, 200, 300}
@@ -290,7 +294,7 @@ def stage_train(work: Path, steps: int, threads: int, wait: bool) -> Path:
     if not final.exists() and not _training_running(tdir):
         (tdir / "input.json").write_text(json.dumps(model_input(work, steps), indent=1))
         ckpts = sorted(tdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
-        cmd = ["lam", "train", "input.json"]
+        cmd = ["lam", "train", "input.json", "--device", DEVICE]
         if ckpts:
             cmd += ["--restart", ckpts[-1].name]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -372,7 +376,7 @@ def stage_model_refs(work: Path, model: Path, dtype: str) -> None:
         return
     refs = list(db.iter_query(model="emt", as_="atoms"))
     t0 = time.perf_counter()
-    results = relax(refs, str(model), fmax=0.05, steps=500, dtype=dtype)
+    results = relax(refs, str(model), fmax=0.05, steps=500, dtype=dtype, device=DEVICE)
     t_relax = time.perf_counter() - t0
     keep = []
     for ref, r in zip(refs, results):
@@ -398,7 +402,7 @@ def stage_screen(work: Path, which: str, model: Path | None, dtype: str, threads
     out = work / f"screen-{which}"
     name = "emt" if which == "emt" else MODEL_NAME
     config = ScreenConfig(fmax=0.05, steps=500, dtype=dtype if which == "model" else "float64",
-                          hull_model=name, preset="openlam", parse_workers=1)
+                          hull_model=name, preset="openlam", parse_workers=1, device=DEVICE)
     t0 = time.perf_counter()
     res = screen([str(work / "candidates" / "candidates.extxyz")],
                  "emt" if which == "emt" else str(model), out_dir=out,
@@ -460,7 +464,7 @@ def model_errors(work: Path) -> dict:
     energy MAE per atom (eV/atom) and force MAE (eV/Å) by kind of frame."""
     from lamkit import LamCalculator
 
-    calc = LamCalculator(str(work / "train" / "frozen_model.pth"), device="cpu")
+    calc = LamCalculator(str(work / "train" / "frozen_model.pth"), device=DEVICE)
     out: dict[str, list] = {}
     for f in pool_frames(work):
         if hash_seed(f.info["sid"]) % 1000 >= 50 or np.abs(f.get_forces()).max() > 30.0:
@@ -521,7 +525,10 @@ def main(argv=None) -> int:
                    help="model for model-refs/screen-model (default: the trained one)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="precision of the model's relaxations")
+    add_device_argument(p)
     a = p.parse_args(argv)
+    global DEVICE
+    DEVICE = str(resolve_device(a.device))
     work = a.work.expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     stages = STAGES if "all" in a.stages else a.stages
