@@ -95,8 +95,9 @@ def test_reference_deep_pot_agrees(which, request):
         want = _lamkit(model, coord, atype, box)
         b = None if box is None else box.reshape(1, 9)
         got = ref.eval(coord.reshape(1, -1), b, atype, atomic=True)
-        for key, w, g in zip(("energy", "force", "virial", "atom_energy", "atom_virial"),
-                             want, got):
+        for key, w, g in zip(
+            ("energy", "force", "virial", "atom_energy", "atom_virial"), want, got
+        ):
             np.testing.assert_allclose(
                 g, w.reshape(g.shape), rtol=1e-10, atol=1e-10, err_msg=f"{which} {name} {key}"
             )
@@ -113,8 +114,15 @@ def _engine_inputs(coord, atype, box, rcut, seed):
     frac = coord @ np.linalg.inv(cell)
     local = (frac - np.floor(frac)) @ cell
     nloc = len(coord)
-    shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
-                       if (i, j, k) != (0, 0, 0)])
+    shifts = np.array(
+        [
+            (i, j, k)
+            for i in (-1, 0, 1)
+            for j in (-1, 0, 1)
+            for k in (-1, 0, 1)
+            if (i, j, k) != (0, 0, 0)
+        ]
+    )
     ghost = (local[None] + (shifts @ cell)[:, None]).reshape(-1, 3)
     gmap = np.tile(np.arange(nloc), len(shifts))
     perm = rng.permutation(len(ghost))
@@ -142,8 +150,9 @@ def test_forward_lower_without_lamkit(water, metal, tmp_path):
         coord, atype, box = _systems(which, model.rcut)["cubic" if which == "water" else "fcc"]
         ext, ext_atype, nlist, mapping = _engine_inputs(coord, atype, box, model.rcut, seed=3)
         inputs[which] = str(path)
-        np.savez(tmp_path / f"{which}.npz", ext=ext, ext_atype=ext_atype, nlist=nlist,
-                 mapping=mapping)
+        np.savez(
+            tmp_path / f"{which}.npz", ext=ext, ext_atype=ext_atype, nlist=nlist, mapping=mapping
+        )
         want[which] = _lamkit(model, coord, atype, box)
     code = (
         "import sys\n"
@@ -181,10 +190,12 @@ def test_forward_lower_without_lamkit(water, metal, tmp_path):
         got = np.load(tmp_path / f"{which}_out.npz")
         assert list(got["type_map"]) == list(model.type_map) and not got["mp"]
         assert float(got["rcut"]) == model.rcut
-        for key, w in zip(("energy", "force", "virial", "atom_energy", "atom_virial"),
-                          want[which]):
+        for key, w in zip(("energy", "force", "virial", "atom_energy", "atom_virial"), want[which]):
             np.testing.assert_allclose(
-                got[key], w.reshape(got[key].shape), rtol=1e-10, atol=1e-10,
+                got[key],
+                w.reshape(got[key].shape),
+                rtol=1e-10,
+                atol=1e-10,
                 err_msg=f"{which} {key}",
             )
 
@@ -194,8 +205,14 @@ def test_kinds_the_cxx_side_cannot_run_are_refused(tmp_path):
     model = build_model(
         {
             "type_map": ["O", "H"],
-            "descriptor": {"type": "se_e2_a", "sel": [8, 8], "rcut": 3.0, "neuron": [4],
-                           "axis_neuron": 2, "seed": 1},
+            "descriptor": {
+                "type": "se_e2_a",
+                "sel": [8, 8],
+                "rcut": 3.0,
+                "neuron": [4],
+                "axis_neuron": 2,
+                "seed": 1,
+            },
             "fitting_net": {"type": "dipole", "neuron": [4], "seed": 1},
         }
     )

@@ -25,10 +25,10 @@ operations with ``make_fx`` and symbolic sizes, which is then compiled with
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -83,10 +83,10 @@ def format_nlist(
     return torch.cat(sections, dim=-1)
 
 
-def _lower_program(model: EnergyModel, atomic: bool):
+def _lower_program(model: EnergyModel):
     """(ext_coord, ext_atype, nlist, fparam [nf, dim_fparam], aparam [nf, nloc, dim_aparam])
-    -> energy, atom_energy, extended_force, virial, extended_virial (with DeePMD-kit's atomic
-    virial correction only if ``atomic``). fparam/aparam have width 0 in models without."""
+    -> energy, atom_energy, extended_force, virial, extended_virial with DeePMD-kit's atomic
+    virial correction, and without it. fparam/aparam have width 0 in models without."""
     rcut, sel, mixed = float(model.rcut), list(model.sel), bool(model.mixed_types)
 
     def run(ext_coord, ext_atype, nlist, fparam, aparam):
@@ -101,20 +101,18 @@ def _lower_program(model: EnergyModel, atomic: bool):
         with torch.enable_grad():
             atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, None, fparam, aparam)
             energy = atom_e.sum(1)
-            grad = torch.autograd.grad([energy.sum()], [x], retain_graph=atomic)[0]
+            grad = torch.autograd.grad([energy.sum()], [x], retain_graph=True)[0]
             ext_force = -grad
             ext_vir = ext_force.unsqueeze(-1) * x.detach().unsqueeze(-2)  # [nf, nall, 3, 3]
             virial = ext_vir.sum(1).reshape(nf, 9)
-            if atomic:
-                # DeePMD-kit's zero-sum correction (see lamkit.model.derivatives)
-                ce = (x[:, :nloc].detach() * atom_e).sum(1)
-                corr = [
-                    torch.autograd.grad([ce[:, a].sum()], [x], retain_graph=a < 2)[0]
-                    for a in range(3)
-                ]
-                ext_vir = ext_vir + torch.stack(corr, dim=-1)
-        out = (energy, atom_e, ext_force, virial, ext_vir.reshape(nf, nall, 9))
-        return tuple(t.detach() for t in out)
+            # DeePMD-kit's zero-sum correction of atomic virials (see lamkit.model.derivatives)
+            ce = (x[:, :nloc].detach() * atom_e).sum(1)
+            corr = [
+                torch.autograd.grad([ce[:, a].sum()], [x], retain_graph=a < 2)[0] for a in range(3)
+            ]
+            corrected = ext_vir + torch.stack(corr, dim=-1)
+        out = (energy, atom_e, ext_force, virial, corrected.reshape(nf, nall, 9))
+        return tuple(t.detach() for t in out) + (ext_vir.reshape(nf, nall, 9).detach(),)
 
     return run
 
@@ -140,8 +138,9 @@ def _check_model(model) -> None:
         )
 
 
-def trace_lower(model: EnergyModel, atomic: bool) -> torch.fx.GraphModule:
-    """The lower program as an ATen graph with symbolic frame, atom, ghost and list sizes."""
+def trace_lower(model: EnergyModel) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+    """The lower program as ATen graphs with symbolic frame, atom, ghost and list sizes: with
+    atomic virials and without (the same trace, the atomic-virial part removed)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     gen = torch.Generator().manual_seed(0)
@@ -157,7 +156,7 @@ def trace_lower(model: EnergyModel, atomic: bool) -> torch.fx.GraphModule:
         torch.zeros(nf, fit.numb_fparam, dtype=torch.float64),
         torch.zeros(nf, nloc, fit.numb_aparam, dtype=torch.float64),
     ]
-    run = _lower_program(model, atomic)
+    run = _lower_program(model)
 
     try:
         with dense_type_selection(model):
@@ -172,9 +171,16 @@ def trace_lower(model: EnergyModel, atomic: bool) -> torch.fx.GraphModule:
             f"--format pth: {type(model.descriptor).__name__} cannot be traced with dynamic "
             f"sizes ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from exc
-    traced.graph.eliminate_dead_code()
-    traced.recompile()
-    return traced
+    graphs = []
+    for keep in ((0, 1, 2, 3, 4), (0, 1, 2, 3, 5)):
+        gm = copy.deepcopy(traced)
+        (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+        outs = output.args[0]
+        output.args = (tuple(outs[i] for i in keep),)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        graphs.append(gm)
+    return graphs[0], graphs[1]
 
 
 class _Frozen(torch.nn.Module):
@@ -196,8 +202,8 @@ class _Frozen(torch.nn.Module):
         ext_coord: torch.Tensor,
         ext_atype: torch.Tensor,
         nlist: torch.Tensor,
-        fparam: Optional[torch.Tensor],
-        aparam: Optional[torch.Tensor],
+        fparam: torch.Tensor | None,
+        aparam: torch.Tensor | None,
         do_atomic_virial: bool,
     ) -> list[torch.Tensor]:
         nf = ext_atype.shape[0]
@@ -227,11 +233,11 @@ class _Frozen(torch.nn.Module):
         extended_coord: torch.Tensor,
         extended_atype: torch.Tensor,
         nlist: torch.Tensor,
-        mapping: Optional[torch.Tensor] = None,
-        fparam: Optional[torch.Tensor] = None,
-        aparam: Optional[torch.Tensor] = None,
+        mapping: torch.Tensor | None = None,
+        fparam: torch.Tensor | None = None,
+        aparam: torch.Tensor | None = None,
         do_atomic_virial: bool = False,
-        comm_dict: Optional[dict[str, torch.Tensor]] = None,
+        comm_dict: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         dtype = extended_coord.dtype
         out = self._lower(extended_coord, extended_atype, nlist, fparam, aparam, do_atomic_virial)
@@ -249,11 +255,11 @@ class _Frozen(torch.nn.Module):
         self,
         coord: torch.Tensor,
         atype: torch.Tensor,
-        box: Optional[torch.Tensor] = None,
+        box: torch.Tensor | None = None,
         do_atomic_virial: bool = False,
-        fparam: Optional[torch.Tensor] = None,
-        aparam: Optional[torch.Tensor] = None,
-        charge_spin: Optional[torch.Tensor] = None,
+        fparam: torch.Tensor | None = None,
+        aparam: torch.Tensor | None = None,
+        charge_spin: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         dtype = coord.dtype
         nf, nloc = atype.shape[0], atype.shape[1]
@@ -280,7 +286,7 @@ class _Frozen(torch.nn.Module):
         return result
 
     def _extend(
-        self, coord: torch.Tensor, atype: torch.Tensor, box: Optional[torch.Tensor]
+        self, coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Atoms wrapped into the cell and all periodic images within ``rcut`` of the cell."""
         nf, nloc = atype.shape[0], atype.shape[1]
@@ -405,8 +411,7 @@ def script_model(model: EnergyModel) -> torch.jit.ScriptModule:
     model = model.eval()
     model.requires_grad_(False)
     with _quiet():
-        plain = _scripted_graph(trace_lower(model, atomic=False))
-        atomic = _scripted_graph(trace_lower(model, atomic=True))
+        atomic, plain = (_scripted_graph(gm) for gm in trace_lower(model))
         info = {
             "rcut": float(model.rcut),
             "type_map": list(model.type_map),
