@@ -27,6 +27,7 @@ VIRIAL = "virial"  # [nf, 9] eV, XX XY XZ YX YY YZ ZX ZY ZZ
 ATOM_ENERGY = "atom_energy"  # [nf, nloc, 1] eV
 ATOM_VIRIAL = "atom_virial"  # [nf, nloc, 9] eV
 ATOM_PREF = "atom_pref"  # [nf, nloc, 3] per-atom force weights (repeated over xyz)
+HESSIAN = "hessian"  # [nf, 3 nloc, 3 nloc] d2E/dx dx, eV/Å^2, row (atom i, xyz a) = 3i + a
 NATOMS = "natoms"  # [nf, 2 + ntypes] (nloc, nloc, count of type 0, type 1, ...)
 FIND_PREFIX = "find_"  # find_<label> = 1.0 when the label file was present, else 0.0
 SID = "sid"  # system index the batch came from (int)

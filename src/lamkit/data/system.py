@@ -9,6 +9,7 @@ Layout of a system directory (standard and mixed type)::
     set.*/box.npy       [nf, 9] Å, cell vectors as rows (periodic systems only)
     set.*/real_atom_types.npy   [nf, natoms] int, mixed type only (-1 = virtual atom)
     set.*/<key>.npy     labels, [nf, ndof] (global) or [nf, natoms*ndof] (atomic)
+    set.*/hessian.npy   [nf, (3 natoms)^2] d2E/dx dx, eV/Å^2, rows and columns 3i + xyz
 
 Sets are read in lexicographic order and concatenated.  Everything is float64 in memory.
 Large files (``checks.MMAP_MIN_BYTES``) of a single-set system stay memory-mapped read-only:
@@ -163,7 +164,7 @@ def make_system(
     if sort_atoms and not mixed_type:
         order = np.argsort(atype[0], kind="stable").astype(np.int64)
         coords, atype = coords[:, order], atype[:, order]
-        labels = {k: (v[:, order] if v.ndim == 3 else v) for k, v in labels.items()}
+        labels = {k: _sort_label(k, v, order) for k, v in labels.items()}
     if type_map is not None:
         ntypes = len(type_map)
     else:
@@ -188,10 +189,37 @@ def join_sets(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
+def permute_hessian(hess: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Hessians ``[nf, (3 natoms)^2]`` with atom ``order[i]`` moved to position ``i`` on both
+    axes (the reference's atom sort applied to each atom's 3 rows and 3 columns)."""
+    nf, n = hess.shape[0], len(order)
+    h = hess.reshape(nf, n, 3, n, 3)[:, order][:, :, :, order]
+    return h.reshape(nf, 9 * n * n)
+
+
+def _sort_label(key: str, arr: np.ndarray, order: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3:  # atomic
+        return arr[:, order]
+    return permute_hessian(arr, order) if key == keys.HESSIAN else arr
+
+
+def label_width(req: DataRequirement, natoms: int) -> int:
+    """Columns of a label file: ``ndof`` (global), ``natoms * ndof`` (atomic), and for the
+    Hessian (whatever ``ndof`` says, as in the reference) ``(3 natoms)^2``."""
+    if req.key == keys.HESSIAN:
+        return 9 * natoms * natoms
+    return natoms * req.ndof if req.atomic else req.ndof
+
+
 def _read_label(path: Path, req: DataRequirement, nframes: int, natoms: int, ref: Path):
     """One label file -> ``[nf, width]`` or ``[nf, natoms, width]`` float64, checked."""
     arr = read_float_rows(path)
     check_nframes(arr, path, nframes, ref)
+    if req.key == keys.HESSIAN:
+        reason = f"type.raw lists {natoms} atoms: one (3*{natoms})^2 Hessian per frame"
+        check_columns(arr, path, label_width(req, natoms), reason)
+        check_finite(arr, path)
+        return arr
     if req.atomic:
         reason = f"type.raw lists {natoms} atoms and '{req.key}' has {req.ndof} value(s) per atom"
         check_columns(arr, path, natoms * req.ndof, reason)
@@ -280,6 +308,8 @@ def _collect_labels(
                 f"({', '.join(d.name for d in set_dirs)}){why}"
             )
         shape = (nf, natoms, req.width) if req.atomic else (nf, req.width)
+        if req.key == keys.HESSIAN:
+            shape = (nf, label_width(req, natoms))
         labels[req.key] = np.full(shape, req.default, dtype=np.float64)
         find[req.key] = 0.0
     return labels, find

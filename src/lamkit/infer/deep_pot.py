@@ -28,6 +28,7 @@ import torch
 from .. import keys
 from ..model import AtomicModel, load_model
 from ..model.energy_model import EnergyModel
+from ..model.hessian import has_hessian
 from ..runtime import tune_allocator
 from .batch import BatchOutput, atoms_inputs, evaluate_batch
 from .compiled import CompiledEnergy
@@ -302,6 +303,7 @@ class DeepEval:
         if (
             compiled is not None
             and model_kw.get("do_force", False)
+            and keys.HESSIAN not in names
             and compiled.supports(model_kw.get("do_atomic_virial", False), chunk)
         ):
             with torch.no_grad():
@@ -454,6 +456,14 @@ class DeepPot(DeepEval):
     def _check_model(self, model: AtomicModel) -> None:
         check_kind(model, "energy", "DeepPot")
 
+    @property
+    def has_hessian(self) -> bool:
+        """Whether ``eval`` also returns the Hessian (a model trained with ``start_pref_h``)."""
+        return has_hessian(self.model)
+
+    def get_has_hessian(self) -> bool:
+        return self.has_hessian
+
     def eval(
         self,
         coords,
@@ -477,7 +487,8 @@ class DeepPot(DeepEval):
 
         Returns:
             energy [nf, 1] eV, force [nf, natoms, 3] eV/Å, virial [nf, 9] eV and, if
-            ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9].
+            ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9]; last, for
+            a Hessian model (:attr:`has_hessian`), hessian [nf, 3 natoms, 3 natoms] eV/Å^2.
         """
         for name, value in kwargs.items():
             if value is not None:
@@ -488,7 +499,10 @@ class DeepPot(DeepEval):
         names = [keys.ENERGY, keys.FORCE, keys.VIRIAL]
         if atomic:
             names += [keys.ATOM_ENERGY, keys.ATOM_VIRIAL]
+        if self.has_hessian:
+            names.append(keys.HESSIAN)
         empty = {
+            keys.HESSIAN: (0, 0),
             keys.ENERGY: (1,),
             keys.FORCE: (0, 3),
             keys.VIRIAL: (9,),

@@ -6,7 +6,10 @@ Across systems the averages are weighted by the number of label elements (frames
 frames*natoms*3 for forces, frames*9 for virials): ``RMSE = sqrt(sum rmse_s^2 n_s / sum n_s)``.
 Detail files ``PREFIX.e.out``, ``.e_peratom.out``, ``.f.out``, ``.v.out``, ``.v_peratom.out``
 (every system, periodic or not) and ``.s.out`` (with virial labels and a cell) use the
-reference's names and columns so existing analysis scripts keep working.
+reference's names and columns so existing analysis scripts keep working. A Hessian model
+(trained with ``start_pref_h``) needs ``hessian.npy`` in every system, adds Hessian MAE/RMSE
+(eV/Å^2, weighted by frames*(3 natoms)^2) and writes ``.h.out`` (data_h pred_h, one element a
+line, each frame's (3 natoms)^2 matrix in row-major order).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ _LINES = [
     ("rmse_v", "Virial RMSE        : {:e} eV"),
     ("mae_va", "Virial MAE/Natoms  : {:e} eV"),
     ("rmse_va", "Virial RMSE/Natoms : {:e} eV"),
+    ("mae_h", "Hessian MAE        : {:e} eV/Å^2"),
+    ("rmse_h", "Hessian RMSE       : {:e} eV/Å^2"),
 ]
-_SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v"}
+_SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v", "h": "n_h"}
 
 
 def _errors(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
@@ -87,6 +92,10 @@ def test_system(
             lab[keys.VIRIAL][:n].reshape(-1) / natoms,
             v.reshape(-1) / natoms,
         )
+    hess = out[-1] if getattr(dp, "has_hessian", False) else None
+    if hess is not None:
+        res["mae_h"], res["rmse_h"] = _errors(hess.reshape(-1), lab[keys.HESSIAN][:n].reshape(-1))
+        res["n_h"] = hess.size
     if detail:
         p = Path(detail)
         name = system.path
@@ -101,6 +110,10 @@ def test_system(
             append,
         )
         _save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
+        if hess is not None:
+            ph = np.stack([lab[keys.HESSIAN][:n].reshape(-1), hess.reshape(-1)], axis=1)
+            header = f"{name}: data_h pred_h (3Na*3Na matrix in row-major order)"
+            _save(p.with_suffix(".h.out"), ph, header, append)
     return res
 
 
@@ -203,6 +216,8 @@ def run_test(
         DataRequirement(keys.FORCE, 3, atomic=True),
         DataRequirement(keys.VIRIAL, 9),
     ]
+    if getattr(dp, "has_hessian", False):  # as dp test: a Hessian model needs the labels
+        reqs.append(DataRequirement(keys.HESSIAN, 1, must=True, origin="the Hessian model"))
     systems = load_systems(expand_systems(spec), dp.get_type_map(), reqs, sort_atoms=False)
     results = []
     for k, s in enumerate(systems):

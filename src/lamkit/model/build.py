@@ -25,6 +25,7 @@ MODEL_ARGS = (
     Arg("atom_exclude_types", (list,), []),
     Arg("preset_out_bias", (dict, type(None)), None),
     Arg("finetune_head", (str, type(None)), None),
+    Arg("hessian_mode", (bool,), False, doc="also output the Hessian (set by start_pref_h)"),
     # written by the reference into checkpoints; accepted and kept, not used
     Arg("srtab_add_bias", (bool,), True),
     Arg("info", (dict, type(None)), None),
@@ -44,6 +45,8 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     if config.get("type") == "linear_ener":
         return _normalize_linear(config, path)
     conf = normalize(config, MODEL_ARGS, path)
+    if not conf["hessian_mode"]:  # written only by Hessian runs, as the reference does
+        del conf["hessian_mode"]
     if conf["type"] != "standard":
         raise ConfigError(
             f"{path}/type: only 'standard' models are supported, got '{conf['type']}'"

@@ -14,6 +14,7 @@ from .. import keys
 from ..nn.chunking import chunked_evaluation
 from .atomic_model import AtomicModel
 from .derivatives import forces_and_virials
+from .hessian import has_hessian, local_hessian
 
 
 class EnergyModel(AtomicModel):
@@ -41,7 +42,8 @@ class EnergyModel(AtomicModel):
         """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None.
 
         Returns energy [nf, 1], atom_energy [nf, nloc, 1], mask [nf, nloc] and, as asked,
-        force [nf, nloc, 3], virial [nf, 9], atom_virial [nf, nloc, 9].
+        force [nf, nloc, 3], virial [nf, 9], atom_virial [nf, nloc, 9]; a Hessian model
+        (:mod:`lamkit.model.hessian`) also returns force and hessian [nf, 3 nloc, 3 nloc].
 
         ``chunk_atoms``: when ``nf * nloc`` exceeds it, the atom-local blocks (descriptor
         blocks, repformer layers, fitting) run on slices of at most this many centre atoms
@@ -54,6 +56,8 @@ class EnergyModel(AtomicModel):
         coord = coord.detach().to(torch.float64)
         box = None if box is None else box.to(torch.float64)
         ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
+        hessian = has_hessian(self)
+        do_force = do_force or hessian
         ext_coord = ext_coord.detach().requires_grad_(do_force or do_virial)
         with torch.enable_grad(), chunked_evaluation(chunk_atoms):
             atom_e, mask = self.atomic_outputs(
@@ -71,8 +75,12 @@ class EnergyModel(AtomicModel):
                         nloc,
                         do_virial=do_virial,
                         do_atomic_virial=do_atomic_virial,
-                        create_graph=create_graph,
+                        create_graph=create_graph or hessian,
                     )
+                )
+            if hessian:
+                out[keys.HESSIAN] = local_hessian(
+                    out[keys.FORCE], ext_coord, nbr[keys.MAPPING], create_graph
                 )
         return out
 

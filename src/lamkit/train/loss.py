@@ -9,9 +9,14 @@ both its start and limit prefactors are non-zero:
       + p_f mean_{real atoms, xyz}(dF^2)
       + p_v mean_f(mean_9(dW^2) / N_f)
       + p_ae mean(de_i^2) + p_pf mean(atom_pref * dF^2)
+      + p_h mean_f(sum_{real pairs} dH^2 / (3 N_f)^2)
 
-Displayed metrics: rmse_e = sqrt(mean dE^2/N^2) (per atom), rmse_f, rmse_v (per atom), and
-rmse = sqrt(L). A metric whose label is missing in the batch is NaN.
+The Hessian term (``start_pref_h``/``limit_pref_h``; active when either is non-zero, as in
+the reference) compares ``hessian`` [nf, 3N, 3N] (:mod:`lamkit.model.hessian`) with the
+labels of ``hessian.npy``; elements whose row or column atom is virtual are left out.
+
+Displayed metrics: rmse_e = sqrt(mean dE^2/N^2) (per atom), rmse_f, rmse_v (per atom), rmse_h
+(eV/Å^2), and rmse = sqrt(L). A metric whose label is missing in the batch is NaN.
 """
 
 from __future__ import annotations
@@ -57,12 +62,21 @@ ENER_ARGS = (
 )
 
 
+def hessian_pair_mean(elem: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over frames of ``sum(elem over pairs of real atoms) / (3 N_f)^2``; ``elem``
+    [nf, 3 nloc, 3 nloc], ``mask`` [nf, nloc]; a frame without real atoms counts as 0."""
+    comp = mask.to(elem.dtype).repeat_interleave(3, dim=1)  # [nf, 3 nloc]
+    total = (elem * comp[:, :, None] * comp[:, None, :]).sum((1, 2))
+    dof = comp.sum(1) ** 2
+    return torch.where(dof > 0, total / dof.clamp(min=1), torch.zeros_like(total)).mean()
+
+
 def _huber(pred, label, delta):
     d = torch.abs(pred - label)
     return torch.mean(torch.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)))
 
 
-@LOSSES.register("ener", "energy")
+@LOSSES.register("ener", "energy", "ener_hess")
 class EnergyLoss:
     """The ``ener`` loss; call it with predictions, a labelled batch and the current lr."""
 
@@ -71,9 +85,8 @@ class EnergyLoss:
 
     def __init__(self, config: dict, start_lr: float, model_config: dict | None = None):
         c = normalize(config, ENER_ARGS, "loss")
-        for bad in ("start_pref_h", "start_pref_gf"):
-            if c[bad]:
-                raise ConfigError(f"loss/{bad}: this loss term is not supported yet")
+        if c["start_pref_gf"]:
+            raise ConfigError("loss/start_pref_gf: this loss term is not supported yet")
         if c["enable_atom_ener_coeff"]:
             raise ConfigError("loss/enable_atom_ener_coeff is not supported yet")
         self.config = c
@@ -82,6 +95,10 @@ class EnergyLoss:
         for name in ("e", "f", "v", "ae", "pf"):
             s, lim = float(c[f"start_pref_{name}"]), float(c[f"limit_pref_{name}"])
             self.pref[name] = (s, lim) if (s != 0.0 and lim != 0.0) else None
+        s, lim = float(c["start_pref_h"]), float(c["limit_pref_h"])
+        self.pref["h"] = (s, lim) if (s != 0.0 or lim != 0.0) else None
+        if self.pref["h"] and c["use_huber"]:
+            raise ConfigError("loss/use_huber: the Huber loss is not implemented for the Hessian")
         self.relative_f = c["relative_f"]
         self.norm_exp = 2 if c["intensive_ener_virial"] else 1
         self.mae = c["loss_func"] == "mae"
@@ -89,8 +106,12 @@ class EnergyLoss:
         hd = c["huber_delta"]
         self.huber_delta = (list(hd) + [hd[-1]] * 3)[:3] if isinstance(hd, list) else [hd] * 3
 
-    def attach(self, model) -> None:  # the energy loss reads nothing from the model
-        pass
+    def attach(self, model) -> None:
+        """With a Hessian term, switch the model to Hessian output (kept in its config)."""
+        if self.pref["h"]:
+            from ..model.hessian import enable_hessian
+
+            enable_hessian(model)
 
     @property
     def need(self) -> dict[str, bool]:
@@ -110,6 +131,8 @@ class EnergyLoss:
             reqs.append(DataRequirement("atom_ener", 1, atomic=True, must=False))
         if self.pref["pf"]:
             reqs.append(DataRequirement(keys.ATOM_PREF, 1, atomic=True, must=False, repeat=3))
+        if self.pref["h"]:  # [nf, (3 natoms)^2], see lamkit.data.system.label_width
+            reqs.append(DataRequirement(keys.HESSIAN, 1, atomic=False, must=False))
         return reqs
 
     def _p(self, name: str, lr: float) -> float:
@@ -187,8 +210,24 @@ class EnergyLoss:
             l2ae = ((dae * dae) * mask).sum() / mask.sum()
             loss = loss + self._p("ae", lr) * found("atom_ener") * l2ae
             show("rmse_ae", torch.sqrt(l2ae).detach(), "atom_ener")
+        if self.pref["h"] and keys.HESSIAN in pred and keys.HESSIAN in batch:
+            loss = loss + self._hessian_term(pred, batch, mask, lr, more, found(keys.HESSIAN))
         more = {"rmse": float(torch.sqrt(loss.detach())), **more}
         return loss, more
+
+
+    def _hessian_term(self, pred, batch, mask, lr, more, find) -> torch.Tensor:
+        """``p_h * find_hessian * (MSE or MAE over real atom pairs)``; adds ``rmse_h``."""
+        if not find:  # no labels in this system: no term (zero gradient, as the reference)
+            more["rmse_h"] = math.nan
+            return torch.zeros((), dtype=torch.float64, device=mask.device)
+        nf, nloc = mask.shape
+        shape = (nf, 3 * nloc, 3 * nloc)
+        dh = batch[keys.HESSIAN].reshape(shape) - pred[keys.HESSIAN].reshape(shape)
+        l2h = hessian_pair_mean(dh * dh, mask)
+        more["rmse_h"] = float(torch.sqrt(l2h.detach()))
+        term = hessian_pair_mean(dh.abs(), mask) if self.mae else l2h
+        return self._p("h", lr) * find * term
 
 
 # the loss of each fitting type when the input's loss section names none
