@@ -227,28 +227,36 @@ def test_hessian_npy_is_read_and_sorted_with_the_atoms(tmp_path):
         load_systems([str(tmp_path / "sys")], TYPE_MAP, req)
 
 
-def test_two_training_steps_then_deep_pot_and_lam_test(tmp_path):
-    from lamkit.infer import DeepPot
-    from lamkit.infer.metrics import run_test
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two training steps of a tiny Hessian model on Morse labels; returns the folder."""
     from lamkit.train import Trainer
 
-    write_system(tmp_path / "train", seed=0)
-    hess_valid = write_system(tmp_path / "valid", nframes=2, seed=1)
+    root = tmp_path_factory.mktemp("hessian_run")
+    write_system(root / "train", seed=0)
+    write_system(root / "valid", nframes=2, seed=1)
     conf = {
         "model": tiny_config(rcut=4.0),
         "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 1},
         "loss": LOSS,
         "training": {
-            "training_data": {"systems": [str(tmp_path / "train")], "batch_size": 2},
-            "validation_data": {"systems": [str(tmp_path / "valid")], "batch_size": 1},
+            "training_data": {"systems": [str(root / "train")], "batch_size": 2},
+            "validation_data": {"systems": [str(root / "valid")], "batch_size": 1},
             "numb_steps": 2,
             "disp_freq": 1,
             "save_freq": 2,
             "seed": 1,
         },
     }
-    out = tmp_path / "run"
-    Trainer(conf, out).run()
+    Trainer(conf, root / "run").run()
+    return root
+
+
+def test_two_training_steps_then_deep_pot_and_lam_test(trained, tmp_path):
+    from lamkit.infer import DeepPot
+    from lamkit.infer.metrics import run_test
+
+    out = trained / "run"
     lines = (out / "lcurve.out").read_text().splitlines()
     head = lines[0].split()
     assert "rmse_h_trn" in head and "rmse_h_val" in head
@@ -259,17 +267,53 @@ def test_two_training_steps_then_deep_pot_and_lam_test(tmp_path):
 
     dp = DeepPot(str(out / "model.ckpt-2.pt"), device="cpu")
     assert dp.has_hessian and has_hessian(dp.model)
-    (sys_,) = load_systems([str(tmp_path / "valid")], TYPE_MAP, [], sort_atoms=False)
+    valid = trained / "valid"
+    (sys_,) = load_systems([str(valid)], TYPE_MAP, [], sort_atoms=False)
     e, f, v, h = dp.eval(sys_.coords, None, sys_.atype[0])
     assert h.shape == (2, 12, 12)
     np.testing.assert_allclose(h, np.swapaxes(h, 1, 2), atol=1e-12)
 
-    res = run_test(dp, system=str(tmp_path / "valid"), detail_file=str(tmp_path / "out"))
+    res = run_test(dp, system=str(valid), detail_file=str(tmp_path / "out"))
     detail = np.loadtxt(tmp_path / "out.h.out")
     assert detail.shape == (2 * 144, 2)
-    np.testing.assert_allclose(detail[:, 0], hess_valid.reshape(-1), atol=1e-10)
+    hess_valid = np.load(valid / "set.000/hessian.npy")
+    np.testing.assert_array_equal(detail[:, 0], hess_valid.reshape(-1))
     np.testing.assert_allclose(detail[:, 1], h.reshape(-1), atol=1e-10)
     rmse = np.sqrt(np.mean((detail[:, 0] - detail[:, 1]) ** 2))
     assert res["average"]["rmse_h"] == pytest.approx(rmse, rel=1e-9)
     header = (tmp_path / "out.h.out").read_text().splitlines()[0]
     assert header.endswith("data_h pred_h (3Na*3Na matrix in row-major order)")
+
+
+@pytest.mark.reference
+@pytest.mark.slow  # a reference subprocess: about 30 s of imports on a loaded machine
+def test_lam_test_hessian_detail_equals_dp_test(trained, tmp_path):
+    """``dp --pt test -d`` on the same model (converted to a DeePMD-kit checkpoint) writes the
+    same ``.h.out``, and the same Hessian RMSE."""
+    pytest.importorskip("deepmd.pt", reason="the reference DeePMD-kit (PyTorch) is not installed")
+    import re
+    import subprocess
+    import sys
+
+    from lamkit.cli.main import main as lam_main
+    from lamkit.interop.to_deepmd import deepmd_checkpoint
+    from lamkit.model import load_model
+
+    from .reference_finetune import reference_env
+
+    model = load_model(trained / "run" / "model.ckpt-2.pt")
+    torch.save(deepmd_checkpoint({"Default": model}, False), tmp_path / "ref.pt")
+    valid = str(trained / "valid")
+    args = ["test", "-s", valid, "-d"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepmd", "--pt", *args, "ref", "-m", "ref.pt"],
+        cwd=tmp_path, env=reference_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert lam_main([*args, str(tmp_path / "own"), "-m", str(trained / "run/model.ckpt-2.pt")]) == 0
+    ref, own = np.loadtxt(tmp_path / "ref.h.out"), np.loadtxt(tmp_path / "own.h.out")
+    assert ref.shape == own.shape == (2 * 144, 2)
+    np.testing.assert_allclose(own, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+    text = proc.stdout + proc.stderr
+    ref_rmse = float(re.findall(r"Hessian RMSE\s*:\s*(\S+)", text)[-1])
+    assert ref_rmse == pytest.approx(np.sqrt(np.mean((own[:, 0] - own[:, 1]) ** 2)), rel=1e-6)
