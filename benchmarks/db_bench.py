@@ -141,7 +141,7 @@ def run_backend(kind: str, args, sample: dict) -> dict:
             f"generation {out['generate_s']:.0f} s, load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        if args.defer_symmetry:  # the deferred space groups, timed apart from the import
+        if args.defer_symmetry and not args.no_index:  # the deferred space groups, apart
             idx = db.index_symmetry(workers=args.workers, batch_size=args.batch_size)
             out["index_s"], out["index_rate"] = idx.seconds, idx.rate
             print(f"[{kind}] lam db index: {idx.summary()}, load {os.getloadavg()[0]:.1f}",
@@ -281,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="import worker processes")
     p.add_argument("--defer-symmetry", action="store_true",
                    help="import with space groups pending, then time 'lam db index' apart")
+    p.add_argument("--no-index", action="store_true",
+                   help="with --defer-symmetry: leave the space groups pending")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
