@@ -3,7 +3,7 @@
 ``write_example(dir)`` makes two deepmd/npy systems (training and validation) of rattled,
 strained and randomly substituted fcc supercells, plus an ``input.json`` in the DeePMD-kit v3
 schema that trains a compact se_e2_a model on energies, forces and virials.
-``quickstart(dir)`` then trains, tests and freezes it: the whole path in one command.
+``lam example`` writes it; the main job ``lam quickstart`` is :mod:`lamkit.quickstart`.
 """
 
 from __future__ import annotations
@@ -115,34 +115,6 @@ def write_example(
     conf = example_input(train_dirs, ["data/valid"], steps)
     (folder / "input.json").write_text(json.dumps(conf, indent=2) + "\n")
     return folder
-
-
-def quickstart(folder: str | Path = "lamkit-quickstart", steps: int = 300) -> dict:
-    """Example data -> train -> test -> freeze, in ``folder``; returns the test metrics."""
-    import os
-
-    from .infer import freeze
-    from .infer.metrics import run_test
-    from .train import Trainer
-
-    folder = Path(folder)
-    write_example(folder, steps=steps)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        conf = json.loads(Path("input.json").read_text())
-        ckpt = Trainer(conf, ".").run()
-        freeze(str(ckpt), "frozen_model.pth")
-        metrics = run_test("frozen_model.pth", "data/valid", detail_file="valid")
-    finally:
-        os.chdir(cwd)
-    log.info(
-        "quickstart finished in %s: model %s, learning curve %s",
-        folder,
-        folder / "frozen_model.pth",
-        folder / "lcurve.png",
-    )
-    return metrics
 
 
 def water_se_e2_a_config(

@@ -8,7 +8,7 @@ lam convert IN OUT [--to deepmd|lamkit] [--head H]   lamkit <-> DeePMD-kit check
 lam show MODEL [type-map descriptor fitting-net model-branch size]
 lam init DESCRIPTOR [--size S] [-o input.json] [--data DIR ...] [--type-map O H] [--steps N]
 lam example [DIR]      write the built-in example data and input
-lam quickstart [DIR]   example data + a short training + test + freeze
+lam quickstart [DIR]   the main job: alloy data, DPA-1 training, test, freeze, screening
 lam db {init,import,query,hull,export,stats,serve}   crystal-structure database
 lam screen INPUTS... -m MODEL [--db URL] [-o OUT] [--workers N | --cluster ADDR] [--insert]
 lam screen --metrics RESULTS.csv --truth TRUTH.csv   a model as a stability classifier
@@ -171,9 +171,9 @@ def _cmd_init(a) -> int:
 
 
 def _cmd_quickstart(a) -> int:
-    from ..examples import quickstart
+    from ..quickstart import quickstart
 
-    quickstart(a.DIR, steps=a.steps)
+    print(quickstart(a.DIR, steps=a.steps).summary())
     return 0
 
 
@@ -325,9 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--frames", type=int, default=40)
     e.set_defaults(func=_cmd_example)
 
-    q = sub.add_parser("quickstart", help="example data, a short training, test and freeze")
+    q = sub.add_parser(
+        "quickstart",
+        help="the main job: Cu-Au data, DPA-1 training, test, freeze, screening into a database",
+    )
     q.add_argument("DIR", nargs="?", default="lamkit-quickstart")
-    q.add_argument("--steps", type=int, default=300)
+    q.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: lamkit.quickstart.DEFAULT_STEPS)")
     q.set_defaults(func=_cmd_quickstart)
 
     from ..db import cli as db_cli  # lam db ...: the crystal-structure database
