@@ -35,6 +35,7 @@ from ..model.multitask import MultiTaskModel, merge_descriptor_stats
 from ..runtime import tune_allocator
 from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
+from .compiled import compiled_forwards
 from .distributed import DistContext
 from .ema import WeightAverage, ema_prefix
 from .lcurve import LcurveWriter
@@ -173,6 +174,8 @@ class Trainer:
         self.keep, self.ema_keep = keep_counts(tr, self.num_steps)
         if tr["enable_tf32"] and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
+        # training.enable_compile: energy + force (+ virial) through compiled graphs
+        self.compiled = compiled_forwards(self.tasks, tr["enable_compile"])
         if resume is not None:
             self._restore(resume)
             log.info("restarted from %s at step %d", restart, self.start_step)
@@ -413,6 +416,19 @@ class Trainer:
         batch = _to(batch, self.device)
         nbr = _to(nbr, self.device)
         need = task.loss.need
+        fast = self.compiled.get(task.name) if create_graph and need["force"] else None
+        if fast is not None:
+            pred = fast(
+                batch[keys.COORD],
+                batch[keys.ATYPE],
+                batch.get(keys.BOX),
+                nbr,
+                batch.get("fparam"),
+                batch.get("aparam"),
+                do_virial=need["virial"],
+            )
+            if pred is not None:
+                return pred, batch
         pred = task.model(
             batch[keys.COORD],
             batch[keys.ATYPE],
