@@ -289,6 +289,8 @@ def _import(db, args) -> int:
         defer_symmetry=args.defer_symmetry,
     )
     print(rep.summary())
+    if args.defer_symmetry and rep.added:
+        print("space groups pending: run 'lam db index' to compute them", file=sys.stderr)
     if rep.unused_energies:
         names = ", ".join(rep.unused_energies[:10])
         print(f"lam db import: energy file names not imported: {names}", file=sys.stderr)
