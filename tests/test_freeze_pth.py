@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,7 +232,6 @@ NKTV2P = 1.6021765e6  # LAMMPS metal units: eV/Å^3 -> bar
 def lmp() -> tuple[str, dict[str, str]]:
     """The ``lmp`` command of the environment with deepmd-kit[lmp] and its process env."""
     import os
-    from pathlib import Path
 
     from .conftest import IN_CI
 
@@ -252,10 +252,13 @@ def lmp() -> tuple[str, dict[str, str]]:
     return exe, env
 
 
-def run_lammps(lmp, pth, coord, atype, cell, names, tmp) -> tuple[float, np.ndarray, np.ndarray]:
+def run_lammps(
+    lmp, pth, coord, atype, cell, names, tmp, extra: str = "", ranks: int = 1
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy, forces [n, 3] and virial (Voigt: xx yy zz xy xz yz, eV) of ``pair_style
     deepmd pth`` with ``pair_coeff * * names`` (LAMMPS type k + 1 is element ``names[k]``;
-    ``atype`` indexes ``names``). ``cell`` rows must form a lower-triangular matrix."""
+    ``atype`` indexes ``names``; ``extra``: more pair_style arguments; ``ranks`` MPI ranks).
+    ``cell`` rows must form a lower-triangular matrix."""
     assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) == 0
 
     def r(x) -> str:
@@ -290,7 +293,7 @@ boundary p p p
 atom_style atomic
 atom_modify map yes
 read_data data.lmp
-pair_style deepmd {pth}
+pair_style deepmd {pth} {extra}
 pair_coeff * * {" ".join(names)}
 compute vir all pressure NULL virial
 thermo_style custom step pe c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6] vol
@@ -301,8 +304,9 @@ run 0
 """
     )
     exe, env = lmp
+    mpi = [str(Path(exe).parent / "mpirun"), "-np", str(ranks)] if ranks > 1 else []
     run = subprocess.run(
-        [exe, "-in", "in.lmp", "-log", "log.lammps"],
+        [*mpi, exe, "-in", "in.lmp", "-log", "log.lammps"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -310,6 +314,7 @@ run 0
         cwd=tmp,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert f"with {ranks} MPI tasks" in run.stdout or ranks == 1
     log = (tmp / "log.lammps").read_text().splitlines()
     (head,) = [k for k, line in enumerate(log) if line.split()[:2] == ["Step", "PotEng"]]
     values = [float(x) for x in log[head + 1].split()]
@@ -341,18 +346,18 @@ def test_lammps_pair_style_deepmd(which, request, lmp, tmp_path):
     frac = coord @ np.linalg.inv(cell)
     coord = (frac - np.floor(frac)) @ cell  # inside the box for read_data
     lmp_type = np.array([names.index(model.type_map[t]) for t in atype])
-    e, f, v = run_lammps(lmp, path, coord, lmp_type, cell, names, tmp_path)
     want_e, want_f, want_v = DeepPot(model).eval(coord.reshape(1, -1), box.reshape(1, 9), atype)
-    np.testing.assert_allclose(e, want_e.item(), rtol=1e-10)
-    np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
     assert np.abs(want_f).max() > 1e-3
+    for ranks in (1, 2) if which == "metal" else (1,):
+        e, f, v = run_lammps(lmp, path, coord, lmp_type, cell, names, tmp_path, ranks=ranks)
+        np.testing.assert_allclose(e, want_e.item(), rtol=1e-10, err_msg=f"{ranks} ranks")
+        np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
 
 
-def test_se_e3_tebd_with_frame_and_atomic_parameters(tmp_path):
-    """se_e3_tebd with fparam and aparam: the reference's DeepPot passes them to the file and
-    gets lamkit's numbers; a different fparam changes the energy."""
-    dp_infer = pytest.importorskip("deepmd.infer", reason="the reference DeePMD-kit")
+@pytest.fixture(scope="module")
+def e3_params(tmp_path_factory):
+    """(lamkit model, .pth) for se_e3_tebd with 2 frame parameters and 1 atomic parameter."""
     model = build_model(
         {
             "type_map": ["O", "H"],
@@ -370,7 +375,14 @@ def test_se_e3_tebd_with_frame_and_atomic_parameters(tmp_path):
     )
     randomize_statistics(model, 3)
     model.eval().requires_grad_(False)
-    path = export_pth(model, tmp_path / "e3.pth")
+    return model, export_pth(model, tmp_path_factory.mktemp("pth_e3") / "e3.pth")
+
+
+def test_se_e3_tebd_with_frame_and_atomic_parameters(e3_params):
+    """se_e3_tebd with fparam and aparam: the reference's DeepPot passes them to the file and
+    gets lamkit's numbers; a different fparam changes the energy."""
+    dp_infer = pytest.importorskip("deepmd.infer", reason="the reference DeePMD-kit")
+    model, path = e3_params
     ref = dp_infer.DeepPot(str(path))
     assert ref.get_dim_fparam() == 2 and ref.get_dim_aparam() == 1
     coord, atype, box = _systems("water", model.rcut)["triclinic"]
@@ -400,3 +412,20 @@ def test_dpa2_is_refused_by_name(tmp_path):
 
     with pytest.raises(ModelFileError, match="DPA2|DPA-2|message"):
         export_pth(tiny_model().eval(), tmp_path / "dpa2.pth")
+
+
+def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):
+    """``pair_style deepmd x.pth fparam a b aparam c`` reaches the model's fitting."""
+    model, path = e3_params
+    coord, atype, box = _systems("water", model.rcut)["cubic"]
+    cell = box.reshape(3, 3)
+    coord = coord - np.floor(coord @ np.linalg.inv(cell)) @ cell
+    fparam, aparam = np.array([[0.3, -0.7]]), np.full((1, len(atype), 1), 0.4)
+    extra = "fparam 0.3 -0.7 aparam 0.4"
+    e, f, v = run_lammps(lmp, path, coord, atype, cell, ["O", "H"], tmp_path, extra=extra)
+    want = DeepPot(model).eval(
+        coord.reshape(1, -1), box.reshape(1, 9), atype, fparam=fparam, aparam=aparam
+    )
+    np.testing.assert_allclose(e, want[0].item(), rtol=1e-10)
+    np.testing.assert_allclose(f, want[1].reshape(-1, 3), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(v, _voigt(want[2]), rtol=1e-10, atol=1e-10)
