@@ -62,8 +62,8 @@ def alloy_frames(lattice: str, nframes: int, rng: np.random.Generator) -> dict:
     """``nframes`` EMT-labelled random Cu-Au alloys on ``lattice`` (fcc, bcc or hcp).
 
     Each frame: a composition x(Au) drawn uniformly in [0, 1], a random decoration, a linear
-    strain of up to +-2 % plus a small shear, and a rattle of 0.01-0.06 Å. Returns arrays for
-    :func:`write_deepmd_system` plus ``types`` [nf, natoms] (mixed type)."""
+    strain (-2 % to +7 % isotropic, +-3 % per axis, a little shear), a rattle of 0.01-0.06 Å.
+    Returns arrays for :func:`write_deepmd_system` plus ``types`` [nf, natoms] (mixed type)."""
     from ase.calculators.emt import EMT
 
     coords, boxes, types, energies, forces, virials = [], [], [], [], [], []
@@ -72,7 +72,9 @@ def alloy_frames(lattice: str, nframes: int, rng: np.random.Generator) -> dict:
         atoms = _cell(lattice, x)
         t = (rng.random(len(atoms)) < x).astype(np.int64)
         atoms.set_chemical_symbols([TYPE_MAP[k] for k in t])
-        strain = np.eye(3) * (1 + rng.uniform(-0.02, 0.02)) + rng.normal(0.0, 0.005, (3, 3))
+        # volumes from -15 % to +30 %: relaxations of the candidates visit such cells
+        strain = np.diag(1 + rng.uniform(-0.03, 0.03, 3)) * (1 + rng.uniform(-0.02, 0.07))
+        strain += rng.normal(0.0, 0.01, (3, 3))
         atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
         atoms.positions += rng.normal(0.0, rng.uniform(0.01, 0.06), atoms.positions.shape)
         atoms.calc = EMT()
@@ -135,30 +137,30 @@ def quickstart_input(train: list[str], valid: list[str], steps: int) -> dict:
                 "axis_neuron": 8,
                 "tebd_dim": 8,
                 "attn": 32,
-                "attn_layer": 1,
+                "attn_layer": 0,
                 "attn_dotr": True,
-                "type_one_side": True,
+                "type_one_side": False,
                 "precision": "float32",
                 "seed": 1,
             },
             "fitting_net": {"neuron": [64, 64], "resnet_dt": True, "precision": "float32",
                             "seed": 1},
         },
-        "learning_rate": {"type": "exp", "start_lr": 4e-3, "stop_lr": 1e-4,
+        "learning_rate": {"type": "exp", "start_lr": 1e-2, "stop_lr": 2e-4,
                           "decay_steps": max(steps // 30, 1)},
         "loss": {
             "type": "ener",
-            "start_pref_e": 0.2,
-            "limit_pref_e": 5,
-            "start_pref_f": 100,
-            "limit_pref_f": 5,
+            "start_pref_e": 0.02,
+            "limit_pref_e": 1,
+            "start_pref_f": 1000,
+            "limit_pref_f": 1,
             "start_pref_v": 0.02,
             "limit_pref_v": 0.5,
         },
         "training": {
-            "training_data": {"systems": train, "batch_size": "auto:32"},
-            "validation_data": {"systems": valid, "batch_size": "auto:32",
-                                "numb_btch": 3},
+            "training_data": {"systems": train, "batch_size": "auto:16"},
+            "validation_data": {"systems": valid, "batch_size": "auto:16",
+                                "numb_btch": 6},
             "numb_steps": steps,
             "seed": 10,
             "disp_freq": disp,
@@ -222,12 +224,22 @@ def build_database(db_path: Path, model: str) -> dict:
 
 
 def screen_candidates(folder: Path, model: str, db_path: Path):
-    """:func:`lamkit.screen.screen` of :func:`candidate_structures` with ``model`` against the
-    hull of ``db_path``; the relaxed candidates are inserted into the database."""
+    """:func:`lamkit.screen.screen` of :func:`candidate_structures` (written as POSCAR files to
+    ``folder/candidates``) with ``model`` against the hull of ``db_path``; the relaxed
+    candidates are inserted into the database."""
+    from ase.io import write
+
     from .screen import ScreenConfig, screen
 
+    cand_dir = folder / "candidates"
+    cand_dir.mkdir(parents=True, exist_ok=True)
+    for old in cand_dir.glob("*.vasp"):
+        old.unlink()
+    for k, atoms in enumerate(candidate_structures()):
+        label = "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in atoms.info["source"])
+        write(cand_dir / f"{k:02d}-{label.strip('-')}.vasp", atoms, format="vasp", direct=True)
     config = ScreenConfig(fmax=0.05, steps=300, hull_model=MODEL_NAME, parse_workers=0)
-    return screen(candidate_structures(), model, out_dir=folder / "screen", db=str(db_path),
+    return screen([str(cand_dir)], model, out_dir=folder / "screen", db=str(db_path),
                   config=config, insert=True, model_name=MODEL_NAME, submitter="quickstart",
                   progress=False, restart=True)
 
