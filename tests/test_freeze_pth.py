@@ -429,3 +429,50 @@ def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):
     np.testing.assert_allclose(e, want[0].item(), rtol=1e-10)
     np.testing.assert_allclose(f, want[1].reshape(-1, 3), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(v, _voigt(want[2]), rtol=1e-10, atol=1e-10)
+
+
+def test_lammps_nve_conserves_energy(metal, lmp, tmp_path):
+    """1,000 NVE steps (1 fs, 300 K) of the metal under pair_style deepmd: the total energy
+    stays within 1e-4 eV/atom of its start while the potential energy moves."""
+    model, path = metal
+    coord, atype, box = fcc_metal(3)
+    cell = box.reshape(3, 3)
+    coord = coord - np.floor(coord @ np.linalg.inv(cell)) @ cell
+    names = list(model.type_map)
+    run_lammps(lmp, path, coord, atype, cell, names, tmp_path)  # writes data.lmp
+    (tmp_path / "nve.lmp").write_text(
+        f"""units metal
+boundary p p p
+atom_style atomic
+atom_modify map yes
+read_data data.lmp
+mass 1 63.546
+mass 2 196.97
+pair_style deepmd {path}
+pair_coeff * * {" ".join(names)}
+velocity all create 300 7 mom yes rot no
+timestep 0.001
+fix 1 all nve
+thermo_style custom step pe etotal
+thermo_modify format float %.17g
+thermo 50
+run 1000
+"""
+    )
+    exe, env = lmp
+    run = subprocess.run(
+        [exe, "-in", "nve.lmp", "-log", "nve.log"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    log = (tmp_path / "nve.log").read_text().splitlines()
+    (head,) = [k for k, line in enumerate(log) if line.split()[:2] == ["Step", "PotEng"]]
+    rows = np.array([[float(x) for x in line.split()] for line in log[head + 1 : head + 22]])
+    assert rows[-1, 0] == 1000
+    drift = np.abs(rows[:, 2] - rows[0, 2]).max() / len(coord)
+    assert drift < 1e-4, drift
+    assert np.ptp(rows[:, 1]) / len(coord) > 100 * drift  # the atoms did move
