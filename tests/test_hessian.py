@@ -172,6 +172,11 @@ def test_loss_without_hessian_labels_and_config_errors():
     assert build_loss({**LOSS, "type": "ener_hess"}, 1e-3, tiny_config()).pref["h"] == (10, 1)
     with pytest.raises(ConfigError, match="Huber"):
         build_loss({**LOSS, "use_huber": True}, 1e-3, tiny_config())
+    no_hessian = {k: v for k, v in pred.items() if k != keys.HESSIAN}
+    with pytest.raises(ConfigError, match="predictions have no Hessian"):
+        loss({**no_hessian, keys.MASK: mask.bool()}, batch, 1e-3)
+    with pytest.raises(ConfigError, match="needs an energy model"):
+        build_loss({"type": "ener", "start_pref_h": 1.0}, 1e-3).attach(torch.nn.Module())
 
 
 # --- data, training, inference ------------------------------------------------------------------

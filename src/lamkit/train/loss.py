@@ -210,7 +210,12 @@ class EnergyLoss:
             l2ae = ((dae * dae) * mask).sum() / mask.sum()
             loss = loss + self._p("ae", lr) * found("atom_ener") * l2ae
             show("rmse_ae", torch.sqrt(l2ae).detach(), "atom_ener")
-        if self.pref["h"] and keys.HESSIAN in pred and keys.HESSIAN in batch:
+        if self.pref["h"] and keys.HESSIAN in batch:
+            if keys.HESSIAN not in pred:  # e.g. a path that evaluates the model another way
+                raise ConfigError(
+                    "loss/start_pref_h: the model's predictions have no Hessian; Hessian "
+                    "training needs the eager model (no training/compile)"
+                )
             loss = loss + self._hessian_term(pred, batch, mask, lr, more, found(keys.HESSIAN))
         more = {"rmse": float(torch.sqrt(loss.detach())), **more}
         return loss, more
