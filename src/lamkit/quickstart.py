@@ -100,7 +100,7 @@ def _write_mixed(path: Path, frames: dict) -> Path:
     return path
 
 
-def write_alloy_data(folder: str | Path, nframes: int = 120, seed: int = 2026) -> dict:
+def write_alloy_data(folder: str | Path, nframes: int = 60, seed: int = 2026) -> dict:
     """Training systems ``data/train_<lattice>`` (``nframes`` each) and ``data/valid`` (the
     three lattices, ``nframes // 4`` frames each, held out) under ``folder``; returns the
     relative paths ``{"train": [...], "valid": [...]}``."""
@@ -275,7 +275,7 @@ class QuickstartResult:
             f"eV/Å), energy RMSE {1000 * v['rmse_ea']:.1f} meV/atom ({f}/valid.*.out)",
             f"  screening    {self.screen_table}: {c['inputs']} Cu-Au candidates relaxed by the "
             f"model; {c['converged']} converged, {c['with_hull']} with an energy above the "
-            f"hull, {c['stable']} on it, {c['metastable']} within 0.1 eV/atom "
+            f"references' hull, {c['stable']} on or below it, {c['metastable']} within 0.1 eV/atom "
             f"(histogram {self.screen_table.parent / 'e_above_hull.png'})",
             f"  database     {self.db}: the model's references and the screened structures "
             f"with their hull distances",
@@ -285,7 +285,7 @@ class QuickstartResult:
 
 
 def quickstart(folder: str | Path = "lamkit-quickstart", steps: int | None = None,
-               nframes: int = 120) -> QuickstartResult:
+               nframes: int = 60) -> QuickstartResult:
     """Data -> train -> test -> freeze -> screen, in ``folder`` (see the module docstring);
     ``steps`` training steps (default :data:`DEFAULT_STEPS`)."""
     import os
