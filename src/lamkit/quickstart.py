@@ -3,15 +3,16 @@
 1. **Data**: EMT-labelled Cu-Au alloys (:func:`write_alloy_data`): fcc, bcc and hcp supercells
    of random composition (0-100 % Au) and random decoration, at Vegard's-law volumes strained by
    a few per cent and rattled, in deepmd/npy *mixed-type* format (one system per lattice, each
-   frame its own composition), plus a held-out validation system drawn the same way.
-2. **Training**: a small DPA-1 (``se_atten``: type embedding, one attention layer) on energies,
-   forces and virials (:func:`quickstart_input`, a DeePMD-kit v3 ``input.json``).
-3. **Test and freeze**: ``lam test`` on the validation system (detail files and parity plot),
+   frame its own composition), plus held-out validation systems drawn the same way.
+2. **Training**: a small DPA-1 (``se_atten``: type embedding; no attention layer, which on two
+   CPU cores costs several times the step time for no gain in two minutes) on energies, forces
+   and virials (:func:`quickstart_input`, a DeePMD-kit v3 ``input.json``), float32.
+3. **Test and freeze**: ``lam test`` on the validation systems (detail files and parity plot),
    ``frozen_model.pth``.
 4. **Screening**: a few dozen Cu-Au candidates (ordered prototypes on fcc, bcc and hcp lattices,
    and random alloys) relaxed by the frozen model with :func:`lamkit.screen.screen` into a local
-   crystal database whose hull the model built from its own relaxed elemental and ordered
-   references; energies above the hull in ``screen/results.csv``.
+   crystal database whose hull the model built from its own relaxed elemental references
+   (Cu and Au on fcc, bcc, hcp); energies above the hull in ``screen/results.csv``.
 
 :func:`quickstart` returns the numbers; the CLI prints where each output is.
 """
@@ -35,7 +36,7 @@ MODEL_NAME = "quickstart-dpa1"
 DEFAULT_STEPS = 1000
 # fcc lattice constants (Å) of the pure metals under EMT, for Vegard's-law cells
 _A_FCC = {"Cu": 3.59, "Au": 4.06}
-# training lattices: (name, number of atoms); each is one mixed-type system
+# training lattices: (name, atoms per cell); each is one mixed-type system
 _LATTICES = (("fcc", 32), ("bcc", 16), ("hcp", 16))
 
 
@@ -123,7 +124,11 @@ def write_alloy_data(folder: str | Path, nframes: int = 60, seed: int = 2026) ->
 
 
 def quickstart_input(train: list[str], valid: list[str], steps: int) -> dict:
-    """A DeePMD-kit v3 input: small DPA-1 (se_atten), float32, energy + force + virial loss."""
+    """A DeePMD-kit v3 input: small DPA-1 (se_atten), float32, energy + force + virial loss.
+
+    Tuned on two cores: batch size 1 (more steps beat larger batches here), a high starting
+    learning rate (1e-2 -> 2e-4) and the force-first prefactors of DeePMD-kit's examples; 1,000
+    steps reach a validation force RMSE of about 0.09 eV/Å."""
     disp = max(steps // 25, 1)
     return {
         "model": {
@@ -250,7 +255,7 @@ def screen_candidates(folder: Path, model: str, db_path: Path):
 
 @dataclass
 class QuickstartResult:
-    """What :func:`quickstart` made: paths (relative to nothing: as given), metrics and times."""
+    """What :func:`quickstart` made: paths (under ``folder``), metrics and times."""
 
     folder: Path
     steps: int
