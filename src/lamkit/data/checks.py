@@ -18,7 +18,7 @@ from ..errors import DataError
 MIN_ABS_DET = 1e-6
 #: Files at least this large are memory-mapped read-only instead of read into memory, so a
 #: dataset of many GB (MPtraj scale) opens in seconds and only the frames used are paged in.
-MMAP_MIN_BYTES = 32 << 20
+MMAP_MIN_BYTES = 1 << 20
 #: Checks walk a memory-mapped file in blocks of about this many bytes.
 BLOCK_BYTES = 16 << 20
 
@@ -63,7 +63,7 @@ def row_blocks(arr: np.ndarray, path: Path | str) -> Iterator[tuple[int, np.ndar
     """``(first_row, block)`` over ``arr``; for a memory-mapped array each block is read from a
     fresh mapping of ``path`` that is dropped afterwards, so a full scan does not leave the file
     in the process's resident memory.  ``arr`` must have the file's data in file order."""
-    if not is_mapped(arr) or arr.nbytes <= BLOCK_BYTES:
+    if not is_mapped(arr):
         yield 0, arr
         return
     rows = max(1, BLOCK_BYTES // max(1, arr[:1].nbytes))
