@@ -145,7 +145,7 @@ def configs(out: Path, ckpt: Path, reduced: bool = False) -> None:
                            "Cu3Ni": "Cu3Ni.extxyz"},
             "properties": props,
             "labeller": {"type": "emt"},
-            "train": {"members": 2 if reduced else 3, "numb_steps": 1000 if reduced else 1200,
+            "train": {"members": 2 if reduced else 3, "numb_steps": 1000,
                       "start_lr": 1e-3, "stop_lr": 3e-5, "loss": LOSS, "init_frames": 2},
             "explore": {"temperatures": [300, 800], "pressures": [0],
                         "steps": 30 if reduced else 60, "traj_freq": 10 if reduced else 6,
