@@ -58,8 +58,14 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
+_SIZE_METHODS = {
+    torch.ops.aten.sym_numel.default: "numel",
+    torch.ops.aten.sym_storage_offset.default: "storage_offset",
+}
+
+
 def _undetach(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``gm`` without its ``detach`` nodes.
+    """``gm`` without its ``detach`` nodes (and with size queries Dynamo accepts).
 
     The autograd engine hands the tensors a backward formula saved (e.g. ``tanh``'s output for
     ``tanh_backward``) to the traced backward through ``detach``: in the recorded graph the
@@ -70,8 +76,19 @@ def _undetach(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     the parameter gradients those of eager mode."""
     detach = torch.ops.aten.detach.default
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is detach:
+        if node.op != "call_function":
+            continue
+        if node.target is detach:
             node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        elif node.target in _SIZE_METHODS:
+            # ``aten.sym_numel(x)`` (from a ``numel()`` in the model) returns a SymInt, which
+            # Dynamo refuses as a graph op ("torch.* op returned non-Tensor"); the method
+            # ``x.numel()`` is the same number and stays in the graph
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_method(_SIZE_METHODS[node.target], node.args, node.kwargs)
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
