@@ -2,8 +2,8 @@
 alloys to a validation force RMSE below 0.1 eV/Å, frozen, and used to screen Cu-Au candidates
 into a local crystal database with energies above the model's hull.
 
-The one slow test module of the suite (about two minutes on two cores): it is the product's
-first impression, so it runs the real job with its default settings."""
+The one slow test module of the suite (4-5 minutes on the shared 2-core machine): it is the
+product's first impression, so it runs the real job with its default settings."""
 
 from __future__ import annotations
 

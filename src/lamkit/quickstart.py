@@ -1,4 +1,4 @@
-"""``lam quickstart``: the main job in one command, about two minutes on two CPU cores.
+"""``lam quickstart``: the main job in one command, a few minutes on two CPU cores.
 
 1. **Data**: EMT-labelled Cu-Au alloys (:func:`write_alloy_data`): fcc, bcc and hcp supercells
    of random composition (0-100 % Au) and random decoration, at Vegard's-law volumes strained by
