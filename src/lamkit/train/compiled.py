@@ -14,9 +14,10 @@ recorded graph holds the forward *and* the force backward as plain ATen operatio
 parameters. ``torch.compile(dynamic=True)`` of that graph then only needs one (ordinary)
 backward for the loss, and the loss's ``backward()`` reaches the parameters through it.
 
-One graph serves every batch of the same kind (frames, atoms, ghost atoms and neighbour-list
-widths are symbolic): a new atom count does not trace again. A graph is kept per kind of input
-(box or not, fparam/aparam given or not, the descriptor's graph inputs, virial wanted or not).
+One graph serves every batch of the same kind (frames, atoms and ghost atoms are symbolic): a
+new atom count does not trace again. A graph is kept per kind of input (box or not,
+fparam/aparam given or not, virial wanted or not) and per width of the lists a descriptor trims
+from the data (DPA-2; rounded up to a multiple of ``width_step``), which the trace bakes in.
 
 Opt in with ``"training": {"compile": true}``. Where compilation cannot work (no C++
 compiler, a model with type-sorted networks, an unsupported operation) training goes on
@@ -132,10 +133,13 @@ class CompiledTraining:
     Args:
         model: the :class:`EnergyModel` being trained (its parameters are read at every call,
             so optimizer steps and restored checkpoints are seen).
+        width_step: trimmed neighbour-list widths are padded to a multiple of this (exact:
+            extra slots are empty), so that few graphs are needed.
     """
 
-    def __init__(self, model: EnergyModel):
+    def __init__(self, model: EnergyModel, width_step: int = 8):
         self.model = model
+        self.width_step = int(width_step)
         self.wrapper = _Outputs(model)
         self.graphs: dict[tuple, object] = {}
         self.compile_seconds = 0.0
@@ -182,13 +186,18 @@ class CompiledTraining:
         box = None if box is None else box.to(torch.float64)
         with torch.no_grad():
             ext_coord, ext_atype = model.extend(coord, atype, box, nbr)
-            lists = model.descriptor.graph_inputs(ext_coord, ext_atype, nbr[keys.NLIST])
+            lists = model.descriptor.graph_inputs(
+                ext_coord, ext_atype, nbr[keys.NLIST], self.width_step
+            )
         inputs = {"ext_coord": ext_coord, "ext_atype": ext_atype, "nlist": nbr[keys.NLIST]}
         inputs.update(mapping=nbr[keys.MAPPING], fparam=fparam, aparam=aparam, **lists)
         names = [k for k, v in inputs.items() if v is not None]
         state_names, state = self._state()
         flat = [*state, *(inputs[k].contiguous() for k in names)]
-        key = (tuple(names), do_virial, box is None, str(coord.device))
+        # the widths of the descriptor's trimmed lists are in the key: the model reshapes with
+        # them as Python numbers, which the symbolic trace bakes in (DPA-2 medium)
+        widths = tuple(t.shape[-1] for t in lists.values())
+        key = (tuple(names), widths, do_virial, box is None, str(coord.device))
         graph = self.graphs.get(key)
         if graph is None:
             try:
@@ -199,7 +208,12 @@ class CompiledTraining:
                 return None
             self.graphs[key] = graph
         else:
-            out = graph(*flat)
+            try:
+                out = graph(*flat)
+            except Exception as exc:  # noqa: BLE001 - e.g. a shape the graph cannot take
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.warning("compiled training failed (%s); training eagerly", self.error)
+                return None
         energy, atom_e, mask, force, virial = out
         pred = {keys.ENERGY: energy, keys.ATOM_ENERGY: atom_e, keys.MASK: mask, keys.FORCE: force}
         if do_virial:
