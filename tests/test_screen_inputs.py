@@ -246,3 +246,19 @@ def test_objects_queries_and_hashes(tmp_path):
     assert collect([b])[0].input_hash() != ha.input_hash()
     assert collect([tmp_path / "missing.cif"])[0].error == "no such file or folder"
     assert not os.path.exists(tmp_path / "evil.cif")
+
+
+def test_parser_pool_never_hands_out_more_jobs_than_remain(tmp_path):
+    """Two parsers that finish together while one file is left must not both take it (a race
+    once seen in CI: "pop from an empty deque")."""
+    from lamkit.screen.parsing import parse_jobs
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"c{i}.cif"
+        p.write_bytes(cif_bytes(bulk("Cu", "fcc", a=3.6 + 0.01 * i)))
+        paths.append((str(p), "file"))
+    for _ in range(15):
+        out = parse_jobs(paths, workers=2)
+        assert [len(frames) for frames in out] == [1, 1, 1]
+        assert all(err is None for frames in out for _, _, err in frames)

@@ -237,7 +237,9 @@ def parse_jobs(
 
     try:
         while todo or busy:
-            for w in [w for w in workers_ if w.ready and w not in busy and todo]:
+            for w in [w for w in workers_ if w.ready and w not in busy]:
+                if not todo:
+                    break
                 j = todo.popleft()
                 w.send((j, jobs[j][0], jobs[j][1], max_bytes))
                 busy[w] = (j, time.monotonic() + timeout)
