@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MIRROR = Path("/work/.mirror/deepmodeling+deepmd-kit/repo")
+SRC = Path(__file__).resolve().parents[1] / "src"  # lam runs this tree's lamkit
 EPOCH_FRACTION = 1e-3  # of the largest epoch count: ceil() makes it one or two steps
 
 
@@ -178,6 +179,7 @@ def tool_env(threads: int) -> dict:
         DP_INTER_OP_PARALLELISM_THREADS="1",
         NUM_WORKERS="0",
         CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
     )
     return env
 
