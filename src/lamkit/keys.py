@@ -12,6 +12,7 @@ ATYPE = "atype"  # [nf, nloc] int64 index into the model type_map; -1 marks a vi
 BOX = "box"  # [nf, 9] cell vectors as rows (a, b, c), Å; absent for non-periodic systems
 FPARAM = "fparam"  # [nf, nfp] frame parameters
 APARAM = "aparam"  # [nf, nloc, nap] atomic parameters
+SPIN = "spin"  # [nf, nloc, 3] atomic spins (magnetic moments), μB (spin models)
 
 # --- neighbour data (built outside the differentiable model) --------------------------------
 MAPPING = "mapping"  # [nf, nall] int64 local atom each extended atom is an image of
@@ -27,6 +28,7 @@ VIRIAL = "virial"  # [nf, 9] eV, XX XY XZ YX YY YZ ZX ZY ZZ
 ATOM_ENERGY = "atom_energy"  # [nf, nloc, 1] eV
 ATOM_VIRIAL = "atom_virial"  # [nf, nloc, 9] eV
 ATOM_PREF = "atom_pref"  # [nf, nloc, 3] per-atom force weights (repeated over xyz)
+FORCE_MAG = "force_mag"  # [nf, nloc, 3] magnetic force -dE/dspin, eV/μB (spin models)
 HESSIAN = "hessian"  # [nf, 3 nloc, 3 nloc] d2E/dx dx, eV/Å^2, row (atom i, xyz a) = 3i + a
 NATOMS = "natoms"  # [nf, 2 + ntypes] (nloc, nloc, count of type 0, type 1, ...)
 FIND_PREFIX = "find_"  # find_<label> = 1.0 when the label file was present, else 0.0
@@ -36,6 +38,7 @@ FID = "fid"  # frame indices within the system (list[int])
 # --- intermediate -------------------------------------------------------------------------
 DESCRIPTOR = "descriptor"  # [nf, nloc, dim_out]
 MASK = "mask"  # [nf, nloc] 1 for real atoms, 0 for virtual atoms
+MASK_MAG = "mask_mag"  # [nf, nloc, 1] bool, atoms of magnetic types (spin models)
 EXT_FORCE = "extended_force"  # [nf, nall, 3]
 
 MODEL_INPUTS = (COORD, ATYPE, BOX, FPARAM, APARAM)

@@ -26,6 +26,7 @@ MODEL_ARGS = (
     Arg("preset_out_bias", (dict, type(None)), None),
     Arg("finetune_head", (str, type(None)), None),
     Arg("hessian_mode", (bool,), False, doc="also output the Hessian (set by start_pref_h)"),
+    Arg("spin", (dict, type(None)), None, doc="magnetic types (lamkit.model.spin)"),
     # written by the reference into checkpoints; accepted and kept, not used
     Arg("srtab_add_bias", (bool,), True),
     Arg("info", (dict, type(None)), None),
@@ -47,6 +48,8 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     conf = normalize(config, MODEL_ARGS, path)
     if not conf["hessian_mode"]:  # written only by Hessian runs, as the reference does
         del conf["hessian_mode"]
+    if conf["spin"] is None:
+        del conf["spin"]
     if conf["type"] != "standard":
         raise ConfigError(
             f"{path}/type: only 'standard' models are supported, got '{conf['type']}'"
@@ -61,6 +64,10 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
         raise ConfigError(f"{path}/type_map: expected a non-empty list of element names")
     if len(set(conf["type_map"])) != len(conf["type_map"]):
         raise ConfigError(f"{path}/type_map: duplicate element names in {conf['type_map']}")
+    if "spin" in conf:
+        from .spin import normalize_spin
+
+        conf["spin"] = normalize_spin(conf["spin"], conf["type_map"], f"{path}/spin")
     desc = conf["descriptor"]
     if isinstance(desc, str):
         raise ConfigError(f"{path}/descriptor: shared descriptors ('{desc}') need multi-task mode")
@@ -118,6 +125,10 @@ def _normalize_linear(config: dict, path: str) -> dict:
 def build_model(config: dict) -> AtomicModel:
     """An untrained model from a model config (normalised here if needed)."""
     conf = normalize_model_config(copy.deepcopy(config))
+    if "spin" in conf:
+        from .spin import build_spin_model
+
+        return build_spin_model(conf)
     type_map = conf["type_map"]
     dconf = dict(conf["descriptor"])
     if conf["pair_exclude_types"] and "exclude_types" in dconf and not dconf["exclude_types"]:
