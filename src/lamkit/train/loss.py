@@ -243,10 +243,12 @@ def build_loss(config: dict | None, start_lr: float, model_config: dict | None =
     """The loss of the input's ``loss`` section for a model of ``model_config`` (normalised
     or not); the loss type defaults to the one that fits the fitting type. Call the loss's
     ``attach(model)`` once the model exists (the property loss reads its statistics)."""
-    from . import loss_dos, loss_property, loss_tensor  # noqa: F401 - register their types
+    from . import loss_dos, loss_property, loss_spin, loss_tensor  # noqa: F401 - register types
 
     conf = dict(config or {})
     ftype = ((model_config or {}).get("fitting_net") or {}).get("type", "ener")
+    if "type" not in conf and (model_config or {}).get("spin"):
+        conf["type"] = "ener_spin"  # spin models: energy, real and magnetic forces
     if "type" not in conf:
         if ftype not in DEFAULT_LOSS:
             raise ConfigError(

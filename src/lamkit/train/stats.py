@@ -262,6 +262,9 @@ def fparam_stat(batches: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] 
 def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None):
     """All statistics a freshly initialised model needs, set in place; returns the descriptor's
     environment statistics (for merging over tasks that share the descriptor)."""
+    pack = getattr(model, "statistics_batches", None)
+    if pack is not None:  # spin models: the statistics of the system with its virtual atoms
+        batches = pack(batches)
     env = compute_descriptor_stat(model, batches, conf.get("data_stat_protect", 1e-2), stat_file)
     bias = None
     if model.output_def.r_differentiable:  # energy

@@ -59,6 +59,8 @@ def data_requirements(loss, model_config: dict) -> list[DataRequirement]:
         )
     if fit.get("numb_aparam"):
         reqs.append(DataRequirement("aparam", fit["numb_aparam"], atomic=True, must=True))
+    if model_config.get("spin"):  # the atomic spins are an input of spin models
+        reqs.append(DataRequirement("spin", 3, atomic=True, must=True, origin="model/spin"))
     return reqs
 
 

@@ -407,16 +407,19 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------
     def _predict(self, task: Task, batch, builder, create_graph):
         sid = batch[keys.SID]
+        extra = getattr(task.model, "extra_inputs", ())  # e.g. spin models: the atomic spins
         nbr = builder(
             batch[keys.COORD],
             batch[keys.ATYPE],
             batch.get(keys.BOX),
             cache_keys=[(sid, f) for f in batch[keys.FID]],
+            **{k: batch[k] for k in extra},
         )
         batch = _to(batch, self.device)
         nbr = _to(nbr, self.device)
         need = task.loss.need
         fast = self.compiled.get(task.name) if create_graph and need["force"] else None
+        fast = None if extra else fast
         if fast is not None:
             pred = fast(
                 batch[keys.COORD],
@@ -439,6 +442,7 @@ class Trainer:
             do_force=need["force"],
             do_virial=need["virial"],
             create_graph=create_graph,
+            **{k: batch[k] for k in extra},
         )
         return pred, batch
 
