@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                     ["lam", "train", lam_in.name], lam_dir, env, args.timeout
                 )
             results.append(res)
+            if args.json:  # written as it goes, so an interrupted run keeps its rows
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
             print(
                 f"{name}: reference {res.reference_ok} ({res.reference_s:.0f} s)"
                 f" lamkit {res.lamkit_ok} ({res.lamkit_s:.0f} s)"
@@ -276,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     if args.markdown:
         args.markdown.write_text(table + "\n" + summary(results) + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
     return 0
 
 

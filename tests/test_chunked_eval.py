@@ -13,13 +13,14 @@ from lamkit import keys
 from lamkit.infer import AtomBudget, DeepPot, LamCalculator
 from lamkit.nn import chunking
 from lamkit.testing import random_system, standard_system
+from lamkit.testing.factories import (
+    DPA2_VARIANTS,
+    make_dpa1,
+    make_dpa2,
+    make_se_e2_a,
+    make_se_e3_tebd,
+)
 from lamkit.testing.systems import make_supercell
-
-from .test_dpa1 import make_dpa1
-from .test_dpa2 import VARIANTS as DPA2_VARIANTS
-from .test_dpa2 import tiny_model as make_dpa2
-from .test_physics_se_e2_a import make_se_a
-from .test_se_e3_tebd import make_e3
 
 OUTPUTS = (keys.ENERGY, keys.ATOM_ENERGY, keys.FORCE, keys.VIRIAL, keys.ATOM_VIRIAL)
 
@@ -39,10 +40,10 @@ MODELS = {
     "dpa1-strip-smooth-exclude": lambda: make_dpa1(
         tebd_input_mode="strip", smooth_type_embedding=True, exclude_types=[[0, 1]]
     ),
-    "se_e3_tebd-concat": lambda: make_e3("concat"),
-    "se_e3_tebd-strip-nonsmooth": lambda: make_e3("strip", smooth=False),
-    "se_e2_a-two_side": lambda: make_se_a(type_one_side=False),
-    "se_e2_a-one_side": lambda: make_se_a(type_one_side=True),
+    "se_e3_tebd-concat": lambda: make_se_e3_tebd("concat"),
+    "se_e3_tebd-strip-nonsmooth": lambda: make_se_e3_tebd("strip", smooth=False),
+    "se_e2_a-two_side": lambda: make_se_e2_a(type_one_side=False),
+    "se_e2_a-one_side": lambda: make_se_e2_a(type_one_side=True),
 }
 
 

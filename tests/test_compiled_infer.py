@@ -15,9 +15,9 @@ import torch
 from lamkit.infer import DeepPot
 from lamkit.infer.compiled import ghost_bucket
 from lamkit.testing import standard_system
+from lamkit.testing.factories import make_dpa2
 
 from .conftest import IN_CI
-from .test_dpa2 import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +42,7 @@ def compare(got, want, rtol=1e-10, atol=1e-11):
 
 @pytest.fixture(scope="module")
 def dpa2():
-    model = tiny_model(update_g2_has_attn=True, update_residual=0.2).eval()
+    model = make_dpa2(update_g2_has_attn=True, update_residual=0.2).eval()
     model.requires_grad_(False)
     return DeepPot(model), DeepPot(model, compile=True)
 
@@ -99,7 +99,7 @@ def test_type_sorted_models_are_refused():
 
 
 def test_compile_failure_falls_back_to_eager(system, monkeypatch):
-    model = tiny_model(seed=4).eval()
+    model = make_dpa2(seed=4).eval()
     eager, compiled = DeepPot(model), DeepPot(model, compile=True)
 
     def broken(*args, **kwargs):

@@ -12,46 +12,13 @@ from lamkit.descriptor import DESCRIPTORS
 from lamkit.errors import ConfigError
 from lamkit.model import build_model
 from lamkit.nn.type_embedding import TypeEmbedNet
-from lamkit.testing import randomize_statistics, standard_system
+from lamkit.testing import standard_system
+from lamkit.testing.factories import RCUT, make_dpa1
 from lamkit.testing.suite import ModelPhysicsTests
 
 from .conftest import need_shared
 
-RCUT = 4.0
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_dpa1(precision: str = "float64", seed: int = 1, **desc):
-    """A small O/H DPA-1 model with non-trivial statistics and output bias."""
-    conf = {
-        "type": "dpa1",
-        "sel": 72,
-        "rcut": RCUT,
-        "rcut_smth": 0.5,
-        "neuron": [6, 12],
-        "axis_neuron": 3,
-        "tebd_dim": 4,
-        "attn": 8,
-        "attn_layer": 2,
-        "seed": seed,
-        "precision": precision,
-        **desc,
-    }
-    model = build_model(
-        {
-            "type_map": ["O", "H"],
-            "descriptor": conf,
-            "fitting_net": {"neuron": [16, 16], "seed": seed, "precision": precision},
-        }
-    )
-    randomize_statistics(model, seed)
-    if model.descriptor.set_davg_zero:
-        # as after training: empty slots are then zero rows. With davg != 0 they would carry
-        # the type of extended atom 0 (the reference's convention), which is not local.
-        model.descriptor.davg.zero_()
-    return model
 
 
 # name -> descriptor options (dstd and the output bias are randomised)

@@ -12,106 +12,19 @@ import torch
 
 from lamkit import keys
 from lamkit.descriptor.dpa2 import DescrptDPA2, split_neighbor_list
-from lamkit.fitting.energy import EnergyFitting
-from lamkit.model.energy_model import EnergyModel
-from lamkit.testing import randomize_statistics, standard_system
+from lamkit.testing import standard_system
+from lamkit.testing.factories import DPA2_SMALL_REPFORMER as SMALL_REPFORMER
+from lamkit.testing.factories import DPA2_SMALL_REPINIT as SMALL_REPINIT
+from lamkit.testing.factories import DPA2_VARIANTS as VARIANTS
+from lamkit.testing.factories import TYPE_MAP
+from lamkit.testing.factories import make_dpa2 as tiny_model
 from lamkit.testing.physics import _compare, predict
 from lamkit.testing.suite import ModelPhysicsTests
 from lamkit.testing.systems import make_supercell
 
 from .conftest import need_shared
 
-TYPE_MAP = ["O", "H"]
-
-SMALL_REPINIT = dict(
-    tebd_dim=8,
-    rcut=6.0,
-    rcut_smth=0.5,
-    nsel=120,
-    neuron=[25, 50, 100],
-    axis_neuron=12,
-    use_three_body=True,
-    three_body_sel=48,
-    three_body_rcut=4.0,
-    three_body_rcut_smth=3.5,
-)
-SMALL_REPFORMER = dict(
-    rcut=4.0,
-    rcut_smth=3.5,
-    nsel=48,
-    nlayers=3,
-    g1_dim=128,
-    g2_dim=32,
-    attn2_hidden=32,
-    attn2_nhead=4,
-    attn1_hidden=128,
-    attn1_nhead=4,
-    axis_neuron=4,
-    update_h2=False,
-    update_g1_has_conv=True,
-    update_g1_has_grrg=True,
-    update_g1_has_drrd=True,
-    update_g1_has_attn=False,
-    update_g2_has_g1g1=False,
-    update_g2_has_attn=False,
-    update_style="res_residual",
-    update_residual=0.01,
-    update_residual_init="norm",
-    attn2_has_gate=True,
-    use_sqrt_nnei=True,
-    g1_out_conv=True,
-    g1_out_mlp=True,
-)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_descriptor(
-    precision="float64",
-    seed=3,
-    smooth=True,
-    exclude_types=(),
-    tebd_input_mode="concat",
-    **repformer,
-):
-    rf = dict(SMALL_REPFORMER)
-    rf.update(
-        nsel=40,
-        nlayers=3,
-        g1_dim=12,
-        g2_dim=6,
-        attn1_hidden=5,
-        attn1_nhead=2,
-        attn2_hidden=4,
-        attn2_nhead=2,
-        axis_neuron=3,
-    )
-    rf.update(repformer)
-    ri = dict(SMALL_REPINIT)
-    ri.update(
-        nsel=80,
-        neuron=[6, 10],
-        axis_neuron=4,
-        three_body_sel=40,
-        three_body_neuron=[2, 4],
-        tebd_dim=4,
-        tebd_input_mode=tebd_input_mode,
-    )
-    return DescrptDPA2(
-        2, ri, rf, precision=precision, seed=seed, smooth=smooth, exclude_types=exclude_types
-    )
-
-
-def tiny_model(precision="float64", seed=3, **kw):
-    desc = tiny_descriptor(precision, seed, **kw)
-    fit = EnergyFitting(2, desc.dim_out, True, neuron=[8, 8], precision=precision, seed=seed)
-    model = randomize_statistics(EnergyModel(desc, fit, TYPE_MAP), seed)
-    with torch.no_grad():  # set_davg_zero (the DPA-2 default): empty slots must stay zero
-        for name, buf in model.named_buffers():
-            if name.endswith("davg"):
-                buf.zero_()
-    return model
 
 
 def test_small_preset_parameter_count():
@@ -194,26 +107,6 @@ def test_trimmed_lists_change_nothing(davg, variant, monkeypatch):
     assert (widths["repinit"] < 80) == (davg != "all")
     monkeypatch.setattr(DescrptDPA2, "trimmed", lambda self, lists: lists)
     _compare("trimmed lists", trimmed, predict(model, sys_), 1e-12, 1e-13)
-
-
-ALL_UPDATES = dict(
-    update_g1_has_attn=True, update_g2_has_g1g1=True, update_g2_has_attn=True, update_h2=True
-)
-VARIANTS = {
-    "small": {},
-    "all-updates": ALL_UPDATES,
-    "mlp-in-conv-res-avg": dict(
-        update_g1_has_attn=True,
-        g1_out_conv=False,
-        g1_out_mlp=False,
-        update_style="res_avg",
-        use_sqrt_nnei=False,
-    ),
-    "strip-exclude-OH": dict(tebd_input_mode="strip", exclude_types=[[0, 1]]),
-    # eval mode: the inference path (fused attention-weight backward, SmoothAttentionWeights),
-    # with attention weights that matter (0.5 is beyond the finite-difference step's reach)
-    "all-updates-eval": dict(ALL_UPDATES, update_residual=0.2),
-}
 
 
 class TestDPA2Physics(ModelPhysicsTests):

@@ -10,9 +10,8 @@ import torch
 
 from lamkit.descriptor.dpa2.repformer_layer import SmoothAttentionWeights
 from lamkit.testing import standard_system
+from lamkit.testing.factories import make_dpa2
 from lamkit.testing.physics import _compare, predict
-
-from .test_dpa2 import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +69,7 @@ def test_softmax_is_stable_for_large_logits():
 def test_eval_mode_model_equals_training_mode(update_h2):
     """Eval mode (inference path) and training mode (plain ops) give the same energies,
     forces and virials; residual weights of 0.5 make the attention a large part of them."""
-    model = tiny_model(
+    model = make_dpa2(
         update_g2_has_attn=True, update_h2=update_h2, update_residual=0.5, update_g1_has_attn=True
     )
     system = standard_system("cubic", 2, model.descriptor.rcut, seed=4)

@@ -1,7 +1,7 @@
 """Physics of the se_e2_a energy model, its neighbour lists and switching function.
 
-The model checks come from :mod:`lamkit.testing` (shared with the other descriptors); this
-file adds the model factory, independent checks of the geometry code and tests that the
+The model checks and the model factory come from :mod:`lamkit.testing` (shared with the other
+descriptors); this file adds independent checks of the geometry code and tests that the
 checks themselves catch broken models.
 """
 
@@ -13,7 +13,6 @@ import torch
 
 from lamkit import keys
 from lamkit.geometry import NeighborBuilder, build_frame_neighbors, smooth_switch
-from lamkit.model import build_model
 from lamkit.testing import (
     System,
     brute_force_pairs,
@@ -28,13 +27,12 @@ from lamkit.testing import (
     predict,
     random_rotation,
     random_system,
-    randomize_statistics,
     standard_system,
 )
+from lamkit.testing.factories import RCUT
+from lamkit.testing.factories import make_se_e2_a as make_se_a
 from lamkit.testing.physics import assert_close
 from lamkit.testing.suite import ModelPhysicsTests
-
-RCUT = 4.0
 
 # one atom in a cell shorter than rcut along every edge: all its neighbours are its own images
 ONE_ATOM = System(
@@ -45,34 +43,6 @@ ONE_ATOM = System(
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_se_a(
-    type_one_side: bool = True,
-    precision: str = "float64",
-    rcut_smth: float = 0.5,
-    sel=(24, 48),
-    seed: int = 1,
-):
-    """A small O/H se_e2_a model with non-trivial statistics and output bias."""
-    model = build_model(
-        {
-            "type_map": ["O", "H"],
-            "descriptor": {
-                "type": "se_e2_a",
-                "sel": list(sel),
-                "rcut": RCUT,
-                "rcut_smth": rcut_smth,
-                "neuron": [8, 16],
-                "axis_neuron": 4,
-                "type_one_side": type_one_side,
-                "seed": seed,
-                "precision": precision,
-            },
-            "fitting_net": {"neuron": [32, 32], "seed": seed, "precision": precision},
-        }
-    )
-    return randomize_statistics(model, seed)
 
 
 # --- the physics suite --------------------------------------------------------------------

@@ -25,8 +25,9 @@ from lamkit import keys
 from lamkit.descriptor import build_descriptor
 from lamkit.errors import ConfigError
 from lamkit.examples import water_se_e2_a_config
-from lamkit.model import build_model
-from lamkit.testing import randomize_statistics, standard_system
+from lamkit.testing import standard_system
+from lamkit.testing.factories import RCUT
+from lamkit.testing.factories import make_se_e3_tebd as make_e3
 from lamkit.testing.suite import ModelPhysicsTests
 
 from .conftest import require_reference
@@ -35,37 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / ".." / "shared" / "data").resolve()
 WATER = DATA / "water"
 MIXED = DATA / "mixed_type_small" / "data_mixed_type"
-RCUT = 4.0
 NFRAMES = 3
 RTOL = 1e-8
 PREFIX = "model.Default.atomic_model."
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_e3(mode: str = "concat", precision: str = "float64", seed: int = 1, **extra):
-    """A small O/H se_e3_tebd model with non-trivial statistics and output bias."""
-    desc = {
-        "type": "se_e3_tebd",
-        "sel": 56,
-        "rcut": RCUT,
-        "rcut_smth": 0.5,
-        "neuron": [4, 8],
-        "tebd_dim": 4,
-        "tebd_input_mode": mode,
-        "seed": seed,
-        "precision": precision,
-    }
-    desc.update(extra)
-    model = build_model(
-        {
-            "type_map": ["O", "H"],
-            "descriptor": desc,
-            "fitting_net": {"neuron": [16, 16], "seed": seed, "precision": precision},
-        }
-    )
-    return randomize_statistics(model, seed)
 
 
 # --- the physics suite --------------------------------------------------------------------
