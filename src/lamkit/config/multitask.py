@@ -79,6 +79,7 @@ def expand_model_dict(model_section: dict) -> tuple[dict[str, dict], list[Shared
         raise ConfigError("model/model_dict: expected a non-empty mapping of task names")
     if not isinstance(shared, dict):
         raise ConfigError("model/shared_dict: expected a mapping of block names")
+    branch_aliases(tasks)  # aliases name one branch each
     defaults = section  # model-wide keys, lowered into every task
     links: dict[str, SharedLink] = {}
     out: dict[str, dict] = {}
@@ -117,3 +118,64 @@ def expand_model_dict(model_section: dict) -> tuple[dict[str, dict], list[Shared
         link.links.sort(key=lambda x: x[1])  # stable: equal levels keep the input order
         result.append(link)
     return out, result
+
+
+def case_embd_index(confs: dict[str, dict]) -> dict[str, int]:
+    """Case-embedding index of every task (position in the sorted task names), or ``{}`` when
+    the fittings have none (``fitting_net/dim_case_embd`` 0).
+
+    A fitting shared by several tasks (``input_torch_sharefit.json``) tells the tasks apart by a
+    one-hot vector of ``dim_case_embd`` entries appended to its input; as in the reference, task
+    ``k`` of the sorted names gets entry ``k``, and every task must have the same dimension.
+    """
+    dims = {t: int((c.get("fitting_net") or {}).get("dim_case_embd", 0)) for t, c in confs.items()}
+    if len(set(dims.values())) > 1:
+        raise ConfigError(
+            f"model/model_dict: every task's fitting_net/dim_case_embd must be equal; found {dims}"
+        )
+    if not any(dims.values()):
+        return {}
+    order = sorted(confs)
+    if len(order) > next(iter(dims.values())):
+        raise ConfigError(
+            f"model/model_dict: fitting_net/dim_case_embd is {next(iter(dims.values()))} but "
+            f"there are {len(order)} tasks (it must be at least the number of tasks)"
+        )
+    return {t: k for k, t in enumerate(order)}
+
+
+def branch_aliases(model_dict: dict) -> dict[str, str]:
+    """``{name or alias: branch}`` of a multi-task model section: every branch under its own
+    name and under each entry of its ``model_branch_alias`` list (e.g. ``["Default", "Water"]``
+    in the reference's ``input_torch_with_alias.json``). An alias used twice is an error."""
+    names = {t: t for t in model_dict}
+    for task, conf in model_dict.items():
+        aliases = conf.get("model_branch_alias") or [] if isinstance(conf, dict) else []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise ConfigError(
+                f"model/model_dict/{task}/model_branch_alias: expected a list of names"
+            )
+        for alias in aliases:
+            if alias in names:
+                raise ConfigError(
+                    f"model/model_dict/{task}/model_branch_alias: '{alias}' already names "
+                    f"branch '{names[alias]}'"
+                )
+            names[alias] = task
+    return names
+
+
+def resolve_branch(model_dict: dict, name: str | None, ignore_case: bool = False) -> str | None:
+    """The branch a name or alias stands for, ``None`` if none does. ``name`` None picks the
+    branch aliased ``Default``, if any; ``ignore_case`` also accepts a name differing in case
+    only (as the reference's ``DeepPot(head=...)`` does)."""
+    names = branch_aliases(model_dict)
+    if name is None:
+        return names.get("Default")
+    if name in names:
+        return names[name]
+    if ignore_case:
+        for key, branch in names.items():
+            if key.lower() == name.lower():
+                return branch
+    return None

@@ -79,9 +79,9 @@ class InvariantFitting(nn.Module):
         exclude_types=(),
     ):
         super().__init__()
-        if dim_case_embd:
+        if dim_case_embd < 0:
             raise ConfigError(
-                "model/fitting_net/dim_case_embd: case embedding is not supported yet"
+                f"model/fitting_net/dim_case_embd: expected >= 0; found {dim_case_embd}"
             )
         self.ntypes, self.dim_descrpt, self.dim_out = ntypes, dim_descrpt, dim_out
         self.mixed_types = mixed_types
@@ -91,6 +91,10 @@ class InvariantFitting(nn.Module):
         self.exclude_types = list(exclude_types)
         self.dtype = to_dtype(precision)
         dim_in = dim_descrpt + numb_fparam + (0 if use_aparam_as_mask else numb_aparam)
+        # case embedding (multi-task with one shared fitting): a one-hot task id appended to the
+        # input; a buffer per branch, set by the trainer (set_case_embd), zero until then
+        self.dim_case_embd = dim_case_embd
+        dim_in += dim_case_embd
         nnets = 1 if mixed_types else ntypes
         self.nets = nn.ModuleList(
             FittingNet(
@@ -109,11 +113,24 @@ class InvariantFitting(nn.Module):
         self.register_buffer("fparam_inv_std", torch.ones(numb_fparam, dtype=self.dtype))
         self.register_buffer("aparam_avg", torch.zeros(numb_aparam, dtype=self.dtype))
         self.register_buffer("aparam_inv_std", torch.ones(numb_aparam, dtype=self.dtype))
+        case = torch.zeros(dim_case_embd, dtype=self.dtype) if dim_case_embd else None
+        self.register_buffer("case_embd", case)
         self.default_fparam = default_fparam
         trainable_flags = trainable if isinstance(trainable, list) else [trainable]
         if not all(trainable_flags):
             for p in self.parameters():
                 p.requires_grad_(False)
+
+    def set_case_embd(self, index: int) -> None:
+        """Make this branch's case embedding the one-hot vector of task ``index``."""
+        if not 0 <= index < self.dim_case_embd:
+            raise ConfigError(
+                f"model/fitting_net/dim_case_embd: {self.dim_case_embd} is too small for task "
+                f"number {index + 1}"
+            )
+        with torch.no_grad():
+            self.case_embd.zero_()
+            self.case_embd[index] = 1.0
 
     def _inputs(self, desc, fparam, aparam):
         nf, nloc, _ = desc.shape
@@ -130,6 +147,8 @@ class InvariantFitting(nn.Module):
                 raise ValueError(f"this model needs aparam with {self.numb_aparam} values per atom")
             ap = aparam.reshape(nf, nloc, -1).to(self.dtype)
             parts.append((ap - self.aparam_avg) * self.aparam_inv_std)
+        if self.dim_case_embd:
+            parts.append(self.case_embd.expand(nf, nloc, -1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def forward(self, desc, atype, fparam=None, aparam=None) -> dict[str, torch.Tensor]:

@@ -90,13 +90,15 @@ _RULES: list[tuple[str, str]] = [
         r"fitting.nets.\1.layers.\2.\3",
     ),
     (r"^fitting_net\.bias_atom_e$", "fitting.bias_atom"),
-    (r"^fitting_net\.(fparam_avg|fparam_inv_std|aparam_avg|aparam_inv_std)$", r"fitting.\1"),
+    (
+        r"^fitting_net\.(fparam_avg|fparam_inv_std|aparam_avg|aparam_inv_std|case_embd)$",
+        r"fitting.\1",
+    ),
 ]
 # reference entries with no lamkit counterpart (duplicates, compression tables, ...)
 _IGNORED = [
     r"\._networks\.",
     r"\.compress_(info|data)\.",
-    r"^fitting_net\.case_embd$",
     # compression tables of the three-body blocks (se_e3_tebd has no such buffer here)
     r"^descriptor\.(se_ttebd|repinit_three_body)\.type_embd_data$",
 ]
@@ -200,6 +202,9 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     params = sd["_extra_state"]["model_params"]
     heads = _heads(params)
     if "model_dict" in params:
+        from ..config.multitask import resolve_branch  # aliases, as the reference reads them
+
+        head = resolve_branch(params["model_dict"], head, ignore_case=True) or head
         if head is None:
             raise ModelFileError(f"{where}: multi-task checkpoint; choose a head from {heads}")
         if head not in heads:

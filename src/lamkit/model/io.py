@@ -79,11 +79,14 @@ def read_file(path: str | Path) -> dict:
 def choose_head(model_config: dict, head: str | None, where: str = "model") -> str:
     """The branch of a multi-task model config to use: ``head``, else the model's default
     (set by replay fine-tuning); errors list the branches."""
+    from ..config.multitask import resolve_branch
+
     heads = list(model_config["model_dict"])
     if head is None:
-        head = model_config.get("default_head")
+        head = model_config.get("default_head") or resolve_branch(model_config["model_dict"], None)
         if head is None:
             raise ModelFileError(f"{where}: a multi-task model; choose a head from {heads}")
+    head = resolve_branch(model_config["model_dict"], head, ignore_case=True) or head
     if head not in heads:
         from ..registry import did_you_mean
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config.multitask import resolve_branch
 from ..errors import ConfigError
 from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
 from ..model.io import FORMAT, model_from_payload, read_file
@@ -82,6 +83,9 @@ class Pretrained:
         return model_from_payload(self.obj, self.path, head=head)
 
     def check_branch(self, branch: str, where: str) -> str:
+        """The pretrained branch ``branch`` names (a branch or a ``model_branch_alias``)."""
+        if self.multi:
+            branch = resolve_branch(self.configs, branch) or branch
         if branch not in self.configs:
             raise ConfigError(
                 f"{where}: the pretrained model {self.path} has no branch '{branch}' "

@@ -26,7 +26,7 @@ import torch
 
 from .. import keys
 from ..config.input import keep_counts, normalize_input
-from ..config.multitask import SharedLink, expand_model_dict, is_multitask
+from ..config.multitask import SharedLink, case_embd_index, expand_model_dict, is_multitask
 from ..config.schema import normalize
 from ..errors import ConfigError
 from ..model import build_model, normalize_model_config
@@ -143,6 +143,9 @@ class Trainer:
         self.links = links
         if self.multi:
             self.model = MultiTaskModel({n: t.model for n, t in self.tasks.items()}, links, False)
+            fresh = resume is None and pre is None and not init_model  # else: loaded weights
+            for task, k in case_embd_index(confs if fresh else {}).items():
+                self.tasks[task].model.fitting.set_case_embd(k)
         else:
             self.model = self.tasks[DEFAULT].model
         self.model_config = self._model_config()
