@@ -464,6 +464,12 @@ class DeepPot(DeepEval):
     def get_has_hessian(self) -> bool:
         return self.has_hessian
 
+    @property
+    def has_spin(self) -> bool:
+        """Whether ``eval`` takes atomic spins and also returns magnetic forces (a spin model,
+        :mod:`lamkit.infer.spin_eval`)."""
+        return bool(getattr(self.model, "extra_inputs", ()))
+
     def eval(
         self,
         coords,
@@ -490,9 +496,16 @@ class DeepPot(DeepEval):
             ``atomic``, atom_energy [nf, natoms, 1] and atom_virial [nf, natoms, 9]; last, for
             a Hessian model (:attr:`has_hessian`), hessian [nf, 3 natoms, 3 natoms] eV/Å^2.
         """
+        if self.has_spin:  # spin models: force_mag and mask_mag follow (lamkit.infer.spin_eval)
+            from .spin_eval import eval_spin
+
+            spin = kwargs.pop("spin", None)
         for name, value in kwargs.items():
             if value is not None:
                 raise ValueError(f"DeepPot.eval: '{name}' is not supported by lamkit models")
+        if self.has_spin:
+            return eval_spin(self, coords, cells, atom_types, spin, atomic, fparam, aparam,
+                             mixed_type)
         coords, cells, atype, fparam, aparam = self._standard_input(
             coords, cells, atom_types, fparam, aparam, mixed_type
         )

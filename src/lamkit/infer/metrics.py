@@ -31,6 +31,10 @@ _LINES = [
     ("rmse_ea", "Energy RMSE/Natoms : {:e} eV"),
     ("mae_f", "Force  MAE         : {:e} eV/Å"),
     ("rmse_f", "Force  RMSE        : {:e} eV/Å"),
+    ("mae_fr", "Force atom MAE     : {:e} eV/Å"),
+    ("rmse_fr", "Force atom RMSE    : {:e} eV/Å"),
+    ("mae_fm", "Force spin MAE     : {:e} eV/uB"),
+    ("rmse_fm", "Force spin RMSE    : {:e} eV/uB"),
     ("mae_v", "Virial MAE         : {:e} eV"),
     ("rmse_v", "Virial RMSE        : {:e} eV"),
     ("mae_va", "Virial MAE/Natoms  : {:e} eV"),
@@ -38,7 +42,7 @@ _LINES = [
     ("mae_h", "Hessian MAE        : {:e} eV/Å^2"),
     ("rmse_h", "Hessian RMSE       : {:e} eV/Å^2"),
 ]
-_SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v", "h": "n_h"}
+_SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v", "h": "n_h", "fr": "n_fr", "fm": "n_fm"}
 
 
 def _errors(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
@@ -142,7 +146,7 @@ def plot_parity(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path
     import matplotlib.pyplot as plt
 
     names = [k for k, v in pairs.items() if v]
-    units = {"energy/atom": "eV", "force": "eV/Å", "virial/atom": "eV"}
+    units = {"energy/atom": "eV", "force": "eV/Å", "virial/atom": "eV", "magnetic force": "eV/μB"}
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         lab = np.concatenate([a.ravel() for a, _ in pairs[name]])
@@ -164,8 +168,8 @@ def weighted_average(results: list[dict]) -> dict:
     """Element-count weighted MAE and RMS-averaged RMSE across systems."""
     avg: dict = {}
     for key, _ in _LINES:
-        kind = key.split("_")[1][0]
-        nkey = _SIZE_KEY[kind]
+        kind = key.split("_")[1]
+        nkey = _SIZE_KEY.get(kind) or _SIZE_KEY[kind[0]]
         rows = [(r[key], r[nkey]) for r in results if key in r]
         if not rows:
             continue
@@ -218,12 +222,18 @@ def run_test(
     ]
     if getattr(dp, "has_hessian", False):  # as dp test: a Hessian model needs the labels
         reqs.append(DataRequirement(keys.HESSIAN, 1, must=True, origin="the Hessian model"))
+    tester = test_system
+    if getattr(dp, "has_spin", False):  # lamkit.infer.spin_eval
+        from .spin_eval import test_spin_system as tester
+
+        reqs.append(DataRequirement(keys.SPIN, 3, atomic=True, must=True, origin="the spin model"))
+        reqs.append(DataRequirement(keys.FORCE_MAG, 3, atomic=True))
     systems = load_systems(expand_systems(spec), dp.get_type_map(), reqs, sort_atoms=False)
     results = []
     for k, s in enumerate(systems):
         log.info("# ---------------output of lam test---------------")
         log.info("# testing system : %s", s.path)
-        res = test_system(dp, s, numb_test, detail_file, append=k > 0, atomic=atomic)
+        res = tester(dp, s, numb_test, detail_file, append=k > 0, atomic=atomic)
         log.info("# number of test data : %d", res["nframes"])
         _report(s.path, res)
         results.append(res)
