@@ -3,7 +3,8 @@
 - a directory holding ``type.raw`` is one deepmd/npy system;
 - any other directory is searched recursively (sorted, so the order is deterministic) for
   directories holding ``type.raw``; the search does not descend into a system;
-- a file is read with ASE (extxyz, OUTCAR, vasprun.xml, ...).
+- a file is read with ASE (extxyz, OUTCAR, vasprun.xml, ...);
+- an LMDB dataset (``*.lmdb`` folder with ``data.mdb``) is read by :mod:`.lmdb`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .ase_io import is_deepmd_dir, load_ase
+from .lmdb import is_lmdb, load_lmdb
 from .system import DataRequirement, System, load_system
 
 
@@ -41,7 +43,7 @@ def expand_systems(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for entry in entries:
         path = Path(entry)
-        if path.is_file():
+        if path.is_file() or (path.is_dir() and is_lmdb(path)):
             out.append(path)
         elif is_deepmd_dir(path):
             out.append(path)
@@ -66,7 +68,9 @@ def load_systems(
     """Load every system named by ``spec`` (see :func:`expand_systems`) into memory."""
     systems: list[System] = []
     for path in expand_systems(spec):
-        if path.is_dir():
+        if is_lmdb(path) and path.is_dir():
+            systems.extend(load_lmdb(path, type_map, requirements, sort_atoms=sort_atoms))
+        elif path.is_dir():
             systems.append(load_system(path, type_map, requirements, sort_atoms=sort_atoms))
         else:
             systems.extend(load_ase(path, type_map, requirements, sort_atoms=sort_atoms))
