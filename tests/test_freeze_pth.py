@@ -253,11 +253,13 @@ def lmp() -> tuple[str, dict[str, str]]:
 
 
 def run_lammps(
-    lmp, pth, coord, atype, cell, names, tmp, extra: str = "", ranks: int = 1
+    lmp, pth, coord, atype, cell, names, tmp, extra: str = "", ranks: int = 1, atom_map=True
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy, forces [n, 3] and virial (Voigt: xx yy zz xy xz yz, eV) of ``pair_style
     deepmd pth`` with ``pair_coeff * * names`` (LAMMPS type k + 1 is element ``names[k]``;
-    ``atype`` indexes ``names``; ``extra``: more pair_style arguments; ``ranks`` MPI ranks).
+    ``atype`` indexes ``names``; ``extra``: more pair_style arguments; ``ranks`` MPI ranks;
+    ``atom_map``: ``atom_modify map yes``, with which DeePMD-kit's C++ side hands a model
+    the ghost atoms' mapping on one rank).
     ``cell`` rows must form a lower-triangular matrix."""
     assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) == 0
 
@@ -291,7 +293,7 @@ def run_lammps(
         f"""units metal
 boundary p p p
 atom_style atomic
-atom_modify map yes
+{"atom_modify map yes" if atom_map else ""}
 read_data data.lmp
 pair_style deepmd {pth} {extra}
 pair_coeff * * {" ".join(names)}
@@ -403,15 +405,6 @@ def test_se_e3_tebd_with_frame_and_atomic_parameters(e3_params):
     want2 = DeepPot(model).eval(two, boxes, atype, fparam=fp2, aparam=ap2)
     for key, w, g in zip(("energy", "force", "virial"), want2, got2):
         np.testing.assert_allclose(g, w.reshape(g.shape), rtol=1e-10, atol=1e-10, err_msg=key)
-
-
-def test_dpa2_is_refused_by_name(tmp_path):
-    """DPA-2's message passing through the ghost mapping is not exported (yet): a clear
-    error instead of a file with wrong numbers."""
-    from .test_dpa2 import tiny_model
-
-    with pytest.raises(ModelFileError, match="DPA2|DPA-2|message"):
-        export_pth(tiny_model().eval(), tmp_path / "dpa2.pth")
 
 
 def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):

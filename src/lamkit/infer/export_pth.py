@@ -20,13 +20,17 @@ scripted module. The file written here has them:
 The model's forward and backward pass (forces, virials) are traced into one graph of ATen
 operations with ``make_fx`` and symbolic sizes, which is then compiled with
 ``torch.jit.script``: the file holds no lamkit code and loads in a process without lamkit.
+
+Models with message passing (DPA-2) report ``has_message_passing() == True``; DeePMD-kit's
+C++ side then passes a ``comm_dict`` and the ghost atoms' features are exchanged through
+DeePMD-kit's ``deepmd::border_op`` (:mod:`.export_pth_comm`), so such a file needs DeePMD-kit's
+op library wherever it is loaded, as one frozen by DeePMD-kit does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import warnings
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from ..errors import ModelFileError
 from ..model.energy_model import EnergyModel
 from .export_dense import dense_type_selection, supported
 from .export_pt2 import _aten_only
+from .export_pth_module import Frozen, FrozenMessagePassing
 
 # DeePMD-kit's C++ DeepPotPT reads these keys from forward_lower's result
 LOWER_OUTPUTS = ("energy", "atom_energy", "extended_force", "virial", "extended_virial")
@@ -83,13 +88,18 @@ def format_nlist(
     return torch.cat(sections, dim=-1)
 
 
-def _lower_program(model: EnergyModel):
-    """(ext_coord, ext_atype, nlist, fparam [nf, dim_fparam], aparam [nf, nloc, dim_aparam])
-    -> energy, atom_energy, extended_force, virial, extended_virial with DeePMD-kit's atomic
-    virial correction, and without it. fparam/aparam have width 0 in models without."""
+def _lower_program(model: EnergyModel, ghosts: str = "none"):
+    """(ext_coord, ext_atype, nlist, fparam [nf, dim_fparam], aparam [nf, nloc, dim_aparam][,
+    comm tensors]) -> energy, atom_energy, extended_force, virial, extended_virial with
+    DeePMD-kit's atomic virial correction, and without it. fparam/aparam have width 0 in
+    models without. ``ghosts``: ``"none"`` (a model without message passing) or ``"comm"``
+    (the ghost atoms' features come from the placeholder exchange of
+    :mod:`.export_pth_comm`, given the comm_dict tensors, nlocal and nghost)."""
     rcut, sel, mixed = float(model.rcut), list(model.sel), bool(model.mixed_types)
+    sub_lists = getattr(model.descriptor, "sub_lists", None)
 
-    def run(ext_coord, ext_atype, nlist, fparam, aparam):
+    def run(ext_coord, ext_atype, nlist, *rest):
+        (fparam, aparam), comm = rest[:2], rest[2:]
         nf, nall = ext_atype.shape
         nloc = nlist.shape[1]
         fparam = fparam if fparam.shape[-1] else None  # zero width: the model takes none
@@ -97,8 +107,19 @@ def _lower_program(model: EnergyModel):
         with torch.no_grad():
             x0 = ext_coord.reshape(nf, nall, 3).to(torch.float64)
             nlist = format_nlist(x0, ext_atype, nlist, rcut, sel, mixed)
+            # descriptors with several lists (DPA-2): the untrimmed per-block lists, so that
+            # no list width depends on the data
+            lists = sub_lists(x0, ext_atype, nlist) if sub_lists is not None else None
         x = x0.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())
+            if lists is not None:
+                stack.enter_context(model.descriptor.using_graph_inputs(lists))
+            if ghosts == "comm":
+                from ..descriptor.dpa2.repformers import ghost_exchange
+                from .export_pth_comm import exchange
+
+                stack.enter_context(ghost_exchange(lambda g1: exchange(g1, nall, comm)))
             atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, None, fparam, aparam)
             energy = atom_e.sum(1)
             grad = torch.autograd.grad([energy.sum()], [x], retain_graph=True)[0]
@@ -117,6 +138,12 @@ def _lower_program(model: EnergyModel):
     return run
 
 
+def message_passing(model) -> bool:
+    """Whether ``model``'s descriptor reads features of ghost atoms computed from their own
+    neighbours (DPA-2's repformers): DeePMD-kit's ``has_message_passing``."""
+    return hasattr(model.descriptor, "repformers")
+
+
 def _check_model(model) -> None:
     from .deep_pot import model_kind
 
@@ -131,12 +158,6 @@ def _check_model(model) -> None:
             f"--format pth cannot export a {type(model).__name__} (descriptor + fitting "
             "energy models only)"
         )
-    if getattr(model.descriptor, "sub_lists", None) is not None:
-        raise ModelFileError(
-            f"--format pth does not export {type(model.descriptor).__name__} yet: it passes "
-            "messages between atoms through the ghost-atom mapping (DeePMD-kit's "
-            "has_message_passing path); use --format pt2 or lamkit.lammps (fix external)"
-        )
     if not supported(model):
         raise ModelFileError(
             f"--format pth cannot trace {type(model.descriptor).__name__} with "
@@ -144,9 +165,12 @@ def _check_model(model) -> None:
         )
 
 
-def trace_lower(model: EnergyModel) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
-    """The lower program as ATen graphs with symbolic frame, atom, ghost and list sizes: with
-    atomic virials and without (the same trace, the atomic-virial part removed)."""
+def trace_lower(
+    model: EnergyModel, ghosts: str = "none"
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+    """The lower program (:func:`_lower_program`) as ATen graphs with symbolic frame, atom,
+    ghost and list sizes: with atomic virials and without (the same trace, the
+    atomic-virial part removed)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     gen = torch.Generator().manual_seed(0)
@@ -164,7 +188,16 @@ def trace_lower(model: EnergyModel) -> tuple[torch.fx.GraphModule, torch.fx.Grap
         torch.zeros(nf, fit.numb_fparam, dtype=torch.float64),
         torch.zeros(nf, nloc, fit.numb_aparam, dtype=torch.float64),
     ]
-    run = _lower_program(model)
+    if ghosts == "comm":
+        nswap, i32 = sizes[12], torch.int32
+        args += [
+            torch.zeros(nswap, dtype=torch.int64),  # send_list: pointers to LAMMPS's lists
+            *(torch.zeros(nswap, dtype=i32) for _ in range(4)),  # send/recv proc and num
+            torch.zeros(1, dtype=torch.int64),  # the communicator
+            torch.tensor(nloc, dtype=i32),
+            torch.tensor(nall - nloc, dtype=i32),
+        ]
+    run = _lower_program(model, ghosts)
 
     try:
         with dense_type_selection(model):
@@ -189,210 +222,6 @@ def trace_lower(model: EnergyModel) -> tuple[torch.fx.GraphModule, torch.fx.Grap
         gm.recompile()
         graphs.append(gm)
     return graphs[0], graphs[1]
-
-
-class _Frozen(torch.nn.Module):
-    """The scripted wrapper: DeePMD-kit's method names around the traced graphs."""
-
-    def __init__(self, plain, atomic, info: dict):
-        super().__init__()
-        self.plain = plain
-        self.atomic = atomic
-        self.rcut = float(info["rcut"])
-        self.type_map = list(info["type_map"])
-        self.sel = list(info["sel"])
-        self.dim_fparam = int(info["dim_fparam"])
-        self.dim_aparam = int(info["dim_aparam"])
-        self.model_def_script = json.dumps(info["model_def_script"])
-
-    def _lower(
-        self,
-        ext_coord: torch.Tensor,
-        ext_atype: torch.Tensor,
-        nlist: torch.Tensor,
-        fparam: torch.Tensor | None,
-        aparam: torch.Tensor | None,
-        do_atomic_virial: bool,
-    ) -> list[torch.Tensor]:
-        nf = ext_atype.shape[0]
-        nloc = nlist.shape[1]
-        coord = ext_coord.reshape(nf, -1, 3).to(torch.float64)
-        if self.dim_fparam > 0:
-            if fparam is None:
-                raise RuntimeError("this model needs fparam")
-            fp = fparam.reshape(nf, self.dim_fparam).to(torch.float64)
-        else:
-            fp = coord.new_zeros(nf, 0)
-        if self.dim_aparam > 0:
-            if aparam is None:
-                raise RuntimeError("this model needs aparam")
-            ap = aparam.reshape(nf, nloc, self.dim_aparam).to(torch.float64)
-        else:
-            ap = coord.new_zeros(nf, nloc, 0)
-        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
-        for i in range(nf):  # the graphs are traced for one frame
-            one = (coord[i : i + 1], ext_atype[i : i + 1], nlist[i : i + 1])
-            if do_atomic_virial:
-                out = self.atomic(one[0], one[1], one[2], fp[i : i + 1], ap[i : i + 1])
-            else:
-                out = self.plain(one[0], one[1], one[2], fp[i : i + 1], ap[i : i + 1])
-            for k in range(5):
-                parts[k].append(out[k])
-        if nf == 1:
-            return [p[0] for p in parts]
-        return [torch.cat(p, dim=0) for p in parts]
-
-    @torch.jit.export
-    def forward_lower(
-        self,
-        extended_coord: torch.Tensor,
-        extended_atype: torch.Tensor,
-        nlist: torch.Tensor,
-        mapping: torch.Tensor | None = None,
-        fparam: torch.Tensor | None = None,
-        aparam: torch.Tensor | None = None,
-        do_atomic_virial: bool = False,
-        comm_dict: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        dtype = extended_coord.dtype
-        out = self._lower(extended_coord, extended_atype, nlist, fparam, aparam, do_atomic_virial)
-        result: dict[str, torch.Tensor] = {
-            "energy": out[0],
-            "atom_energy": out[1].to(dtype),
-            "extended_force": out[2].to(dtype),
-            "virial": out[3].to(dtype),
-        }
-        if do_atomic_virial:
-            result["extended_virial"] = out[4].to(dtype)
-        return result
-
-    def forward(
-        self,
-        coord: torch.Tensor,
-        atype: torch.Tensor,
-        box: torch.Tensor | None = None,
-        do_atomic_virial: bool = False,
-        fparam: torch.Tensor | None = None,
-        aparam: torch.Tensor | None = None,
-        charge_spin: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        dtype = coord.dtype
-        nf, nloc = atype.shape[0], atype.shape[1]
-        coord = coord.reshape(nf, nloc, 3).to(torch.float64)
-        ext, ext_atype, mapping = self._extend(coord, atype, box)
-        nall = ext.shape[1]
-        dist = torch.linalg.vector_norm(ext.unsqueeze(1) - ext[:, :nloc].unsqueeze(2), dim=-1)
-        idx = torch.arange(nall).reshape(1, 1, nall).expand(nf, nloc, nall)
-        self_pair = idx == torch.arange(nloc).reshape(1, nloc, 1)
-        nlist = torch.where((dist <= self.rcut) & ~self_pair, idx, -1)
-        out = self._lower(ext, ext_atype, nlist, fparam, aparam, do_atomic_virial)
-        idx3 = mapping.unsqueeze(-1).expand(nf, nall, 3)
-        force = out[2].new_zeros(nf, nloc, 3).scatter_add(1, idx3, out[2])
-        result: dict[str, torch.Tensor] = {
-            "energy": out[0].to(dtype),
-            "atom_energy": out[1].to(dtype),
-            "force": force.to(dtype),
-            "virial": out[3].to(dtype),
-        }
-        if do_atomic_virial:
-            idx9 = mapping.unsqueeze(-1).expand(nf, nall, 9)
-            atom_virial = out[4].new_zeros(nf, nloc, 9).scatter_add(1, idx9, out[4])
-            result["atom_virial"] = atom_virial.to(dtype)
-        return result
-
-    def _extend(
-        self, coord: torch.Tensor, atype: torch.Tensor, box: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Atoms wrapped into the cell and all periodic images within ``rcut`` of the cell."""
-        nf, nloc = atype.shape[0], atype.shape[1]
-        local = torch.arange(nloc).unsqueeze(0).expand(nf, nloc)
-        if box is None:
-            return coord, atype, local
-        cell = box.reshape(nf, 3, 3).to(torch.float64)
-        frac = torch.matmul(coord, torch.linalg.inv(cell))
-        coord = torch.matmul(frac - torch.floor(frac), cell)
-        a, b, c = cell[:, 0], cell[:, 1], cell[:, 2]
-        vol = torch.abs((a * torch.linalg.cross(b, c)).sum(-1))
-        areas = torch.stack(
-            [
-                torch.linalg.vector_norm(torch.linalg.cross(b, c), dim=-1),
-                torch.linalg.vector_norm(torch.linalg.cross(c, a), dim=-1),
-                torch.linalg.vector_norm(torch.linalg.cross(a, b), dim=-1),
-            ],
-            dim=-1,
-        )
-        reach = torch.ceil(self.rcut * areas / vol.unsqueeze(-1)).amax(0).to(torch.int64)
-        ranges = [torch.arange(-int(reach[d]), int(reach[d]) + 1) for d in range(3)]
-        shifts = torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).to(torch.float64)
-        # the zero translation first: the local atoms come first in the extended list
-        order = torch.argsort((shifts != 0).any(-1).to(torch.int64), stable=True)
-        shifts = shifts[order]
-        nimg = shifts.shape[0]
-        trans = torch.matmul(shifts.unsqueeze(0), cell)  # [nf, nimg, 3]
-        ext = (coord.unsqueeze(1) + trans.unsqueeze(2)).reshape(nf, nimg * nloc, 3)
-        return ext, atype.repeat(1, nimg), local.repeat(1, nimg)
-
-    @torch.jit.export
-    def get_rcut(self) -> float:
-        return self.rcut
-
-    @torch.jit.export
-    def get_type_map(self) -> list[str]:
-        return self.type_map
-
-    @torch.jit.export
-    def get_ntypes(self) -> int:
-        return len(self.type_map)
-
-    @torch.jit.export
-    def get_sel(self) -> list[int]:
-        return self.sel
-
-    @torch.jit.export
-    def get_nsel(self) -> int:
-        return sum(self.sel)
-
-    @torch.jit.export
-    def get_nnei(self) -> int:
-        return sum(self.sel)
-
-    @torch.jit.export
-    def get_dim_fparam(self) -> int:
-        return self.dim_fparam
-
-    @torch.jit.export
-    def get_dim_aparam(self) -> int:
-        return self.dim_aparam
-
-    @torch.jit.export
-    def has_default_fparam(self) -> bool:
-        return False
-
-    @torch.jit.export
-    def is_aparam_nall(self) -> bool:
-        return False
-
-    @torch.jit.export
-    def has_message_passing(self) -> bool:
-        return False
-
-    @torch.jit.export
-    def get_sel_type(self) -> list[int]:
-        return []
-
-    @torch.jit.export
-    def model_output_type(self) -> list[str]:
-        return ["energy"]
-
-    @torch.jit.export
-    def get_model_def_script(self) -> str:
-        return self.model_def_script
-
-    @torch.jit.export
-    def use_self_built_nlist(self) -> bool:
-        """``forward`` builds its own neighbour list (DeePMD-kit's Python DeepPot then calls
-        it instead of an external neighbour-list strategy)."""
-        return True
 
 
 @contextlib.contextmanager
@@ -425,17 +254,34 @@ def script_model(model: EnergyModel) -> torch.jit.ScriptModule:
     _check_model(model)
     model = model.eval()
     model.requires_grad_(False)
+    info = {
+        "rcut": float(model.rcut),
+        "type_map": list(model.type_map),
+        "sel": [int(s) for s in model.sel],
+        "dim_fparam": int(model.fitting.numb_fparam),
+        "dim_aparam": int(model.fitting.numb_aparam),
+        "model_def_script": model.config,
+    }
     with _quiet():
-        atomic, plain = (_scripted_graph(gm) for gm in trace_lower(model))
-        info = {
-            "rcut": float(model.rcut),
-            "type_map": list(model.type_map),
-            "sel": [int(s) for s in model.sel],
-            "dim_fparam": int(model.fitting.numb_fparam),
-            "dim_aparam": int(model.fitting.numb_aparam),
-            "model_def_script": model.config,
-        }
-        return torch.jit.script(_Frozen(plain, atomic, info))
+        if not message_passing(model):
+            atomic, plain = (_scripted_graph(gm) for gm in trace_lower(model))
+            return torch.jit.script(Frozen(plain, atomic, info))
+        from .export_pth_comm import load_deepmd_ops, use_deepmd_ops, use_mapping
+
+        load_deepmd_ops()
+        # one trace with placeholder exchanges: a gather through the mapping in one copy,
+        # DeePMD-kit's border_op in the other
+        traced = trace_lower(model, "comm")
+        atomic, plain = (_scripted_graph(use_mapping(gm)) for gm in traced)
+        for gm in traced:
+            if use_deepmd_ops(gm) == 0:
+                raise ModelFileError(
+                    f"--format pth: no ghost-feature exchange in the trace of "
+                    f"{type(model.descriptor).__name__}"
+                )
+        atomic_comm, plain_comm = (_scripted_graph(gm) for gm in traced)
+        frozen = FrozenMessagePassing(plain, atomic, plain_comm, atomic_comm, info)
+        return torch.jit.script(frozen)
 
 
 def export_pth(model: EnergyModel, output: str | Path) -> Path:

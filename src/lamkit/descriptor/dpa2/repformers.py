@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
@@ -10,6 +14,25 @@ from ...geometry.env import environment_matrix, gather_rows
 from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from .repformer_layer import PairContext, RepformerLayer, pair_moment
+
+# g1 [nf, nloc, g1_dim] -> g1 of all extended atoms [nf, nall, g1_dim]: set while tracing a
+# program for an MD engine that hands over the ghost atoms' features itself (DeePMD-kit's
+# comm_dict across MPI ranks, :mod:`lamkit.infer.export_pth_comm`) instead of a mapping
+_GHOST_EXCHANGE: ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = ContextVar(
+    "lamkit_repformer_ghost_exchange", default=None
+)
+
+
+@contextlib.contextmanager
+def ghost_exchange(fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the context, repformer layers get the ghost atoms' g1 from ``fn(g1)`` (local
+    g1 ``[nf, nloc, g1_dim]`` -> ``[nf, nall, g1_dim]``) rather than by gathering through
+    ``mapping``."""
+    token = _GHOST_EXCHANGE.set(fn)
+    try:
+        yield
+    finally:
+        _GHOST_EXCHANGE.reset(token)
 
 
 class Repformers(nn.Module):
@@ -101,15 +124,20 @@ class Repformers(nn.Module):
         )
         g1 = self.act(g1)
         nl = torch.where(mask, nlist, 0)
-        if mapping is None:
+        exchange = _GHOST_EXCHANGE.get()
+        if mapping is None and exchange is None:
             if ext_coord.shape[1] != nloc:
                 raise ValueError("repformers need `mapping` when there are ghost atoms")
-            index = None
-        else:
+            exchange = _no_ghosts
+        elif exchange is None:
             index = mapping
+
+            def exchange(g1):
+                return gather_rows(g1, index)
+
         ctx = PairContext(mask, sw, self.nnei, self.smooth, self.use_sqrt_nnei)
         for layer in self.layers:
-            g1_ext = g1 if index is None else gather_rows(g1, index)
+            g1_ext = exchange(g1)
             if bounds is None:
                 g1, g2, h2 = layer(g1_ext, g2, h2, nl, ctx)
             else:
@@ -134,3 +162,7 @@ class Repformers(nn.Module):
 
         g1_new, g2_new, h2_new = map_rows(rows, nf, nloc, g2, h2, nl, bounds=bounds)
         return g1_new, g2 if g2_new is None else g2_new, h2 if h2_new is None else h2_new
+
+
+def _no_ghosts(g1: torch.Tensor) -> torch.Tensor:
+    return g1
