@@ -5,7 +5,8 @@ energies, forces, virials, atom energies and atom virials (float64, 1e-10) for a
 DPA-1 model and a periodic metal (se_e2_a with per-type networks); a process that cannot
 import lamkit loads it with torch alone and calls ``forward_lower`` the way DeePMD-kit's C++
 side does, with an engine's neighbour list (unsorted, wider than ``sel``, holding atoms beyond
-the cutoff and -1 padding); model kinds the C++ side cannot run are refused by name."""
+the cutoff and -1 padding); model kinds the C++ side cannot run are refused by name; one branch
+of a multi-task checkpoint (``--head``) runs in LAMMPS."""
 
 from __future__ import annotations
 
@@ -469,3 +470,40 @@ run 1000
     drift = np.abs(rows[:, 2] - rows[0, 2]).max() / len(coord)
     assert drift < 1e-4, drift
     assert np.ptp(rows[:, 1]) / len(coord) > 100 * drift  # the atoms did move
+
+
+def test_multi_task_head_runs_in_lammps(lmp, tmp_path):
+    """``lam freeze --format pth --head au`` of a two-branch checkpoint: pair_style deepmd
+    gives the energy, forces and virial of that branch (whose energies differ from the
+    other's)."""
+    from lamkit.model.io import FORMAT, VERSION, atomic_save
+
+    base = load_model(tiny_model_file(tmp_path / "model.pth"))
+    state = base.state_dict()
+    shifted = {k: v + 0.5 if k.endswith("out_bias") else v for k, v in state.items()}
+    assert any(k.endswith("out_bias") for k in state)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "checkpoint",
+        "model_config": {"model_dict": {"cu": base.config, "au": base.config}},
+        "model_state": {
+            **{f"cu.{k}": v for k, v in state.items()},
+            **{f"au.{k}": v for k, v in shifted.items()},
+        },
+    }
+    atomic_save(payload, tmp_path / "multi.pt")
+    out = tmp_path / "au.pth"
+    cmd = ["freeze", "-c", str(tmp_path / "multi.pt"), "-o", str(out), "--format", "pth"]
+    assert main([*cmd, "--head", "au"]) == 0
+    coord, atype, box = fcc_metal(4)
+    cell = box.reshape(3, 3)
+    coord = coord - np.floor(coord @ np.linalg.inv(cell)) @ cell
+    frame = (coord.reshape(1, -1), box.reshape(1, 9), atype)
+    want = DeepPot(load_model(tmp_path / "multi.pt", head="au")).eval(*frame)
+    other = DeepPot(load_model(tmp_path / "multi.pt", head="cu")).eval(*frame)
+    assert abs(want[0] - other[0]).max() > 1.0  # the branches differ
+    e, f, v = run_lammps(lmp, out, coord, atype, cell, list(base.type_map), tmp_path)
+    np.testing.assert_allclose(e, want[0].item(), rtol=1e-10)
+    np.testing.assert_allclose(f, want[1].reshape(-1, 3), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(v, _voigt(want[2]), rtol=1e-10, atol=1e-10)
