@@ -1,5 +1,6 @@
 """Labelled magnetic test systems (deepmd/npy with ``spin.npy`` and ``force_mag.npy``) from a
-small analytic model, for spin-model tests and examples.
+small analytic model, for spin-model tests and examples, and the reference's spin example input
+(:data:`EXAMPLE`) with :func:`example_dir` to lay it out with such data.
 
 The model (a rock-salt-like NiO cell, Ni magnetic): pair repulsion ``A exp(-r / rho)``,
 a Heisenberg exchange ``-J s_i . s_j`` between magnetic atoms, and a single-site term
@@ -11,7 +12,9 @@ automatic differentiation in float64.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 from ..data.writer import write_deepmd_system
 
 TYPE_MAP = ["Ni", "O"]
-PARAMS = {"A": 60.0, "rho": 0.45, "J": 0.08, "K": 0.02, "m0": 1.6, "rc": 4.5}
+PARAMS = {"A": 60.0, "rho": 0.45, "J": 0.08, "K": 0.3, "m0": 1.6, "rc": 4.5}
 
 
 def _energy(coord: torch.Tensor, cell: torch.Tensor, atype, spin: torch.Tensor) -> torch.Tensor:
@@ -91,3 +94,44 @@ def write_nio_system(path: str | Path, nframes: int, seed: int = 0) -> Path:
     atype, f = nio_frames(nframes, seed)
     labels = {k: f[k] for k in ("energy", "force", "force_mag", "virial", "spin")}
     return write_deepmd_system(path, f["coord"], atype, TYPE_MAP, f["box"], labels)
+
+
+# examples/spin/se_e2_a/input_torch.json of the reference (comments left out)
+EXAMPLE = {
+    "model": {
+        "type_map": ["Ni", "O"],
+        "descriptor": {"type": "se_e2_a", "sel": [60, 60], "rcut_smth": 5.4, "rcut": 5.6,
+                       "neuron": [25, 50, 100], "resnet_dt": False, "axis_neuron": 16,
+                       "seed": 1},
+        "fitting_net": {"neuron": [240, 240, 240], "resnet_dt": True, "seed": 1},
+        "data_stat_nbatch": 10,
+        "spin": {"use_spin": [True, False], "virtual_scale": [0.3140]},
+    },
+    "learning_rate": {"type": "exp", "decay_steps": 5000, "start_lr": 0.001,
+                      "stop_lr": 3.51e-8},
+    "loss": {"type": "ener_spin", "start_pref_e": 0.02, "limit_pref_e": 1,
+             "start_pref_fr": 1000, "limit_pref_fr": 1, "start_pref_fm": 1000,
+             "limit_pref_fm": 1},
+    "training": {
+        "training_data": {"systems": ["../data_reformat/data_0", "../data_reformat/data_1"],
+                          "batch_size": 3},
+        "validation_data": {"systems": ["../data_reformat/data_2"], "batch_size": 1,
+                            "numb_btch": 3},
+        "numb_steps": 100000, "seed": 10, "disp_file": "lcurve.out", "disp_freq": 100,
+        "save_freq": 10000,
+    },
+}
+FRAMES = (6, 6, 3)
+
+
+def example_dir(root: str | Path, steps: int) -> Path:
+    """``root/data_reformat/data_{0,1,2}`` and ``root/se_e2_a/input.json`` (``steps`` steps)."""
+    root = Path(root)
+    for k, n in enumerate(FRAMES):
+        write_nio_system(root / "data_reformat" / f"data_{k}", n, seed=k)
+    conf = copy.deepcopy(EXAMPLE)
+    conf["training"].update(numb_steps=steps, disp_freq=1, save_freq=max(steps, 1))
+    work = root / "se_e2_a"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "input.json").write_text(json.dumps(conf, indent=1))
+    return work

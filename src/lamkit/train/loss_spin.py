@@ -12,7 +12,8 @@ active only when both its start and limit prefactors are non-zero:
 
 ``loss_func: "mae"`` uses absolute instead of squared errors (energy and virial divided by
 ``N_f``). Displayed: rmse_e (per atom), rmse_fr, rmse_fm (eV/μB), rmse_v (per atom), rmse_ae
-and rmse = sqrt(L); a metric whose label is missing in the batch is NaN.
+(with ``mae``: mae_e, mae_fr, ... the terms themselves) and rmse = sqrt(L); a metric whose
+label is missing in the batch is NaN.
 """
 
 from __future__ import annotations
@@ -114,15 +115,18 @@ class EnergySpinLoss:
         def found(key):
             return float(batch.get(keys.find_key(key), 0.0))
 
-        def show(name, value, key):
-            more[name] = float(value) if found(key) else math.nan
+        def show_err(name, term, rmse, key):  # as the reference: mae_* with loss_func mae
+            value = term if self.mae else rmse
+            more[f"{'mae' if self.mae else 'rmse'}_{name}"] = (
+                float(value.detach()) if found(key) else math.nan
+            )
 
         if self.pref["e"] and keys.ENERGY in batch:
             de = (pred[keys.ENERGY] - batch[keys.ENERGY]).reshape(len(inv), -1)
             se = (de * de).mean(-1)
             term = self._per_frame(de.abs().mean(-1), se, inv)
             loss = loss + self._p("e", lr) * found(keys.ENERGY) * term
-            show("rmse_e", torch.sqrt((se * inv * inv).mean()).detach(), keys.ENERGY)
+            show_err("e", term, torch.sqrt((se * inv * inv).mean()), keys.ENERGY)
         if self.pref["fr"] and keys.FORCE in pred and keys.FORCE in batch:
             df = batch[keys.FORCE] - pred[keys.FORCE]
             m3 = mask.unsqueeze(-1)
@@ -130,7 +134,7 @@ class EnergySpinLoss:
             l2 = ((df * df) * m3).sum() / denom
             term = (df.abs() * m3).sum() / denom if self.mae else l2
             loss = loss + self._p("fr", lr) * found(keys.FORCE) * term
-            show("rmse_fr", torch.sqrt(l2).detach(), keys.FORCE)
+            show_err("fr", term, torch.sqrt(l2), keys.FORCE)
         if self.pref["fm"] and keys.FORCE_MAG in pred and keys.FORCE_MAG in batch:
             sel = pred[keys.MASK_MAG].expand(-1, -1, 3)
             dfm = batch[keys.FORCE_MAG].reshape(sel.shape)[sel] - pred[keys.FORCE_MAG][sel]
@@ -138,13 +142,13 @@ class EnergySpinLoss:
             l2 = torch.nan_to_num((dfm * dfm).mean())
             term = torch.nan_to_num(dfm.abs().mean()) if self.mae else l2
             loss = loss + self._p("fm", lr) * found(keys.FORCE_MAG) * term
-            show("rmse_fm", torch.sqrt(l2).detach(), keys.FORCE_MAG)
+            show_err("fm", term, torch.sqrt(l2), keys.FORCE_MAG)
         if self.pref["v"] and keys.VIRIAL in pred and keys.VIRIAL in batch:
             dv = (batch[keys.VIRIAL] - pred[keys.VIRIAL]).reshape(len(inv), 9)
             sv = (dv * dv).mean(-1)
             term = self._per_frame(dv.abs().mean(-1), sv, inv)
             loss = loss + self._p("v", lr) * found(keys.VIRIAL) * term
-            show("rmse_v", torch.sqrt((sv * inv * inv).mean()).detach(), keys.VIRIAL)
+            show_err("v", term, torch.sqrt((sv * inv * inv).mean()), keys.VIRIAL)
         if self.pref["ae"] and "atom_ener" in batch:
             dae = batch["atom_ener"].reshape(mask.shape) - pred[keys.ATOM_ENERGY].reshape(
                 mask.shape
@@ -152,6 +156,6 @@ class EnergySpinLoss:
             l2 = ((dae * dae) * mask).sum() / mask.sum()
             term = (dae.abs() * mask).sum() / mask.sum() if self.mae else l2
             loss = loss + self._p("ae", lr) * found("atom_ener") * term
-            show("rmse_ae", torch.sqrt(l2).detach(), "atom_ener")
+            show_err("ae", term, torch.sqrt(l2), "atom_ener")
         more = {"rmse": float(torch.sqrt(loss.detach())), **more}
         return loss, more
