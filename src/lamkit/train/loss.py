@@ -220,7 +220,6 @@ class EnergyLoss:
         more = {"rmse": float(torch.sqrt(loss.detach())), **more}
         return loss, more
 
-
     def _hessian_term(self, pred, batch, mask, lr, more, find) -> torch.Tensor:
         """``p_h * find_hessian * (MSE or MAE over real atom pairs)``; adds ``rmse_h``."""
         if not find:  # no labels in this system: no term (zero gradient, as the reference)
@@ -236,14 +235,20 @@ class EnergyLoss:
 
 
 # the loss of each fitting type when the input's loss section names none
-DEFAULT_LOSS = {"ener": "ener", "energy": "ener", "property": "property", "dos": "dos"}
+DEFAULT_LOSS = {
+    "ener": "ener",
+    "energy": "ener",
+    "property": "property",
+    "dos": "dos",
+    "population": "population",
+}
 
 
 def build_loss(config: dict | None, start_lr: float, model_config: dict | None = None):
     """The loss of the input's ``loss`` section for a model of ``model_config`` (normalised
     or not); the loss type defaults to the one that fits the fitting type. Call the loss's
     ``attach(model)`` once the model exists (the property loss reads its statistics)."""
-    from . import loss_dos, loss_property, loss_spin, loss_tensor  # noqa: F401 - register types
+    from . import loss_dos, loss_population, loss_property, loss_spin, loss_tensor  # noqa: F401
 
     conf = dict(config or {})
     ftype = ((model_config or {}).get("fitting_net") or {}).get("type", "ener")
