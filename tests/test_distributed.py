@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from .test_finetune import single_config
-from .test_multitask import multitask_config
+from .train_inputs import multitask_config, single_config
 
 STEPS = 6
 

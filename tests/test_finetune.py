@@ -4,7 +4,6 @@ and replay fine-tuning."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 
@@ -19,30 +18,9 @@ from lamkit.train import Trainer
 from lamkit.train.replay import REPLAY, farthest_points
 
 from .conftest import need_shared
-from .test_multitask import DPA1, FIT, LOSS, multitask_config
+from .train_inputs import DPA1, multitask_config, single_config, water_subset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LR = {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 50}
-
-
-def single_config(systems, steps=4, type_map=("O", "H"), descriptor=None, **training) -> dict:
-    return {
-        "model": {
-            "type_map": list(type_map),
-            "descriptor": copy.deepcopy(descriptor or DPA1),
-            "fitting_net": dict(FIT),
-        },
-        "learning_rate": dict(LR),
-        "loss": dict(LOSS),
-        "training": {
-            "training_data": {"systems": [str(s) for s in systems], "batch_size": 1},
-            "numb_steps": steps,
-            "seed": 3,
-            "disp_freq": 2,
-            "save_freq": 2,
-            **training,
-        },
-    }
 
 
 def water(k: int):
@@ -75,25 +53,10 @@ def assert_same(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-def subset(src, dst, n, retype=None):
-    """The first ``n`` frames of a water system (``retype``: index of an H atom to make Na)."""
-    (dst / "set.000").mkdir(parents=True)
-    types = np.loadtxt(src / "type.raw", dtype=np.int64)
-    names = "O H"
-    if retype is not None:
-        types[np.flatnonzero(types == 1)[retype]] = 2
-        names = "O H Na"
-    np.savetxt(dst / "type.raw", types, fmt="%d")
-    (dst / "type_map.raw").write_text("\n".join(names.split()) + "\n")
-    for key in ("coord", "box", "energy", "force"):
-        np.save(dst / "set.000" / f"{key}.npy", np.load(src / "set.000" / f"{key}.npy")[:n])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def data2(tmp_path_factory):
     """8 frames of data_2: fewer than data_stat_nbatch, so all of them enter the statistics."""
-    return subset(water(2), tmp_path_factory.mktemp("d2") / "data_2", 8)
+    return water_subset(water(2), tmp_path_factory.mktemp("d2") / "data_2", 8)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +194,7 @@ def test_multitask_input_resumes_and_adds_tasks(pretrained_multi, tmp_path):
 # --- type maps -----------------------------------------------------------------------------
 def test_new_element_leaves_old_predictions_unchanged(pretrained_single, tmp_path):
     pre = load_model(pretrained_single)
-    data = subset(water(2), tmp_path / "na_water", 6, retype=0)
+    data = water_subset(water(2), tmp_path / "na_water", 6, retype=0)
     conf = single_config([data], steps=0, type_map=("O", "H", "Na"))
     tuned = Trainer(conf, tmp_path / "run", finetune=pretrained_single).model
     assert tuned.type_map == ["O", "H", "Na"]

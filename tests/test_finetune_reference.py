@@ -117,7 +117,7 @@ def test_new_element_keeps_old_element_forces_as_the_reference(work):
     embedding rows are random in both tools (the reference draws them from torch's global
     generator), so the models differ on frames with the new element and, through the bias
     refit, by a constant per type; on O/H frames the forces are the reference's exactly."""
-    from .test_finetune import subset
+    from .train_inputs import water_subset as subset
 
     data = subset(rf.water(2), work["root"] / "na_water", rf.NFRAMES, retype=0)
     config = rf.finetune_input(True, data, type_map=["O", "H", "Na"], branch="water_a")

@@ -18,65 +18,9 @@ from lamkit.train import Trainer
 from lamkit.train.stats import _extended, stat_batches
 
 from .conftest import need_shared
+from .train_inputs import DPA1, FIT, LOSS, multitask_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-DPA1 = {
-    "type": "dpa1",
-    "sel": 40,
-    "rcut": 4.0,
-    "rcut_smth": 0.5,
-    "neuron": [4, 8],
-    "axis_neuron": 4,
-    "attn_layer": 0,
-    "tebd_dim": 8,  # not ntypes or 2 ntypes (a residual type embedding) for 2 or 3 types
-    "seed": 1,
-}
-FIT = {"neuron": [8, 8], "seed": 2}
-LOSS = {
-    "type": "ener",
-    "start_pref_e": 0.02,
-    "limit_pref_e": 1,
-    "start_pref_f": 1000,
-    "limit_pref_f": 1,
-}
-
-
-def multitask_config(steps=4, level_b="", model_prob=None, **training) -> dict:
-    water = need_shared("water")
-    mixed = need_shared("mixed_type_small", "data_mixed_type")
-    tr = {
-        "data_dict": {
-            "water": {
-                "training_data": {"systems": [str(water / "data_0")], "batch_size": 1},
-                "validation_data": {"systems": [str(water / "data_3")], "batch_size": 1},
-            },
-            "mixed": {"training_data": {"systems": [str(mixed)], "batch_size": 1}},
-        },
-        "numb_steps": steps,
-        "seed": 3,
-        "disp_freq": 2,
-        "save_freq": 2,
-        **training,
-    }
-    if model_prob is not None:
-        tr["model_prob"] = model_prob
-    return {
-        "model": {
-            "shared_dict": {"tm": ["O", "H"], "desc": DPA1},
-            "model_dict": {
-                "water": {"type_map": "tm", "descriptor": "desc", "fitting_net": dict(FIT)},
-                "mixed": {
-                    "type_map": "tm",
-                    "descriptor": "desc" + level_b,
-                    "fitting_net": {**FIT, "seed": 5},
-                },
-            },
-        },
-        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 50},
-        "loss_dict": {"water": LOSS, "mixed": LOSS},
-        "training": tr,
-    }
 
 
 # --- config ----------------------------------------------------------------------------------

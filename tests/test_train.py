@@ -14,20 +14,11 @@ from lamkit.train import Trainer
 from lamkit.train.lr import LearningRate
 
 from .conftest import need_shared
-
-
-def _config(example_dir, steps=6, **training):
-    conf = json.loads((example_dir / "input.json").read_text())
-    root = example_dir
-    tr = conf["training"]
-    tr["training_data"]["systems"] = [str(root / s) for s in tr["training_data"]["systems"]]
-    tr["validation_data"]["systems"] = [str(root / s) for s in tr["validation_data"]["systems"]]
-    tr.update(numb_steps=steps, disp_freq=2, save_freq=3, **training)
-    return conf
+from .train_inputs import example_config
 
 
 def test_train_writes_lcurve_checkpoints_and_plot(example_dir, tmp_path):
-    Trainer(_config(example_dir, max_ckpt_keep=1), tmp_path).run()
+    Trainer(example_config(example_dir, max_ckpt_keep=1), tmp_path).run()
     lines = (tmp_path / "lcurve.out").read_text().splitlines()
     assert lines[0].split() == [
         "#",
@@ -55,10 +46,12 @@ def test_train_writes_lcurve_checkpoints_and_plot(example_dir, tmp_path):
 
 def test_restart_continues_exactly(example_dir, tmp_path):
     straight = tmp_path / "a"
-    Trainer(_config(example_dir, steps=6), straight).run()
+    Trainer(example_config(example_dir, steps=6), straight).run()
     part = tmp_path / "b"
     # an interrupted run: continue from the step-3 checkpoint of the same configuration
-    Trainer(_config(example_dir, steps=6), part, restart=str(straight / "model.ckpt-3.pt")).run()
+    Trainer(
+        example_config(example_dir, steps=6), part, restart=str(straight / "model.ckpt-3.pt")
+    ).run()
     a = torch.load(straight / "model.ckpt-6.pt", weights_only=False)
     b = torch.load(part / "model.ckpt-6.pt", weights_only=False)
     for k in a["model_state"]:
@@ -70,20 +63,20 @@ def test_restart_continues_exactly(example_dir, tmp_path):
 
 
 def test_restart_from_folder_and_rejects_foreign_files(example_dir, tmp_path):
-    Trainer(_config(example_dir, steps=3), tmp_path).run()
-    t = Trainer(_config(example_dir, steps=4), tmp_path, restart=str(tmp_path))
+    Trainer(example_config(example_dir, steps=3), tmp_path).run()
+    t = Trainer(example_config(example_dir, steps=4), tmp_path, restart=str(tmp_path))
     assert t.start_step == 3
     bad = tmp_path / "x.pt"
     torch.save({"hello": 1}, bad)
     with pytest.raises(ConfigError, match="not a lamkit training checkpoint"):
-        Trainer(_config(example_dir, steps=4), tmp_path / "c", restart=str(bad))
+        Trainer(example_config(example_dir, steps=4), tmp_path / "c", restart=str(bad))
 
 
 def test_init_model_takes_weights_and_statistics(example_dir, tmp_path):
-    Trainer(_config(example_dir, steps=3), tmp_path / "a").run()
+    Trainer(example_config(example_dir, steps=3), tmp_path / "a").run()
     src = torch.load(tmp_path / "a" / "model.ckpt-3.pt", weights_only=False)["model_state"]
     t = Trainer(
-        _config(example_dir, steps=2),
+        example_config(example_dir, steps=2),
         tmp_path / "b",
         init_model=str(tmp_path / "a" / "model.ckpt-3.pt"),
     )
@@ -93,19 +86,19 @@ def test_init_model_takes_weights_and_statistics(example_dir, tmp_path):
 
 
 def test_unknown_keys_suggest_the_right_one(example_dir, tmp_path):
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     conf["training"]["disp_frq"] = 10
     with pytest.raises(ConfigError, match="Did you mean 'disp_freq'"):
         Trainer(conf, tmp_path)
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     conf["model"]["descriptor"]["type"] = "se_e2a"
     with pytest.raises(ConfigError, match="Did you mean 'se_e2_a'"):
         Trainer(conf, tmp_path)
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     conf["model"]["descriptor"]["axis_neurons"] = 4
     with pytest.raises(ConfigError, match="model/descriptor: unknown key 'axis_neurons'"):
         Trainer(conf, tmp_path)
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     conf["lerning_rate"] = {}
     with pytest.raises(ConfigError, match="Did you mean 'learning_rate'"):
         Trainer(conf, tmp_path)
@@ -113,7 +106,7 @@ def test_unknown_keys_suggest_the_right_one(example_dir, tmp_path):
 
 def test_yaml_input_and_element_not_in_type_map(example_dir, tmp_path):
     yaml = pytest.importorskip("yaml")
-    conf = _config(example_dir, steps=1)
+    conf = example_config(example_dir, steps=1)
     path = tmp_path / "input.yaml"
     path.write_text(yaml.safe_dump(conf))
     assert load_input(path) == conf
@@ -174,18 +167,18 @@ def test_train_on_extxyz_and_stat_file_cache(example_dir, tmp_path):
         frames.append(atoms)
     xyz = tmp_path / "frames.extxyz"
     ase.io.write(xyz, frames)
-    conf = _config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
+    conf = example_config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
     conf["training"]["training_data"]["systems"] = [str(xyz)]
     conf["model"]["descriptor"]["sel"] = [60, 60]  # the cache key includes sel
     t1 = Trainer(conf, tmp_path / "a")
     t1.run()
     assert (tmp_path / "stat.h5").exists()
     # a second run reads the cached statistics: identical davg/dstd even with other data
-    conf2 = _config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
+    conf2 = example_config(example_dir, steps=2, stat_file=str(tmp_path / "stat.h5"))
     conf2["model"]["descriptor"]["sel"] = [60, 60]
     t2 = Trainer(conf2, tmp_path / "b")
     assert torch.equal(t1.model.descriptor.dstd, t2.model.descriptor.dstd)
-    conf3 = _config(example_dir, steps=2)
+    conf3 = example_config(example_dir, steps=2)
     conf3["model"]["descriptor"]["sel"] = [60, 60]
     t3 = Trainer(conf3, tmp_path / "c")
     assert not torch.equal(t1.model.descriptor.dstd, t3.model.descriptor.dstd)

@@ -13,7 +13,7 @@ from lamkit.errors import ConfigError
 from lamkit.model.io import read_file
 from lamkit.train import Trainer
 
-from .test_train import _config
+from .train_inputs import example_config
 
 
 def _params(model):
@@ -22,7 +22,7 @@ def _params(model):
 
 def test_ema_follows_the_recurrence_and_is_saved_as_its_own_family(example_dir, tmp_path):
     decay = 0.6
-    t = Trainer(_config(example_dir, steps=4, enable_ema=True, ema_decay=decay), tmp_path)
+    t = Trainer(example_config(example_dir, steps=4, enable_ema=True, ema_decay=decay), tmp_path)
     expect = _params(t.model)
     for step in range(4):
         t.train_step(step)
@@ -35,7 +35,7 @@ def test_ema_follows_the_recurrence_and_is_saved_as_its_own_family(example_dir, 
 
 def test_ema_checkpoints_restart_and_evaluate(example_dir, tmp_path):
     conf = dict(steps=6, enable_ema=True, ema_decay=0.7, max_ckpt_keep=2, ema_ckpt_keep=1)
-    Trainer(_config(example_dir, **conf), tmp_path / "a").run()
+    Trainer(example_config(example_dir, **conf), tmp_path / "a").run()
     a = tmp_path / "a"
     assert (a / "checkpoint").read_text().strip() == "model.ckpt-6.pt"
     assert sorted(p.name for p in a.glob("model_ema.ckpt-*.pt")) == ["model_ema.ckpt-6.pt"]
@@ -55,7 +55,7 @@ def test_ema_checkpoints_restart_and_evaluate(example_dir, tmp_path):
 
     # an interrupted run continues the average exactly
     b = tmp_path / "b"
-    Trainer(_config(example_dir, **conf), b, restart=str(a / "model.ckpt-3.pt")).run()
+    Trainer(example_config(example_dir, **conf), b, restart=str(a / "model.ckpt-3.pt")).run()
     again = read_file(b / "model_ema.ckpt-6.pt")
     for name, value in ema["model_state"].items():
         torch.testing.assert_close(again["model_state"][name], value, rtol=1e-12, atol=1e-14)
@@ -70,12 +70,14 @@ def test_ema_checkpoints_restart_and_evaluate(example_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="EMA.*--init-model"):
         Trainer(
-            _config(example_dir, **conf), tmp_path / "c", restart=str(a / "model_ema.ckpt-6.pt")
+            example_config(example_dir, **conf),
+            tmp_path / "c",
+            restart=str(a / "model_ema.ckpt-6.pt"),
         )
 
 
 def test_ckpt_keep_ratio_keeps_the_last_fraction(example_dir, tmp_path):
-    conf = _config(example_dir, steps=6, ckpt_keep_ratio=0.4)
+    conf = example_config(example_dir, steps=6, ckpt_keep_ratio=0.4)
     conf["training"]["save_freq"] = 1
     Trainer(conf, tmp_path).run()
     # ceil(0.4 * ceil(6 / 1)) = 3 checkpoints, the newest
@@ -94,7 +96,7 @@ def test_ckpt_keep_ratio_keeps_the_last_fraction(example_dir, tmp_path):
 )
 def test_out_json_keys_are_validated(example_dir, tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
-        Trainer(_config(example_dir, **{key: value}), tmp_path)
+        Trainer(example_config(example_dir, **{key: value}), tmp_path)
 
 
 def test_the_reference_normalised_training_section_is_accepted(example_dir, tmp_path):
@@ -123,7 +125,7 @@ def test_the_reference_normalised_training_section_is_accepted(example_dir, tmp_
         "enable_compile": False,
         "enable_tf32": False,
     }
-    conf = _config(example_dir, steps=2, **written)
+    conf = example_config(example_dir, steps=2, **written)
     conf["validating"] = {}
     Trainer(conf, tmp_path).run()
     assert json.loads((tmp_path / "out.json").read_text())["training"]["ema_decay"] == 0.999

@@ -12,8 +12,7 @@ from lamkit.errors import ConfigError
 from lamkit.train import Trainer
 from lamkit.train.schedule import epoch_steps
 
-from .test_multitask import multitask_config
-from .test_train import _config
+from .train_inputs import example_config, multitask_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +24,7 @@ def _epoch_by_hand(systems, batch_sizes, probs):
 
 
 def test_numb_epoch_sets_the_steps(example_dir, tmp_path):
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     del conf["training"]["numb_steps"]
     conf["training"]["numb_epoch"] = 1.5
     conf["training"]["training_data"]["batch_size"] = 2
@@ -40,7 +39,7 @@ def test_numb_epoch_sets_the_steps(example_dir, tmp_path):
 
 
 def test_epoch_rule_with_given_system_probabilities(example_dir, tmp_path):
-    t = Trainer(_config(example_dir), tmp_path)
+    t = Trainer(example_config(example_dir), tmp_path)
     systems = next(iter(t.tasks.values())).train_systems
     conf = {"batch_size": 1, "auto_prob": "prob_sys_size", "sys_probs": None}
     assert epoch_steps(systems, conf) == sum(s.nframes for s in systems)
@@ -63,7 +62,7 @@ def test_reference_formula_agrees(example_dir, tmp_path):
     training_utils = pytest.importorskip(
         "deepmd.dpmodel.utils.training_utils", reason="the reference deepmd-kit is not installed"
     )
-    t = Trainer(_config(example_dir), tmp_path)
+    t = Trainer(example_config(example_dir), tmp_path)
     systems = next(iter(t.tasks.values())).train_systems
     probs = np.linspace(1.0, 2.0, len(systems))
     nb = [s.nframes for s in systems]
@@ -97,7 +96,7 @@ def test_num_epoch_dict_sets_steps_and_task_probabilities(tmp_path):
     ],
 )
 def test_single_task_schedule_errors(example_dir, tmp_path, change, message):
-    conf = _config(example_dir)
+    conf = example_config(example_dir)
     conf["training"].update(change)
     conf["training"] = {k: v for k, v in conf["training"].items() if v is not None}
     with pytest.raises(ConfigError, match=message):
