@@ -6,8 +6,9 @@ with random normalisation statistics and output bias, saves it as a DeePMD-kit c
 evaluates it (energy, force, magnetic force, magnetic mask, virial, atomic energy and virial)
 on a periodic triclinic system, a larger periodic box with a non-magnetic type and a
 non-periodic cluster, with random spins. lamkit reads each checkpoint with its DeePMD-kit reader
-and must give the same numbers to 1e-10 (float64). Skipped without the reference (a failure in
-CI).
+and must give the same numbers to 1e-10 (float64); its DeePMD-kit writer (``lam convert --to
+deepmd``) must give the checkpoints back tensor for tensor. Skipped without the reference (a
+failure in CI).
 """
 
 from __future__ import annotations
@@ -165,3 +166,23 @@ def test_matches_reference(reference, case):
         assert (got[keys.MASK_MAG].reshape(-1) == want["mask_mag"].reshape(-1)).all(), tag
         for name in ("energy", "force", "force_mag", "virial", "atom_energy", "atom_virial"):
             assert_close(f"{tag} {name}", np.ravel(got[name]), np.ravel(want[name]), 1e-10)
+
+
+@pytest.mark.parametrize("case", ["sea-two-magnetic", "dpa1-indices"])
+def test_converted_back_to_reference(reference, case):
+    """``lam convert --to deepmd``'s writer gives back every tensor of the reference spin
+    checkpoint that lamkit read (names, shapes, dtypes and values)."""
+    from lamkit.interop.to_deepmd import deepmd_checkpoint
+
+    out, _ = reference
+    original = torch.load(out / f"{case}.pt", weights_only=False)["model"]
+    model = load_deepmd_checkpoint(out / f"{case}.pt")
+    written = deepmd_checkpoint({"Default": model}, False)["model"]
+    names = [k for k in original if k != "_extra_state"]
+    assert sorted(names) == sorted(k for k in written if k != "_extra_state")
+    for key in names:
+        a, b = original[key], written[key]
+        assert a.dtype == b.dtype and torch.equal(a, b), key
+    assert written["_extra_state"]["model_params"]["spin"]["use_spin"] == model.config["spin"][
+        "use_spin"
+    ]

@@ -70,6 +70,11 @@ def freeze(
         model = _with_precision(model, precision)
     output = Path(output)
     format = format or ("pt2" if output.suffix == ".pt2" else "lamkit")
+    if format in ("pt2", "pth") and getattr(model, "extra_inputs", ()):
+        raise ConfigError(
+            f"freeze: {checkpoint} is a spin model; the '{format}' export does not take atomic "
+            "spins yet (freeze it in the lamkit format)"
+        )
     if format == "pt2":
         from .export_pt2 import export_pt2
 

@@ -74,6 +74,8 @@ def _first_line(exc: Exception) -> str:
 
 def _own_name(rest: str, kind: str | None = None) -> str | None:
     """lamkit name for a reference name below ``model.<head>.`` (None: no lamkit tensor)."""
+    if rest.startswith("backbone_model."):  # a spin model wraps a standard one
+        rest = rest[len("backbone_model.") :]
     if rest == "min_nbor_dist":
         return "min_nbor_dist"
     if not rest.startswith("atomic_model."):
