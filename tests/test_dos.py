@@ -279,7 +279,7 @@ def test_bad_loss_is_refused(loss, fit, key):
     [
         ({"numb_dos": 0}, "numb_dos"),
         ({"exclude_types": [1]}, "exclude_types"),
-        ({"dim_case_embd": 2}, "dim_case_embd"),
+        ({"dim_case_embd": -1}, "dim_case_embd"),  # case embedding itself is supported
     ],
 )
 def test_bad_fitting_is_refused(extra, key):
