@@ -3,7 +3,9 @@ physics checks (finite-difference forces and virials, invariances, periodic imag
 at the cutoff, batching and virtual atoms).
 
 ``lamkit.testing.suite.ModelPhysicsTests`` bundles the checks into a pytest mixin (it imports
-pytest, so it is not imported here).
+pytest, so it is not imported here). ``lamkit.testing.factories`` builds tiny models of every
+descriptor kind and ``lamkit.testing.learn`` the fixtures of the active-learning tests (both
+import the model and training code, so they are not imported here either).
 """
 
 from .models import copy_weights, randomize_statistics
