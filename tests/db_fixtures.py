@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from tests.test_db_service_data import database_url
+from tests.db_data import database_url
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -10,8 +10,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from pymatgen.io.cif import CifWriter
 
 from lamkit.cli.main import main
+from tests.db_data import bcc, database_url, rocksalt, simple_cubic
 from tests.db_fixtures import BACKENDS
-from tests.test_db_service_data import bcc, database_url, rocksalt, simple_cubic
 
 
 def lam(capsys, *args) -> str:

@@ -19,8 +19,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from lamkit.cli.main import main
 from lamkit.db import CrystalDB, QueryError
+from tests.db_data import database_url, fcc, rocksalt
 from tests.db_fixtures import BACKENDS
-from tests.test_db_service_data import database_url, fcc, rocksalt
 
 ASE_VASP_DATA = Path(ase.__file__).parent / "test" / "testdata" / "vasp"
 

@@ -12,8 +12,8 @@ from sqlalchemy import insert
 from lamkit.db import QueryError, RecordError
 from lamkit.db.records import ENERGY_PER_ATOM_MAX, ENERGY_PER_ATOM_MIN, make_row
 from lamkit.db.schema import records
+from tests.db_data import bcc, fcc, rocksalt, simple_cubic
 from tests.db_fixtures import backend_param
-from tests.test_db_service_data import bcc, fcc, rocksalt, simple_cubic
 
 db = backend_param()
 
@@ -103,7 +103,7 @@ def test_init_is_safe_when_processes_race_on_a_new_database(kind):
     import tqdm.auto  # noqa: F401
 
     from lamkit.db import CrystalDB
-    from tests.test_db_service_data import database_url
+    from tests.db_data import database_url
 
     make_row(fcc("Cu", 3.6), energy=-1.0)  # warms spglib, vesin and pymatgen up before forking
     ctx = mp.get_context("fork")

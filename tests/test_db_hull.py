@@ -16,8 +16,8 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
 
 from lamkit.db import QueryError, synthetic
+from tests.db_data import CUAU_EHULL, N_NACL, fcc, fill, l10, rocksalt
 from tests.db_fixtures import BACKENDS, crystal_db
-from tests.test_db_service_data import CUAU_EHULL, N_NACL, fcc, fill, l10, rocksalt
 
 POOL = ("Li", "Fe", "O", "Na", "Cl")
 

@@ -13,8 +13,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 from pymatgen.io.cif import CifWriter
 
+from tests.db_data import cscl, fcc, rocksalt, zincblende
 from tests.db_fixtures import backend_param
-from tests.test_db_service_data import cscl, fcc, rocksalt, zincblende
 
 db = backend_param()
 

@@ -348,7 +348,7 @@ def test_round_trip_train_and_test(tmp_path, frames):
 
 def test_service_record_view_and_range_params(db, frames):
     from lamkit.db.service import create_app
-    from tests.test_db_service_data import API, client_for, ok
+    from tests.db_data import API, client_for, ok
 
     rep = db.import_records(frames, model="emt")
     app = create_app(db, api_keys=[], keys_from_environment=False)

@@ -28,8 +28,8 @@ from optimade.models import (  # noqa: E402
 from lamkit.cli.main import main  # noqa: E402
 from lamkit.db import CrystalDB, synthetic  # noqa: E402
 from lamkit.db.service import create_app  # noqa: E402
+from tests.db_data import client_for, database_url, running_server  # noqa: E402
 from tests.db_fixtures import BACKENDS, crystal_db  # noqa: E402
-from tests.test_db_service_data import client_for, database_url, running_server  # noqa: E402
 
 V1 = "/optimade/v1"
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)

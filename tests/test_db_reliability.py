@@ -15,8 +15,8 @@ import time
 import pytest
 
 from lamkit.db import CrystalDB, synthetic
+from tests.db_data import database_url
 from tests.db_fixtures import BACKENDS, backend_param
-from tests.test_db_service_data import database_url
 
 db = backend_param()
 N_KILL = 10000

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from .test_db_service_data import API, KEY, KINDS, database_url, fill  # noqa: E402
+from .db_data import API, KEY, KINDS, database_url, fill  # noqa: E402
 
 #: Examples per operation; LAMKIT_FUZZ_EXAMPLES raises it for a longer run (CI keeps 25).
 MAX_EXAMPLES = int(os.environ.get("LAMKIT_FUZZ_EXAMPLES", "25"))

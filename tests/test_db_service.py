@@ -1,6 +1,6 @@
 """The crystal database's HTTP service, reading: every search filter, keyset pages, records,
 downloads and hulls against the Python API (``CrystalDB.query``, ``hull``, ``get``) and values
-known by hand (tests/test_db_service_data.py); malformed parameters get a 4xx naming them, SQL
+known by hand (tests/db_data.py); malformed parameters get a 4xx naming them, SQL
 metacharacters are plain values. On SQLite and on PostgreSQL (same tests, both backends).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Structure
 
-from .test_db_service_data import (
+from .db_data import (
     API,
     CUAU_EHULL,
     KEY,

@@ -14,7 +14,7 @@ import pytest
 from lamkit.db import CrystalDB
 from lamkit.db.service import create_app
 
-from .test_db_service_data import (
+from .db_data import (
     API,
     KEY,
     KINDS,

@@ -15,7 +15,7 @@ from pymatgen.core import Structure
 
 from lamkit.db.service import create_app
 
-from .test_db_service_data import (
+from .db_data import (
     API,
     KEY,
     KINDS,

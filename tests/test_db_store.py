@@ -12,8 +12,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from lamkit.db import CrystalDB, DBError, QueryError, RecordError, parse_id
+from tests.db_data import antifluorite, l10, rocksalt
 from tests.db_fixtures import backend_param, random_cell
-from tests.test_db_service_data import antifluorite, l10, rocksalt
 
 db = backend_param()
 

@@ -22,8 +22,8 @@ from pymatgen.core import Lattice, Structure
 from lamkit.db import CrystalDB
 from lamkit.db.service import create_app
 
-from .test_db_service_data import database_url, fcc, l10, l12, running_server
-from .test_db_web import browser, console_errors, listed_ids, text_of, wait_for  # noqa: F401
+from .db_browser import browser, console_errors, listed_ids, text_of, wait_for  # noqa: F401
+from .db_data import database_url, fcc, l10, l12, running_server
 
 CUAU_A_EHULL = 0.175 * 2 / 3 - 0.10  # model A: CuAu above the Cu3Au-Au tie line
 CU_A = 3.61

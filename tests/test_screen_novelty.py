@@ -18,8 +18,8 @@ from sqlalchemy import event
 from lamkit.db import RecordError
 from lamkit.db.synthetic import make_structure
 from lamkit.screen.novelty import PRESETS, NoveltyIndex, find_unique, probe
+from tests.db_data import antifluorite, bcc, cscl, fcc, l10, l12, rocksalt, zincblende
 from tests.db_fixtures import BACKENDS, crystal_db
-from tests.test_db_service_data import antifluorite, bcc, cscl, fcc, l10, l12, rocksalt, zincblende
 
 RNG = np.random.default_rng(7)
 
