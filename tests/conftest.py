@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from . import areas
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -38,6 +40,14 @@ def require_reference() -> Path:
             pytest.fail(f"{msg}; CI must run the reference parity tests")
         pytest.skip(msg)
     return need_shared("water")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    areas.register(config)  # area markers: python3 -m pytest -m db (see tests/areas.py)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    areas.mark(items)
 
 
 @pytest.fixture(scope="session")
