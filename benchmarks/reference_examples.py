@@ -6,9 +6,10 @@ Takes the ``examples/`` folder of a DeePMD-kit repository (by default the local 
 into a temporary folder; ``--examples DIR`` uses an unpacked folder instead), finds every
 training input in it (a JSON/YAML file with ``model`` and ``training`` sections), and for each:
 
-1. writes a copy into its own run folder with the step count cut to one (``numb_steps`` 1;
-   an epoch count ``num_epoch`` / ``num_epoch_dict`` is scaled down to a small fraction of an
-   epoch, which both codes round up to a step or two) and every relative path that names an
+1. writes a copy into its own run folder with the step count cut to one (``numb_steps`` 1,
+   and ``warmup_steps`` 0, which must be shorter than the run; an epoch count ``num_epoch`` /
+   ``num_epoch_dict`` is scaled down to a small fraction of an epoch, which both codes round up
+   to a step or two) and every relative path that names an
    existing file or folder next to the input made absolute (data systems, pair tables, ...);
    nothing else is changed;
 2. runs ``dp --pt train`` of the installed reference on it (its verdict says whether the input
@@ -124,6 +125,9 @@ def shorten(config: dict) -> dict:
             training[key] = EPOCH_FRACTION
     else:
         training["numb_steps"] = 1
+        lr = config.get("learning_rate")
+        if isinstance(lr, dict) and lr.get("warmup_steps"):
+            lr["warmup_steps"] = 0  # the reference refuses warm-up longer than the run
         for alias in ("stop_batch", "numb_batch"):
             if alias in training:
                 del training["numb_steps"]
