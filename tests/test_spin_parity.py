@@ -1,14 +1,16 @@
 """Spin models: parity with the reference DeePMD-kit 3.2 (PyTorch backend) on the same weights.
 
 One subprocess builds the reference's spin energy model (``deepmd.pt.model.model.get_model``
-with a ``spin`` section, normalised by its argcheck as ``dp train`` does) for each case below,
-with random normalisation statistics and output bias, saves it as a DeePMD-kit checkpoint and
-evaluates it (energy, force, magnetic force, magnetic mask, virial, atomic energy and virial)
-on a periodic triclinic system, a larger periodic box with a non-magnetic type and a
-non-periodic cluster, with random spins. lamkit reads each checkpoint with its DeePMD-kit reader
-and must give the same numbers to 1e-10 (float64); its DeePMD-kit writer (``lam convert --to
-deepmd``) must give the checkpoints back tensor for tensor. Skipped without the reference (a
-failure in CI).
+with a ``spin`` section, normalised by its argcheck as ``dp train`` does) for each case below
+(se_e2_a, DPA-1, DPA-2 and DPA-3 backbones), with random normalisation statistics and output
+bias, saves it as a DeePMD-kit checkpoint and evaluates it (energy, force, magnetic force,
+magnetic mask, virial, atomic energy and virial) on a periodic triclinic system, a larger
+periodic box with a non-magnetic type and a non-periodic cluster, with random spins. lamkit
+reads each checkpoint with its DeePMD-kit reader and must give the same numbers to 1e-10
+(float64); its DeePMD-kit writer (``lam convert --to deepmd``) must give the checkpoints back
+tensor for tensor. Every ``sel`` is above the neighbour counts of the doubled system: from a
+saturated list the two codes may keep different ones of equally distant neighbours (a
+placeholder sits on its atom). Skipped without the reference (a failure in CI).
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ SEA = {"type": "se_e2_a", "sel": [40, 40, 40], "rcut": RCUT, "rcut_smth": 3.2,
 DPA1 = {"type": "se_atten", "sel": 80, "rcut": RCUT, "rcut_smth": 3.2, "neuron": [4, 8, 16],
         "axis_neuron": 4, "attn": 8, "attn_layer": 1, "tebd_dim": 4, "precision": "float64",
         "seed": 1}
+DPA2 = {"type": "dpa2", "precision": "float64", "seed": 1,
+        "repinit": {"rcut": RCUT, "rcut_smth": 0.5, "nsel": 80, "neuron": [4, 8],
+                    "axis_neuron": 4},
+        "repformer": {"rcut": 3.0, "rcut_smth": 2.5, "nsel": 40, "nlayers": 2, "g1_dim": 8,
+                      "g2_dim": 4, "attn1_hidden": 4, "attn1_nhead": 1, "attn2_hidden": 4,
+                      "attn2_nhead": 1, "axis_neuron": 4}}
+DPA3 = {"type": "dpa3", "precision": "float64", "seed": 1,
+        "repflow": {"n_dim": 8, "e_dim": 8, "a_dim": 4, "nlayers": 2, "e_rcut": RCUT,
+                    "e_rcut_smth": 3.2, "e_sel": 160, "a_rcut": 3.0, "a_rcut_smth": 2.5,
+                    "a_sel": 100, "axis_neuron": 4}}
 # name -> (descriptor, spin section, extra model keys)
 CASES = {
     # the spin section of the reference's examples/spin/se_e2_a (one scale per magnetic type)
@@ -52,6 +64,8 @@ CASES = {
         {"pair_exclude_types": [[1, 1]]},
     ),
     "dpa1-indices": (DPA1, {"use_spin": [0, 2], "virtual_scale": 0.35}, {}),
+    "dpa2": (DPA2, {"use_spin": [True, False, False], "virtual_scale": [0.314]}, {}),
+    "dpa3": (DPA3, {"use_spin": ["Fe"], "virtual_scale": [0.4]}, {}),
 }
 SYSTEMS = ("triclinic", "box", "cluster")
 
