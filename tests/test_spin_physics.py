@@ -23,7 +23,7 @@ from lamkit.testing import standard_system
 from lamkit.testing.models import randomize_statistics
 from lamkit.testing.physics import assert_close
 from lamkit.testing.spin_data import label_frame, nio_frames
-from lamkit.testing.systems import System
+from lamkit.testing.systems import System, pad_with_virtual
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,6 +130,24 @@ def test_rotation_moves_every_vector(model):
     # the spins matter: rotating them alone changes the energy
     alone = run(model, system, spin @ q.T)
     assert abs(alone[keys.ENERGY][0] - out[keys.ENERGY][0]) > 1e-6
+
+
+def test_virtual_padding_atoms_change_nothing():
+    """Mixed-type padding (type -1, any spin) leaves every output of the real atoms as it was
+    and gets zero outputs and no magnetic mask (DPA-1, which reads mixed-type data)."""
+    model = make_model("dpa1")
+    system, spin = _system("triclinic")
+    rng = np.random.default_rng(8)
+    padded = pad_with_virtual(system, system.nloc + 3, rng)
+    pspin = np.vstack([spin, rng.normal(size=(3, 3))])
+    a, b = run(model, system, spin, atomic=True), run(model, padded, pspin, atomic=True)
+    n = system.nloc
+    for key in (keys.ENERGY, keys.VIRIAL):
+        assert_close(key, b[key], a[key], 1e-12)
+    for key in (keys.FORCE, keys.FORCE_MAG, keys.ATOM_ENERGY, keys.ATOM_VIRIAL):
+        assert_close(key, b[key][:n], a[key], 1e-12, 1e-14)
+        assert (b[key][n:] == 0).all(), key
+    assert not b[keys.MASK_MAG][n:].any() and not b[keys.MASK][n:].any()
 
 
 def test_saved_model_reloads(tmp_path):
