@@ -179,6 +179,9 @@ def test_deep_pot_eval_with_spins():
         assert_close(key, got[0], want[key], 1e-12)
     with pytest.raises(ValueError, match="spin"):
         dp.eval(system.coord.reshape(1, -1), system.cell.reshape(1, 9), system.atype)
+    # paths that do not pass spins (change-bias, fine-tuning...): a one-line ConfigError
+    with pytest.raises(ConfigError, match="needs the atomic spins"):
+        model.evaluate(torch.tensor(system.coord)[None], torch.tensor(system.atype)[None])
 
 
 def test_spin_section_forms_and_errors():

@@ -45,6 +45,14 @@ SPIN_ARGS = (
 )
 
 
+# a ConfigError (a ValueError too): the CLI shows it without a traceback
+_NO_SPIN = (
+    "a spin model needs the atomic spins (spin [nf, nloc, 3], spin.npy); this path does not "
+    "pass them (spin models work with lam train, lam test, DeepPot.eval(spin=...), "
+    "lam convert; not yet with fine-tuning, change-bias, model deviation or ASE)"
+)
+
+
 def normalize_spin(spin: dict, type_map: list[str], path: str = "model/spin") -> dict:
     """The ``spin`` section with ``use_spin`` as one bool per type and ``virtual_scale`` as one
     float per type (zero for non-magnetic types), as the reference expands them."""
@@ -244,7 +252,7 @@ class SpinEnergyModel(EnergyModel):
         virial [nf, 9], atom_virial [nf, nloc, 9] (real plus virtual atom).
         """
         if spin is None:
-            raise ValueError("a spin model needs the atomic spins (spin [nf, nloc, 3])")
+            raise ConfigError(_NO_SPIN)
         nf, nloc = atype.shape
         coord = coord.detach().to(torch.float64).reshape(nf, nloc, 3)
         pcoord, ptype, corr = self.pack(coord, atype, spin.detach())
@@ -308,7 +316,7 @@ class SpinNeighborBuilder:
 
     def __call__(self, coord, atype, box, cache_keys: list | None = None, spin=None):
         if spin is None:
-            raise ValueError("a spin model needs the atomic spins (spin [nf, nloc, 3])")
+            raise ConfigError(_NO_SPIN)
         atype_t = torch.as_tensor(atype).detach().cpu()
         nf = len(coord)
         atype_t = atype_t.reshape(nf, -1)
