@@ -337,3 +337,22 @@ def test_loop_scores_the_pool(pretrained, tmp_path):
     assert [f.info["source"] for f in pool] == [f"lattice:Cu:pool{k}" for k in range(4)]
     vols = [f.get_volume() / len(f) for f in pool]
     np.testing.assert_allclose(np.array(vols) / (3.6**3 / 4), [0.97, 0.985, 1.015, 1.03])
+
+
+def test_init_pool_labels_the_property_cells(pretrained, tmp_path):
+    """train.init_pool: the properties' own deformed cells (unrattled) join the initial
+    labels, with the labeller's energies."""
+    from lamkit.learn.properties import deformation_pool
+
+    conf = _conf(pretrained, labeller={"type": "emt"},
+                 properties=[{"name": "lattice", "structure": "Cu", "tolerance": "0.5 %",
+                              "target": "3.59 Å"}],
+                 train={"members": 1, "numb_steps": 5, "init_frames": 1, "init_pool": True})
+    state = run_learn(parse_config(conf), tmp_path / "run", max_stages=1)
+    assert state.initialized and state.labels == 3 + 4  # 3 perturbed lattice cells + 4 pool
+    init = tmp_path / "run" / "data" / "init"
+    energies = np.concatenate([np.load(p).ravel() for p in sorted(init.glob("*/set.*/energy.npy"))])
+    assert energies.shape == (7,)
+    for cell in deformation_pool("lattice", bulk("Cu", "fcc", a=3.6, cubic=True)):
+        cell.calc = EMT()
+        assert np.abs(energies - cell.get_potential_energy()).min() < 1e-8

@@ -116,6 +116,7 @@ class TrainSpec:
     random_fitting: bool = False  # members get new fitting nets (seeded differently)
     init_frames: int = 4  # labelled perturbed copies of each property structure (iteration 0)
     init_perturb: float = 0.03  # Å, and the same fraction of cell strain
+    init_pool: bool = False  # also label the properties' own deformed cells (iteration 0)
 
 
 @dataclass

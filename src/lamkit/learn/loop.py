@@ -127,6 +127,8 @@ class LearnRun:
                 a.set_cell(a.cell.array @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
                 a.positions += rng.normal(0.0, d, a.positions.shape)
                 frames.append(a)
+        if cfg.train.init_pool:
+            frames += [a for _, a in self._pool()]
         self._label(frames, self.dir / "data" / "init")
         if not st.data:
             raise ConfigError("labeller: every initial frame failed; see the log")
