@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from .conftest import need_shared, require_reference
-from .test_reference_parity import DP, LAM, _finish, _start, rel_diff
+from .reference_runs import DP, LAM, finish_run, rel_diff, start_run
 
 pytestmark = pytest.mark.reference
 
@@ -95,7 +95,9 @@ def make_config(data: Path) -> dict:
 def ckpt(data, tmp_path_factory) -> Path:
     wd = tmp_path_factory.mktemp("dp_dos")
     (wd / "input.json").write_text(json.dumps(make_config(data), indent=1))
-    _finish(_start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "log"), wd, "log")
+    finish_run(
+        start_run(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "log"), wd, "log"
+    )
     assert (wd / "model.ckpt-1.pt").is_file(), f"the reference wrote no checkpoint in {wd}"
     return wd / "model.ckpt-1.pt"
 
@@ -201,9 +203,9 @@ def test_loss_matches_reference(ckpt, data, lr):
 
 def test_lam_test_matches_dp_test(ckpt, data, tmp_path):
     args = ["test", "-m", str(ckpt), "-s", str(data / "heat-221"), "-n", "3", "-a"]
-    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp.log")
-    lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam.log")
-    texts = {"lam": _finish(lam, tmp_path, "lam.log"), "dp": _finish(dp, tmp_path, "dp.log")}
+    dp = start_run(DP + args + ["-d", "dp"], tmp_path, "dp.log")
+    lam = start_run(LAM + args + ["-d", "lam"], tmp_path, "lam.log")
+    texts = {"lam": finish_run(lam, tmp_path, "lam.log"), "dp": finish_run(dp, tmp_path, "dp.log")}
     pattern = r"((?:Atomic )?DOS (?:MAE|RMSE)(?:/Natoms)?)\s*:\s*(\S+)"
     vals = {t: dict(re.findall(pattern, text)) for t, text in texts.items()}
     assert len(vals["dp"]) == 6 and set(vals["lam"]) == set(vals["dp"]), vals

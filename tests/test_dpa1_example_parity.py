@@ -25,7 +25,7 @@ import pytest
 
 from .conftest import require_reference
 from .reference_finetune import run_reference
-from .test_reference_parity import LAM, WATER, _finish, _start
+from .reference_runs import LAM, WATER, finish_run, start_run
 
 pytestmark = pytest.mark.reference
 
@@ -96,9 +96,9 @@ def detail_files(tmp_path_factory) -> Path:
     (wd / "input.json").write_text(json.dumps(example_input(), indent=1))
     run_reference(["train", "input.json", "--skip-neighbor-stat"], wd)
     args = ["test", "-m", "model.ckpt-0.pt", "-s", str(WATER / "data_3"), "-n", str(NFRAMES)]
-    lam = _start(LAM + args + ["-d", "lam"], wd, "lam_test.log")
+    lam = start_run(LAM + args + ["-d", "lam"], wd, "lam_test.log")
     run_reference(args + ["-d", "dp"], wd, log="dp_test.log")
-    _finish(lam, wd, "lam_test.log")
+    finish_run(lam, wd, "lam_test.log")
     return wd
 
 

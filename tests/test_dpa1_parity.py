@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from .conftest import energy_input, require_reference
-from .test_reference_parity import (
+from .reference_runs import (
     DP,
     WATER,
-    _finish,
-    _start,
+    finish_run,
     rel_diff,
+    start_run,
     water_frames,
 )
 
@@ -84,10 +84,10 @@ def reference_runs(tmp_path_factory) -> dict[str, Path]:
         wd = tmp_path_factory.mktemp(f"dp_dpa1_{variant}")
         (wd / "input.json").write_text(json.dumps(make_config(variant), indent=1))
         cmd = DP + ["train", "input.json", "--skip-neighbor-stat"]
-        runs[variant] = (wd, _start(cmd, wd, "train.log"))
+        runs[variant] = (wd, start_run(cmd, wd, "train.log"))
     out = {}
     for variant, (wd, proc) in runs.items():
-        _finish(proc, wd, "train.log")
+        finish_run(proc, wd, "train.log")
         ckpt = wd / "model.ckpt-3.pt"
         assert ckpt.is_file(), f"the reference wrote no {ckpt.name} in {wd}"
         out[variant] = ckpt

@@ -37,7 +37,7 @@ import torch
 from lamkit.presets import load_preset
 
 from .conftest import SHARED_DATA, energy_input, require_reference
-from .test_reference_parity import DP, WATER, _finish, rel_diff
+from .reference_runs import DP, WATER, finish_run, rel_diff
 
 pytestmark = pytest.mark.reference
 
@@ -185,14 +185,14 @@ def reference_runs(tmp_path_factory) -> dict[str, Path]:
     for name in RUNS:
         wd = tmp_path_factory.mktemp(f"dp_dpa2_{name}")
         (wd / "input.json").write_text(json.dumps(make_config(name), indent=1))
-        fh = open(wd / "train.log", "w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+        fh = open(wd / "train.log", "w", encoding="utf-8")  # noqa: SIM115 - closed in finish_run
         cmd = DP + ["train", "input.json", "--skip-neighbor-stat"]
         proc = subprocess.Popen(cmd, cwd=wd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         proc.log = fh  # type: ignore[attr-defined]
         procs[name] = (wd, proc)
     out = {}
     for name, (wd, proc) in procs.items():
-        _finish(proc, wd, "train.log", timeout=900)
+        finish_run(proc, wd, "train.log", timeout=900)
         ckpt = wd / "model.ckpt-1.pt"
         assert ckpt.is_file(), f"the reference wrote no {ckpt.name} in {wd}"
         out[name] = ckpt

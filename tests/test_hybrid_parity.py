@@ -236,7 +236,7 @@ def test_hybrid_round_trip_to_deepmd(reference, case):
 # --- a checkpoint written by ``dp --pt train`` on water data_0: statistics and predictions ----
 def _trained_config() -> dict:
     from .conftest import energy_input
-    from .test_reference_parity import WATER
+    from .reference_runs import WATER
 
     subs = [
         {
@@ -282,13 +282,13 @@ def _trained_config() -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from .test_reference_parity import DP, _finish, _start
+    from .reference_runs import DP, finish_run, start_run
 
     require_reference()
     wd = tmp_path_factory.mktemp("dp_hybrid")
     (wd / "input.json").write_text(json.dumps(_trained_config(), indent=1))
-    _finish(
-        _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
+    finish_run(
+        start_run(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
         wd,
         "train.log",
     )
@@ -303,7 +303,7 @@ def test_dp_trained_statistics_and_predictions(trained, tmp_path):
 
     from lamkit.train import Trainer
 
-    from .test_reference_parity import rel_diff, water_frames
+    from .reference_runs import rel_diff, water_frames
 
     sd = torch.load(str(trained), map_location="cpu", weights_only=False)["model"]
     model = Trainer(_trained_config(), tmp_path).model

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from .conftest import need_shared, require_reference
-from .test_reference_parity import DP, LAM, _finish, _start, rel_diff
+from .reference_runs import DP, LAM, finish_run, rel_diff, start_run
 
 pytestmark = pytest.mark.reference
 
@@ -133,10 +133,13 @@ def reference_runs(data, tensors, tmp_path_factory) -> dict[str, Path]:
     for run in RUNS:
         wd = tmp_path_factory.mktemp(f"dp_{run}")
         (wd / "input.json").write_text(json.dumps(make_config(run, data, tensors), indent=1))
-        procs[run] = (wd, _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "log"))
+        procs[run] = (
+            wd,
+            start_run(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "log"),
+        )
     out = {}
     for run, (wd, proc) in procs.items():
-        _finish(proc, wd, "log")
+        finish_run(proc, wd, "log")
         assert (wd / "model.ckpt-1.pt").is_file(), f"the reference wrote no checkpoint in {wd}"
         out[run] = wd / "model.ckpt-1.pt"
     return out
@@ -337,9 +340,9 @@ def test_tensor_loss_matches_reference(reference_runs, tensors):
 # --- lam test vs dp test ----------------------------------------------------------------------
 def test_lam_test_matches_dp_test(reference_runs, data, tmp_path):
     args = ["test", "-m", str(reference_runs["intensive"]), "-s", str(data / "data_2"), "-n", "6"]
-    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp.log")
-    lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam.log")
-    texts = {"lam": _finish(lam, tmp_path, "lam.log"), "dp": _finish(dp, tmp_path, "dp.log")}
+    dp = start_run(DP + args + ["-d", "dp"], tmp_path, "dp.log")
+    lam = start_run(LAM + args + ["-d", "lam"], tmp_path, "lam.log")
+    texts = {"lam": finish_run(lam, tmp_path, "lam.log"), "dp": finish_run(dp, tmp_path, "dp.log")}
     vals = {
         tool: {
             key: float(re.findall(rf"PROPERTY {key}\s*:\s*(\S+)", text)[-1])

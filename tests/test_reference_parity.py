@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -32,12 +30,11 @@ import torch
 from lamkit.examples import water_se_e2_a_config
 
 from .conftest import require_reference
-from .reference_finetune import reference_env, subset_system
+from .reference_finetune import subset_system
+from .reference_runs import DP, LAM, WATER, finish_run, rel_diff, start_run, water_frames
 
 pytestmark = pytest.mark.reference
 
-REPO = Path(__file__).resolve().parents[1]
-WATER = (REPO / ".." / "shared" / "data" / "water").resolve()
 NFRAMES = 4  # data_3 frames compared
 RTOL = 1e-8  # max abs diff / max abs value, float64 predictions
 STAT_RTOL = 1e-6
@@ -61,38 +58,6 @@ def _reference_available():
     require_reference()
 
 
-def _env() -> dict:
-    return reference_env(threads=2)
-
-
-DP = [sys.executable, "-m", "deepmd", "--pt"]
-LAM = [sys.executable, "-m", "lamkit.cli.main"]
-
-
-def _start(cmd: list[str], cwd: Path, log: str) -> subprocess.Popen:
-    fh = open(cwd / log, "w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
-    proc.log = fh  # type: ignore[attr-defined]
-    return proc
-
-
-def _finish(proc: subprocess.Popen, cwd: Path, log: str, timeout: float = 600) -> str:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.log.close()  # type: ignore[attr-defined]
-    text = (cwd / log).read_text(encoding="utf-8", errors="replace")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(map(str, proc.args))} failed (rc {proc.returncode}) in {cwd}:\n"
-            f"{text[-4000:]}"
-        )
-    return text
-
-
 def make_config(one_side: bool) -> dict:
     conf = copy.deepcopy(BASE_CONFIG)
     tr = conf["training"]
@@ -105,21 +70,6 @@ def make_config(one_side: bool) -> dict:
         conf["model"]["fitting_net"]["neuron"] = [64, 64, 64]
         conf["model"]["data_stat_nbatch"] = 10  # statistics are checked on the other run
     return conf
-
-
-def water_frames(n: int = NFRAMES):
-    d = WATER / "data_3"
-    coord = np.load(d / "set.000" / "coord.npy")[:n].astype(np.float64)
-    box = np.load(d / "set.000" / "box.npy")[:n].astype(np.float64)
-    atype = np.loadtxt(d / "type.raw", dtype=np.int64).reshape(-1)
-    return coord.reshape(n, -1, 3), box.reshape(n, 9), atype
-
-
-def rel_diff(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = np.asarray(ref, dtype=np.float64)
-    got = np.asarray(got, dtype=np.float64).reshape(ref.shape)
-    scale = np.abs(ref).max()
-    return float(np.abs(ref - got).max() / (scale if scale > 0 else 1.0))
 
 
 def reference_state(ckpt: Path) -> dict:
@@ -139,11 +89,11 @@ def reference_runs(tmp_path_factory) -> dict[bool, Path]:
         (wd / "input.json").write_text(json.dumps(make_config(one_side), indent=1))
         runs[one_side] = (
             wd,
-            _start(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
+            start_run(DP + ["train", "input.json", "--skip-neighbor-stat"], wd, "train.log"),
         )
     out = {}
     for one_side, (wd, proc) in runs.items():
-        _finish(proc, wd, "train.log")
+        finish_run(proc, wd, "train.log")
         ckpt = wd / "model.ckpt-3.pt"
         assert ckpt.is_file(), f"the reference wrote no {ckpt.name} in {wd}"
         out[one_side] = ckpt
@@ -256,10 +206,10 @@ def test_lam_test_matches_dp_test(reference_runs, tmp_path):
     ckpt = str(reference_runs[True])
     system = str(WATER / "data_3")
     args = ["test", "-m", ckpt, "-s", system, "-n", str(NFRAMES)]
-    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp_test.log")
-    lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam_test.log")
-    lam_text = _finish(lam, tmp_path, "lam_test.log")
-    dp_text = _finish(dp, tmp_path, "dp_test.log")
+    dp = start_run(DP + args + ["-d", "dp"], tmp_path, "dp_test.log")
+    lam = start_run(LAM + args + ["-d", "lam"], tmp_path, "lam_test.log")
+    lam_text = finish_run(lam, tmp_path, "lam_test.log")
+    dp_text = finish_run(dp, tmp_path, "dp_test.log")
 
     ref, got = parse_test_output(dp_text), parse_test_output(lam_text)
     assert set(ref) == set(_METRIC), f"could not parse dp test output:\n{dp_text[-2000:]}"
@@ -300,10 +250,10 @@ def test_lam_test_writes_dp_test_detail_files(reference_runs, tmp_path):
     virial files of a non-periodic system and the stress file, across two systems."""
     (tmp_path / "systems.txt").write_text("\n".join(map(str, _detail_systems(tmp_path))))
     args = ["test", "-m", str(reference_runs[True]), "-f", "systems.txt"]
-    dp = _start(DP + args + ["-d", "dp"], tmp_path, "dp_test.log")
-    lam = _start(LAM + args + ["-d", "lam"], tmp_path, "lam_test.log")
-    _finish(lam, tmp_path, "lam_test.log")
-    _finish(dp, tmp_path, "dp_test.log")
+    dp = start_run(DP + args + ["-d", "dp"], tmp_path, "dp_test.log")
+    lam = start_run(LAM + args + ["-d", "lam"], tmp_path, "lam_test.log")
+    finish_run(lam, tmp_path, "lam_test.log")
+    finish_run(dp, tmp_path, "dp_test.log")
     names = {p.name.replace("dp.", "", 1) for p in tmp_path.glob("dp.*.out*")}
     assert {"v.out", "v_peratom.out", "s.out"} <= names, names
     assert names == {p.name.replace("lam.", "", 1) for p in tmp_path.glob("lam.*.out*")}
@@ -329,12 +279,12 @@ def test_init_model_from_reference_checkpoint(reference_runs, reference_predicti
     conf["learning_rate"].update(start_lr=1e-12, stop_lr=1e-12)
     conf["training"].update(numb_steps=1, disp_freq=1, save_freq=1)
     (tmp_path / "input.json").write_text(json.dumps(conf, indent=1))
-    proc = _start(
+    proc = start_run(
         LAM + ["train", "input.json", "--init-model", str(reference_runs[True]), "-o", "out"],
         tmp_path,
         "train.log",
     )
-    text = _finish(proc, tmp_path, "train.log")
+    text = finish_run(proc, tmp_path, "train.log")
     assert "initialised from" in text, text[-2000:]
     rows = [
         ln.split()
