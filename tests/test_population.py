@@ -8,7 +8,6 @@ losses agree term by term, and the aparam statistics are equal."""
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -178,6 +177,9 @@ warnings.simplefilter("ignore")
 from deepmd.pt.loss.population import PopulationLoss
 from deepmd.pt.model.model import get_model
 
+from deepmd.main import main
+
+main(["--pt", "train", "input.json", "--skip-neighbor-stat"])  # one process: one import
 ckpt, data, loss_json, out = sys.argv[1:5]
 sd = torch.load(ckpt, weights_only=False)["model"]
 model = get_model(sd["_extra_state"]["model_params"]).double()
@@ -209,10 +211,12 @@ np.savez(out, **res)
 def test_reference_checkpoint_loss_and_statistics(data, tmp_path):
     require_reference()
     config = population_input(data, steps=0)
-    ckpt = rf._train(tmp_path / "ref", copy.deepcopy(config))
+    (tmp_path / "input.json").write_text(json.dumps(config))
+    ckpt = tmp_path / "model.ckpt-0.pt"  # written by the script's dp --pt train
     out = tmp_path / "ref.npz"
     proc = subprocess.run(
         [sys.executable, "-c", _REFERENCE, str(ckpt), str(data), json.dumps(LOSS), str(out)],
+        cwd=tmp_path,
         env=rf.reference_env(),
         capture_output=True,
         text=True,

@@ -187,6 +187,9 @@ torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 from deepmd.infer import DeepPot
 
+from deepmd.main import main
+
+main(["--pt", "train", "input.json", "--skip-neighbor-stat"])  # one process: one import
 ckpt, system, n, out, *heads = sys.argv[1:]
 n = int(n)
 coord = np.load(f"{system}/set.000/coord.npy")[:n]
@@ -203,12 +206,14 @@ np.savez(out, **res)
 @pytest.mark.reference
 def test_reference_sharefit_checkpoint_reads_with_equal_predictions(data, tmp_path):
     require_reference()
-    ckpt = rf._train(tmp_path / "ref", sharefit_input(data, steps=0))
+    (tmp_path / "input.json").write_text(json.dumps(sharefit_input(data, steps=0)))
+    ckpt = tmp_path / "model.ckpt-0.pt"  # written by the script's dp --pt train
     heads = ["water_1", "water_2", "Water2"]  # an alias picks the same head in both codes
     out = tmp_path / "ref_eval.npz"
     args = [str(ckpt), str(rf.water(3)), str(NEVAL), str(out), *heads]
     proc = subprocess.run(
         [sys.executable, "-c", _HEADS_SCRIPT, *args],
+        cwd=tmp_path,
         env=rf.reference_env(),
         capture_output=True,
         text=True,
