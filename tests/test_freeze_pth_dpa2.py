@@ -11,6 +11,8 @@ their gradients sent back by ``border_op_backward``). Both equal lamkit ``DeepPo
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -45,12 +47,16 @@ def slab(rcut: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_reference_deep_pot_agrees(dpa2):
     """deepmd.infer.DeepPot(dpa2.pth).eval == lamkit DeepPot.eval, atomic virials included;
-    the file reports message passing."""
+    the file reports message passing and calls DeePMD-kit's border operators, no lamkit op."""
     dp_infer = pytest.importorskip("deepmd.infer", reason="the reference DeePMD-kit")
     import torch
 
     model, path = dpa2
     assert torch.jit.load(str(path)).has_message_passing()
+    with zipfile.ZipFile(path) as archive:  # DeePMD-kit's exchange, none of lamkit's ops
+        code = "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith(".py"))
+    assert "ops.deepmd.border_op_backward(" in code and "ops.deepmd.border_op(" in code
+    assert "ops.lamkit" not in code
     ref = dp_infer.DeepPot(str(path))
     coord, atype, cell = slab(model.rcut, seed=1)
     frame = (coord.reshape(1, -1), cell.reshape(1, 9), atype)
