@@ -30,8 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_device import add_device_argument, resolve_device  # noqa: E402
 
 TYPE_MAP = ["Cu", "Ni", "Au"]
+#: the descriptor and fitting sizes: the first study's 8x16 / [32, 32] model had Cu's C11
+#: 76 % soft after pretraining whatever the fine-tuning did; this one is within 15 %
 SE_A = {"type": "se_e2_a", "sel": [60, 60, 60], "rcut": 5.0, "rcut_smth": 1.0,
-        "neuron": [8, 16], "axis_neuron": 4, "seed": 1}
+        "neuron": [16, 32], "axis_neuron": 8, "seed": 1}
+FITTING = [64, 64]
+PRETRAIN_STEPS = 6000
+FRAMES = 40  # EMT frames per pretraining system
+#: pretraining loss: the virial and energy weigh more than DeePMD-kit's defaults (0.02 -> 1)
+PRETRAIN_LOSS = {"type": "ener", "start_pref_e": 0.2, "limit_pref_e": 5, "start_pref_f": 1000,
+                 "limit_pref_f": 1, "start_pref_v": 0.2, "limit_pref_v": 20}
 
 
 def l12(a: float, major: str, minor: str) -> Atoms:
@@ -74,41 +82,47 @@ def prepare(out: Path, device: str = "cpu") -> None:
     out.mkdir(parents=True, exist_ok=True)
     pure = [
         _system(out / "pre" / s, _frames(lambda r, s=s, a=a: bulk(s, "fcc", a=a, cubic=True)
-                                         .repeat((2, 2, 2)), 30, rng))
+                                         .repeat((2, 2, 2)), FRAMES, rng))
         for s, a in (("Cu", 3.59), ("Ni", 3.52), ("Au", 4.07))
     ]
 
-    def random_cuau(r):
-        at = bulk("Cu", "fcc", a=3.8, cubic=True).repeat((2, 2, 2))
-        for k in r.choice(len(at), size=len(at) // 2, replace=False):
-            at[k].symbol = "Au"
-        return at
+    def random_alloy(minor: str, a: float):
+        def make(r):
+            at = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2))
+            for k in r.choice(len(at), size=len(at) // 2, replace=False):
+                at[k].symbol = minor
+            return at
+        return make
 
-    cuau = [
+    # the alloy branch (named CuAu for the first study): Cu3Au, random CuAu and random CuNi
+    # (a nearby composition; Cu3Ni itself is never seen)
+    alloys = [
         _system(out / "pre" / "Cu3Au", _frames(lambda r: l12(3.75, "Cu", "Au").repeat((2, 2, 2)),
-                                               30, rng)),
-        _system(out / "pre" / "CuAu_random", _frames(random_cuau, 30, rng)),
+                                               FRAMES, rng)),
+        _system(out / "pre" / "CuAu_random", _frames(random_alloy("Au", 3.8), FRAMES, rng)),
+        _system(out / "pre" / "CuNi_random", _frames(random_alloy("Ni", 3.55), FRAMES, rng)),
     ]
-    loss = {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-            "limit_pref_f": 1, "start_pref_v": 0.02, "limit_pref_v": 1}
+    fitting = {"neuron": FITTING}
     conf = {
         "model": {
             "shared_dict": {"tm": TYPE_MAP, "desc": SE_A},
             "model_dict": {
                 "pure": {"type_map": "tm", "descriptor": "desc",
-                         "fitting_net": {"neuron": [32, 32], "seed": 2}},
+                         "fitting_net": {**fitting, "seed": 2}},
                 "CuAu": {"type_map": "tm", "descriptor": "desc",
-                         "fitting_net": {"neuron": [32, 32], "seed": 3}},
+                         "fitting_net": {**fitting, "seed": 3}},
             },
         },
-        "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 3e-5, "decay_steps": 200},
-        "loss_dict": {"pure": loss, "CuAu": loss},
+        "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 3e-5,
+                          "decay_steps": PRETRAIN_STEPS // 20},
+        "loss_dict": {"pure": PRETRAIN_LOSS, "CuAu": PRETRAIN_LOSS},
         "training": {
             "data_dict": {
                 "pure": {"training_data": {"systems": pure, "batch_size": 1}},
-                "CuAu": {"training_data": {"systems": cuau, "batch_size": 1}},
+                "CuAu": {"training_data": {"systems": alloys, "batch_size": 1}},
             },
-            "numb_steps": 4000, "seed": 1, "disp_freq": 500, "save_freq": 4000,
+            "numb_steps": PRETRAIN_STEPS, "seed": 1, "disp_freq": 500,
+            "save_freq": PRETRAIN_STEPS,
         },
     }
     ckpt = Trainer(conf, out / "pre" / "train", device=device).run()
@@ -124,15 +138,20 @@ LOSS = {"start_pref_e": 1, "limit_pref_e": 10, "start_pref_f": 100, "limit_pref_
         "start_pref_v": 10, "limit_pref_v": 100}
 
 
+#: EMT's intrinsic SFE of Cu is -5.4 mJ/m^2: 10 % of it (0.5 mJ/m^2, 0.2 meV per (111) cell)
+#: is below what any fit resolves; 5 mJ/m^2 is about 10 % of Cu's measured SFE
+SFE_TOLERANCE = "5 mJ/m^2"
+
+
 def configs(out: Path, ckpt: Path, reduced: bool = False) -> None:
     """learn-devi.json and learn-random.json in ``out`` for the pretrained ``ckpt``;
-    ``reduced``: 2 members, 3 iterations, shorter MD (a quick look on a busy machine)."""
+    ``reduced``: 2 members, 1000 fine-tuning steps, shorter MD (for a busy machine)."""
     write(out / "Cu3Ni.extxyz", l12(3.56, "Cu", "Ni"))
     props = [
         {"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
         {"name": "elastic", "structure": "Cu", "tolerance": "10 %"},
         {"name": "vacancy", "structure": "Cu", "tolerance": "0.1 eV"},
-        {"name": "sfe", "structure": "Cu", "tolerance": "10 mJ/m^2"},
+        {"name": "sfe", "structure": "Cu", "tolerance": SFE_TOLERANCE},
         {"name": "lattice", "structure": "Cu3Ni", "tolerance": "0.5 %"},
         {"name": "eos", "structure": "Cu3Ni", "tolerance": {"V0": "1.5 %", "B0": "10 %"}},
     ]
@@ -145,15 +164,17 @@ def configs(out: Path, ckpt: Path, reduced: bool = False) -> None:
                            "Cu3Ni": "Cu3Ni.extxyz"},
             "properties": props,
             "labeller": {"type": "emt"},
-            "train": {"members": 2 if reduced else 3, "numb_steps": 1000,
-                      "start_lr": 1e-3, "stop_lr": 3e-5, "loss": LOSS, "init_frames": 2},
+            "train": {"members": 2 if reduced else 3,
+                      "numb_steps": 1000 if reduced else 2000,
+                      "start_lr": 1e-3, "stop_lr": 3e-5, "loss": LOSS, "init_frames": 2,
+                      "init_pool": True},
             "explore": {"temperatures": [300, 800], "pressures": [0],
                         "steps": 30 if reduced else 60, "traj_freq": 10 if reduced else 6,
                         "pool": True, "pool_rattle": 0.01},
             "select": {"method": "fixed" if method == "devi" else "random",
                        "lo": "0.03 eV/Å", "hi": "0.3 eV/Å", "lo_v": "0.01 eV", "hi_v": "1 eV",
                        "max_select": 30},
-            "converge": {"accurate_ratio": 0.9, "max_iterations": 3 if reduced else 4},
+            "converge": {"accurate_ratio": 0.9, "max_iterations": 3},
         }
         (out / f"learn-{method}.json").write_text(json.dumps(learn, indent=1))
 
@@ -163,12 +184,13 @@ def _records(run: Path) -> list[dict]:
             if "properties" in r]
 
 
-SHOWN = ("lattice:Cu3Ni:a", "eos:Cu3Ni:V0", "eos:Cu3Ni:B0", "vacancy:Cu:Ef", "elastic:Cu:C11")
+SHOWN = ("elastic:Cu:C11", "vacancy:Cu:Ef", "sfe:Cu:intrinsic", "eos:Cu3Ni:B0", "worst")
 
 
 def plot(out: Path, png: Path) -> None:
-    """|error| / tolerance of some quantities, and the accurate ratio of the explored frames,
-    against the labelled frames each iteration trained on; prints every quantity."""
+    """|error| / tolerance of some quantities and the worst of all, and the accurate ratio of
+    the explored frames, against the labelled frames each iteration trained on; prints every
+    quantity."""
     from lamkit.props.common import new_figure, save_figure
 
     fig, axes = new_figure(1, 2, size=(10.0, 3.8))
@@ -177,9 +199,11 @@ def plot(out: Path, png: Path) -> None:
         labels = [r["labels_before_train"] for r in recs]
         errs = [{f"{k}:{q}": abs(e["error"]) / e["allowed"] for k, p in r["properties"].items()
                  for q, e in p.items()} for r in recs]
+        for e in errs:
+            e["worst"] = max(e.values())
         for k, key in enumerate(SHOWN):
             axes[0].plot(labels, [e[key] for e in errs], style, marker="os^vd"[k],
-                         color=f"C{k}", label=f"{name} {key}")
+                         color="k" if key == "worst" else f"C{k}", label=f"{name} {key}")
         axes[1].plot(labels, [r["ratios"]["accurate"] for r in recs], style, marker="o",
                      label=name)
         print(name, "labels", labels)
@@ -203,7 +227,7 @@ if __name__ == "__main__":
     ap.add_argument("png", type=Path, nargs="?",
                     help="plot: the figure to write; configs: the pretrained checkpoint")
     ap.add_argument("--reduced", action="store_true",
-                    help="configs: 2 members, 3 iterations, shorter MD")
+                    help="configs: 2 members, 1000 steps, shorter MD")
     add_device_argument(ap)
     args = ap.parse_args()
     if args.stage == "prepare":
