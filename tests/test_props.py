@@ -262,8 +262,7 @@ class Unbatched(Calculator):
 
 def test_lamkit_model_batched_equals_ase_path(tmp_path):
     from lamkit.infer import DeepPot, LamCalculator
-
-    from .test_batch_eval import make_se_e2_a
+    from lamkit.testing.alloys import make_se_e2_a
 
     calc = LamCalculator(DeepPot(make_se_e2_a(), device="cpu"))
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)

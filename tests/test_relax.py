@@ -16,8 +16,7 @@ from ase.optimize import FIRE, LBFGS
 
 from lamkit.infer import DeepPot, LamCalculator
 from lamkit.relax import AsePotential, LamkitPotential, Relaxer, relax
-
-from .test_batch_eval import make_dpa1, make_se_e2_a, mixed_structures
+from lamkit.testing.alloys import make_dpa1, make_se_e2_a, mixed_structures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
