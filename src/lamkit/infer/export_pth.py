@@ -99,6 +99,13 @@ def _lower_program(model: EnergyModel, ghosts: str = "none"):
     sub_lists = getattr(model.descriptor, "sub_lists", None)
 
     def run(ext_coord, ext_atype, nlist, *rest):
+        if ghosts == "comm":  # the block lists come in (see _lists_program): any widths
+            blocks = list(model.descriptor._blocks())
+            given, rest = (
+                dict(zip(("repinit", "repformer", "three_body"), (nlist, *rest))),
+                rest[2:],
+            )
+            lists = {name: given[name] for name in blocks}
         (fparam, aparam), comm = rest[:2], rest[2:]
         nf, nall = ext_atype.shape
         nloc = nlist.shape[1]
@@ -106,10 +113,9 @@ def _lower_program(model: EnergyModel, ghosts: str = "none"):
         aparam = aparam if aparam.shape[-1] else None
         with torch.no_grad():
             x0 = ext_coord.reshape(nf, nall, 3).to(torch.float64)
-            nlist = format_nlist(x0, ext_atype, nlist, rcut, sel, mixed)
-            # descriptors with several lists (DPA-2): the untrimmed per-block lists, so that
-            # no list width depends on the data
-            lists = sub_lists(x0, ext_atype, nlist) if sub_lists is not None else None
+            if ghosts != "comm":
+                nlist = format_nlist(x0, ext_atype, nlist, rcut, sel, mixed)
+                lists = sub_lists(x0, ext_atype, nlist) if sub_lists is not None else None
         x = x0.detach().requires_grad_(True)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
@@ -136,6 +142,43 @@ def _lower_program(model: EnergyModel, ghosts: str = "none"):
         return tuple(t.detach() for t in out) + (ext_vir.reshape(nf, nall, 9).detach(),)
 
     return run
+
+
+def _lists_program(model: EnergyModel):
+    """(ext_coord, ext_atype, nlist [nf, nloc, any]) -> the DPA-2 blocks' lists repinit,
+    repformer and three-body (repinit's first column when there is no three-body block),
+    each at its full ``nsel`` width: the model's ``sel`` nearest within ``rcut``, cut per
+    block."""
+    rcut, sel, mixed = float(model.rcut), list(model.sel), bool(model.mixed_types)
+    desc = model.descriptor
+
+    def lists(ext_coord, ext_atype, nlist):
+        nf, nall = ext_atype.shape
+        x0 = ext_coord.reshape(nf, nall, 3).to(torch.float64)
+        out = desc.sub_lists(x0, ext_atype, format_nlist(x0, ext_atype, nlist, rcut, sel, mixed))
+        return out["repinit"], out["repformer"], out.get("three_body", out["repinit"][..., :1])
+
+    return lists
+
+
+def trace_lists(model: EnergyModel) -> torch.fx.GraphModule:
+    """:func:`_lists_program` as an ATen graph with symbolic sizes."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gen = torch.Generator().manual_seed(0)
+    nf, nloc, nnei, nall = 1, 5, 7, 11
+    args = (
+        torch.rand(nf, nall, 3, generator=gen, dtype=torch.float64) * 10.0,
+        torch.arange(nall).remainder(model.ntypes).unsqueeze(0),
+        torch.randint(-1, nall, (nf, nloc, nnei), generator=gen),
+    )
+    with torch.no_grad():
+        return make_fx(
+            _lists_program(model),
+            decomposition_table=_aten_only(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+        )(*args)
 
 
 def message_passing(model) -> bool:
@@ -189,6 +232,9 @@ def trace_lower(
         torch.zeros(nf, nloc, fit.numb_aparam, dtype=torch.float64),
     ]
     if ghosts == "comm":
+        # the block lists, of distinct widths: repinit (in nlist's place), repformer, three-body
+        args[2] = torch.randint(-1, nall, (nf, nloc, sizes[5]), generator=gen)
+        args[3:3] = [torch.randint(-1, nall, (nf, nloc, sizes[k]), generator=gen) for k in (6, 7)]
         nswap, i32 = sizes[12], torch.int32
         args += [
             torch.zeros(nswap, dtype=torch.int64),  # send_list: pointers to LAMMPS's lists
@@ -280,7 +326,14 @@ def script_model(model: EnergyModel) -> torch.jit.ScriptModule:
                     f"{type(model.descriptor).__name__}"
                 )
         atomic_comm, plain_comm = (_scripted_graph(gm) for gm in traced)
-        frozen = FrozenMessagePassing(plain, atomic, plain_comm, atomic_comm, info)
+        lists = _scripted_graph(trace_lists(model))
+        desc = model.descriptor
+        info["trim"] = [
+            desc.exact_trim(n)
+            for n in ("repinit", "repformer", "three_body")
+            if n in desc._blocks()
+        ] + [False] * (3 - len(desc._blocks()))
+        frozen = FrozenMessagePassing(plain, atomic, plain_comm, atomic_comm, lists, info)
         return torch.jit.script(frozen)
 
 

@@ -258,10 +258,24 @@ class FrozenMessagePassing(Frozen):
     ignored, as the reference's models do: deepmd-kit 3.2.0's C++ side (CPU) hands over a
     mapping whose memory has been freed."""
 
-    def __init__(self, plain, atomic, plain_comm, atomic_comm, info: dict):
+    def __init__(self, plain, atomic, plain_comm, atomic_comm, lists, info: dict):
         super().__init__(plain, atomic, info)
         self.plain_comm = plain_comm
         self.atomic_comm = atomic_comm
+        self.lists = lists
+        self.trim = list(info["trim"])
+
+    def _trimmed(self, nlist: torch.Tensor, trim: bool) -> torch.Tensor:
+        """``nlist`` without the slots past its widest used row (where that is exact): the
+        work follows the neighbours present, not ``sel``."""
+        width = nlist.shape[-1]
+        if not trim or width <= 1 or nlist.numel() == 0:
+            return nlist
+        slot = torch.arange(1, width + 1, device=nlist.device)
+        used = int(torch.where(nlist >= 0, slot, 0).amax())
+        if 0 < used < width:
+            return nlist[..., :used]
+        return nlist
 
     def _frame(
         self,
@@ -275,6 +289,10 @@ class FrozenMessagePassing(Frozen):
         comm_dict: dict[str, torch.Tensor] | None,
     ) -> list[torch.Tensor]:
         nloc, nall = nlist.shape[1], coord.shape[1]
+        full = self.lists(coord, atype, nlist)  # repinit, repformer, three-body; full widths
+        l0 = self._trimmed(full[0], self.trim[0])
+        l1 = self._trimmed(full[1], self.trim[1])
+        l2 = self._trimmed(full[2], self.trim[2])
         if comm_dict is None:
             if mapping is None:
                 if nall != nloc:
@@ -283,9 +301,9 @@ class FrozenMessagePassing(Frozen):
                     )
                 mapping = torch.arange(nloc, device=coord.device).reshape(1, nloc)
             if do_atomic_virial:
-                out = self.atomic(coord, atype, nlist, fp, ap, mapping)
+                out = self.atomic(coord, atype, l0, l1, l2, fp, ap, mapping)
             else:
-                out = self.plain(coord, atype, nlist, fp, ap, mapping)
+                out = self.plain(coord, atype, l0, l1, l2, fp, ap, mapping)
             return [out[0], out[1], out[2], out[3], out[4]]
         nlocal = torch.tensor(nloc, dtype=torch.int32)
         nghost = torch.tensor(nall - nloc, dtype=torch.int32)
@@ -296,7 +314,9 @@ class FrozenMessagePassing(Frozen):
             out = self.atomic_comm(
                 coord,
                 atype,
-                nlist,
+                l0,
+                l1,
+                l2,
                 fp,
                 ap,
                 send_list,
@@ -312,7 +332,9 @@ class FrozenMessagePassing(Frozen):
             out = self.plain_comm(
                 coord,
                 atype,
-                nlist,
+                l0,
+                l1,
+                l2,
                 fp,
                 ap,
                 send_list,

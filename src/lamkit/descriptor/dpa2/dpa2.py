@@ -364,17 +364,21 @@ class DescrptDPA2(Descriptor):
         """
         out = {}
         for name, nl in lists.items():
-            block = self._blocks()[name]
-            davg = block.davg if name == "repinit" else block.davg[:, 1:]
-            exact = name == "repformer" or not bool(davg.any())
             width = nl.shape[-1]
-            if exact and width > 1:
+            if self.exact_trim(name) and width > 1:
                 slot = torch.arange(1, width + 1, device=nl.device)
                 used = int(torch.where(nl >= 0, slot, 0).amax()) if nl.numel() else 0
                 if 0 < used < width:
                     nl = nl[..., :used]
             out[name] = nl
         return out
+
+    def exact_trim(self, name: str) -> bool:
+        """Whether cutting the slots past the widest used row off block ``name``'s list
+        leaves the block's output exact (see :meth:`trimmed`)."""
+        block = self._blocks()[name]
+        davg = block.davg if name == "repinit" else block.davg[:, 1:]
+        return name == "repformer" or not bool(davg.any())
 
     def graph_inputs(self, ext_coord, ext_atype, nlist, step: int = 1) -> dict[str, torch.Tensor]:
         """The trimmed lists (:meth:`trimmed`), each widened with empty slots to a multiple of
