@@ -25,6 +25,7 @@ from lamkit.testing.physics import assert_close
 from lamkit.testing.suite import ModelPhysicsTests
 
 from .conftest import need_shared
+from .water_examples import EXAMPLE_MODELS
 
 TYPE_MAP = ["O", "H"]
 RCUT = 4.0
@@ -161,52 +162,6 @@ def test_refused_options(desc, match):
         build_model(conf)
 
 
-# model sections of the reference's examples/water/se_e2_r/input.json and
-# examples/water/se_e3/input.json, unchanged
-EXAMPLE_MODELS = {
-    "se_e2_r": {
-        "type_map": ["O", "H"],
-        "descriptor": {
-            "type": "se_e2_r",
-            "sel": [46, 92],
-            "rcut_smth": 0.50,
-            "rcut": 6.00,
-            "neuron": [5, 10, 20],
-            "resnet_dt": False,
-            "seed": 1,
-            "_comment": " that's all",
-        },
-        "fitting_net": {
-            "neuron": [120, 120, 120],
-            "resnet_dt": True,
-            "seed": 1,
-            "_comment": "that's all",
-        },
-        "_comment": " that's all",
-    },
-    "se_e3": {
-        "type_map": ["O", "H"],
-        "descriptor": {
-            "type": "se_e3",
-            "sel": "auto",
-            "rcut_smth": 0.50,
-            "rcut": 5.80,
-            "neuron": [2, 4, 8],
-            "resnet_dt": False,
-            "precision": "float64",
-            "seed": 1,
-            "_comment": " that's all",
-        },
-        "fitting_net": {
-            "neuron": [240, 240, 240],
-            "resnet_dt": True,
-            "precision": "float64",
-            "seed": 1,
-            "_comment": " that's all",
-        },
-        "_comment": " that's all",
-    },
-}
 EXAMPLE_REST = {
     # the example also sets training/numb_test, a key that DeePMD-kit 3.2's own argcheck refuses
     # ("undefined key"), as lamkit does: left out here

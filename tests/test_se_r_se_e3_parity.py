@@ -215,7 +215,7 @@ def test_example_statistics_match_reference(name, tmp_path):
     from lamkit.train import Trainer
 
     from .reference_finetune import run_reference, subset_system
-    from .test_se_r_se_e3 import EXAMPLE_MODELS
+    from .water_examples import EXAMPLE_MODELS
 
     water = require_reference()
     data = subset_system(water / "data_0", tmp_path / "data", 4)

@@ -4,8 +4,6 @@ first grid points and across the cutoff; the table reproduces its grid values.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,6 @@ from lamkit.errors import ConfigError
 from lamkit.model import build_model
 from lamkit.model.pair_tab import PairTable, pair_distances, read_pair_table
 from lamkit.model.zbl_model import switch_weight
-from lamkit.testing.models import randomize_statistics
 from lamkit.testing.physics import (
     check_batch,
     check_forces,
@@ -26,28 +23,9 @@ from lamkit.testing.physics import (
 )
 from lamkit.testing.systems import System, random_system
 
-TABLE = Path("/work/shared/data/tables/H2O_tab_potential.txt")
-D3 = Path("/work/shared/data/tables/dftd3.txt")
+from .zbl_models import D3, RCUT, TABLE, linear_model, zbl_model
+
 pytestmark = pytest.mark.skipif(not TABLE.is_file(), reason="shared pair tables not present")
-RCUT = 4.0
-
-
-def _model(**kw):
-    conf = {
-        "type_map": ["O", "H"], "use_srtab": str(TABLE), "smin_alpha": 0.1, "sw_rmin": 0.8,
-        "sw_rmax": 1.2,
-        "descriptor": {"type": "dpa1", "sel": 60, "rcut": RCUT, "rcut_smth": 0.5,
-                       "neuron": [4, 8], "axis_neuron": 4, "attn": 8, "attn_layer": 1,
-                       "precision": "float64", "seed": 1},
-        "fitting_net": {"neuron": [8], "precision": "float64", "seed": 1},
-    }
-    conf.update(kw)
-    model = randomize_statistics(build_model(conf), seed=1)
-    with torch.no_grad():
-        model.tab_out_bias.copy_(torch.tensor([[0.2], [-0.1]], dtype=torch.float64))
-        model.out_bias.copy_(torch.tensor([[0.05], [0.3]], dtype=torch.float64))
-        model.dp_out_bias.copy_(torch.tensor([[-0.4], [0.7]], dtype=torch.float64))
-    return model
 
 
 def test_table_reproduces_grid_values():
@@ -66,7 +44,7 @@ def test_table_reproduces_grid_values():
 
 @pytest.mark.parametrize("periodic", [False, True])
 def test_forces_in_switching_region(periodic):
-    model = _model()
+    model = zbl_model()
     cell = np.eye(3) * 4.5 if periodic else None
     system = random_system(8, 2, cell, extent=2.5, min_dist=0.6, seed=3)
     out = predict(model, system)
@@ -86,7 +64,7 @@ def test_forces_in_switching_region(periodic):
 
 
 def test_forces_near_table_start_and_cutoff():
-    model = _model(sw_rmin=0.01, sw_rmax=0.05)
+    model = zbl_model(sw_rmin=0.01, sw_rmax=0.05)
     # a pair 0.0021 Å apart (inside the table's second grid interval) and one near rcut
     coord = np.array([[0, 0, 0], [0.0021, 0.0003, 0.0], [RCUT - 1e-3, 0.01, 0.0]])
     system = System(coord=coord, atype=np.array([0, 1, 1]))
@@ -109,27 +87,8 @@ def _conf_base():
             "fitting_net": {"neuron": [4]}}
 
 
-def _linear(weights="sum", rcut_tab=7.0):
-    conf = {
-        "type": "linear_ener", "weights": weights, "type_map": ["O", "H"],
-        "models": [
-            {"descriptor": {"type": "se_atten", "sel": 40, "rcut": 3.0, "rcut_smth": 0.5,
-                            "neuron": [4, 8], "axis_neuron": 4, "attn": 8, "attn_layer": 1,
-                            "precision": "float64", "seed": 1},
-             "fitting_net": {"neuron": [8], "precision": "float64", "seed": 1}},
-            {"type": "pairtab", "tab_file": str(D3), "rcut": rcut_tab, "sel": 80},
-        ],
-    }
-    model = randomize_statistics(build_model(conf), seed=2)
-    with torch.no_grad():
-        model.pair_tables[0].out_bias.copy_(torch.tensor([[0.1], [-0.2]], dtype=torch.float64))
-        model.out_bias.copy_(torch.tensor([[0.3], [0.02]], dtype=torch.float64))
-        model.dp_out_bias.copy_(torch.tensor([[-0.4], [0.7]], dtype=torch.float64))
-    return model
-
-
 def test_linear_forces_and_virial():
-    model = _linear([0.6, 1.4])
+    model = linear_model([0.6, 1.4])
     assert model.rcut == 7.0 and model.sel == [80]
     system = random_system(10, 2, np.eye(3) * 6.5, min_dist=1.0, seed=4)
     check_forces(model, system, rtol=1e-6, atol=1e-8)
@@ -138,7 +97,7 @@ def test_linear_forces_and_virial():
 
 def test_linear_sum_is_dp_plus_table():
     """weights 'sum': the energy is the DP model's plus half the pair energies (+ biases)."""
-    model = _linear("sum", rcut_tab=5.0)
+    model = linear_model("sum", rcut_tab=5.0)
     system = random_system(6, 2, None, extent=5.0, min_dist=1.0, seed=6)
     e = predict(model, system)["energy"].item()
     table = model.pair_tables[0]
@@ -181,7 +140,7 @@ def test_padding_beyond_table(tmp_path, rcut):
         assert abs(float(e[2])) < 1e-8
 
 
-@pytest.mark.parametrize("make", [_model, _linear])
+@pytest.mark.parametrize("make", [zbl_model, linear_model])
 def test_batch_virtual_atoms_rotation(make):
     """Batched = one by one; virtual atoms change nothing; rotation covariance."""
     model = make()

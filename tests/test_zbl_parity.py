@@ -179,10 +179,10 @@ def test_lamkit_models_convert_to_deepmd_and_back():
     require_reference()
     from lamkit.interop.to_deepmd import deepmd_checkpoint
 
-    from .test_zbl import _linear, _model
+    from .zbl_models import linear_model, zbl_model
 
     system = random_system(8, 2, np.eye(3) * 6.0, min_dist=0.7, seed=3)
-    for model in (_model(), _linear()):
+    for model in (zbl_model(), linear_model()):
         back = load_deepmd_checkpoint(deepmd_checkpoint({"m": model}, False))
         want, got = predict(model, system), predict(back, system)
         for name in ("energy", "force", "virial"):
