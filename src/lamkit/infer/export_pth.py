@@ -24,7 +24,9 @@ operations with ``make_fx`` and symbolic sizes, which is then compiled with
 Models with message passing (DPA-2) report ``has_message_passing() == True``; DeePMD-kit's
 C++ side then passes a ``comm_dict`` and the ghost atoms' features are exchanged through
 DeePMD-kit's ``deepmd::border_op`` (:mod:`.export_pth_comm`), so such a file needs DeePMD-kit's
-op library wherever it is loaded, as one frozen by DeePMD-kit does.
+op library wherever it is loaded, as one frozen by DeePMD-kit does. Their graphs take the
+blocks' neighbour lists at any width: a first small graph builds them at full ``sel`` width and
+the scripted wrapper cuts them to the neighbours present (where exact) before the model runs.
 """
 
 from __future__ import annotations
