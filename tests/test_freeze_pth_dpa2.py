@@ -85,3 +85,18 @@ def test_lammps_message_passing(dpa2, lmp, tmp_path, ranks, atom_map):  # noqa: 
     np.testing.assert_allclose(e, want_e.item(), rtol=1e-10)
     np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
+
+
+def test_missing_deepmd_op_library_is_a_clear_error(monkeypatch, tmp_path):
+    """Without DeePMD-kit's op library a DPA-2 is refused in one line that says what to
+    install, and no file is written."""
+    import importlib.util
+
+    from lamkit.errors import ModelFileError
+    from lamkit.infer import export_pth_comm
+
+    monkeypatch.setattr(export_pth_comm, "_registered", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelFileError, match="install deepmd-kit"):
+        export_pth(tiny_model(nlayers=2).eval(), tmp_path / "dpa2.pth")
+    assert not (tmp_path / "dpa2.pth").exists()
