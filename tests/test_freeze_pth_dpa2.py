@@ -18,10 +18,10 @@ import pytest
 
 from lamkit.infer import DeepPot
 from lamkit.infer.export_pth import export_pth
+from lamkit.testing.factories import make_dpa2 as tiny_model
 from lamkit.testing.systems import random_system
 
-from .test_dpa2 import tiny_model
-from .test_freeze_pth import _voigt, lmp, run_lammps  # noqa: F401 - lmp is a fixture
+from .pth_lammps import lmp, run_lammps, voigt  # noqa: F401 - lmp is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +84,7 @@ def test_lammps_message_passing(dpa2, lmp, tmp_path, ranks, atom_map):  # noqa: 
         assert "2 by 1 by 1 MPI processor grid" in log  # split along the long x axis
     np.testing.assert_allclose(e, want_e.item(), rtol=1e-10)
     np.testing.assert_allclose(f, want_f.reshape(-1, 3), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(v, _voigt(want_v), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(v, voigt(want_v), rtol=1e-10, atol=1e-10)
 
 
 def test_missing_deepmd_op_library_is_a_clear_error(monkeypatch, tmp_path):
