@@ -145,7 +145,7 @@ SFE_TOLERANCE = "5 mJ/m^2"
 
 def configs(out: Path, ckpt: Path, reduced: bool = False) -> None:
     """learn-devi.json and learn-random.json in ``out`` for the pretrained ``ckpt``;
-    ``reduced``: 2 members, 1000 fine-tuning steps, shorter MD (for a busy machine)."""
+    ``reduced``: 2 members, shorter MD (for a busy machine)."""
     write(out / "Cu3Ni.extxyz", l12(3.56, "Cu", "Ni"))
     props = [
         {"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
@@ -164,8 +164,7 @@ def configs(out: Path, ckpt: Path, reduced: bool = False) -> None:
                            "Cu3Ni": "Cu3Ni.extxyz"},
             "properties": props,
             "labeller": {"type": "emt"},
-            "train": {"members": 2 if reduced else 3,
-                      "numb_steps": 1000 if reduced else 2000,
+            "train": {"members": 2 if reduced else 3, "numb_steps": 3000,
                       "start_lr": 1e-3, "stop_lr": 3e-5, "loss": LOSS, "init_frames": 2,
                       "init_pool": True},
             "explore": {"temperatures": [300, 800], "pressures": [0],
@@ -227,7 +226,7 @@ if __name__ == "__main__":
     ap.add_argument("png", type=Path, nargs="?",
                     help="plot: the figure to write; configs: the pretrained checkpoint")
     ap.add_argument("--reduced", action="store_true",
-                    help="configs: 2 members, 1000 steps, shorter MD")
+                    help="configs: 2 members, shorter MD")
     add_device_argument(ap)
     args = ap.parse_args()
     if args.stage == "prepare":
