@@ -255,3 +255,33 @@ def refit_bias(task, batches: list[dict], mode: str) -> None:
         np.array2string(old, precision=6),
         np.array2string(new, precision=6),
     )
+
+
+def init_from_model(model, path: str, multi: bool) -> None:
+    """``--init-model``: the weights and statistics of a model of the same architecture (a
+    multi-task run needs a multi-task lamkit checkpoint)."""
+    obj = read_file(latest_checkpoint(path))
+    if multi:
+        if not (isinstance(obj, dict) and "model_dict" in obj.get("model_config", {})):
+            raise ConfigError(
+                f"--init-model {path}: a multi-task run needs a multi-task "
+                "lamkit checkpoint (use --finetune for other models)"
+            )
+        try:
+            model.load_state_dict(obj["model_state"])
+        except RuntimeError as exc:
+            raise ConfigError(f"--init-model {path}: the architecture differs ({exc})") from exc
+        return
+    src = model_from_payload(obj, str(path))
+    if src.type_map != model.type_map:
+        raise ConfigError(
+            f"--init-model {path}: its type_map {src.type_map} differs from "
+            f"the input's {model.type_map}"
+        )
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"--init-model {path}: the architecture differs from the input's model section ({exc})"
+        ) from exc
+    log.info("weights and statistics initialised from %s", path)

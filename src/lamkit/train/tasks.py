@@ -49,6 +49,10 @@ class Task:
         sf = self.data_config.get("stat_file")
         return None if sf is None else str(sf)
 
+    @property
+    def stat_file_mode(self) -> str:
+        return self.data_config.get("stat_file_mode", "update")
+
 
 def data_requirements(loss, model_config: dict) -> list[DataRequirement]:
     reqs = list(loss.requirements())
