@@ -307,8 +307,9 @@ def normalize_input(config: dict) -> dict:
         for sec in ("training_data", "validation_data"):
             data = dconf[sec]
             where = f"training/data_dict/{task}/{sec}" if task else f"training/{sec}"
-            if data and data.get("rglob_patterns"):
-                raise ConfigError(f"{where}/rglob_patterns is not supported yet")
+            patterns = (data or {}).get("rglob_patterns")
+            if patterns is not None and not all(isinstance(x, str) and x for x in patterns):
+                raise ConfigError(f"{where}/rglob_patterns: expected a list of glob patterns")
             if data and data.get("set_prefix", "set") != "set":
                 raise ConfigError(f"{where}/set_prefix: only 'set' (set.*/ folders) is read")
     return out
