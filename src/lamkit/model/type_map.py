@@ -78,12 +78,13 @@ def change_type_map(model, new_type_map: list[str]):
     src = model.state_dict()
     dst = fresh.state_dict()
     rows = [(j, old.index(name)) for j, name in enumerate(new) if name in old]
+    econf = _econf_keys(model)
     state = {}
     for key, value in dst.items():
         if key not in src:
             raise ConfigError(f"type_map: the rebuilt model has an unexpected tensor '{key}'")
         old_value = src[key]
-        if _type_indexed(key):
+        if _type_indexed(key) and key not in econf:
             value = _new_rows(key, value, old_value, rows, len(old))
         elif old_value.shape != value.shape:
             raise ConfigError(
@@ -96,6 +97,16 @@ def change_type_map(model, new_type_map: list[str]):
     fresh.load_state_dict(state)
     _check_embeddings(model, fresh, rows)
     return fresh
+
+
+def _econf_keys(model) -> set[str]:
+    """Weights of electronic-configuration type embeddings: indexed by orbital, not by type
+    (the new type map's elements get their rows from their configuration)."""
+    return {
+        f"{name}.net.layers.0.matrix"
+        for name, module in model.named_modules()
+        if isinstance(module, TypeEmbedNet) and module.econf
+    }
 
 
 def _check_embeddings(old_model, new_model, rows) -> None:

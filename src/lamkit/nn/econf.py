@@ -95,3 +95,17 @@ def econf_vector(symbol: str) -> np.ndarray:
 def econf_table(type_map: list[str]) -> np.ndarray:
     """``[ntypes, 118]`` float64: the scaled vectors of ``type_map``'s elements."""
     return np.stack([econf_vector(t) for t in type_map]) / math.sqrt(ECONF_DIM)
+
+
+def econf_types(use_econf_tebd: bool, type_map, ntypes: int, where: str) -> list[str] | None:
+    """The type map a descriptor's type embedding reads its econf vectors for (None: one-hot
+    inputs); ``use_econf_tebd`` needs the model's element names."""
+    if not use_econf_tebd:
+        return None
+    if not type_map or len(type_map) != ntypes:
+        raise ConfigError(
+            f"{where}/use_econf_tebd: needs the model's type_map of {ntypes} elements"
+        )
+    for t in type_map:
+        configuration(t)  # a clear error for a name that is not an element
+    return list(type_map)

@@ -25,6 +25,7 @@ from ... import keys
 from ...config.schema import REQUIRED, Arg, normalize
 from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
+from ...nn.econf import econf_types
 from ...nn.mlp import Dense, make_generator, to_dtype
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import (
@@ -196,11 +197,6 @@ class DescrptDPA2(Descriptor):
     ):
         super().__init__()
         where = "model/descriptor"
-        if use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
-                "supported; set it to false"
-            )
         ri = normalize(repinit, REPINIT_ARGS, f"{where}/repinit")
         rf = normalize(repformer, REPFORMER_ARGS, f"{where}/repformer")
         self.ntypes = ntypes
@@ -227,7 +223,13 @@ class DescrptDPA2(Descriptor):
             return make_generator(seed, *salt)
 
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, gen(2), trainable
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            gen(2),
+            trainable,
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         # exclude_types is applied to the lists in sub_lists, so the blocks get none
         self.repinit = DPA1(

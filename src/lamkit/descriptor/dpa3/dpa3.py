@@ -14,6 +14,7 @@ import torch
 from ... import keys
 from ...config.schema import normalize
 from ...errors import ConfigError
+from ...nn.econf import econf_types
 from ...nn.mlp import make_generator, to_dtype
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
@@ -80,7 +81,6 @@ class DescrptDPA3(Descriptor):
         where = "model/descriptor"
         check_dpa3(
             {
-                "use_econf_tebd": use_econf_tebd,
                 "add_chg_spin_ebd": add_chg_spin_ebd,
                 "default_chg_spin": default_chg_spin,
             },
@@ -103,7 +103,13 @@ class DescrptDPA3(Descriptor):
         self.sel = [self.nnei]
         self.tebd_dim = int(rf["n_dim"])
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, make_generator(seed, 2), trainable
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            make_generator(seed, 2),
+            trainable,
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         block = {k: rf[k] for k in _BLOCK_KEYS}
         block.update(e_sel=self.nnei, a_sel=a_sel)
