@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..config.multitask import choose_head
 from ..errors import ModelFileError
 from ..model import AtomicModel, build_model
+from ..model.io import register_reader
 
 # Descriptor blocks: (reference prefix, lamkit prefix). A block keeps its statistics as
 # ``mean``/``stddev`` and its embedding nets under ``filter_layers`` (per neighbour-type nets in
@@ -183,10 +185,6 @@ def is_deepmd_checkpoint(obj) -> bool:
     return isinstance(sd, dict) and "_extra_state" in sd and "model_params" in sd["_extra_state"]
 
 
-def _heads(params: dict) -> list[str]:
-    return list(params["model_dict"]) if "model_dict" in params else ["Default"]
-
-
 def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     """A lamkit model holding the weights of a DeePMD-kit v3 checkpoint.
 
@@ -200,15 +198,8 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
         raise ModelFileError(f"{where}: not a DeePMD-kit v3 PyTorch checkpoint")
     sd = obj["model"]
     params = sd["_extra_state"]["model_params"]
-    heads = _heads(params)
     if "model_dict" in params:
-        from ..config.multitask import resolve_branch  # aliases, as the reference reads them
-
-        head = resolve_branch(params["model_dict"], head, ignore_case=True) or head
-        if head is None:
-            raise ModelFileError(f"{where}: multi-task checkpoint; choose a head from {heads}")
-        if head not in heads:
-            raise ModelFileError(f"{where}: no head '{head}'; available: {heads}")
+        head = choose_head(params, head, str(where))  # aliases, as the reference reads them
         params = params["model_dict"][head]
     else:
         head = "Default"
@@ -243,6 +234,13 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     if unexpected or missing:
         raise ModelFileError(f"{where}: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def _read(obj: dict, where: str, head: str | None) -> AtomicModel:
+    return load_deepmd_checkpoint(obj, head=head)
+
+
+register_reader("deepmd-v3", is_deepmd_checkpoint, _read)
 
 
 def _reshape_stats(state: dict, model: AtomicModel) -> None:

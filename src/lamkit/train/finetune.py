@@ -32,12 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config.multitask import resolve_branch
+from ..config.multitask import choose_head
 from ..errors import ConfigError
 from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
 from ..model.io import FORMAT, model_from_payload, read_file
 from ..model.type_map import change_type_map
-from ..registry import did_you_mean
 from .checkpoint import latest_checkpoint
 from .stats import _extended, energy_bias
 
@@ -84,14 +83,16 @@ class Pretrained:
 
     def check_branch(self, branch: str, where: str) -> str:
         """The pretrained branch ``branch`` names (a branch or a ``model_branch_alias``)."""
-        if self.multi:
-            branch = resolve_branch(self.configs, branch) or branch
-        if branch not in self.configs:
-            raise ConfigError(
-                f"{where}: the pretrained model {self.path} has no branch '{branch}' "
-                f"(branches: {self.branches})." + did_you_mean(branch, self.branches)
-            )
-        return branch
+        # a single-task model's one branch is Default (its config's aliases do not count)
+        branches = self.configs if self.multi else {DEFAULT: {}}
+        return choose_head(
+            {"model_dict": branches},
+            branch,
+            f"{where}: the pretrained model {self.path}",
+            noun="branch",
+            ignore_case=False,
+            error=ConfigError,
+        )
 
 
 def _single_rule(pre: Pretrained, branch: str | None, where: str) -> FinetuneRule:
