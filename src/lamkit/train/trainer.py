@@ -36,9 +36,9 @@ from ..runtime import tune_allocator
 from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .compiled import compiled_forwards
-from .distributed import DistContext
+from .distributed import DistContext, training_device
 from .ema import WeightAverage, ema_prefix
-from .lcurve import LcurveWriter
+from .lcurve import LcurveWriter, hms
 from .lr import LR_ARGS, LearningRate
 from .schedule import resolve_schedule
 from .stats import (
@@ -50,12 +50,6 @@ from .stats import (
 from .tasks import DEFAULT, Task, attach_samplers, make_task, task_probabilities
 
 log = logging.getLogger("lamkit.train")
-
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -91,7 +85,7 @@ class Trainer:
         if sum(x is not None for x in (restart, init_model, finetune)) > 1:
             raise ConfigError("--restart, --init-model and --finetune exclude each other")
         self.out = Path(output)
-        self.device = _device(device)
+        self.device = training_device(device)
         self.dist = DistContext.from_env(self.device)
         if self.dist.enabled and self.dist.is_main:
             log.info(
@@ -591,14 +585,9 @@ class Trainer:
             lr,
             rate,
             now - t_disp,
-            _hms(eta),
+            hms(eta),
         )
         return now
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def train(config: dict, output=".", **kw) -> Path:
