@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..config.multitask import choose_head
 from ..errors import ConfigError, ModelFileError
-from ..model.io import FORMAT, atomic_save, model_from_payload, model_payload, read_file
-from .deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
+from ..model.io import atomic_save, model_from_payload, model_payload, read_file, reader_of
+from .deepmd import load_deepmd_checkpoint
 from .to_deepmd import deepmd_checkpoint
 
 TARGETS = ("deepmd", "lamkit")
@@ -32,13 +32,10 @@ def _is_torchscript(path: Path) -> bool:
 
 def source_format(obj, where: str) -> str:
     """``"lamkit"`` or ``"deepmd"`` for a loaded model file."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return "lamkit"
-    if is_deepmd_checkpoint(obj):
-        return "deepmd"
-    raise ModelFileError(
-        f"{where}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
-    )
+    kind = reader_of(obj, where).name
+    if kind not in TARGETS:
+        raise ModelFileError(f"{where}: a {kind} file; lam convert reads {TARGETS}")
+    return kind
 
 
 def _lamkit_to_deepmd(obj: dict, head: str | None, where: str) -> dict:

@@ -4,6 +4,9 @@ Such a file is a ``torch.save`` of ``{"model": state_dict, "optimizer": ...}``; 
 has ``_extra_state.model_params`` (the normalised model config) and parameters named
 ``model.<head>.atomic_model.{descriptor,fitting_net}...``. We rebuild the same architecture in
 lamkit from the config and translate parameter names with per-component rules.
+
+Importing this module registers the format's reader (``"deepmd"``) with
+:mod:`lamkit.model.io`, which imports it on first use: ``load_model`` reads these files.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from ..config.multitask import choose_head
 from ..errors import ModelFileError
 from ..model import AtomicModel, build_model
-from ..model.io import register_reader
+from ..model.io import ModelReader, register_reader
 
 # Descriptor blocks: (reference prefix, lamkit prefix). A block keeps its statistics as
 # ``mean``/``stddev`` and its embedding nets under ``filter_layers`` (per neighbour-type nets in
@@ -236,13 +239,6 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     return model
 
 
-def _read(obj: dict, where: str, head: str | None) -> AtomicModel:
-    return load_deepmd_checkpoint(obj, head=head)
-
-
-register_reader("deepmd-v3", is_deepmd_checkpoint, _read)
-
-
 def _reshape_stats(state: dict, model: AtomicModel) -> None:
     """Reference layouts differ from lamkit's in a few buffers; convert them here: the output
     bias/std ``[1, ntypes, odim]`` and every block's davg/dstd ``[ntypes, nnei, 4]`` (the same
@@ -257,3 +253,19 @@ def _reshape_stats(state: dict, model: AtomicModel) -> None:
         state[key] = full[:, 0, :].clone()
         if not torch.allclose(full, state[key].unsqueeze(1).expand_as(full)):
             raise ModelFileError(f"{key}: per-slot statistics differ between slots")
+
+
+def _read(obj: dict, where: str, head: str | None) -> AtomicModel:
+    return load_deepmd_checkpoint(obj, head=head)
+
+
+def _params(obj: dict) -> dict:
+    return obj["model"]["_extra_state"]["model_params"]
+
+
+def _step(obj: dict) -> int | None:
+    return obj["model"]["_extra_state"].get("train_infos", {}).get("step")
+
+
+# "deepmd": the name ``lam convert --to`` uses for the format
+register_reader(ModelReader("deepmd", is_deepmd_checkpoint, _read, _params, _step))

@@ -12,8 +12,11 @@ This module does not import the training code, so a frozen model loads with the 
 
 Readers by file format: :func:`model_from_payload` (and so :func:`load_model`) asks each
 registered :class:`ModelReader` whether it knows a loaded file (``sniff``) and lets the first
-that does build the model (``load``). This module registers the ``lamkit`` format (checkpoints
-and frozen models). Formats that live above the model package register themselves when their
+that does build the model (``load``); ``lam freeze``, ``lam convert`` and fine-tuning also ask
+the reader for the stored model section (``config``) and training step (``step``), so none of
+them tells the formats apart itself. This module registers the ``lamkit`` format (checkpoints
+and frozen models); :mod:`lamkit.interop.deepmd` the ``deepmd`` one (DeePMD-kit v3 ``.pt``
+checkpoints). Formats that live above the model package register themselves when their
 module is imported (``register_reader``); the built-in ones are named in ``BUILTIN_READERS``
 by module path, and :func:`model_readers` imports those modules on first use with
 ``importlib``. So ``load_model`` reads a DeePMD-kit v3 checkpoint without the caller importing
@@ -92,27 +95,28 @@ def read_file(path: str | Path) -> dict:
 
 @dataclass(frozen=True)
 class ModelReader:
-    """One model-file format: ``sniff(obj)`` is True for a loaded file of the format,
-    ``load(obj, where, head)`` builds its model (``where`` names the file in errors, ``head``
-    the branch of a multi-task model)."""
+    """One model-file format, for a file already loaded with ``torch.load`` (``obj``):
+    ``sniff(obj)`` is True for a file of the format; ``load(obj, where, head)`` builds its model
+    (``where`` names the file in errors, ``head`` the branch of a multi-task model);
+    ``config(obj)`` is its model section as stored (with ``model_dict`` for a multi-task
+    model); ``step(obj)`` the training step it was saved at (None if unknown)."""
 
     name: str
     sniff: Callable[[object], bool]
     load: Callable[[dict, str, str | None], AtomicModel]
+    config: Callable[[dict], dict]
+    step: Callable[[dict], int | None]
 
 
 _READERS: dict[str, ModelReader] = {}
 # built-in formats read by modules above this package: format -> module that registers it
-BUILTIN_READERS = {"deepmd-v3": "lamkit.interop.deepmd"}
+BUILTIN_READERS = {"deepmd": "lamkit.interop.deepmd"}
 
 
-def register_reader(
-    name: str, sniff: Callable[[object], bool], load: Callable[[dict, str, str | None], AtomicModel]
-) -> ModelReader:
-    """Add (or replace) the reader of the file format ``name``; readers are tried in the order
-    of their first registration."""
-    reader = ModelReader(name, sniff, load)
-    _READERS[name] = reader
+def register_reader(reader: ModelReader) -> ModelReader:
+    """Add (or replace) the reader of the file format ``reader.name``; readers are tried in
+    the order of their first registration."""
+    _READERS[reader.name] = reader
     return reader
 
 
@@ -124,9 +128,15 @@ def model_readers() -> list[ModelReader]:
     return list(_READERS.values())
 
 
-def reader_of(obj) -> ModelReader | None:
-    """The reader of a loaded model file, None if no reader knows it."""
-    return next((r for r in model_readers() if r.sniff(obj)), None)
+def reader_of(obj, where: str | None = None) -> ModelReader | None:
+    """The reader of a loaded model file: None if no reader knows it, or with ``where`` (the
+    file's name) a ``ModelFileError``."""
+    reader = next((r for r in model_readers() if r.sniff(obj)), None)
+    if reader is None and where is not None:
+        raise ModelFileError(
+            f"{where}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
+        )
+    return reader
 
 
 def is_lamkit_file(obj) -> bool:
@@ -147,17 +157,20 @@ def _load_lamkit(obj: dict, where: str, head: str | None) -> AtomicModel:
     return model
 
 
-register_reader(FORMAT, is_lamkit_file, _load_lamkit)
+register_reader(
+    ModelReader(
+        FORMAT,
+        sniff=is_lamkit_file,
+        load=_load_lamkit,
+        config=lambda obj: obj["model_config"],
+        step=lambda obj: obj.get("step"),
+    )
+)
 
 
 def model_from_payload(obj: dict, where: str = "model", head: str | None = None) -> AtomicModel:
     """The model of a loaded model file of any registered format."""
-    reader = reader_of(obj)
-    if reader is None:
-        raise ModelFileError(
-            f"{where}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
-        )
-    return reader.load(obj, where, head)
+    return reader_of(obj, where).load(obj, where, head)
 
 
 def load_model(path: str | Path, head: str | None = None) -> AtomicModel:

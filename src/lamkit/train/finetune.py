@@ -34,8 +34,7 @@ import torch
 
 from ..config.multitask import choose_head
 from ..errors import ConfigError
-from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
-from ..model.io import FORMAT, model_from_payload, read_file
+from ..model.io import model_from_payload, read_file, reader_of
 from ..model.type_map import change_type_map
 from .checkpoint import latest_checkpoint
 from .stats import _extended, energy_bias
@@ -60,14 +59,12 @@ class Pretrained:
     def __init__(self, path: str):
         self.path = str(path)
         self.obj = read_file(latest_checkpoint(path))
-        if isinstance(self.obj, dict) and self.obj.get("format") == FORMAT:
-            conf = self.obj["model_config"]
-        elif is_deepmd_checkpoint(self.obj):
-            conf = self.obj["model"]["_extra_state"]["model_params"]
-        else:
+        reader = reader_of(self.obj)
+        if reader is None:
             raise ConfigError(
                 f"--finetune {path}: neither a lamkit model nor a DeePMD-kit v3 checkpoint"
             )
+        conf = reader.config(self.obj)
         self.multi = "model_dict" in conf
         self.configs = dict(conf["model_dict"]) if self.multi else {DEFAULT: conf}
 
@@ -77,8 +74,6 @@ class Pretrained:
 
     def model(self, branch: str):
         head = branch if self.multi else None
-        if is_deepmd_checkpoint(self.obj):
-            return load_deepmd_checkpoint(self.obj, head=head)
         return model_from_payload(self.obj, self.path, head=head)
 
     def check_branch(self, branch: str, where: str) -> str:
