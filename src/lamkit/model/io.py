@@ -162,7 +162,7 @@ register_reader(
         FORMAT,
         sniff=is_lamkit_file,
         load=_load_lamkit,
-        config=lambda obj: obj["model_config"],
+        config=lambda obj: obj.get("model_config", {}),
         step=lambda obj: obj.get("step"),
     )
 )
