@@ -4,6 +4,9 @@ Such a file is a ``torch.save`` of ``{"model": state_dict, "optimizer": ...}``; 
 has ``_extra_state.model_params`` (the normalised model config) and parameters named
 ``model.<head>.atomic_model.{descriptor,fitting_net}...``. We rebuild the same architecture in
 lamkit from the config and translate parameter names with per-component rules.
+
+Importing this module registers the format's reader (``"deepmd"``) with
+:mod:`lamkit.model.io`, which imports it on first use: ``load_model`` reads these files.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from pathlib import Path
 
 import torch
 
+from ..config.multitask import choose_head
 from ..errors import ModelFileError
 from ..model import AtomicModel, build_model
+from ..model.io import ModelReader, register_reader
 
 # Descriptor blocks: (reference prefix, lamkit prefix). A block keeps its statistics as
 # ``mean``/``stddev`` and its embedding nets under ``filter_layers`` (per neighbour-type nets in
@@ -183,10 +188,6 @@ def is_deepmd_checkpoint(obj) -> bool:
     return isinstance(sd, dict) and "_extra_state" in sd and "model_params" in sd["_extra_state"]
 
 
-def _heads(params: dict) -> list[str]:
-    return list(params["model_dict"]) if "model_dict" in params else ["Default"]
-
-
 def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
     """A lamkit model holding the weights of a DeePMD-kit v3 checkpoint.
 
@@ -200,15 +201,8 @@ def load_deepmd_checkpoint(path_or_obj, head: str | None = None) -> AtomicModel:
         raise ModelFileError(f"{where}: not a DeePMD-kit v3 PyTorch checkpoint")
     sd = obj["model"]
     params = sd["_extra_state"]["model_params"]
-    heads = _heads(params)
     if "model_dict" in params:
-        from ..config.multitask import resolve_branch  # aliases, as the reference reads them
-
-        head = resolve_branch(params["model_dict"], head, ignore_case=True) or head
-        if head is None:
-            raise ModelFileError(f"{where}: multi-task checkpoint; choose a head from {heads}")
-        if head not in heads:
-            raise ModelFileError(f"{where}: no head '{head}'; available: {heads}")
+        head = choose_head(params, head, str(where))  # aliases, as the reference reads them
         params = params["model_dict"][head]
     else:
         head = "Default"
@@ -259,3 +253,19 @@ def _reshape_stats(state: dict, model: AtomicModel) -> None:
         state[key] = full[:, 0, :].clone()
         if not torch.allclose(full, state[key].unsqueeze(1).expand_as(full)):
             raise ModelFileError(f"{key}: per-slot statistics differ between slots")
+
+
+def _read(obj: dict, where: str, head: str | None) -> AtomicModel:
+    return load_deepmd_checkpoint(obj, head=head)
+
+
+def _params(obj: dict) -> dict:
+    return obj["model"]["_extra_state"]["model_params"]
+
+
+def _step(obj: dict) -> int | None:
+    return obj["model"]["_extra_state"].get("train_infos", {}).get("step")
+
+
+# "deepmd": the name ``lam convert --to`` uses for the format
+register_reader(ModelReader("deepmd", is_deepmd_checkpoint, _read, _params, _step))

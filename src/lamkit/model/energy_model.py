@@ -13,8 +13,7 @@ import torch
 from .. import keys
 from ..nn.chunking import chunked_evaluation
 from .atomic_model import AtomicModel
-from .derivatives import forces_and_virials
-from .hessian import has_hessian, local_hessian
+from .derivatives import forces_and_virials, has_hessian, local_hessian
 
 
 class EnergyModel(AtomicModel):

@@ -32,12 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config.multitask import resolve_branch
+from ..config.multitask import choose_head
 from ..errors import ConfigError
-from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
-from ..model.io import FORMAT, model_from_payload, read_file
+from ..model.io import model_from_payload, read_file, reader_of
 from ..model.type_map import change_type_map
-from ..registry import did_you_mean
 from .checkpoint import latest_checkpoint
 from .stats import _extended, energy_bias
 
@@ -61,14 +59,12 @@ class Pretrained:
     def __init__(self, path: str):
         self.path = str(path)
         self.obj = read_file(latest_checkpoint(path))
-        if isinstance(self.obj, dict) and self.obj.get("format") == FORMAT:
-            conf = self.obj["model_config"]
-        elif is_deepmd_checkpoint(self.obj):
-            conf = self.obj["model"]["_extra_state"]["model_params"]
-        else:
+        reader = reader_of(self.obj)
+        if reader is None:
             raise ConfigError(
                 f"--finetune {path}: neither a lamkit model nor a DeePMD-kit v3 checkpoint"
             )
+        conf = reader.config(self.obj)
         self.multi = "model_dict" in conf
         self.configs = dict(conf["model_dict"]) if self.multi else {DEFAULT: conf}
 
@@ -78,20 +74,20 @@ class Pretrained:
 
     def model(self, branch: str):
         head = branch if self.multi else None
-        if is_deepmd_checkpoint(self.obj):
-            return load_deepmd_checkpoint(self.obj, head=head)
         return model_from_payload(self.obj, self.path, head=head)
 
     def check_branch(self, branch: str, where: str) -> str:
         """The pretrained branch ``branch`` names (a branch or a ``model_branch_alias``)."""
-        if self.multi:
-            branch = resolve_branch(self.configs, branch) or branch
-        if branch not in self.configs:
-            raise ConfigError(
-                f"{where}: the pretrained model {self.path} has no branch '{branch}' "
-                f"(branches: {self.branches})." + did_you_mean(branch, self.branches)
-            )
-        return branch
+        # a single-task model's one branch is Default (its config's aliases do not count)
+        branches = self.configs if self.multi else {DEFAULT: {}}
+        return choose_head(
+            {"model_dict": branches},
+            branch,
+            f"{where}: the pretrained model {self.path}",
+            noun="branch",
+            ignore_case=False,
+            error=ConfigError,
+        )
 
 
 def _single_rule(pre: Pretrained, branch: str | None, where: str) -> FinetuneRule:

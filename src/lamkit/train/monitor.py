@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from .lcurve import hms
 
 log = logging.getLogger("lamkit.train")
 
@@ -186,11 +187,7 @@ class ProgressClock:
         if timing:
             rate = (step + 1 - self.start_step) / max(now - self.t_start, 1e-12)
             eta = (self.num_steps - step - 1) / max(rate, 1e-12)
-            text += f" | {rate:.2f} steps/s, {now - self.t_last:.1f} s since last, ETA {_hms(eta)}"
+            text += f" | {rate:.2f} steps/s, {now - self.t_last:.1f} s since last, ETA {hms(eta)}"
         self.t_last = now
         return text
 
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -36,7 +36,7 @@ from ..runtime import tune_allocator
 from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .compiled import compiled_forwards
-from .distributed import DistContext
+from .distributed import DistContext, training_device
 from .ema import WeightAverage, ema_prefix
 from .lcurve import LcurveWriter
 from .lr import LR_ARGS, LearningRate
@@ -51,12 +51,6 @@ from .stats import (
 from .tasks import DEFAULT, Task, attach_samplers, make_task, task_probabilities
 
 log = logging.getLogger("lamkit.train")
-
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -158,7 +152,7 @@ class Trainer:
     # --- setup helpers ----------------------------------------------------------------------
     def _setup_processes(self, device: str | None) -> None:
         """Device, torchrun data parallelism (rank 0 alone logs) and the output folder."""
-        self.device = _device(device)
+        self.device = training_device(device)
         self.dist = DistContext.from_env(self.device)
         if self.dist.enabled and self.dist.is_main:
             log.info(
