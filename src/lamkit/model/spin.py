@@ -306,6 +306,10 @@ class SpinEnergyModel(EnergyModel):
         return self.forward(coord, atype, box, nbr, fparam, aparam, spin=spin, **kw)
 
 
+    # --- declarations (lamkit.nn.params): the reference's SpinModel wraps the standard one
+    REF_ROOT = "backbone_model"
+
+
 class SpinNeighborBuilder:
     """Neighbour data of the doubled (real + virtual atoms) system of a spin model; called as
     :class:`~lamkit.geometry.NeighborBuilder` plus ``spin`` [nf, nloc, 3]."""

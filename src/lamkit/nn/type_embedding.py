@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .mlp import EmbeddingNet
+from .params import RefNames, TypeRows
 
 
 class TypeEmbedNet(nn.Module):
@@ -45,3 +46,7 @@ class TypeEmbedNet(nn.Module):
     def forward(self, atype: torch.Tensor) -> torch.Tensor:
         """Embedding of ``atype`` (any shape, -1 for virtual atoms) -> ``[..., tebd_dim]``."""
         return self.table()[torch.where(atype >= 0, atype, self.ntypes)]
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (TypeRows("net.layers.0.matrix", "fresh"),)  # the row of each type
+    REF_NAMES = RefNames(names=(("net.layers.*.*", "embedding.embedding_net.layers.*.*"),))
