@@ -180,8 +180,11 @@ class InvariantFitting(nn.Module):
         names=(
             ("nets.*.layers.*.*", "filter_layers.networks.*.layers.*.*"),
             ("bias_atom", "bias_atom_e"),
-            *((name, name) for name in ("fparam_avg", "fparam_inv_std", "aparam_avg")),
-            *((name, name) for name in ("aparam_inv_std", "case_embd")),
+            *(
+                (name, name)
+                for name in ("fparam_avg", "fparam_inv_std", "aparam_avg", "aparam_inv_std")
+            ),
+            ("case_embd", "case_embd"),
         ),
         ignore=NETWORK_ALIASES,
     )

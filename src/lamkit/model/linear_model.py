@@ -84,7 +84,6 @@ class LinearEnergyModel(EnergyModel):
         atom = atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
 
-
     # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
     TYPE_ROWS = (*EnergyModel.TYPE_ROWS, TypeRows("dp_out_bias"))
 

@@ -69,7 +69,6 @@ class ZBLEnergyModel(EnergyModel):
         atom = (1 - w) * dp_atom + w * tab_atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
 
-
     # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
     # the reference's DPZBLModel: models.0 is the DP model, models.1 the table; the
     # combination's bias is out_bias, the members' out_std are not used
