@@ -29,6 +29,7 @@ from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows, row_bounds
 from ..nn.econf import econf_types
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
@@ -318,6 +319,23 @@ class DPA1(Descriptor):
         return out
 
     # --- statistics ---------------------------------------------------------------------------
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+            ("attention.*.norm.weight", "dpa1_attention.attention_layers.*.attn_layer_norm.matrix"),
+            ("attention.*.norm.bias", "dpa1_attention.attention_layers.*.attn_layer_norm.bias"),
+            # in_proj, out_proj
+            ("attention.*.*.*", "dpa1_attention.attention_layers.*.attention_layer.*.*"),
+            ("type_embd_data", "type_embd_data"),
+        ),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="se_atten",
+    )
 
 
 @DESCRIPTORS.register("se_atten_v2")

@@ -27,6 +27,7 @@ from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.econf import econf_types
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
@@ -248,3 +249,16 @@ class SeE3Tebd(Descriptor):
         return desc
 
     # --- statistics -------------------------------------------------------------------------
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+        ),
+        # the reference's type_embd_data is a compression table here
+        ignore=(*NETWORK_ALIASES, *COMPRESSION, "type_embd_data"),
+        block="se_ttebd",
+    )

@@ -284,6 +284,9 @@ class SpinEnergyModel(EnergyModel):
         nbr = {k: v.to(coord.device) for k, v in nbr.items()}
         return self.forward(coord, atype, box, nbr, fparam, aparam, spin=spin, **kw)
 
+    # --- declarations (lamkit.nn.params): the reference's SpinModel wraps the standard one
+    REF_ROOT = "backbone_model"
+
 
 class SpinNeighborBuilder:
     """Neighbour data of the doubled (real + virtual atoms) system of a spin model; called as

@@ -17,6 +17,7 @@ from torch import nn
 
 from .econf import ECONF_DIM, econf_table
 from .mlp import EmbeddingNet
+from .params import RefNames, TypeRows
 
 
 class TypeEmbedNet(nn.Module):
@@ -61,3 +62,11 @@ class TypeEmbedNet(nn.Module):
     def forward(self, atype: torch.Tensor) -> torch.Tensor:
         """Embedding of ``atype`` (any shape, -1 for virtual atoms) -> ``[..., tebd_dim]``."""
         return self.table()[torch.where(atype >= 0, atype, self.ntypes)]
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    @property
+    def TYPE_ROWS(self) -> tuple[TypeRows, ...]:  # noqa: N802 - the declaration's name
+        """The row of each type; none with econf inputs (rows per orbital, not per type)."""
+        return () if self.econf else (TypeRows("net.layers.0.matrix", "fresh"),)
+
+    REF_NAMES = RefNames(names=(("net.layers.*.*", "embedding.embedding_net.layers.*.*"),))

@@ -27,6 +27,7 @@ from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
 from ...nn.econf import econf_types
 from ...nn.mlp import Dense, make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import (
     DESCRIPTORS,
@@ -474,3 +475,12 @@ class DescrptDPA2(Descriptor):
                 block.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
             else:
                 block.set_stat(stat[name], protection)
+
+    # --- declarations (lamkit.nn.params): DeePMD-kit names; the blocks declare their own ----
+    REF_NAMES = RefNames(
+        names=(
+            ("g1_shape_tranform.*", "g1_shape_tranform.*"),
+            ("tebd_transform.*", "tebd_transform.*"),
+        ),
+        bare=("repinit", "repinit_three_body"),  # DPA-1 / se_e3_tebd blocks, not descriptors
+    )

@@ -16,6 +16,7 @@ from ...config.schema import normalize
 from ...errors import ConfigError
 from ...nn.econf import econf_types
 from ...nn.mlp import make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 from .config import DPA3_ARGS, REPFLOW_ARGS, check_dpa3, check_repflow
@@ -195,3 +196,6 @@ class DescrptDPA3(Descriptor):
             return
         _, dstd = stat.davg_dstd(protection, True)
         self.repflows.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+
+    # --- declarations (lamkit.nn.params): the type embedding and repflows declare theirs ---
+    REF_NAMES = RefNames()
