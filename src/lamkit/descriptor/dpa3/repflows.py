@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ...geometry.env import gather_rows, smooth_switch
 from ...nn.chunking import map_rows, row_bounds
@@ -112,9 +113,31 @@ class Repflows(nn.Module):
         std = self.fix_stat_std if self.fix_stat_std != 0.0 else 1.0
         self.register_buffer("dstd", torch.full((ntypes, 4), std, dtype=dtype))
 
-    def inputs(self, ext_coord, ext_atype, nlist, start: int = 0):
+    def widths(self, ext_coord, nlist) -> tuple[torch.Tensor, int]:
+        """The edge list without its trailing empty slots, and the angle slots to keep.
+
+        Slots past the last neighbour of every row carry nothing (zero switch, zero mask, and
+        the normalisations use the configured ``e_sel``/``a_sel``), so dropping them changes no
+        number and saves the memory of large ``sel`` (the OpenLAM models' 1200/300 edge/angle
+        slots with ``use_dynamic_sel``). Eager evaluation only: traced and compiled graphs keep
+        the full, static widths."""
+        a_width = min(self.a_sel, nlist.shape[-1])
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or get_proxy_mode():
+            return nlist, a_width
+        with torch.no_grad():
+            slot = torch.arange(1, nlist.shape[-1] + 1, device=nlist.device)
+            width = max(1, int(torch.where(nlist >= 0, slot, 0).max()))
+            nlist = nlist[..., :width]
+            a_nl = nlist[..., : self.a_sel]
+            idx = torch.where(a_nl >= 0, a_nl, 0)
+            d = gather_rows(ext_coord, idx) - ext_coord[:, : nlist.shape[1]].unsqueeze(2)
+            inside = (a_nl >= 0) & (d.norm(dim=-1) < self.a_rcut)
+            a_width = max(1, int(torch.where(inside, slot[: a_nl.shape[-1]], 0).max()))
+        return nlist, a_width
+
+    def inputs(self, ext_coord, ext_atype, nlist, start: int = 0, a_width: int | None = None):
         """Initial edge/angle features and the pair data every layer uses, of centre atoms
-        ``start : start + nlist.shape[1]``."""
+        ``start : start + nlist.shape[1]`` (angles over the first ``a_width`` edge slots)."""
         rows = nlist.shape[1]
         prot, use_exp = self.env_protection, self.use_exp_switch
         env, diff, sw = env_matrix(
@@ -123,9 +146,10 @@ class Repflows(nn.Module):
         at = ext_atype[:, start : start + rows].clamp(min=0)
         rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
         # angles: the first a_sel edge slots within a_rcut
-        a_nlist = nlist[..., : self.a_sel]
+        a_width = min(self.a_sel, nlist.shape[-1]) if a_width is None else a_width
+        a_nlist = nlist[..., :a_width]
         a_nlist = torch.where(
-            safe_norm(diff[..., : self.a_sel, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
+            safe_norm(diff[..., :a_width, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
         )
         _, a_diff, a_sw = env_matrix(
             ext_coord, a_nlist, self.a_rcut, self.a_rcut_smth, prot, use_exp, start
@@ -142,9 +166,10 @@ class Repflows(nn.Module):
     def forward(self, ext_coord, ext_atype, nlist, node, mapping):
         """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw."""
         nf, nloc, _ = nlist.shape
+        nlist, a_width = self.widths(ext_coord.detach(), nlist)
         bounds = row_bounds(nf, nloc)
         edge, h2, angle, sw, a_mask, a_sw = map_rows(
-            lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s),
+            lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s, a_width),
             nf,
             nloc,
             nlist,
