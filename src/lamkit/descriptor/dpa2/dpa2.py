@@ -389,7 +389,7 @@ class DescrptDPA2(Descriptor):
         return out
 
     def forward_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
-        return {"block_nlists": inputs}
+        return {keys.BLOCK_NLISTS: inputs}
 
     def forward(
         self,
