@@ -11,7 +11,6 @@ types (``mixed_types``), so the caller builds the right neighbour data.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
 import torch
@@ -91,7 +90,11 @@ class Descriptor(nn.Module):
         from the training data; descriptors with several neighbour lists override this."""
         return [(("sel",), float(config["rcut"]))]
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking=None
+    ) -> dict[str, torch.Tensor]:
+        """``chunking`` (a :class:`lamkit.nn.chunking.Chunking`, or None): evaluate the
+        atom-local blocks in slices of centre atoms."""
         raise NotImplementedError
 
     # --- compiled inference (lamkit.infer.compiled) -----------------------------------------
@@ -101,10 +104,10 @@ class Descriptor(nn.Module):
         widths up so that fewer distinct shapes occur. None for most descriptors."""
         return {}
 
-    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
-        """Context in which ``forward`` takes ``inputs`` (from :meth:`graph_inputs`) instead
-        of deriving them."""
-        return contextlib.nullcontext()
+    def forward_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """The named inputs (keyword arguments) of ``forward`` that hand it ``inputs`` (from
+        :meth:`graph_inputs`), which it then takes instead of deriving them."""
+        return {}
 
     @torch.no_grad()
     def env_stat(self, samples):

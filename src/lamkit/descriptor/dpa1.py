@@ -26,7 +26,7 @@ from .. import keys
 from ..config.schema import REQUIRED, Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows, row_bounds
+from ..nn.chunking import Chunking, map_rows, row_bounds
 from ..nn.econf import econf_types
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
@@ -255,18 +255,20 @@ class DPA1(Descriptor):
             pair_tab, idx = self.embedding_strip(pair), ti * nt1 + tj
         return self.embedding(rr0), pair_tab[idx]
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         """Descriptor, ``rot_mat`` and, unless evaluated in chunks of centre atoms (see
         :mod:`lamkit.nn.chunking`), the per-pair ``g2`` [nf, nloc, J, M1], ``h2`` [.., 3] and
         ``sw`` [nf, nloc, J]: those are the whole-system pair tensors that chunking avoids."""
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        bounds = row_bounds(nf, nloc)
+        bounds = row_bounds(nf, nloc, chunking)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start, pair_outputs=bounds is None)
 
-        return map_rows(rows, nf, nloc, nlist, bounds=bounds)
+        return map_rows(rows, nf, nloc, nlist, bounds=bounds, chunking=chunking)
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int, pair_outputs: bool = True):
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""

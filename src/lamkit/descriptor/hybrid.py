@@ -151,10 +151,12 @@ class DescrptHybrid(Descriptor):
             out.append(source[:, :, torch.as_tensor(idx, dtype=torch.long, device=nlist.device)])
         return out
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking=None
+    ) -> dict[str, torch.Tensor]:
         descs, rots = [], []
         for d, nl in zip(self.descrpt_list, self.sub_nlists(ext_coord, ext_atype, nlist)):
-            out = d(ext_coord, ext_atype, nl, mapping)
+            out = d(ext_coord, ext_atype, nl, mapping, chunking=chunking)
             descs.append(out[keys.DESCRIPTOR])
             if self.has_rot_mat:
                 rots.append(out["rot_mat"])

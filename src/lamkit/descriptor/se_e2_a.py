@@ -17,7 +17,7 @@ from torch import nn
 from .. import keys
 from ..config.schema import REQUIRED, Arg
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows
+from ..nn.chunking import Chunking, map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
@@ -133,14 +133,16 @@ class SeA(Descriptor):
             out = gr if out is None else out + gr
         return out
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start)
 
-        return map_rows(rows, nf, nloc, nlist)
+        return map_rows(rows, nf, nloc, nlist, chunking=chunking)
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int) -> dict[str, torch.Tensor]:
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""

@@ -24,7 +24,7 @@ from .. import keys
 from ..config.schema import Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows
+from ..nn.chunking import Chunking, map_rows
 from ..nn.econf import econf_types
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
@@ -221,14 +221,16 @@ class SeE3Tebd(Descriptor):
         )
 
     # --- forward ----------------------------------------------------------------------------
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start)
 
-        return {keys.DESCRIPTOR: map_rows(rows, nf, nloc, nlist)}
+        return {keys.DESCRIPTOR: map_rows(rows, nf, nloc, nlist, chunking=chunking)}
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int) -> torch.Tensor:
         """Descriptor [nf, rows, dim_out] of centre atoms ``start : start + nlist.shape[1]``."""

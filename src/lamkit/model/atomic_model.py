@@ -23,7 +23,7 @@ from ..descriptor import Descriptor
 from ..fitting import OutputDef
 from ..geometry.env import gather_rows
 from ..geometry.neighbor import NeighborBuilder
-from ..nn.chunking import chunked_evaluation, map_rows
+from ..nn.chunking import Chunking, map_rows
 from ..nn.params import RefNames, TypeRows
 
 
@@ -123,12 +123,28 @@ class AtomicModel(nn.Module):
         ext = gather_rows(wrapped_coord(coord, cell, wrap), mapping) + torch.bmm(image, cell)
         return ext, torch.gather(atype, 1, mapping)
 
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking: Chunking | None = None,
+        descriptor_inputs: dict | None = None,
+    ):
         """Per-atom outputs [nf, nloc, size] (float64, statistics applied, zero on virtual
-        and excluded atoms) and the mask [nf, nloc] of the atoms that count."""
+        and excluded atoms) and the mask [nf, nloc] of the atoms that count.
+
+        ``chunking``: evaluate the atom-local blocks in slices (:mod:`lamkit.nn.chunking`).
+        ``descriptor_inputs``: further named inputs of the descriptor's forward (DPA-2's
+        ``block_nlists``, ``ghost_exchange``)."""
         nloc = nlist.shape[1]
         atype = ext_atype[:, :nloc]
-        dout = self.descriptor(ext_coord, ext_atype, nlist, mapping)
+        dout = self.descriptor(
+            ext_coord, ext_atype, nlist, mapping, chunking=chunking, **(descriptor_inputs or {})
+        )
         desc = dout[keys.DESCRIPTOR]
         rot_mat = dout["rot_mat"] if self.fitting.uses_rot_mat else None
         name = self.fitting.var_name
@@ -139,7 +155,8 @@ class AtomicModel(nn.Module):
             extra = {} if rot is None else {"rot_mat": rot}
             return self.fitting(d, t, fparam, ap, **extra)[name]
 
-        atom = map_rows(fit, *atype.shape, desc, atype, aparam, rot_mat).to(torch.float64)
+        atom = map_rows(fit, *atype.shape, desc, atype, aparam, rot_mat, chunking=chunking)
+        atom = atom.to(torch.float64)
         atom = atom.reshape(*atype.shape, -1)
         mask = atype >= 0
         for t in self.atom_exclude_types:
@@ -182,10 +199,15 @@ class AtomicModel(nn.Module):
         coord = coord.detach().to(torch.float64)
         box = None if box is None else box.to(torch.float64)
         ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
-        with chunked_evaluation(chunk_atoms):
-            atom, mask = self.atomic_outputs(
-                ext_coord, ext_atype, nbr[keys.NLIST], nbr[keys.MAPPING], fparam, aparam
-            )
+        atom, mask = self.atomic_outputs(
+            ext_coord,
+            ext_atype,
+            nbr[keys.NLIST],
+            nbr[keys.MAPPING],
+            fparam,
+            aparam,
+            chunking=Chunking.start(chunk_atoms),
+        )
         nf, nloc = atype.shape
         return {
             od.atom_key: atom.reshape(nf, nloc, *od.shape),

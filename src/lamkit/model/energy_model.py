@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import keys
-from ..nn.chunking import chunked_evaluation
+from ..nn.chunking import Chunking
 from .atomic_model import AtomicModel
 from .derivatives import forces_and_virials, has_hessian, local_hessian
 
@@ -58,9 +58,16 @@ class EnergyModel(AtomicModel):
         hessian = has_hessian(self)
         do_force = do_force or hessian
         ext_coord = ext_coord.detach().requires_grad_(do_force or do_virial)
-        with torch.enable_grad(), chunked_evaluation(chunk_atoms):
+        chunking = Chunking.start(chunk_atoms)
+        with torch.enable_grad():
             atom_e, mask = self.atomic_outputs(
-                ext_coord, ext_atype, nbr[keys.NLIST], nbr[keys.MAPPING], fparam, aparam
+                ext_coord,
+                ext_atype,
+                nbr[keys.NLIST],
+                nbr[keys.MAPPING],
+                fparam,
+                aparam,
+                chunking=chunking,
             )
             energy = atom_e.sum(1)
             out = {keys.ENERGY: energy, keys.ATOM_ENERGY: atom_e, keys.MASK: mask}

@@ -70,11 +70,21 @@ class LinearEnergyModel(EnergyModel):
     def neighbor_builder(self, cache: bool = False) -> NeighborBuilder:
         return NeighborBuilder(self.rcut, self.sel, True, cache=cache)
 
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking=None,
+        descriptor_inputs=None,
+    ):
         rr = pair_distances(ext_coord, nlist).detach()
         dp_nl = member_nlist(rr, nlist, self.descriptor.rcut, sum(self.descriptor.sel))
         dp_atom, mask = super().atomic_outputs(
-            ext_coord, ext_atype, dp_nl, mapping, fparam, aparam
+            ext_coord, ext_atype, dp_nl, mapping, fparam, aparam, chunking, descriptor_inputs
         )
         atype = ext_atype[:, : nlist.shape[1]].clamp(min=0)
         atom = self.weights[0] * dp_atom

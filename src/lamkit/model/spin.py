@@ -196,7 +196,17 @@ class SpinEnergyModel(EnergyModel):
         return out
 
     # --- forward ---------------------------------------------------------------------------------
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking=None,
+        descriptor_inputs=None,
+    ):
         """As the standard model's, with the excluded pairs (placeholders, and
         ``pair_exclude_types``) first removed from the neighbour list, as the reference's atomic
         model does: for the descriptor they are then empty slots, not zeroed rows."""
@@ -206,7 +216,9 @@ class SpinEnergyModel(EnergyModel):
         )
         if keep is not None:
             nlist = torch.where(keep, nlist, torch.full_like(nlist, -1))
-        return super().atomic_outputs(ext_coord, ext_atype, nlist, mapping, fparam, aparam)
+        return super().atomic_outputs(
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, chunking, descriptor_inputs
+        )
 
     def forward(
         self,

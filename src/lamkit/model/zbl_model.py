@@ -55,9 +55,19 @@ class ZBLEnergyModel(EnergyModel):
     def fitting_out_bias(self) -> torch.Tensor:
         return self.dp_out_bias
 
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking=None,
+        descriptor_inputs=None,
+    ):
         dp_atom, mask = super().atomic_outputs(
-            ext_coord, ext_atype, nlist, mapping, fparam, aparam
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, chunking, descriptor_inputs
         )
         nloc = nlist.shape[1]
         atype = ext_atype[:, :nloc].clamp(min=0)

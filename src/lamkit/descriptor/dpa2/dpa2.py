@@ -15,9 +15,6 @@ DeePMD-kit's argcheck, defaults included.
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-
 import torch
 from torch import nn
 
@@ -25,6 +22,7 @@ from ... import keys
 from ...config.schema import REQUIRED, Arg, normalize
 from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
+from ...nn.chunking import Chunking
 from ...nn.econf import econf_types
 from ...nn.mlp import Dense, make_generator, to_dtype
 from ...nn.params import RefNames
@@ -39,10 +37,7 @@ from ..base import (
 from ..dpa1 import DPA1
 from ..env_stat import EnvStat
 from ..se_e3_tebd import SeE3Tebd
-from .repformers import Repformers
-
-# lists given by compiled inference (DescrptDPA2.using_graph_inputs), by descriptor id
-_GIVEN_LISTS: ContextVar[dict | None] = ContextVar("lamkit_dpa2_given_lists", default=None)
+from .repformers import GhostExchange, Repformers
 
 _NSEL_DOC = "neighbour slots (one number, all types), or 'auto' / 'auto:factor'"
 
@@ -396,30 +391,41 @@ class DescrptDPA2(Descriptor):
             out[name] = nl
         return out
 
-    @contextlib.contextmanager
-    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
-        token = _GIVEN_LISTS.set({**(_GIVEN_LISTS.get() or {}), id(self): inputs})
-        try:
-            yield
-        finally:
-            _GIVEN_LISTS.reset(token)
+    def forward_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        return {keys.BLOCK_NLISTS: inputs}
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping=None,
+        chunking: Chunking | None = None,
+        block_nlists: dict[str, torch.Tensor] | None = None,
+        ghost_exchange: GhostExchange | None = None,
+    ):
+        """``block_nlists``: each block's list by block name (repinit, three_body,
+        repformer; from :meth:`graph_inputs` or :meth:`sub_lists`), used as given instead of
+        cut from ``nlist``. ``chunking``: see :mod:`lamkit.nn.chunking`; ``ghost_exchange``:
+        see :meth:`Repformers.forward`."""
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        lists = (_GIVEN_LISTS.get() or {}).get(id(self))
+        lists = block_nlists
         if lists is None:
             lists = self.trimmed(self.sub_lists(ext_coord.detach(), ext_atype, nlist))
-        g1 = self.repinit(ext_coord, ext_atype, lists["repinit"])[keys.DESCRIPTOR]
+        g1 = self.repinit(ext_coord, ext_atype, lists["repinit"], chunking=chunking)
+        g1 = g1[keys.DESCRIPTOR]
         if self.repinit_three_body is not None:
-            g3 = self.repinit_three_body(ext_coord, ext_atype, lists["three_body"])
+            g3 = self.repinit_three_body(
+                ext_coord, ext_atype, lists["three_body"], chunking=chunking
+            )
             g1 = torch.cat([g1, g3[keys.DESCRIPTOR]], dim=-1)
         g1 = self.g1_shape_tranform(g1)
         tebd = self.type_embedding(ext_atype[:, :nloc])
         if self.tebd_transform is not None:
             g1 = g1 + self.tebd_transform(tebd)
         g1, g2, h2, rot_mat, sw = self.repformers(
-            ext_coord, ext_atype, lists["repformer"], g1, mapping
+            ext_coord, ext_atype, lists["repformer"], g1, mapping, chunking, ghost_exchange
         )
         if self.concat_output_tebd:
             g1 = torch.cat([g1, tebd], dim=-1)

@@ -157,12 +157,14 @@ class DescrptDPA3(Descriptor):
         )
         return nlist if emask is None else torch.where(emask, nlist, -1)
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(self, ext_coord, ext_atype, nlist, mapping=None, chunking=None):
         nloc = nlist.shape[1]
         ext_coord = ext_coord.to(self.dtype)
         nlist = self._list(ext_coord.detach(), ext_atype, nlist)
         tebd = self.type_embedding(ext_atype[:, :nloc])
-        node, edge, h2, rot_mat, sw = self.repflows(ext_coord, ext_atype, nlist, tebd, mapping)
+        node, edge, h2, rot_mat, sw = self.repflows(
+            ext_coord, ext_atype, nlist, tebd, mapping, chunking
+        )
         if self.concat_output_tebd:
             node = torch.cat([node, tebd], dim=-1)
         return {keys.DESCRIPTOR: node, "rot_mat": rot_mat, "g2": edge, "h2": h2, "sw": sw}

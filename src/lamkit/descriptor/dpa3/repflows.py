@@ -12,7 +12,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ...geometry.env import gather_rows, smooth_switch
-from ...nn.chunking import map_rows, row_bounds
+from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
 from .repflow_layer import RepFlowLayer, pair_moment
@@ -163,17 +163,21 @@ class Repflows(nn.Module):
             edge = self.act(self.edge_embd(rr[..., :1]))
         return edge, rr[..., 1:], angle, sw, a_nlist >= 0, a_sw
 
-    def forward(self, ext_coord, ext_atype, nlist, node, mapping):
-        """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw."""
+    def forward(
+        self, ext_coord, ext_atype, nlist, node, mapping, chunking: Chunking | None = None
+    ):
+        """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw;
+        ``chunking``: see :mod:`lamkit.nn.chunking`."""
         nf, nloc, _ = nlist.shape
         nlist, a_width = self.widths(ext_coord.detach(), nlist)
-        bounds = row_bounds(nf, nloc)
+        bounds = row_bounds(nf, nloc, chunking)
         edge, h2, angle, sw, a_mask, a_sw = map_rows(
             lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s, a_width),
             nf,
             nloc,
             nlist,
             bounds=bounds,
+            chunking=chunking,
         )
         nl = torch.where(nlist >= 0, nlist, 0)
         if mapping is None:
@@ -199,6 +203,7 @@ class Repflows(nn.Module):
                     a_mask,
                     a_sw,
                     bounds=bounds,
+                    chunking=chunking,
                 )
         hg = pair_moment(edge, h2, sw, self.e_norm**-0.5)
         return node, edge, h2, hg.transpose(-1, -2), sw
