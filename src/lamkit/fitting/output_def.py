@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+KINDS = ("energy", "property", "dipole", "polar", "dos")
+
 
 @dataclass(frozen=True)
 class OutputDef:
@@ -31,7 +33,10 @@ class OutputDef:
     (unmasked) atoms of a frame instead of the sum. ``r_differentiable`` outputs get forces
     and virials by automatic differentiation. ``rank`` says how the output turns when the
     structure is rotated by ``Q``: 0 not at all, 1 as a vector (``v -> Q v``), 2 as a
-    rank-2 tensor (``T -> Q T Q^T``).
+    rank-2 tensor (``T -> Q T Q^T``). ``kind`` is the kind of model the output makes
+    (:data:`KINDS`): it picks the inference interface (``DeepPot`` for "energy",
+    ``DeepProperty``, ``DeepDipole``, ``DeepPolar``, ``DeepDOS``), the test metrics and the
+    export formats; nothing guesses it from output names or fitting classes.
     """
 
     name: str
@@ -44,6 +49,11 @@ class OutputDef:
     intensive: bool = False
     r_differentiable: bool = False
     rank: int = 0
+    kind: str = "property"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"OutputDef.kind: expected one of {KINDS}, got {self.kind!r}")
 
     @property
     def size(self) -> int:

@@ -27,7 +27,6 @@ import torch
 
 from .. import keys
 from ..model import AtomicModel, load_model
-from ..model.energy_model import EnergyModel
 from ..model.hessian import has_hessian
 from ..runtime import tune_allocator
 from .batch import BatchOutput, atoms_inputs, evaluate_batch
@@ -106,7 +105,7 @@ class AtomBudget:
         return max(1, self.atoms // max(natoms, 1))
 
     def chunk(self, natoms: int) -> int | None:
-        """Atoms per slice for frames of ``natoms`` atoms (``EnergyModel.forward``'s
+        """Atoms per slice for frames of ``natoms`` atoms (``AtomicModel.forward``'s
         ``chunk_atoms``), or None: whole frames."""
         if self.chunk_atoms is None or natoms <= self.chunk_atoms:
             return None
@@ -204,7 +203,7 @@ class DeepEval:
         self._neighbors = model.neighbor_builder()
         self.compiled: CompiledEnergy | None = None
         if compile:
-            if not isinstance(model, EnergyModel):
+            if model_kind(model) != "energy":
                 raise ValueError(
                     f"DeepPot(compile=True) needs an energy model; this is a {model_kind(model)} "
                     "model"
@@ -416,18 +415,9 @@ class DeepEval:
 
 
 def model_kind(model: AtomicModel) -> str:
-    """The kind of output: energy, property, dipole, polar or dos (from the fitting's output
-    definition)."""
-    from ..fitting.dos import DOSFitting
-
-    od = model.output_def
-    if od.r_differentiable:
-        return "energy"
-    if isinstance(model.fitting, DOSFitting):
-        return "dos"
-    if od.global_key in ("global_dipole", "global_polar"):
-        return od.global_key.split("_", 1)[1]
-    return "property"
+    """The kind of output: energy, property, dipole, polar or dos (the ``kind`` field of the
+    fitting's output definition)."""
+    return model.output_def.kind
 
 
 _INTERFACE = {

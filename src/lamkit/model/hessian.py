@@ -62,9 +62,9 @@ def enable_hessian(model, on: bool = True) -> None:
     The switch is written into ``model.config`` (in place: the trainer saves that dict), so
     checkpoints and frozen models of the run reload as Hessian models."""
     from ..errors import ConfigError
-    from .energy_model import EnergyModel
 
-    if on and not isinstance(model, EnergyModel):
+    output_def = getattr(model, "output_def", None)
+    if on and not getattr(output_def, "r_differentiable", False):
         raise ConfigError(
             "loss/start_pref_h: Hessian supervision needs an energy model "
             f"(fitting_net/type 'ener'); this is a {type(model).__name__}"
