@@ -3,17 +3,21 @@
 One model path serves every fitting (DeePMD-kit's ``OutputVariableDef`` idea): the fitting
 declares its per-atom output shape, whether the model reduces it over atoms (summed, or
 averaged over the real atoms when ``intensive``), whether forces and virials follow from it by
-autograd (energy only), and under which keys the model returns the per-atom and the reduced
-values and the data provides their labels.
+autograd (energy only: :meth:`lamkit.model.AtomicModel.forward` computes them exactly then),
+the kind of model it makes (``kind``: which inference interface, test and exports apply), and
+under which keys the model returns the per-atom and the reduced values and the data provides
+their labels.
 
-==========  ===============  ================  =========================  =============
-fitting     atom_key         global_key        labels (global / atomic)   reduction
-==========  ===============  ================  =========================  =============
-ener        atom_energy      energy            energy / atom_ener         sum, + forces
-property    atom_<name>      <name>            <name> / atom_<name>       sum or mean
-dipole      dipole           global_dipole     dipole / atomic_dipole     sum
-polar       polar            global_polar      polarizability / atomic_…  sum
-==========  ===============  ================  =========================  =============
+==========  ========  ===============  ================  =========================  =============
+fitting     kind      atom_key         global_key        labels (global / atomic)   reduction
+==========  ========  ===============  ================  =========================  =============
+ener        energy    atom_energy      energy            energy / atom_ener         sum, + forces
+property    property  atom_<name>      <name>            <name> / atom_<name>       sum or mean
+population  property  population       total_population  total_population / -       sum
+dipole      dipole    dipole           global_dipole     dipole / atomic_dipole     sum
+polar       polar     polar            global_polar      polarizability / atomic_…  sum
+dos         dos       atom_dos         dos               dos / atom_dos             sum
+==========  ========  ===============  ================  =========================  =============
 """
 
 from __future__ import annotations
