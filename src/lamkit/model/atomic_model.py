@@ -28,8 +28,7 @@ from ..fitting import OutputDef
 from ..geometry.env import gather_rows
 from ..geometry.neighbor import NeighborBuilder
 from ..nn.chunking import chunked_evaluation, map_rows
-from .derivatives import forces_and_virials
-from .hessian import has_hessian, local_hessian
+from .derivatives import forces_and_virials, has_hessian, local_hessian
 
 
 def wrapped_coord(coord: torch.Tensor, cell: torch.Tensor, wrap: torch.Tensor) -> torch.Tensor:
