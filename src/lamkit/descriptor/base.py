@@ -12,6 +12,7 @@ types (``mixed_types``), so the caller builds the right neighbour data.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -163,4 +164,7 @@ def build_descriptor(config: dict, type_map: list[str]) -> Descriptor:
     cls = DESCRIPTORS.get(config.get("type", "se_e2_a"))
     conf = cls.normalize_config(config)
     conf.pop("type", None)
-    return cls(ntypes=len(type_map), **{k: v for k, v in conf.items() if not k.startswith("_")})
+    kwargs = {k: v for k, v in conf.items() if not k.startswith("_")}
+    if "type_map" in inspect.signature(cls.__init__).parameters and not kwargs.get("type_map"):
+        kwargs["type_map"] = list(type_map)  # element names (e.g. use_econf_tebd)
+    return cls(ntypes=len(type_map), **kwargs)

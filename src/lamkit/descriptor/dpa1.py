@@ -27,7 +27,9 @@ from ..config.schema import REQUIRED, Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows, row_bounds
+from ..nn.econf import econf_types
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
@@ -161,11 +163,6 @@ class DPA1(Descriptor):
             raise ConfigError(f"{where}/lmax: only lmax 1 is supported, got {lmax}")
         if attn_mask:
             raise ConfigError(f"{where}/attn_mask: must be false (as in DeePMD-kit)")
-        if use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: electronic-configuration type "
-                "embeddings are not supported"
-            )
         if stripped_type_embedding is not None:
             tebd_input_mode = "strip" if stripped_type_embedding else "concat"
         if tebd_input_mode not in ("concat", "strip"):
@@ -196,7 +193,13 @@ class DPA1(Descriptor):
             return make_generator(seed, *salt)
 
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, gen(0), trainable
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            gen(0),
+            trainable,
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         ntebd = self.tebd_dim if type_one_side else 2 * self.tebd_dim
         act = activation_function
@@ -316,6 +319,23 @@ class DPA1(Descriptor):
         return out
 
     # --- statistics ---------------------------------------------------------------------------
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+            ("attention.*.norm.weight", "dpa1_attention.attention_layers.*.attn_layer_norm.matrix"),
+            ("attention.*.norm.bias", "dpa1_attention.attention_layers.*.attn_layer_norm.bias"),
+            # in_proj, out_proj
+            ("attention.*.*.*", "dpa1_attention.attention_layers.*.attention_layer.*.*"),
+            ("type_embd_data", "type_embd_data"),
+        ),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="se_atten",
+    )
 
 
 @DESCRIPTORS.register("se_atten_v2")

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import keys
 from ..errors import ConfigError
+from ..nn.params import RefNames
 from .base import DESCRIPTORS, Descriptor, build_descriptor
 
 
@@ -211,3 +212,6 @@ class DescrptHybrid(Descriptor):
         raise ConfigError(
             "hybrid descriptors share only at level 0 (the whole descriptor) in multi-task mode"
         )
+
+    # --- declarations (lamkit.nn.params): the members keep their names below descrpt_list.<i>
+    REF_NAMES = RefNames()

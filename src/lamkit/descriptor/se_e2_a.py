@@ -19,6 +19,7 @@ from ..config.schema import REQUIRED, Arg
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
 
@@ -166,3 +167,11 @@ class SeA(Descriptor):
             keys.DESCRIPTOR: desc.reshape(nf, nloc, self.dim_out),
             "rot_mat": xyz_t[:, :, 1:4].reshape(nf, nloc, self.dim_emb, 3),
         }
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(*STAT_NAMES, ("embeddings.*.layers.*.*", "filter_layers.networks.*.layers.*.*")),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="sea",
+    )

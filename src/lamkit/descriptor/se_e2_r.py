@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 
 # the reference's fixed rescaling of the averaged embedding
@@ -146,3 +147,10 @@ class SeR(Descriptor):
             out = out + self.embeddings[tj](rr[:, a:b, :]).sum(dim=1)
         desc = out * (RESCALE / self.nnei)
         return {keys.DESCRIPTOR: desc.reshape(nf, nloc, self.dim_out)}
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(*STAT_NAMES, ("embeddings.*.layers.*.*", "filter_layers.networks.*.layers.*.*")),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+    )

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 
 
@@ -133,3 +134,11 @@ class SeT(Descriptor):
                 part = torch.einsum("njk,njkm->nm", cos, g)
                 out = out + part / float((a1 - a0) * (b1 - b0))
         return {keys.DESCRIPTOR: out.reshape(nf, nloc, self.dim_out)}
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(*STAT_NAMES, ("embeddings.*.layers.*.*", "filter_layers.networks.*.layers.*.*")),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="seat",
+    )

@@ -25,7 +25,9 @@ from ..config.schema import Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import map_rows
+from ..nn.econf import econf_types
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
 
@@ -87,11 +89,6 @@ class SeE3Tebd(Descriptor):
         where = "model/descriptor"
         if isinstance(sel, str):
             raise ValueError("sel must be resolved to a number before building se_e3_tebd")
-        if use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: the electronic-configuration type "
-                "embedding is not supported yet; set it to false"
-            )
         if tebd_input_mode not in ("concat", "strip"):
             raise ConfigError(
                 f"{where}/tebd_input_mode: expected 'concat' or 'strip', got {tebd_input_mode!r}"
@@ -113,7 +110,12 @@ class SeE3Tebd(Descriptor):
         self.dim_out = self.neuron[-1] + (self.tebd_dim if concat_output_tebd else 0)
 
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, make_generator(seed, 2)
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            make_generator(seed, 2),
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         n_in = 1 + 2 * self.tebd_dim if tebd_input_mode == "concat" else 1
         self.embedding = EmbeddingNet(
@@ -247,3 +249,16 @@ class SeE3Tebd(Descriptor):
         return desc
 
     # --- statistics -------------------------------------------------------------------------
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+        ),
+        # the reference's type_embd_data is a compression table here
+        ignore=(*NETWORK_ALIASES, *COMPRESSION, "type_embd_data"),
+        block="se_ttebd",
+    )

@@ -28,6 +28,7 @@ from ..fitting import OutputDef
 from ..geometry.env import gather_rows
 from ..geometry.neighbor import NeighborBuilder
 from ..nn.chunking import chunked_evaluation, map_rows
+from ..nn.params import RefNames, TypeRows
 from .derivatives import forces_and_virials, has_hessian, local_hessian
 
 
@@ -239,3 +240,17 @@ class AtomicModel(nn.Module):
         nbr = self.neighbor_builder()(coord, atype, box)
         nbr = {k: v.to(coord.device) for k, v in nbr.items()}
         return self.forward(coord, atype, box, nbr, fparam, aparam, **kw)
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (TypeRows("out_bias"), TypeRows("out_std", "fresh"))
+    REF_NAMES = RefNames(
+        names=(
+            ("min_nbor_dist", "min_nbor_dist"),
+            ("out_bias", "atomic_model.out_bias"),
+            ("out_std", "atomic_model.out_std"),
+        ),
+        children=(
+            ("descriptor", "atomic_model.descriptor"),
+            ("fitting", "atomic_model.fitting_net"),
+        ),
+    )

@@ -11,6 +11,7 @@ from ..fitting import FITTINGS, build_fitting
 from .atomic_model import AtomicModel
 from .energy_model import EnergyModel
 from .linear_model import LinearEnergyModel
+from .spin import SpinEnergyModel, backbone_config, normalize_spin
 from .zbl_model import ZBLEnergyModel
 
 MODEL_ARGS = (
@@ -65,8 +66,6 @@ def normalize_model_config(config: dict, path: str = "model") -> dict:
     if len(set(conf["type_map"])) != len(conf["type_map"]):
         raise ConfigError(f"{path}/type_map: duplicate element names in {conf['type_map']}")
     if "spin" in conf:
-        from .spin import normalize_spin
-
         conf["spin"] = normalize_spin(conf["spin"], conf["type_map"], f"{path}/spin")
     desc = conf["descriptor"]
     if isinstance(desc, str):
@@ -126,8 +125,6 @@ def build_model(config: dict) -> AtomicModel:
     """An untrained model from a model config (normalised here if needed)."""
     conf = normalize_model_config(copy.deepcopy(config))
     if "spin" in conf:
-        from .spin import build_spin_model
-
         return build_spin_model(conf)
     type_map = conf["type_map"]
     dconf = dict(conf["descriptor"])
@@ -170,3 +167,22 @@ def build_model(config: dict) -> AtomicModel:
             )
         model_cls = ZBLEnergyModel
     return model_cls(descriptor, fitting, type_map, conf["atom_exclude_types"], config=conf)
+
+
+def build_spin_model(conf: dict) -> SpinEnergyModel:
+    """A :class:`SpinEnergyModel` from a normalised model config with a ``spin`` section."""
+    for key in ("use_srtab",):
+        if conf.get(key):
+            raise ConfigError(f"model/{key}: not available together with model/spin")
+    if conf.get("type", "standard") != "standard":
+        raise ConfigError(f"model/type: '{conf['type']}' cannot be combined with model/spin")
+    if conf["fitting_net"].get("type", "ener") not in ("ener", "energy"):
+        raise ConfigError("model/spin: needs an energy fitting (fitting_net/type 'ener')")
+    base = build_model(backbone_config(conf))
+    return SpinEnergyModel(
+        base.descriptor,
+        base.fitting,
+        base.type_map,
+        base.atom_exclude_types,
+        config=conf,
+    )

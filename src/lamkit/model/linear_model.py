@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..geometry.neighbor import NeighborBuilder
+from ..nn.params import RefNames, TypeRows
 from .energy_model import EnergyModel
 from .pair_tab import PairTable, pair_distances
 
@@ -82,3 +83,23 @@ class LinearEnergyModel(EnergyModel):
             atom = atom + w * (table(ext_coord, ext_atype, nl) + table.out_bias[atype])
         atom = atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (*EnergyModel.TYPE_ROWS, TypeRows("dp_out_bias"))
+
+    @property
+    def REF_NAMES(self) -> RefNames:  # the members' places depend on their number
+        """The reference's LinearEnergyAtomicModel: models.0 is the DP model, models.<k> the
+        pair table pair_tables.<k-1>; the combination's bias is out_bias, the members' out_std
+        are not used."""
+        tables = [(f"pair_tables.{k}", f"atomic_model.models.{k + 1}")
+                  for k in range(len(self.pair_tables))]
+        return RefNames(
+            names=(*EnergyModel.REF_NAMES.names, ("dp_out_bias", "atomic_model.models.0.out_bias")),
+            ignore=("atomic_model.models.*.out_std",),
+            children=(
+                ("descriptor", "atomic_model.models.0.descriptor"),
+                ("fitting", "atomic_model.models.0.fitting_net"),
+                *tables,
+            ),
+        )

@@ -124,27 +124,6 @@ def backbone_config(conf: dict) -> dict:
     return out
 
 
-def build_spin_model(conf: dict) -> SpinEnergyModel:
-    """A :class:`SpinEnergyModel` from a normalised model config with a ``spin`` section."""
-    from .build import build_model
-
-    for key in ("use_srtab",):
-        if conf.get(key):
-            raise ConfigError(f"model/{key}: not available together with model/spin")
-    if conf.get("type", "standard") != "standard":
-        raise ConfigError(f"model/type: '{conf['type']}' cannot be combined with model/spin")
-    if conf["fitting_net"].get("type", "ener") not in ("ener", "energy"):
-        raise ConfigError("model/spin: needs an energy fitting (fitting_net/type 'ener')")
-    base = build_model(backbone_config(conf))
-    return SpinEnergyModel(
-        base.descriptor,
-        base.fitting,
-        base.type_map,
-        base.atom_exclude_types,
-        config=conf,
-    )
-
-
 def is_spin_model(model) -> bool:
     return isinstance(model, SpinEnergyModel)
 
@@ -304,6 +283,9 @@ class SpinEnergyModel(EnergyModel):
         nbr = self.neighbor_builder()(coord, atype, box, spin=spin)
         nbr = {k: v.to(coord.device) for k, v in nbr.items()}
         return self.forward(coord, atype, box, nbr, fparam, aparam, spin=spin, **kw)
+
+    # --- declarations (lamkit.nn.params): the reference's SpinModel wraps the standard one
+    REF_ROOT = "backbone_model"
 
 
 class SpinNeighborBuilder:

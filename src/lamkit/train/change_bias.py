@@ -25,17 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config.multitask import choose_head
 from ..data import load_systems
 from ..data.system import DataRequirement
 from ..errors import ConfigError
-from ..model.io import (
-    FORMAT,
-    atomic_save,
-    choose_head,
-    model_from_payload,
-    read_file,
-    save_model,
-)
+from ..model.io import FORMAT, atomic_save, model_from_payload, read_file, save_model
 from .stats import energy_bias, stat_batches
 
 log = logging.getLogger(__name__)

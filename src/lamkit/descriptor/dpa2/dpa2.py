@@ -25,7 +25,9 @@ from ... import keys
 from ...config.schema import REQUIRED, Arg, normalize
 from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
+from ...nn.econf import econf_types
 from ...nn.mlp import Dense, make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import (
     DESCRIPTORS,
@@ -196,11 +198,6 @@ class DescrptDPA2(Descriptor):
     ):
         super().__init__()
         where = "model/descriptor"
-        if use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
-                "supported; set it to false"
-            )
         ri = normalize(repinit, REPINIT_ARGS, f"{where}/repinit")
         rf = normalize(repformer, REPFORMER_ARGS, f"{where}/repformer")
         self.ntypes = ntypes
@@ -227,7 +224,13 @@ class DescrptDPA2(Descriptor):
             return make_generator(seed, *salt)
 
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, gen(2), trainable
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            gen(2),
+            trainable,
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         # exclude_types is applied to the lists in sub_lists, so the blocks get none
         self.repinit = DPA1(
@@ -472,3 +475,12 @@ class DescrptDPA2(Descriptor):
                 block.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
             else:
                 block.set_stat(stat[name], protection)
+
+    # --- declarations (lamkit.nn.params): DeePMD-kit names; the blocks declare their own ----
+    REF_NAMES = RefNames(
+        names=(
+            ("g1_shape_tranform.*", "g1_shape_tranform.*"),
+            ("tebd_transform.*", "tebd_transform.*"),
+        ),
+        bare=("repinit", "repinit_three_body"),  # DPA-1 / se_e3_tebd blocks, not descriptors
+    )

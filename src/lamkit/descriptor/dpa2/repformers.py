@@ -13,6 +13,7 @@ from torch import nn
 from ...geometry.env import environment_matrix, gather_rows
 from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
+from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
 from .repformer_layer import PairContext, RepformerLayer, pair_moment
 
 # g1 [nf, nloc, g1_dim] -> g1 of all extended atoms [nf, nall, g1_dim]: set while tracing a
@@ -162,6 +163,18 @@ class Repformers(nn.Module):
 
         g1_new, g2_new, h2_new = map_rows(rows, nf, nloc, g2, h2, nl, bounds=bounds)
         return g1_new, g2 if g2_new is None else g2_new, h2 if h2_new is None else h2_new
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    # every name is the reference's but the g2 layer norm's scale
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("layers.*.attn2_lm.weight", "layers.*.attn2_lm.matrix"),
+            ("g2_embd.**", "g2_embd.**"),
+            ("layers.**", "layers.**"),
+        ),
+    )
 
 
 def _no_ghosts(g1: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ import torch
 from ... import keys
 from ...config.schema import normalize
 from ...errors import ConfigError
+from ...nn.econf import econf_types
 from ...nn.mlp import make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 from .config import DPA3_ARGS, REPFLOW_ARGS, check_dpa3, check_repflow
@@ -80,7 +82,6 @@ class DescrptDPA3(Descriptor):
         where = "model/descriptor"
         check_dpa3(
             {
-                "use_econf_tebd": use_econf_tebd,
                 "add_chg_spin_ebd": add_chg_spin_ebd,
                 "default_chg_spin": default_chg_spin,
             },
@@ -103,7 +104,13 @@ class DescrptDPA3(Descriptor):
         self.sel = [self.nnei]
         self.tebd_dim = int(rf["n_dim"])
         self.type_embedding = TypeEmbedNet(
-            ntypes, self.tebd_dim, use_tebd_bias, self.dtype, make_generator(seed, 2), trainable
+            ntypes,
+            self.tebd_dim,
+            use_tebd_bias,
+            self.dtype,
+            make_generator(seed, 2),
+            trainable,
+            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
         block = {k: rf[k] for k in _BLOCK_KEYS}
         block.update(e_sel=self.nnei, a_sel=a_sel)
@@ -189,3 +196,6 @@ class DescrptDPA3(Descriptor):
             return
         _, dstd = stat.davg_dstd(protection, True)
         self.repflows.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+
+    # --- declarations (lamkit.nn.params): the type embedding and repflows declare theirs ---
+    REF_NAMES = RefNames()

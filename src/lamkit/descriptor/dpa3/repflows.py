@@ -13,6 +13,7 @@ from torch import nn
 from ...geometry.env import gather_rows, smooth_switch
 from ...nn.chunking import map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
+from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
 from .repflow_layer import RepFlowLayer, pair_moment
 
 
@@ -180,3 +181,14 @@ class Repflows(nn.Module):
     @staticmethod
     def _layer_rows(layer, node, start, stop, edge, h2, angle, nl, sw, a_mask, a_sw):
         return layer(node, edge, h2, angle, nl, sw, a_mask, a_sw, start)
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("edge_embd.**", "edge_embd.**"),
+            ("angle_embd.**", "angle_embd.**"),
+            ("layers.**", "layers.**"),
+        ),
+    )
