@@ -189,7 +189,7 @@ def message_passing(model) -> bool:
 
 
 def _check_model(model) -> None:
-    from .deep_pot import model_kind
+    from .deep_eval import model_kind
 
     kind = model_kind(model)
     if kind != "energy":

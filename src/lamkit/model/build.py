@@ -148,8 +148,8 @@ def build_model(config: dict) -> AtomicModel:
         descriptor.mixed_types,
         embedding_width=descriptor.dim_emb if descriptor.has_rot_mat else None,
     )
-    # outputs with coordinate derivatives (energy) get forces and virials
-    model_cls = EnergyModel if fitting.output_def().r_differentiable else AtomicModel
+    # energy models carry the EnergyModel name (the forward is AtomicModel's for every kind)
+    model_cls = EnergyModel if fitting.output_def().kind == "energy" else AtomicModel
     if conf["type"] == "linear_ener":
         if model_cls is not EnergyModel or not descriptor.mixed_types:
             raise ConfigError(

@@ -62,7 +62,7 @@ def change_bias(
         raise ConfigError(f"change-bias: numb_batch must be >= 0 (0 = all), got {numb_batch}")
     obj = read_file(model_file)
     model = model_from_payload(obj, str(model_file), head=head)
-    if not model.output_def.r_differentiable:
+    if model.output_def.kind != "energy":
         raise ConfigError(
             f"{model_file}: change-bias applies to energy models; this one predicts "
             f"'{model.output_def.name}'"

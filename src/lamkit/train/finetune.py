@@ -227,7 +227,7 @@ def refit_bias(task, batches: list[dict], mode: str) -> None:
     from .stats import set_output_stats
 
     model = task.model
-    if not model.output_def.r_differentiable:
+    if model.output_def.kind != "energy":
         set_output_stats(model, batches, task.model_config)
         log.info("task %s: output statistics set from the fine-tuning data", task.name)
         return

@@ -283,7 +283,7 @@ def set_model_statistics(
     protect = conf.get("data_stat_protect", 1e-2)
     env = compute_descriptor_stat(model, batches, protect, stat_file, stat_mode)
     bias = None
-    if model.output_def.r_differentiable:  # energy
+    if model.output_def.kind == "energy":
         preset = (conf.get("preset_out_bias") or {}).get("energy")
         bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
     else:  # property, dipole, polar: bias and std (lamkit.model.out_stat)
