@@ -270,15 +270,7 @@ def screen(
             t = time.perf_counter()
             rows, relaxed = _finish(run, cands)
             if insert:
-                from .insert import insert_passing
-
-                ids, notes = insert_passing(
-                    database, rows, relaxed, config, name, submitter, store.screen_id
-                )
-                store.set_db_ids(ids)
-                run.notes.extend(notes)
-                for r in rows:
-                    r["db_id"] = ids.get(r["index"], r.get("db_id"))
+                _insert(run, database, rows, relaxed, name, submitter)
             run.timing["finalize"] = time.perf_counter() - t
             run.timing.update(
                 total=time.perf_counter() - t_start,
@@ -291,6 +283,19 @@ def screen(
     finally:
         if owned:
             database.close()
+
+
+def _insert(run, database, rows, relaxed, name, submitter) -> None:
+    """``insert``: the passing relaxed structures into the database; rows get their ids."""
+    from .insert import insert_passing
+
+    ids, notes = insert_passing(
+        database, rows, relaxed, run.config, name, submitter, run.store.screen_id
+    )
+    run.store.set_db_ids(ids)
+    run.notes.extend(notes)
+    for r in rows:
+        r["db_id"] = ids.get(r["index"], r.get("db_id"))
 
 
 def _as_config(config: Any) -> ScreenConfig:
