@@ -43,9 +43,13 @@ def reference_params(config: dict) -> dict:
     conf.pop("shared_links", None)
     if conf.get("type") == "linear_ener":  # back to the reference's list of models
         tables = [{"type": "pairtab", **t} for t in conf.pop("pair_tables")]
+        dps = conf.pop("dp_models", [])
+        order = conf.pop("members", None) or ["pairtab"] * len(tables)
         top = {k: conf.pop(k) for k in ("type", "weights", "type_map")}
         conf["type_map"] = top["type_map"]
-        return {**top, "models": [conf, *tables]}
+        pick = {"pairtab": iter(tables), "dp": iter(dps)}
+        members = [next(pick[kind]) for kind in order]
+        return {**top, "models": [conf, *members]}
     return conf
 
 

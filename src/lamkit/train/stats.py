@@ -282,6 +282,8 @@ def set_model_statistics(
         batches = pack(batches)
     protect = conf.get("data_stat_protect", 1e-2)
     env = compute_descriptor_stat(model, batches, protect, stat_file, stat_mode)
+    for member in getattr(model, "dp_models", ()):  # linear_ener: every DP model's own
+        compute_descriptor_stat(member, batches, protect, stat_file, stat_mode)
     bias = None
     if model.output_def.kind == "energy":
         preset = (conf.get("preset_out_bias") or {}).get("energy")
