@@ -4,7 +4,6 @@ are the reference's water pair table and D3 table in ../shared/data/tables."""
 from __future__ import annotations
 
 import copy
-
 from pathlib import Path
 
 import torch
