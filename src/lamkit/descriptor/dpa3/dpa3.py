@@ -19,6 +19,7 @@ from ...nn.mlp import make_generator, to_dtype
 from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
+from .charge_spin import ChargeSpinEmbedding
 from .config import DPA3_ARGS, REPFLOW_ARGS, check_dpa3, check_repflow
 from .repflows import Repflows
 
@@ -80,13 +81,6 @@ class DescrptDPA3(Descriptor):
     ):
         super().__init__()
         where = "model/descriptor"
-        check_dpa3(
-            {
-                "add_chg_spin_ebd": add_chg_spin_ebd,
-                "default_chg_spin": default_chg_spin,
-            },
-            where,
-        )
         rf = normalize(repflow, REPFLOW_ARGS, f"{where}/repflow")
         check_repflow(rf, f"{where}/repflow")
         if rf["skip_stat"]:
@@ -112,6 +106,14 @@ class DescrptDPA3(Descriptor):
             trainable,
             econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
         )
+        self.charge_spin = None
+        if add_chg_spin_ebd:
+            gens = [make_generator(seed, k) for k in (3, 4, 5)]
+            self.charge_spin = ChargeSpinEmbedding(
+                self.tebd_dim, activation_function, default_chg_spin, self.dtype, gens, where
+            )
+        elif default_chg_spin is not None:
+            raise ConfigError(f"{where}/default_chg_spin: needs add_chg_spin_ebd: true")
         block = {k: rf[k] for k in _BLOCK_KEYS}
         block.update(e_sel=self.nnei, a_sel=a_sel)
         layer_kw = {k: v for k, v in rf.items() if k not in _BLOCK_KEYS + _UNUSED_KEYS}
@@ -157,11 +159,14 @@ class DescrptDPA3(Descriptor):
         )
         return nlist if emask is None else torch.where(emask, nlist, -1)
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None, chunking=None):
-        nloc = nlist.shape[1]
+    def forward(self, ext_coord, ext_atype, nlist, mapping=None, chunking=None, charge_spin=None):
+        """``charge_spin`` [nf, 2]: each frame's charge and spin (``add_chg_spin_ebd``)."""
+        nf, nloc = nlist.shape[:2]
         ext_coord = ext_coord.to(self.dtype)
         nlist = self._list(ext_coord.detach(), ext_atype, nlist)
         tebd = self.type_embedding(ext_atype[:, :nloc])
+        if self.charge_spin is not None:
+            tebd = tebd + self.charge_spin(charge_spin, nf)
         node, edge, h2, rot_mat, sw = self.repflows(
             ext_coord, ext_atype, nlist, tebd, mapping, chunking
         )
@@ -200,4 +205,9 @@ class DescrptDPA3(Descriptor):
         self.repflows.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
 
     # --- declarations (lamkit.nn.params): the type embedding and repflows declare theirs ---
-    REF_NAMES = RefNames()
+    REF_NAMES = RefNames(children=(("charge_spin", ""),))
+
+    @property
+    def frame_inputs(self) -> tuple[str, ...]:
+        """Per-frame inputs besides the geometry (``charge_spin``, [nf, 2])."""
+        return () if self.charge_spin is None else ("charge_spin",)
