@@ -144,8 +144,6 @@ def test_shapes_and_rot_mat():
         ({"use_dynamic_sel": True, "smooth_edge_update": False}, {}, "use_dynamic_sel"),
         ({"a_rcut": 5.0}, {}, "a_rcut"),
         ({"a_sel": 60}, {}, "a_sel"),
-        ({}, {"add_chg_spin_ebd": True}, "add_chg_spin_ebd"),
-        ({}, {"default_chg_spin": [0, 1]}, "default_chg_spin"),
         ({}, {"activation_function": "silut:abc"}, "threshold"),
         ({}, {"activation_function": "swish"}, "swish"),
         ({"bogus_key": 1}, {}, "bogus_key"),
