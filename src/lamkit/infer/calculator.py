@@ -35,7 +35,8 @@ class LamCalculator(Calculator):
 
     Atoms with any periodic direction are evaluated in their (fully periodic) cell, like the
     reference; others without a cell, and then ``stress`` is not available.
-    ``atoms.info["fparam"]`` and ``atoms.info["aparam"]`` are passed to the model.
+    ``atoms.info["fparam"]`` and ``atoms.info["aparam"]`` are passed to the model, and to
+    DPA-3 models with charge/spin inputs ``atoms.info["charge"]`` and ``atoms.info["spin"]``.
     """
 
     name = "lamkit"
@@ -100,6 +101,17 @@ class LamCalculator(Calculator):
             )
         return np.array([self.type_dict[s] for s in symbols], dtype=np.int64)
 
+    def _charge_spin(self, atoms) -> dict:
+        """DPA-3 models with charge/spin inputs: ``atoms.info["charge"]`` and
+        ``atoms.info["spin"]`` (the spin multiplicity), else the model's default."""
+        if "charge_spin" not in self.dp.model.frame_inputs:
+            return {}
+        if "charge" not in atoms.info and "spin" not in atoms.info:
+            return {}
+        default = getattr(self.dp.model.descriptor.charge_spin, "default", None) or [0, 1]
+        cs = [atoms.info.get("charge", default[0]), atoms.info.get("spin", default[1])]
+        return {"charge_spin": [cs]}
+
     def calculate(
         self, atoms=None, properties=("energy", "forces"), system_changes=all_changes
     ) -> None:
@@ -122,6 +134,7 @@ class LamCalculator(Calculator):
             atomic=atomic,
             fparam=atoms.info.get("fparam"),
             aparam=atoms.info.get("aparam"),
+            **self._charge_spin(atoms),
         )
         energy, force, virial = out[0][0, 0], out[1][0], out[2][0].reshape(3, 3)
         self.results["energy"] = float(energy)

@@ -125,12 +125,13 @@ class DeepEval:
 
     # --- evaluation ---------------------------------------------------------------------------
     def _evaluate(
-        self, coords, cells, atype, fparam, aparam, names, empty, **model_kw
+        self, coords, cells, atype, fparam, aparam, names, empty, frame_kw=None, **model_kw
     ) -> dict[str, np.ndarray]:
         """Model outputs ``names`` (float64 numpy, frames first) for inputs already in model
         layout (see ``_standard_input``), evaluated in chunks of frames that fit the atom
         budget (halved and retried after an out-of-memory error). ``empty``: the per-frame
-        shape of each output, for frames without atoms. ``model_kw`` go to the model."""
+        shape of each output, for frames without atoms. ``model_kw`` go to the model, and so
+        do the per-frame arrays of ``frame_kw`` (e.g. ``charge_spin`` [nf, 2]), sliced."""
         nf, natoms = atype.shape
         if natoms == 0:
             return {n: np.zeros((nf, *empty[n])) for n in names}
@@ -147,7 +148,7 @@ class DeepEval:
                     None if fparam is None else fparam[sl],
                     None if aparam is None else aparam[sl],
                     names,
-                    model_kw,
+                    {**model_kw, **{k: v[sl] for k, v in (frame_kw or {}).items()}},
                 )
             except (RuntimeError, MemoryError) as exc:
                 if is_oom(exc) and self.budget.out_of_memory((stop - start) * natoms, natoms):
@@ -175,8 +176,9 @@ class DeepEval:
             return None if x is None else torch.tensor(x, device=dev)
 
         args = (tensor(coords), tensor(atype), tensor(cells), nbr, tensor(fparam), tensor(aparam))
+        model_kw = {k: tensor(v) if isinstance(v, np.ndarray) else v for k, v in model_kw.items()}
         out = None
-        compiled = self.compiled
+        compiled = None if self.model.frame_inputs else self.compiled
         if (
             compiled is not None
             and model_kw.get("do_force", False)
@@ -255,6 +257,21 @@ class DeepEval:
         fparam = self._frame_param(fparam, nf)
         aparam = self._atom_param(aparam, nf, natoms)
         return coords, cells, atype, fparam, aparam
+
+    def _frame_inputs(self, charge_spin, nf: int) -> dict:
+        """``charge_spin`` [nf, 2] (or [2] for every frame) for models that take it."""
+        if "charge_spin" not in self.model.frame_inputs:
+            if charge_spin is not None:
+                raise ValueError("charge_spin: this model takes no per-frame charge and spin")
+            return {}
+        if charge_spin is None:
+            return {}  # the model's default_chg_spin, or its error
+        cs = np.asarray(charge_spin, dtype=np.float64)
+        if cs.size == 2:
+            cs = np.tile(cs.reshape(1, 2), (nf, 1))
+        if cs.shape != (nf, 2):
+            raise ValueError(f"charge_spin: expected [{nf}, 2] (charge, spin), got {cs.shape}")
+        return {"charge_spin": cs}
 
     def _frame_param(self, fparam, nf: int) -> np.ndarray | None:
         dim = self.get_dim_fparam()

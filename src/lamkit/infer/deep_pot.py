@@ -96,6 +96,8 @@ class DeepPot(DeepEval):
                 ``mixed_type=True``. ``-1`` marks a virtual (padding) atom.
             atomic: also return per-atom energies and virials.
             fparam: [nf, nfp] or [nfp].  aparam: [nf, natoms, nap], [natoms, nap] or [nap].
+            charge_spin (keyword): [nf, 2] or [2], each frame's total charge and spin
+                multiplicity, for DPA-3 models with ``add_chg_spin_ebd``.
 
         Returns:
             energy [nf, 1] eV, force [nf, natoms, 3] eV/Å, virial [nf, 9] eV and, if
@@ -103,6 +105,7 @@ class DeepPot(DeepEval):
             a Hessian model (:attr:`has_hessian`), hessian [nf, 3 natoms, 3 natoms] eV/Å^2.
         """
         spin = kwargs.pop("spin", None) if self.has_spin else None
+        charge_spin = kwargs.pop("charge_spin", None)
         for name, value in kwargs.items():
             if value is not None:
                 raise ValueError(f"DeepPot.eval: '{name}' is not supported by lamkit models")
@@ -133,6 +136,7 @@ class DeepPot(DeepEval):
             aparam,
             names,
             empty,
+            frame_kw=self._frame_inputs(charge_spin, atype.shape[0]),
             do_force=True,
             do_virial=True,
             do_atomic_virial=atomic,

@@ -191,8 +191,11 @@ class AtomicModel(nn.Module):
         do_atomic_virial: bool = False,
         create_graph: bool = False,
         chunk_atoms: int | None = None,
+        charge_spin: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None.
+        """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None;
+        ``charge_spin`` [nf, 2]: each frame's charge and spin, for models that take them
+        (:attr:`frame_inputs`).
 
         Returns ``{global_key: [nf, *shape], atom_key: [nf, nloc, *shape], mask: [nf, nloc]}``
         with the keys of :attr:`output_def` (``energy``/``atom_energy``,
@@ -232,6 +235,7 @@ class AtomicModel(nn.Module):
                 fparam,
                 aparam,
                 chunking=Chunking.start(chunk_atoms),
+                descriptor_inputs=self._frame_kw(charge_spin),
             )
             reduced = self.reduce(atom, mask)
             total = {od.global_key: reduced.reshape(nf, *od.shape)}
@@ -257,6 +261,18 @@ class AtomicModel(nn.Module):
                     out[keys.FORCE], ext_coord, nbr[keys.MAPPING], create_graph
                 )
         return out
+
+    @property
+    def frame_inputs(self) -> tuple[str, ...]:
+        """Per-frame model inputs besides the geometry and fparam (DPA-3's ``charge_spin``)."""
+        return tuple(getattr(self.descriptor, "frame_inputs", ()))
+
+    def _frame_kw(self, charge_spin) -> dict | None:
+        if "charge_spin" in self.frame_inputs:
+            return {"charge_spin": charge_spin}
+        if charge_spin is not None:
+            raise ValueError("charge_spin: this model takes no per-frame charge and spin")
+        return None
 
     def evaluate(self, coord, atype, box=None, fparam=None, aparam=None, **kw):
         """Convenience: build neighbour data and run ``forward`` (inputs as torch tensors)."""

@@ -47,7 +47,10 @@ def plot_lcurve(path: str | Path, out: str | Path | None = None) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(metric)
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # no finite value (e.g. no virial labels): say so instead of an empty legend
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -157,8 +157,17 @@ def energy_bias(
         counts = b[keys.NATOMS][:, 2:].numpy().astype(np.float64)
         y = b[keys.ENERGY].numpy().reshape(-1).astype(np.float64)
         if residual_model is not None:
+            frame = {  # per-frame inputs (charge_spin) where the system has them
+                k: b[k] if float(b.get(keys.find_key(k), 0.0)) else None
+                for k in getattr(residual_model, "frame_inputs", ())
+            }
             pred = residual_model.evaluate(
-                b[keys.COORD], b[keys.ATYPE], b.get(keys.BOX), do_force=False, do_virial=False
+                b[keys.COORD],
+                b[keys.ATYPE],
+                b.get(keys.BOX),
+                do_force=False,
+                do_virial=False,
+                **frame,
             )
             y = y - pred[keys.ENERGY].detach().numpy().reshape(-1)
         rows.append(counts)

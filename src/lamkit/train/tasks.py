@@ -64,6 +64,10 @@ def data_requirements(loss, model_config: dict) -> list[DataRequirement]:
         )
     if fit.get("numb_aparam"):
         reqs.append(DataRequirement("aparam", fit["numb_aparam"], atomic=True, must=True))
+    desc = model_config.get("descriptor") or {}
+    if isinstance(desc, dict) and desc.get("add_chg_spin_ebd"):  # DPA-3: charge and spin
+        must = desc.get("default_chg_spin") is None
+        reqs.append(DataRequirement("charge_spin", 2, must=must, origin="add_chg_spin_ebd"))
     if model_config.get("spin"):  # the atomic spins are an input of spin models
         reqs.append(DataRequirement("spin", 3, atomic=True, must=True, origin="model/spin"))
     return reqs

@@ -406,8 +406,13 @@ class Trainer:
         batch = _to(batch, self.device)
         nbr = _to(nbr, self.device)
         need = task.loss.need
+        # per-frame inputs (DPA-3's charge_spin): None where the system has no such file
+        frame = {
+            k: batch[k] if float(batch.get(keys.find_key(k), 0.0)) else None
+            for k in getattr(task.model, "frame_inputs", ())
+        }
         fast = self.compiled.get(task.name) if create_graph and need["force"] else None
-        fast = None if extra else fast
+        fast = None if extra or frame else fast
         if fast is not None:
             pred = fast(
                 batch[keys.COORD],
@@ -431,6 +436,7 @@ class Trainer:
             do_virial=need["virial"],
             create_graph=create_graph,
             **{k: batch[k] for k in extra},
+            **frame,
         )
         return pred, batch
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...nn.mlp import Dense, activation
-from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 
 CHARGES = (-100, 99)
@@ -57,5 +56,4 @@ class ChargeSpinEmbedding(nn.Module):
         rows = torch.cat([self.chg_embedding(charge + 100), self.spin_embedding(spin)], dim=-1)
         return self.act(self.mix_cs_mlp(rows)).unsqueeze(1)
 
-    # --- declarations (lamkit.nn.params): the reference keeps these at the descriptor level --
-    REF_NAMES = RefNames(names=(("mix_cs_mlp.*", "mix_cs_mlp.*"),))
+    # declarations: DescrptDPA3 names these nets (the reference keeps them at its level)

@@ -205,7 +205,13 @@ class DescrptDPA3(Descriptor):
         self.repflows.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
 
     # --- declarations (lamkit.nn.params): the type embedding and repflows declare theirs ---
-    REF_NAMES = RefNames(children=(("charge_spin", ""),))
+    REF_NAMES = RefNames(  # the charge/spin embedding's nets sit at the descriptor's level
+        names=(("charge_spin.mix_cs_mlp.*", "mix_cs_mlp.*"),),
+        children=(
+            ("charge_spin.chg_embedding", "chg_embedding"),
+            ("charge_spin.spin_embedding", "spin_embedding"),
+        ),
+    )
 
     @property
     def frame_inputs(self) -> tuple[str, ...]:
