@@ -15,7 +15,16 @@ from pathlib import Path
 from lamkit.examples import water_se_e2_a_config
 from lamkit.presets import make_input
 
-MODELS = ("se_e2_a", "se_e3_tebd", "dpa1", "dpa2-small", "dpa2-medium", "dpa2-large")
+MODELS = (
+    "se_e2_a",
+    "se_e3_tebd",
+    "dpa1",
+    "dpa2-small",
+    "dpa2-medium",
+    "dpa2-large",
+    "dpa3",  # the reference's examples/water/dpa3 input (float32)
+    "dpa3-float64",  # the same in float64
+)
 
 
 def water_config(model: str, data: Path, steps: int) -> dict:
@@ -27,7 +36,13 @@ def water_config(model: str, data: Path, steps: int) -> dict:
     if model not in MODELS:
         raise SystemExit(f"--model: one of {', '.join(MODELS)}, not {model!r}")
     name, _, size = model.partition("-")
+    precision = None
+    if size.startswith("float"):
+        precision, size = size, ""
     conf = make_input(name, size or None, train, valid, ["O", "H"], steps)
+    if precision:
+        for section in ("descriptor", "fitting_net"):
+            conf["model"][section]["precision"] = precision
     tr = conf["training"]
     tr.pop("stat_file", None)  # statistics computed afresh by both tools
     tr["seed"] = 10
