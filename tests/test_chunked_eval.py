@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lamkit import keys
+from lamkit import keys, runtime
 from lamkit.infer import AtomBudget, DeepPot, LamCalculator
 from lamkit.nn import chunking
 from lamkit.testing import random_system, standard_system
@@ -149,8 +149,8 @@ def test_dpa1_skips_pair_outputs_when_chunked():
     coord, atype, box, nbr = batch(model, nframes=1)
     ext, eat = model.extend(coord, atype, box, nbr)
     whole = model.descriptor(ext, eat, nbr[keys.NLIST], nbr[keys.MAPPING])
-    with chunking.chunked_evaluation(5):
-        sliced = model.descriptor(ext, eat, nbr[keys.NLIST], nbr[keys.MAPPING])
+    plan = chunking.Chunking.start(5)
+    sliced = model.descriptor(ext, eat, nbr[keys.NLIST], nbr[keys.MAPPING], chunking=plan)
     assert set(sliced) == {keys.DESCRIPTOR, "rot_mat"} and "g2" in whole
     for k in sliced:
         torch.testing.assert_close(sliced[k], whole[k], rtol=1e-13, atol=1e-14)
@@ -158,19 +158,50 @@ def test_dpa1_skips_pair_outputs_when_chunked():
 
 # --- the chunking helpers -------------------------------------------------------------------
 def test_row_bounds():
-    assert chunking.row_bounds(1, 100) is None  # off
-    with chunking.chunked_evaluation(40):
-        assert chunking.chunk_atoms() == 40
-        assert chunking.row_bounds(1, 40) is None
-        assert chunking.row_bounds(1, 100) == [(0, 34), (34, 68), (68, 100)]
-        assert chunking.row_bounds(4, 30) == [(0, 10), (10, 20), (20, 30)]  # 40 // 4 rows
-        with chunking.chunked_evaluation(None):
-            assert chunking.row_bounds(1, 100) is None
-        assert chunking.chunk_atoms() == 40
-    assert chunking.chunk_atoms() is None
+    assert chunking.row_bounds(1, 100, None) is None  # off
+    plan = chunking.Chunking.start(40)
+    assert plan.atoms == 40
+    assert chunking.row_bounds(1, 40, plan) is None
+    assert chunking.row_bounds(1, 100, plan) == [(0, 34), (34, 68), (68, 100)]
+    assert chunking.row_bounds(4, 30, plan) == [(0, 10), (10, 20), (20, 30)]  # 40 // 4 rows
+    assert chunking.Chunking.start(None) is None and chunking.Chunking.start(0) is None
     with pytest.raises(ValueError, match="chunk_atoms"):
-        with chunking.chunked_evaluation(-1):
-            pass
+        chunking.Chunking.start(-1)
+
+
+def test_map_rows_needs_the_budget_passed():
+    """The budget is an explicit argument of ``map_rows`` (no ambient state): omitting it is
+    an error, ``None`` runs the block whole."""
+    x = torch.arange(12.0).reshape(1, 12, 1)
+    with pytest.raises(TypeError, match="chunking"):
+        chunking.map_rows(lambda s, e, r: r, 1, 12, x)
+    whole = chunking.map_rows(lambda s, e, r: r * 2, 1, 12, x, chunking=None)
+    torch.testing.assert_close(whole, x * 2)
+    plan = chunking.Chunking(atoms=5)
+    seen = []
+
+    def rows(s, e, r):
+        seen.append((s, e))
+        return r * 2
+
+    torch.testing.assert_close(chunking.map_rows(rows, 1, 12, x, chunking=plan), x * 2)
+    assert seen == [(0, 4), (4, 8), (8, 12)]
+
+
+def test_no_context_variables():
+    """Evaluation settings travel as named arguments: no module of the package keeps them in
+    ``contextvars`` (or any other ambient state keyed by object ids)."""
+    import pathlib
+
+    import lamkit
+
+    root = pathlib.Path(lamkit.__file__).parent
+    users = [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*.py"))
+        if "ContextVar" in p.read_text() or "contextvars" in p.read_text()
+    ]
+    assert users == []
 
 
 # --- DeepPot and ASE ------------------------------------------------------------------------
@@ -246,12 +277,13 @@ def test_heap_is_trimmed_only_after_growth(monkeypatch):
         def malloc_trim(self, pad):
             calls.append(pad)
 
-    monkeypatch.setattr(chunking, "_glibc", lambda: FakeLibc())
-    rss = iter([100, 110, 100 + chunking.TRIM_SLACK_BYTES + 1])
-    monkeypatch.setattr(chunking, "resident_bytes", lambda: next(rss))
-    chunking.release_freed_memory()  # not in a chunked evaluation: nothing to compare with
-    with chunking.chunked_evaluation(8):  # starts at 100 bytes
-        chunking.release_freed_memory()  # 110: within the slack
-        assert calls == []
-        chunking.release_freed_memory()  # grown by more than the slack
-        assert calls == [0]
+    monkeypatch.setattr(runtime, "_glibc", lambda: FakeLibc())
+    rss = iter([100, 110, 100 + runtime.TRIM_SLACK_BYTES + 1])
+    monkeypatch.setattr(runtime, "resident_bytes", lambda: next(rss))
+    runtime.release_freed_memory(None)  # not in a chunked evaluation: nothing to compare with
+    plan = chunking.Chunking.start(8)  # starts at 100 bytes
+    assert plan.rss_start == 100
+    runtime.release_freed_memory(plan.rss_start)  # 110: within the slack
+    assert calls == []
+    runtime.release_freed_memory(plan.rss_start)  # grown by more than the slack
+    assert calls == [0]

@@ -16,6 +16,7 @@ from lamkit.errors import ConfigError
         ("auto:32", [192, 7, 10, 8], [1, 5, 4, 4]),
         ("auto:100", [7, 100, 101], [15, 1, 1]),
         ("max:100", [7, 100, 192], [14, 1, 1]),
+        ("filter:100", [7, 100], [14, 1]),
         (4, [192, 7], [4, 4]),
         ([2, 3], [192, 7], [2, 3]),
     ],
@@ -29,7 +30,7 @@ def test_batch_size_list_length_mismatch():
         resolve_batch_sizes([1, 2], [5, 5, 5])
 
 
-@pytest.mark.parametrize("bad", ["auto:", "auto:x", "max", "mixed:32", "filter:5", "auto:-3", "3"])
+@pytest.mark.parametrize("bad", ["auto:", "auto:x", "max", "mixed:32", "filter:x", "auto:-3", "3"])
 def test_batch_size_bad_strings_list_accepted_forms(bad):
     with pytest.raises(ConfigError) as info:
         resolve_batch_sizes(bad, [10])

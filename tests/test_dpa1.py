@@ -113,7 +113,6 @@ def test_se_atten_v2_is_strip_and_smooth():
     "option,match",
     [
         ({"attn_mask": True}, "attn_mask"),
-        ({"use_econf_tebd": True}, "use_econf_tebd"),
         ({"tebd_input_mode": "sum"}, "tebd_input_mode"),
         ({"lmax": 2}, "lmax"),
     ],

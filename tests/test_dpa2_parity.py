@@ -289,18 +289,19 @@ def test_load_model_matches_reference(name, frames, reference_runs):
 def test_preset_parameter_counts_match_reference(reference_runs):
     """Same architecture: every reference tensor (after the standard translation) has the
     shape of its lamkit counterpart, and the parameter counts agree."""
-    from lamkit.interop.deepmd import translate_name
+    from lamkit.interop.deepmd import reference_names
     from lamkit.model import load_model
 
     for name in PRESETS:
         sd = torch.load(str(reference_runs[name]), map_location="cpu", weights_only=False)
         model = load_model(reference_runs[name])
         own = dict(model.named_parameters())
+        names = reference_names(model).to_own()
         ref_count = 0
         for key, value in sd["model"].items():
             if not key.startswith(PREFIX) or not isinstance(value, torch.Tensor):
                 continue
-            mine = translate_name(key[len(PREFIX) :])
+            mine = names.get(key[len("model.Default.") :])
             if mine in own:
                 assert tuple(own[mine].shape) == tuple(value.shape), key
                 ref_count += value.numel()

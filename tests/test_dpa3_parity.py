@@ -15,6 +15,7 @@ in CI).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import torch
 
 from lamkit import keys
 from lamkit.interop.deepmd import load_deepmd_checkpoint
+from lamkit.nn.econf import SYMBOLS
 from lamkit.testing import standard_system
 from lamkit.testing.neighbors import check_sel_not_saturated
 from lamkit.testing.physics import assert_close, predict
@@ -92,6 +94,13 @@ CASES = {
     ),
 }
 # the example in its own precision, float32 (agreement to float32 rounding only)
+# a pretrained-model-like setup (the OpenLAM DPA-3 models): econf type embedding over the whole
+# periodic table (the systems' O, H, C are types 7, 0, 5 of 118), dynamic sel
+CASES["econf-periodic-table-dynamic-sel"] = (
+    {"use_dynamic_sel": True, "sel_reduce_factor": 10.0, "smooth_edge_update": True},
+    {"use_econf_tebd": True, "use_tebd_bias": True},
+)
+FULL_TABLE = {"econf-periodic-table-dynamic-sel": list(SYMBOLS)}
 CASES["water-example-float32"] = (CASES["water-example"][0], {**CASES["water-example"][1]})
 CASES["water-example-float32"][1]["precision"] = "float32"
 # fitting options on top of BASE, as in the example
@@ -134,7 +143,8 @@ for name, params in job["cases"].items():
     for sys_name, s in job["systems"].items():
         seen.clear()
         coord = torch.tensor(s["coord"], dtype=torch.float64)[None]
-        atype = torch.tensor(s["atype"])[None]
+        index = [params["type_map"].index(t) for t in job["type_map"]]
+        atype = torch.tensor([index[t] for t in s["atype"]])[None]
         box = None if s["cell"] is None else torch.tensor(s["cell"], dtype=torch.float64)
         out = model(coord, atype, box=None if box is None else box.reshape(1, 9),
                     do_atomic_virial=False)
@@ -148,6 +158,7 @@ torch.save(results, f"{job['out']}/results.pt")
 def _params(name: str) -> dict:
     rf, top = CASES[name]
     params = copy.deepcopy(BASE)
+    params["type_map"] = FULL_TABLE.get(name, TYPE_MAP)
     params["descriptor"]["repflow"].update(rf)
     params["descriptor"].update(top)
     params["fitting_net"].update(FITTING.get(name, {}))
@@ -167,7 +178,8 @@ def reference(tmp_path_factory):
         check_sel_not_saturated(s, RCUT, [BASE["descriptor"]["repflow"]["e_sel"]], len(TYPE_MAP))
         cell = None if not s.periodic else np.asarray(s.cell).reshape(3, 3).tolist()
         systems[name] = {"coord": s.coord.tolist(), "atype": s.atype.tolist(), "cell": cell}
-    job = {"out": str(out), "cases": {n: _params(n) for n in CASES}, "systems": systems}
+    cases = {n: _params(n) for n in CASES}
+    job = {"out": str(out), "cases": cases, "systems": systems, "type_map": TYPE_MAP}
     (out / "job.json").write_text(json.dumps(job))
     (out / "ref.py").write_text(_SCRIPT)
     proc = subprocess.run(
@@ -186,13 +198,15 @@ def test_dpa3_matches_reference(reference, case):
     out, results = reference
     model = load_deepmd_checkpoint(out / f"{case}.pt")
     assert model.descriptor.__class__.__name__ == "DescrptDPA3"
+    assert model.descriptor.type_embedding.econf == (case in FULL_TABLE)
     seen = []
     model.descriptor.register_forward_hook(
         lambda mod, inp, res: seen.append(res[keys.DESCRIPTOR].detach())
     )
+    index = np.array([model.type_map.index(t) for t in TYPE_MAP])
     for sys_name, system in _systems().items():
         seen.clear()
-        got = predict(model, system)
+        got = predict(model, dataclasses.replace(system, atype=index[system.atype]))
         want = {k: v.numpy() for k, v in results[case][sys_name].items()}
         tag = f"{case}/{sys_name}"
         assert np.abs(want["force"]).max() > 1e-4  # the forces are not trivially zero

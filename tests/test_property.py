@@ -324,6 +324,21 @@ def test_loss_and_fitting_must_match():
         build_loss({"type": "tensor", "pref": 1.0}, 1e-3, dip)
 
 
+def test_every_loss_registers_from_its_own_module():
+    from lamkit.train import loss, loss_registry
+
+    assert loss.LOSSES is loss_registry.LOSSES
+    for name, module in [
+        ("ener", "loss_energy"),
+        ("property", "loss_property"),
+        ("tensor", "loss_tensor"),
+        ("dos", "loss_dos"),
+        ("population", "loss_population"),
+        ("ener_spin", "loss_spin"),
+    ]:
+        assert loss.LOSSES.get(name).__module__ == f"lamkit.train.{module}"
+
+
 # --- model configuration --------------------------------------------------------------------
 def test_fitting_config_errors():
     with pytest.raises(ConfigError, match="rotation matrix"):
@@ -340,6 +355,38 @@ def test_fitting_config_errors():
     assert model.output_def.name == "property" and model.output_def.shape == (1,)
     assert isinstance(make_model("dpa1", {"type": "ener"}), EnergyModel)
     assert not isinstance(model, EnergyModel)
+
+
+def test_output_kind_is_declared_and_one_forward_differentiates():
+    """The model kind is a field of the output definition; the one forward computes forces
+    exactly for an r_differentiable output, whatever the model's class."""
+    from lamkit.fitting import OutputDef
+    from lamkit.infer.deep_eval import model_kind
+
+    kinds = {"property": "property", "dipole": "dipole", "polar": "polar"}
+    for name, kind in kinds.items():
+        model = make_model("dpa1", FITTINGS[name])
+        assert model.output_def.kind == model_kind(model) == kind
+        assert not model.output_def.r_differentiable
+    assert make_model("dpa1", {"type": "dos", "numb_dos": 4}).output_def.kind == "dos"
+    with pytest.raises(ValueError, match="kind"):
+        OutputDef("x", (1,), "atom_x", "x", "x", kind="magic")
+    energy = make_model("dpa1", {"type": "ener"})
+    assert energy.output_def.kind == "energy" and energy.output_def.r_differentiable
+    plain = AtomicModel(energy.descriptor, energy.fitting, TYPE_MAP).eval()
+    plain.load_state_dict(energy.state_dict())
+    sys_ = molecule(seed=2)
+    coord = torch.tensor(sys_.coord[None])
+    atype = torch.tensor(sys_.atype[None])
+    want, got = energy.evaluate(coord, atype), plain.evaluate(coord, atype)
+    assert list(want) == list(got) and "force" in got and "virial" in got
+    for key, value in want.items():
+        assert torch.equal(value, got[key]), key
+    assert list(plain.evaluate(coord, atype, do_force=False, do_virial=False)) == [
+        "energy",
+        "atom_energy",
+        "mask",
+    ]
 
 
 # --- inference interfaces -------------------------------------------------------------------

@@ -142,8 +142,8 @@ def test_config_defaults_and_errors():
     assert desc.set_davg_zero and desc.smooth and desc.concat_output_tebd
     assert desc.type_embedding.net.layers[0].bias is not None  # use_tebd_bias: true
     assert desc.dim_out == 48
-    with pytest.raises(ConfigError, match="use_econf_tebd"):
-        build_descriptor({"type": "se_e3_tebd", "sel": 20, "use_econf_tebd": True}, ["O"])
+    with pytest.raises(ConfigError, match="use_econf_tebd: 'Xx' is not an element"):
+        build_descriptor({"type": "se_e3_tebd", "sel": 20, "use_econf_tebd": True}, ["Xx"])
     with pytest.raises(ConfigError, match="tebd_input_mode"):
         build_descriptor({"type": "se_e3_tebd", "sel": 20, "tebd_input_mode": "x"}, ["O"])
 

@@ -96,15 +96,18 @@ def _systems(data) -> dict[str, System]:
 
 D3 = "/work/shared/data/tables/dftd3.txt"
 # linear_ener: a DPA-1 model plus the D3 table with a larger cutoff (weights as the example)
-LINEAR = {"d3-sum": "sum", "d3-list": [0.7, 1.3]}
+LINEAR = {"d3-sum": "sum", "d3-list": [0.7, 1.3], "two-dp-d3": [0.6, 1.0, 0.9]}
 
 
 def _params(name: str) -> dict:
     if name in LINEAR:
         dp = {"descriptor": CASES["dpa1"], "fitting_net": FIT}
         table = {"type": "pairtab", "tab_file": D3, "rcut": 6.0, "sel": 200}
+        models = [dp, table]
+        if name == "two-dp-d3":  # a second DP model after the table (the members' order)
+            models.append({"descriptor": CASES["dpa1-tebd-concat"], "fitting_net": FIT})
         return {"type": "linear_ener", "weights": LINEAR[name], "type_map": ["O", "H"],
-                "models": [dp, table]}
+                "models": models}
     return {"type_map": ["O", "H"], "use_srtab": TABLE, **ZBL, "descriptor": CASES[name],
             "fitting_net": FIT}
 
@@ -136,6 +139,7 @@ def test_linear_matches_reference(reference, case):
     model = load_deepmd_checkpoint(out / f"{case}.pt")
     assert type(model).__name__ == "LinearEnergyModel" and model.rcut == 6.0
     assert float(model.pair_tables[0].out_bias.abs().sum()) > 0
+    assert len(model.dp_models) == (1 if case == "two-dp-d3" else 0)
     for sys_name, system in _systems(data).items():
         got = predict(model, system)
         want = {k: v.numpy() for k, v in results[case][sys_name].items()}
@@ -182,7 +186,7 @@ def test_lamkit_models_convert_to_deepmd_and_back():
     from .zbl_models import linear_model, zbl_model
 
     system = random_system(8, 2, np.eye(3) * 6.0, min_dist=0.7, seed=3)
-    for model in (zbl_model(), linear_model()):
+    for model in (zbl_model(), linear_model(), linear_model(second_dp=True)):
         back = load_deepmd_checkpoint(deepmd_checkpoint({"m": model}, False))
         want, got = predict(model, system), predict(back, system)
         for name in ("energy", "force", "virial"):

@@ -41,7 +41,7 @@ def example_config(example_dir: Path, steps: int = 6, **training) -> dict:
     tr = conf["training"]
     for part in ("training_data", "validation_data"):
         tr[part]["systems"] = [str(example_dir / s) for s in tr[part]["systems"]]
-    tr.update(numb_steps=steps, disp_freq=2, save_freq=3, **training)
+    tr.update({"numb_steps": steps, "disp_freq": 2, "save_freq": 3, **training})
     return conf
 
 

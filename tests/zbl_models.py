@@ -3,6 +3,7 @@ are the reference's water pair table and D3 table in ../shared/data/tables."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -47,9 +48,10 @@ def zbl_model(**kw) -> torch.nn.Module:
     return model
 
 
-def linear_model(weights="sum", rcut_tab: float = 7.0) -> torch.nn.Module:
-    """A ``linear_ener`` model: small O/H se_atten + the D3 pair table (``rcut_tab``), random
-    statistics and non-zero biases at every level."""
+def linear_model(weights="sum", rcut_tab: float = 7.0, second_dp: bool = False):
+    """A ``linear_ener`` model: small O/H se_atten + the D3 pair table (``rcut_tab``) (+ a
+    second se_atten model after the table), random statistics and non-zero biases at every
+    level."""
     conf = {
         "type": "linear_ener",
         "weights": weights,
@@ -73,8 +75,15 @@ def linear_model(weights="sum", rcut_tab: float = 7.0) -> torch.nn.Module:
             {"type": "pairtab", "tab_file": str(D3), "rcut": rcut_tab, "sel": 80},
         ],
     }
+    if second_dp:
+        dp2 = copy.deepcopy(conf["models"][0])
+        dp2["descriptor"].update(rcut=2.5, seed=7, attn_layer=0)
+        conf["models"].append(dp2)
+        conf["weights"] = [0.5, 1.0, 0.8]
     model = randomize_statistics(build_model(conf), seed=2)
     with torch.no_grad():
+        for member in model.dp_models:
+            member.out_bias.copy_(torch.tensor([[0.05], [-0.3]], dtype=torch.float64))
         model.pair_tables[0].out_bias.copy_(torch.tensor([[0.1], [-0.2]], dtype=torch.float64))
         model.out_bias.copy_(torch.tensor([[0.3], [0.02]], dtype=torch.float64))
         model.dp_out_bias.copy_(torch.tensor([[-0.4], [0.7]], dtype=torch.float64))

@@ -20,6 +20,9 @@ SHIFT = "shift"  # [nf, nall, 3] integer cell shift of each extended atom (float
 NLIST = "nlist"  # [nf, nloc, nnei] int64 extended index of each neighbour slot, -1 = empty
 EXT_COORD = "extended_coord"  # [nf, nall, 3] coord[mapping] + shift @ cell, Å
 EXT_ATYPE = "extended_atype"  # [nf, nall] int64
+# {block name: [nf, nloc, nsel_block]} the lists of a descriptor with several blocks (DPA-2:
+# repinit, three_body, repformer), a named input of its forward (built once by the caller)
+BLOCK_NLISTS = "block_nlists"
 
 # --- labels -------------------------------------------------------------------------------
 ENERGY = "energy"  # [nf, 1] total energy, eV

@@ -20,6 +20,12 @@ DATA_ARGS = (
 )
 VALID_ARGS = (*DATA_ARGS, Arg("numb_btch", (int,), 1, aliases=("numb_batch",)))
 
+# the TensorFlow backend's mixed precision (the reference's PyTorch backend ignores the section)
+MIXED_PRECISION_ARGS = (
+    Arg("output_prec", (str,), "float32"),
+    Arg("compute_prec", (str,), "float16"),
+)
+
 TRAINING_ARGS = (
     Arg("training_data", (dict,), REQUIRED, sub=DATA_ARGS),
     Arg("validation_data", (dict, type(None)), None, sub=VALID_ARGS),
@@ -60,7 +66,6 @@ TRAINING_ARGS = (
     Arg("disp_training", (bool,), True),
     Arg("time_training", (bool,), True),
     Arg("stat_file", (str, type(None)), None),
-    Arg("stat_file_mode", (str,), "update"),
     Arg("gradient_max_norm", (float, type(None)), None),
     Arg("warmup_steps", (int, type(None)), None),
     Arg("opt_type", (str,), "Adam", choices=("Adam", "AdamW")),
@@ -73,15 +78,24 @@ TRAINING_ARGS = (
     Arg("enable_profiler", (bool,), False),
     Arg("save_dir", (str, type(None)), None),
     Arg("disp_avg", (bool,), False),
-    Arg("acc_freq", (int,), 1),
+    Arg("acc_freq", (int,), 1, doc="Paddle backend only; ignored (as by the reference's PyTorch)"),
+    Arg(
+        "mixed_precision",
+        (dict, type(None)),
+        None,
+        sub=MIXED_PRECISION_ARGS,
+        doc="TensorFlow backend only; ignored (as by the reference's PyTorch)",
+    ),
+    Arg("stat_file_mode", (str,), "update", choices=("read", "update")),
 )
 
 TASK_DATA_ARGS = (
     Arg("training_data", (dict,), REQUIRED, sub=DATA_ARGS),
     Arg("validation_data", (dict, type(None)), None, sub=VALID_ARGS),
     Arg("stat_file", (str, type(None)), None),
+    Arg("stat_file_mode", (str,), "update", choices=("read", "update")),
 )
-_PER_TASK = ("training_data", "validation_data", "stat_file")
+_PER_TASK = ("training_data", "validation_data", "stat_file", "stat_file_mode")
 MULTI_TRAINING_ARGS = (
     *(a for a in TRAINING_ARGS if a.name not in _PER_TASK),
     Arg("data_dict", (dict,), REQUIRED, doc="per task: training_data, validation_data"),
@@ -147,11 +161,34 @@ def _check_training(tr: dict) -> None:
         raise ConfigError(f"training/ema_decay: expected 0 <= decay < 1; found {tr['ema_decay']}")
     if tr["ema_ckpt_keep"] is not None and tr["ema_ckpt_keep"] < 0:
         raise ConfigError(f"training/ema_ckpt_keep: expected >= 0; found {tr['ema_ckpt_keep']}")
+    for where, data in (tr.get("data_dict") or {"": tr}).items():
+        if data.get("stat_file_mode") == "read" and not data.get("stat_file"):
+            at = f"training/data_dict/{where}" if where else "training"
+            raise ConfigError(f"{at}/stat_file_mode: 'read' needs {at}/stat_file")
     if tr["zero_stage"] != 0:
         raise ConfigError(
             f"training/zero_stage: {tr['zero_stage']} (ZeRO/FSDP sharding) is not supported; "
             "use 0: torchrun data parallelism with full replicas"
         )
+
+
+def ignored_training_keys(tr: dict) -> list[str]:
+    """Messages for keys of other backends that the reference's PyTorch backend (and so lamkit)
+    accepts and does not apply."""
+    out = []
+    if tr.get("mixed_precision"):
+        out.append(
+            "training/mixed_precision is a TensorFlow-backend setting; DeePMD-kit's PyTorch "
+            "backend ignores it and so does lamkit: the model trains in the precision of its "
+            "descriptor and fitting (set their 'precision' to float32 for faster training)"
+        )
+    if tr.get("acc_freq", 1) != 1:
+        out.append(
+            f"training/acc_freq {tr['acc_freq']}: gradient accumulation is a Paddle-backend "
+            "setting; DeePMD-kit's PyTorch backend ignores it and so does lamkit (one batch "
+            "per optimizer step)"
+        )
+    return out
 
 
 def check_schedule_keys(tr: dict, multi: bool, tasks: list[str] | None = None) -> None:
@@ -270,8 +307,9 @@ def normalize_input(config: dict) -> dict:
         for sec in ("training_data", "validation_data"):
             data = dconf[sec]
             where = f"training/data_dict/{task}/{sec}" if task else f"training/{sec}"
-            if data and data.get("rglob_patterns"):
-                raise ConfigError(f"{where}/rglob_patterns is not supported yet")
+            patterns = (data or {}).get("rglob_patterns")
+            if patterns is not None and not all(isinstance(x, str) and x for x in patterns):
+                raise ConfigError(f"{where}/rglob_patterns: expected a list of glob patterns")
             if data and data.get("set_prefix", "set") != "set":
                 raise ConfigError(f"{where}/set_prefix: only 'set' (set.*/ folders) is read")
     return out

@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError
+from ..registry import did_you_mean
 
 SHAREABLE = ("descriptor", "fitting_net")
 RESERVED_TASK_NAMES = ("RANDOM",)
@@ -55,8 +56,6 @@ def is_multitask(model_section: dict) -> bool:
 def _parse_ref(value: str, where: str, shared: dict) -> tuple[str, int]:
     name, _, level = value.partition(":")
     if name not in shared:
-        from ..registry import did_you_mean
-
         raise ConfigError(
             f"{where}: '{name}' is not in model/shared_dict (it has {sorted(shared)})."
             + did_you_mean(name, list(shared))
@@ -179,3 +178,35 @@ def resolve_branch(model_dict: dict, name: str | None, ignore_case: bool = False
             if key.lower() == name.lower():
                 return branch
     return None
+
+
+def choose_head(
+    section: dict,
+    head: str | None,
+    where: str = "model",
+    *,
+    noun: str = "head",
+    ignore_case: bool = True,
+    error: type[Exception] = ModelFileError,
+) -> str:
+    """The branch of a multi-task model section (``model_dict``, optionally ``default_head``)
+    that ``head`` names: a branch, a ``model_branch_alias`` of one, or either differing in case
+    only (unless ``ignore_case`` is False). ``head`` None picks the section's ``default_head``
+    (set by replay fine-tuning), else the branch aliased ``Default``.
+
+    This is the one place that chooses a head: lamkit files, DeePMD-kit checkpoints, ``lam
+    freeze/test/change-bias --head`` and fine-tuning's ``--model-branch`` all come here. Raises
+    ``error`` (``ModelFileError`` by default) naming the branches, with a "did you mean".
+    """
+    branches = section["model_dict"]
+    heads = list(branches)
+    if head is None:
+        head = section.get("default_head") or resolve_branch(branches, None)
+        if head is None:
+            raise error(f"{where}: a multi-task model; choose a {noun} from {heads}")
+    head = resolve_branch(branches, head, ignore_case=ignore_case) or head
+    if head not in heads:
+        raise error(
+            f"{where} has no {noun} '{head}'; available: {heads}." + did_you_mean(head, heads)
+        )
+    return head

@@ -11,7 +11,7 @@ Typical use::
 """
 
 from .ase_io import is_deepmd_dir, load_ase
-from .batching import resolve_batch_sizes, system_probabilities
+from .batching import filter_systems, resolve_batch_sizes, system_probabilities
 from .discover import expand_systems, load_systems
 from .loader import (
     MultiSystemSampler,
@@ -29,6 +29,7 @@ __all__ = [
     "SystemLoader",
     "describe_systems",
     "expand_systems",
+    "filter_systems",
     "frames_to_batch",
     "is_deepmd_dir",
     "iter_frames",

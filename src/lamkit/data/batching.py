@@ -5,7 +5,9 @@ Batch size rules (``training_data.batch_size``):
 - ``int``: the same for every system; ``list[int]``: one per system;
 - ``"auto"`` = ``"auto:32"``; ``"auto:N"``: ``ceil(N / natoms)``, the smallest batch holding
   at least N atoms (192-atom water -> 1, a 7-atom molecule -> 5);
-- ``"max:N"``: ``max(1, floor(N / natoms))``, the largest batch holding at most N atoms.
+- ``"max:N"``: ``max(1, floor(N / natoms))``, the largest batch holding at most N atoms;
+- ``"filter:N"``: as ``"max:N"``, after the systems of more than N atoms are left out
+  (:func:`filter_systems`, applied where the systems are loaded).
 
 System probabilities: ``sys_probs`` if given, else ``auto_prob`` (``"prob_uniform"``,
 ``"prob_sys_size"`` or ``"prob_sys_size;a:b:w;c:d:w2;..."``).
@@ -21,7 +23,9 @@ import numpy as np
 
 from ..errors import ConfigError
 
-BATCH_SIZE_FORMS = 'an int > 0, a list of ints (one per system), "auto", "auto:N" or "max:N"'
+BATCH_SIZE_FORMS = (
+    'an int > 0, a list of ints (one per system), "auto", "auto:N", "max:N" or "filter:N"'
+)
 AUTO_PROB_FORMS = '"prob_uniform", "prob_sys_size" or "prob_sys_size;a:b:w;c:d:w2;..."'
 
 
@@ -44,7 +48,11 @@ def resolve_batch_sizes(batch_size, natoms: Sequence[int]) -> list[int]:
         rule, _, number = batch_size.partition(":")
         if batch_size == "auto":
             number = "32"
-        if rule not in ("auto", "max") or not re.fullmatch(r"[0-9]+", number) or int(number) <= 0:
+        if (
+            rule not in ("auto", "max", "filter")
+            or not re.fullmatch(r"[0-9]+", number)
+            or int(number) <= 0
+        ):
             raise ConfigError(
                 f"batch_size '{batch_size}' is not understood; use {BATCH_SIZE_FORMS}"
             )
@@ -57,6 +65,30 @@ def resolve_batch_sizes(batch_size, natoms: Sequence[int]) -> list[int]:
     except ConfigError as err:
         raise ConfigError(f"{err}; use {BATCH_SIZE_FORMS}") from None
     return [size] * nsys
+
+
+def filter_systems(batch_size, systems: list, where: str) -> list:
+    """``"filter:N"``: the systems of at most N atoms (the others are dropped with a warning,
+    as the reference does); any other rule keeps every system."""
+    if not (isinstance(batch_size, str) and batch_size.startswith("filter:")):
+        return systems
+    limit = int(resolve_batch_sizes(batch_size, [1])[0])  # validates the rule; N // 1 = N
+    kept = [s for s in systems if s.natoms <= limit]
+    if not kept:
+        raise ConfigError(
+            f"{where}/batch_size '{batch_size}': every system has more than {limit} atoms"
+        )
+    if len(kept) < len(systems):
+        import logging
+
+        logging.getLogger("lamkit.data").warning(
+            "%s/batch_size '%s': left out %d system(s) of more than %d atoms",
+            where,
+            batch_size,
+            len(systems) - len(kept),
+            limit,
+        )
+    return kept
 
 
 def _sys_size_blocks(keyword: str, nbatches: np.ndarray) -> np.ndarray:

@@ -26,8 +26,14 @@ BLOCK_BYTES = 16 << 20
 def read_npy(path: Path) -> np.ndarray:
     """Load one ``.npy`` array with its dtype unchanged; DataError when it cannot be read.
 
-    Files of MMAP_MIN_BYTES or more come back memory-mapped (read-only).
+    Files of MMAP_MIN_BYTES or more come back memory-mapped (read-only); a dataset of an HDF5
+    system (:class:`lamkit.data.h5path.H5Path`) is read into memory.
     """
+    if hasattr(path, "load"):  # an HDF5 dataset
+        arr = path.load()
+        if arr.ndim == 0:
+            raise DataError(f"{path} holds a scalar; expected one row per frame")
+        return arr
     try:
         big = path.stat().st_size >= MMAP_MIN_BYTES
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if big else None)

@@ -35,6 +35,7 @@ from .checks import (
     read_float_rows,
     read_npy,
 )
+from .h5path import H5Path
 from .typemap import count_types, read_type_map_raw, read_type_raw, remap_types
 
 MIXED_TYPE_FILE = "real_atom_types.npy"
@@ -357,13 +358,14 @@ def load_system(
     requirements: Sequence[DataRequirement],
     sort_atoms: bool = True,
 ) -> System:
-    """Load a deepmd/npy system directory (standard or mixed type) into memory.
+    """Load a deepmd/npy system directory (standard or mixed type) into memory; ``path`` may
+    also be an :class:`~lamkit.data.h5path.H5Path` group (the deepmd/hdf5 layout).
 
     ``type_map`` is the model's element list; when both it and ``type_map.raw`` exist, types are
     remapped by element name.  ``sort_atoms`` sorts the atoms of a standard system by type (stable);
     mixed-type systems keep the file order.  Raises DataError for any malformed input.
     """
-    root = Path(path)
+    root = path if isinstance(path, H5Path) else Path(path)
     type_path = root / "type.raw"
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; a deepmd/npy system is a directory")

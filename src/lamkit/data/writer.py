@@ -44,3 +44,31 @@ def write_deepmd_system(
             arr = np.asarray(arr, dtype=np.float64)
             np.save(d / f"{key}.npy", arr[sl].reshape(arr[sl].shape[0], -1))
     return path
+
+
+def write_hdf5_systems(systems: dict[str, str | Path], file: str | Path) -> Path:
+    """Pack deepmd/npy system folders into one deepmd/hdf5 file, one group per entry of
+    ``systems`` (group name -> folder): every file of a system becomes a dataset named by its
+    relative path (``type.raw`` as integers, ``type_map.raw`` as names, ``nopbc``,
+    ``set.000/coord.npy``, ...), the layout DeePMD-kit and lamkit read with
+    ``"systems": "file.hdf5"`` or ``"file.hdf5#/group"``."""
+    import h5py
+
+    file = Path(file)
+    with h5py.File(file, "w") as h5:
+        for group, folder in systems.items():
+            folder = Path(folder)
+            g = h5.require_group(group) if group.strip("/") else h5
+            for item in sorted(folder.rglob("*")):
+                if not item.is_file():
+                    continue
+                name = item.relative_to(folder).as_posix()
+                if item.suffix == ".npy":
+                    g.create_dataset(name, data=np.load(item, allow_pickle=False))
+                elif item.name == "type.raw":
+                    g.create_dataset(name, data=np.loadtxt(item, dtype=np.int64, ndmin=1))
+                elif item.name == "type_map.raw":
+                    g.create_dataset(name, data=np.array(item.read_text().split(), dtype="S"))
+                elif item.name == "nopbc":
+                    g.create_dataset(name, data=True)
+    return file

@@ -16,21 +16,18 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..registry import did_you_mean
 from .errors import QueryError
+from .handle import Database
 from .records import Record
-
-if TYPE_CHECKING:
-    from .api import CrystalDB
 
 FORMATS = ("cif-zip", "extxyz", "parquet", "deepmd", "deepmd-standard")
 _PAGE = 500
 
 
 def export(
-    db: CrystalDB, path: str | Path, fmt: str = "cif-zip", progress: bool = False, **filters
+    db: Database, path: str | Path, fmt: str = "cif-zip", progress: bool = False, **filters
 ) -> int:
     """Write the records matching ``filters`` to ``path`` in ``fmt``; returns how many."""
     from tqdm.auto import tqdm
@@ -51,7 +48,7 @@ def export(
     return writer(recs, path)
 
 
-def _elements_of(db: CrystalDB, filters: dict) -> list[str]:
+def _elements_of(db: Database, filters: dict) -> list[str]:
     """Elements of the records matching ``filters``, by atomic number."""
     from sqlalchemy import select
 

@@ -13,20 +13,17 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .engine import write_tx
 from .errors import RecordError
+from .handle import Database
 from .readers import Item, iter_files, iter_items
 from .records import element_mask, make_row
 from .rowpool import make_rows
 from .schema import chemsystems, records
-
-if TYPE_CHECKING:
-    from .api import CrystalDB
 
 __all__ = [
     "Dropped",
@@ -255,7 +252,7 @@ def _dedupe(conn: Connection, rows: list[dict], places: list, report: ImportRepo
 
 
 def import_items(
-    db: CrystalDB,
+    db: Database,
     items: Iterable[Item] | Iterator[Item],
     *,
     submitter: str | None = None,

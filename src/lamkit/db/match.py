@@ -15,16 +15,14 @@ atom agree within ``DEDUPE_VOLUME_RTOL`` and the energies per atom within
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, select
 
+from .handle import Database
 from .records import SYMPREC, Record, arrays_from, load_spglib, make_row, record_from_row
 from .schema import records
-
-if TYPE_CHECKING:
-    from .api import CrystalDB
 
 #: StructureMatcher tolerances (fractional length, site and angle (degrees) tolerances).
 LTOL, STOL, ANGLE_TOL = 0.05, 0.1, 5.0
@@ -143,7 +141,7 @@ def drop_matches(conn: Connection, rows: list[dict]) -> tuple[list[dict], int]:
     return [rows[i] for i in kept], len(dropped)
 
 
-def find_duplicates(db: CrystalDB, progress: bool = False, **filters) -> list[list[int]]:
+def find_duplicates(db: Database, progress: bool = False, **filters) -> list[list[int]]:
     """Groups (two or more ids, ascending) of stored records matching each other, among the
     records selected by ``filters``; groups are built per (formula, space group)."""
     from tqdm.auto import tqdm

@@ -13,17 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .engine import write_tx
+from .handle import Database
 from .records import SYMMETRY_PENDING, spacegroup
 from .rowpool import make_rows
 from .schema import records
-
-if TYPE_CHECKING:
-    from .api import CrystalDB
 
 __all__ = ["IndexReport", "count_pending", "index_symmetry"]
 
@@ -47,7 +44,7 @@ class IndexReport:
         return f"{self.indexed} space groups in {self.seconds:.1f} s ({self.rate:.0f}/s)"
 
 
-def count_pending(db: CrystalDB) -> int:
+def count_pending(db: Database) -> int:
     """Records whose space group is still pending."""
     from sqlalchemy import func, select
 
@@ -63,7 +60,7 @@ def symmetry_of(row: tuple) -> tuple[int, int | None, str | None]:
     return (int(rid), *spacegroup(lat, pos, species.split()))
 
 
-def _pending_rows(db: CrystalDB, batch_size: int) -> Iterator[tuple]:
+def _pending_rows(db: Database, batch_size: int) -> Iterator[tuple]:
     """Pending records in id order, read ``batch_size`` at a time (keyset paging)."""
     from sqlalchemy import select
 
@@ -85,7 +82,7 @@ def _pending_rows(db: CrystalDB, batch_size: int) -> Iterator[tuple]:
 
 
 def index_symmetry(
-    db: CrystalDB, *, workers: int = 1, batch_size: int = 1000, progress: bool = False
+    db: Database, *, workers: int = 1, batch_size: int = 1000, progress: bool = False
 ) -> IndexReport:
     """Compute the space group of every pending record (``workers`` processes) and store it,
     ``batch_size`` records per transaction.  A record indexed meanwhile by another process is

@@ -11,7 +11,7 @@ types (``mixed_types``), so the caller builds the right neighbour data.
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -92,7 +92,11 @@ class Descriptor(nn.Module):
         from the training data; descriptors with several neighbour lists override this."""
         return [(("sel",), float(config["rcut"]))]
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking=None
+    ) -> dict[str, torch.Tensor]:
+        """``chunking`` (a :class:`lamkit.nn.chunking.Chunking`, or None): evaluate the
+        atom-local blocks in slices of centre atoms."""
         raise NotImplementedError
 
     # --- compiled inference (lamkit.infer.compiled) -----------------------------------------
@@ -102,10 +106,10 @@ class Descriptor(nn.Module):
         widths up so that fewer distinct shapes occur. None for most descriptors."""
         return {}
 
-    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
-        """Context in which ``forward`` takes ``inputs`` (from :meth:`graph_inputs`) instead
-        of deriving them."""
-        return contextlib.nullcontext()
+    def forward_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """The named inputs (keyword arguments) of ``forward`` that hand it ``inputs`` (from
+        :meth:`graph_inputs`), which it then takes instead of deriving them."""
+        return {}
 
     def env_stat(self, samples):
         """Un-normalised environment-matrix statistics over an iterable of dicts holding
@@ -133,6 +137,14 @@ class Descriptor(nn.Module):
         raise NotImplementedError
 
 
+def _takes_type_map(cls) -> bool:
+    """Whether ``cls`` takes the element names ``type_map`` (a constructor argument or a key
+    of its typed config)."""
+    if "type_map" in inspect.signature(cls.__init__).parameters:
+        return True
+    return any(a.name == "type_map" for a in getattr(cls, "ARGS", ()))
+
+
 def build_descriptor(
     config: dict, type_map: list[str], path: str = "model/descriptor"
 ) -> Descriptor:
@@ -141,5 +153,7 @@ def build_descriptor(
     cls = DESCRIPTORS.get(config.get("type", "se_e2_a"))
     conf = cls.normalize_config(config, path)
     conf.pop("type", None)
-    conf = {k: v for k, v in conf.items() if not k.startswith("_")}
-    return cls(ntypes=len(type_map), where=path, **conf)
+    kwargs = {k: v for k, v in conf.items() if not k.startswith("_")}
+    if _takes_type_map(cls) and not kwargs.get("type_map"):
+        kwargs["type_map"] = list(type_map)  # element names (e.g. use_econf_tebd)
+    return cls(ntypes=len(type_map), where=path, **kwargs)

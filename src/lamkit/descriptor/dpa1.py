@@ -28,8 +28,10 @@ from torch import nn
 from .. import keys
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows, row_bounds
+from ..nn.chunking import Chunking, map_rows, row_bounds
+from ..nn.econf import econf_types
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor
 from .block_config import REQUIRED, BlockConfig, arg, derive_config
@@ -129,10 +131,6 @@ def _input_mode(cfg: DPA1Config, where: str) -> str:
         raise ConfigError(f"{where}/lmax: only lmax 1 is supported, got {cfg.lmax}")
     if cfg.attn_mask:
         raise ConfigError(f"{where}/attn_mask: must be false (as in DeePMD-kit)")
-    if cfg.use_econf_tebd:
-        raise ConfigError(
-            f"{where}/use_econf_tebd: electronic-configuration type embeddings are not supported"
-        )
     mode = cfg.tebd_input_mode
     if cfg.stripped_type_embedding is not None:
         mode = "strip" if cfg.stripped_type_embedding else "concat"
@@ -174,7 +172,7 @@ class DPA1(EnvBlock, Descriptor):
         self.dim_out = self.dim_emb * self.axis_neuron + (
             self.tebd_dim if cfg.concat_output_tebd else 0
         )
-        self._build_nets(cfg)
+        self._build_nets(cfg, where)
         # the reference's compressed type-pair table: always empty here (no compression), kept
         # so that reference checkpoints map one to one
         self.register_buffer("type_embd_data", torch.zeros(0, dtype=self.dtype))
@@ -186,14 +184,20 @@ class DPA1(EnvBlock, Descriptor):
     def config_of(cls, *args, **kwargs) -> DPA1Config:
         return DPA1Config.of(*args, **kwargs)
 
-    def _build_nets(self, cfg: DPA1Config) -> None:
+    def _build_nets(self, cfg: DPA1Config, where: str) -> None:
         """The type embedding, the pair embedding net(s) and the attention layers."""
 
         def gen(*salt):
             return make_generator(cfg.seed, *salt)
 
         self.type_embedding = TypeEmbedNet(
-            self.ntypes, self.tebd_dim, cfg.use_tebd_bias, self.dtype, gen(0), cfg.trainable
+            self.ntypes,
+            self.tebd_dim,
+            cfg.use_tebd_bias,
+            self.dtype,
+            gen(0),
+            cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, cfg.type_map, self.ntypes, where),
         )
         ntebd = self.tebd_dim if cfg.type_one_side else 2 * self.tebd_dim
         act, resnet_dt = cfg.activation_function, cfg.resnet_dt
@@ -241,18 +245,20 @@ class DPA1(EnvBlock, Descriptor):
             pair_tab, idx = self.embedding_strip(pair), ti * nt1 + tj
         return self.embedding(rr0), pair_tab[idx]
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         """Descriptor, ``rot_mat`` and, unless evaluated in chunks of centre atoms (see
         :mod:`lamkit.nn.chunking`), the per-pair ``g2`` [nf, nloc, J, M1], ``h2`` [.., 3] and
         ``sw`` [nf, nloc, J]: those are the whole-system pair tensors that chunking avoids."""
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        bounds = row_bounds(nf, nloc)
+        bounds = row_bounds(nf, nloc, chunking)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start, pair_outputs=bounds is None)
 
-        return map_rows(rows, nf, nloc, nlist, bounds=bounds)
+        return map_rows(rows, nf, nloc, nlist, bounds=bounds, chunking=chunking)
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int, pair_outputs: bool = True):
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
@@ -302,6 +308,24 @@ class DPA1(EnvBlock, Descriptor):
             out["h2"] = rr[:, :, 1:4].reshape(nf, nloc, nnei, 3)
             out["sw"] = sw.reshape(nf, nloc, nnei)
         return out
+
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+            ("attention.*.norm.weight", "dpa1_attention.attention_layers.*.attn_layer_norm.matrix"),
+            ("attention.*.norm.bias", "dpa1_attention.attention_layers.*.attn_layer_norm.bias"),
+            # in_proj, out_proj
+            ("attention.*.*.*", "dpa1_attention.attention_layers.*.attention_layer.*.*"),
+            ("type_embd_data", "type_embd_data"),
+        ),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="se_atten",
+    )
 
 
 SeAttenV2Config = derive_config(

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import keys
 from ..errors import ConfigError
+from ..nn.params import RefNames
 from .base import DESCRIPTORS, Descriptor, build_descriptor
 
 
@@ -157,10 +158,12 @@ class DescrptHybrid(Descriptor):
             out.append(source[:, :, torch.as_tensor(idx, dtype=torch.long, device=nlist.device)])
         return out
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking=None
+    ) -> dict[str, torch.Tensor]:
         descs, rots = [], []
         for d, nl in zip(self.descrpt_list, self.sub_nlists(ext_coord, ext_atype, nlist)):
-            out = d(ext_coord, ext_atype, nl, mapping)
+            out = d(ext_coord, ext_atype, nl, mapping, chunking=chunking)
             descs.append(out[keys.DESCRIPTOR])
             if self.has_rot_mat:
                 rots.append(out["rot_mat"])
@@ -218,3 +221,6 @@ class DescrptHybrid(Descriptor):
         raise ConfigError(
             "hybrid descriptors share only at level 0 (the whole descriptor) in multi-task mode"
         )
+
+    # --- declarations (lamkit.nn.params): the members keep their names below descrpt_list.<i>
+    REF_NAMES = RefNames()

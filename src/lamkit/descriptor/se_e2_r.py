@@ -21,8 +21,9 @@ from torch import nn
 
 from .. import keys
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows
+from ..nn.chunking import Chunking, map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor
 from .block_config import BlockConfig, arg
 from .env_block import EnvBlock
@@ -92,14 +93,16 @@ class SeR(EnvBlock, Descriptor):
         for p in self.parameters():
             p.requires_grad_(cfg.trainable)
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start)
 
-        return map_rows(rows, nf, nloc, nlist)
+        return map_rows(rows, nf, nloc, nlist, chunking=chunking)
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int) -> dict[str, torch.Tensor]:
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
@@ -127,3 +130,10 @@ class SeR(EnvBlock, Descriptor):
             out = out + self.embeddings[tj](rr[:, a:b, :]).sum(dim=1)
         desc = out * (RESCALE / self.nnei)
         return {keys.DESCRIPTOR: desc.reshape(nf, nloc, self.dim_out)}
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(*STAT_NAMES, ("embeddings.*.layers.*.*", "filter_layers.networks.*.layers.*.*")),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+    )

@@ -22,8 +22,9 @@ from torch import nn
 
 from .. import keys
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows
+from ..nn.chunking import Chunking, map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor
 from .block_config import BlockConfig, arg
 from .env_block import EnvBlock
@@ -86,14 +87,16 @@ class SeT(EnvBlock, Descriptor):
         for p in self.parameters():
             p.requires_grad_(cfg.trainable)
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start)
 
-        return map_rows(rows, nf, nloc, nlist)
+        return map_rows(rows, nf, nloc, nlist, chunking=chunking)
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int) -> dict[str, torch.Tensor]:
         """Outputs of centre atoms ``start : start + nlist.shape[1]``."""
@@ -120,3 +123,11 @@ class SeT(EnvBlock, Descriptor):
                 part = torch.einsum("njk,njkm->nm", cos, g)
                 out = out + part / float((a1 - a0) * (b1 - b0))
         return {keys.DESCRIPTOR: out.reshape(nf, nloc, self.dim_out)}
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(*STAT_NAMES, ("embeddings.*.layers.*.*", "filter_layers.networks.*.layers.*.*")),
+        ignore=(*NETWORK_ALIASES, *COMPRESSION),
+        block="seat",
+    )

@@ -26,8 +26,10 @@ import torch
 from .. import keys
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
-from ..nn.chunking import map_rows
+from ..nn.chunking import Chunking, map_rows
+from ..nn.econf import econf_types
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor
 from .block_config import BlockConfig, arg
@@ -72,11 +74,6 @@ class SeE3Tebd(EnvBlock, Descriptor):
     def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
         cfg = SeE3TebdConfig.of(*args, **kwargs)
-        if cfg.use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: the electronic-configuration type "
-                "embedding is not supported yet; set it to false"
-            )
         if cfg.tebd_input_mode not in ("concat", "strip"):
             raise ConfigError(
                 f"{where}/tebd_input_mode: expected 'concat' or 'strip', "
@@ -101,14 +98,19 @@ class SeE3Tebd(EnvBlock, Descriptor):
         self.concat_output_tebd = cfg.concat_output_tebd
         self.dim_emb = self.neuron[-1]
         self.dim_out = self.neuron[-1] + (self.tebd_dim if cfg.concat_output_tebd else 0)
-        self._build_nets(cfg)
+        self._build_nets(cfg, where)
         for p in self.parameters():
             p.requires_grad_(cfg.trainable)
 
-    def _build_nets(self, cfg: SeE3TebdConfig) -> None:
+    def _build_nets(self, cfg: SeE3TebdConfig, where: str) -> None:
         """The type embedding and the angle embedding net(s)."""
         self.type_embedding = TypeEmbedNet(
-            self.ntypes, self.tebd_dim, cfg.use_tebd_bias, self.dtype, make_generator(cfg.seed, 2)
+            self.ntypes,
+            self.tebd_dim,
+            cfg.use_tebd_bias,
+            self.dtype,
+            make_generator(cfg.seed, 2),
+            econf_type_map=econf_types(cfg.use_econf_tebd, cfg.type_map, self.ntypes, where),
         )
         strip = cfg.tebd_input_mode == "strip"
 
@@ -203,14 +205,16 @@ class SeE3Tebd(EnvBlock, Descriptor):
         )
 
     # --- forward ----------------------------------------------------------------------------
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
+    ):
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
 
         def rows(start, stop, nl):
             return self._rows(ext_coord, ext_atype, nl, start)
 
-        return {keys.DESCRIPTOR: map_rows(rows, nf, nloc, nlist)}
+        return {keys.DESCRIPTOR: map_rows(rows, nf, nloc, nlist, chunking=chunking)}
 
     def _rows(self, ext_coord, ext_atype, nlist, start: int) -> torch.Tensor:
         """Descriptor [nf, rows, dim_out] of centre atoms ``start : start + nlist.shape[1]``."""
@@ -229,3 +233,16 @@ class SeE3Tebd(EnvBlock, Descriptor):
             centre = table[_padded_types(ext_atype[:, start : start + nloc], self.ntypes)]
             desc = torch.cat([desc, centre], dim=-1)
         return desc
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("embedding.layers.*.*", "filter_layers.networks.0.layers.*.*"),
+            ("embedding_strip.layers.*.*", "filter_layers_strip.networks.0.layers.*.*"),
+        ),
+        # the reference's type_embd_data is a compression table here
+        ignore=(*NETWORK_ALIASES, *COMPRESSION, "type_embd_data"),
+        block="se_ttebd",
+    )

@@ -15,6 +15,7 @@ from torch import nn
 from ..config.schema import Arg, normalize
 from ..errors import ConfigError
 from ..nn.mlp import FittingNet, make_generator, to_dtype
+from ..nn.params import NETWORK_ALIASES, RefNames, TypeRows
 from ..registry import Registry
 from .output_def import OutputDef
 
@@ -172,6 +173,21 @@ class InvariantFitting(nn.Module):
             keep = keep & (atype != t)
         out = out * keep.unsqueeze(-1).to(out.dtype)
         return {self.var_name: out}
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (TypeRows("bias_atom"),)
+    REF_NAMES = RefNames(
+        names=(
+            ("nets.*.layers.*.*", "filter_layers.networks.*.layers.*.*"),
+            ("bias_atom", "bias_atom_e"),
+            *(
+                (name, name)
+                for name in ("fparam_avg", "fparam_inv_std", "aparam_avg", "aparam_inv_std")
+            ),
+            ("case_embd", "case_embd"),
+        ),
+        ignore=NETWORK_ALIASES,
+    )
 
 
 def build_fitting(

@@ -37,4 +37,6 @@ class DOSFitting(InvariantFitting):
         self.numb_dos = numb_dos
 
     def output_def(self) -> OutputDef:
-        return OutputDef("dos", (self.numb_dos,), "atom_dos", "dos", "dos", "atom_dos")
+        return OutputDef(
+            "dos", (self.numb_dos,), "atom_dos", "dos", "dos", "atom_dos", kind="dos"
+        )

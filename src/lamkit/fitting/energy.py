@@ -23,5 +23,7 @@ class EnergyFitting(InvariantFitting):
 
     def output_def(self) -> OutputDef:
         return OutputDef(
-            "energy", (1,), "atom_energy", "energy", "energy", "atom_ener", r_differentiable=True
+            "energy", (1,), "atom_energy", "energy", "energy", "atom_ener",
+            r_differentiable=True,
+            kind="energy",
         )

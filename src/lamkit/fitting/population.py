@@ -33,6 +33,7 @@ class PopulationFitting(InvariantFitting):
             "total_population",
             "total_population",
             reducible=False,
+            kind="property",  # evaluated with DeepProperty (per-atom outputs, frame totals)
         )
 
     def apply_out_stat(self, atom, atype, out_bias, out_std):

@@ -83,6 +83,7 @@ class PropertyFitting(InvariantFitting):
             name,
             f"atom_{name}",
             intensive=self.intensive,
+            kind="property",
         )
 
     def apply_out_stat(self, atom, atype, out_bias, out_std):

@@ -64,7 +64,14 @@ class DipoleFitting(_RotatedFitting):
 
     def output_def(self) -> OutputDef:
         return OutputDef(
-            "dipole", (3,), "dipole", "global_dipole", "dipole", "atomic_dipole", rank=1
+            "dipole",
+            (3,),
+            "dipole",
+            "global_dipole",
+            "dipole",
+            "atomic_dipole",
+            rank=1,
+            kind="dipole",
         )
 
     def apply_out_stat(self, atom, atype, out_bias, out_std):
@@ -124,6 +131,7 @@ class PolarFitting(_RotatedFitting):
             "polarizability",
             "atomic_polarizability",
             rank=2,
+            kind="polar",
         )
 
     def apply_out_stat(self, atom, atype, out_bias, out_std):

@@ -2,8 +2,10 @@
 ASE calculator, model ensembles (``Ensemble``, ``lam model-devi``), ``show`` and ``freeze``."""
 
 from .batch import BatchOutput
+from .budget import AtomBudget
 from .calculator import DP, LamCalculator
-from .deep_pot import AtomBudget, DeepEval, DeepPot
+from .deep_eval import DeepEval
+from .deep_pot import DeepPot
 from .deep_property import DeepDipole, DeepDOS, DeepPolar, DeepProperty, open_model
 from .ensemble import Ensemble, EnsembleCalculator, EnsembleOutput
 from .freeze import freeze

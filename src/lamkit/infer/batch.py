@@ -38,7 +38,7 @@ from vesin import NeighborList
 
 from ..geometry.neighbor import build_frame_neighbors
 from ..model.atomic_model import AtomicModel, wrapped_coord
-from ..nn.chunking import chunked_evaluation
+from ..nn.chunking import Chunking
 
 VOIGT = [0, 4, 8, 5, 2, 1]  # flat 3x3 indices of xx, yy, zz, yz, xz, xy
 
@@ -245,8 +245,11 @@ def _model_call(model, coords, cells, atypes, device, chunk_atoms, nl):
     owner = torch.from_numpy(nb.owner).to(dev)
     ntot = len(coord_all)
     local_owner = owner[:ntot]
-    with torch.enable_grad(), chunked_evaluation(chunk_atoms):
-        atom_e, _ = model.atomic_outputs(ext[None], ext_atype[None], nlist[None], mapping[None])
+    chunking = Chunking.start(chunk_atoms)
+    with torch.enable_grad():
+        atom_e, _ = model.atomic_outputs(
+            ext[None], ext_atype[None], nlist[None], mapping[None], chunking=chunking
+        )
         atom_e = atom_e[0, :, 0]
         (grad,) = torch.autograd.grad([atom_e.sum()], [ext])
     with torch.no_grad():

@@ -95,7 +95,7 @@ class CompiledEnergy:
             given = dict(zip(names, tensors))
             lists = {k: v for k, v in given.items() if k not in fixed}
             x = given["ext_coord"].detach().requires_grad_(True)
-            with torch.enable_grad(), desc.using_graph_inputs(lists):
+            with torch.enable_grad():
                 atom_e, mask = model.atomic_outputs(
                     x,
                     given["ext_atype"],
@@ -103,6 +103,7 @@ class CompiledEnergy:
                     given["mapping"],
                     given.get("fparam"),
                     given.get("aparam"),
+                    descriptor_inputs=desc.forward_inputs(lists),
                 )
                 energy = atom_e.sum(1)
                 der = forces_and_virials(energy, atom_e, x, given["mapping"], nloc)

@@ -10,7 +10,7 @@
     DeepPolar("polar.pt").eval(...)                                         # [nf, (natoms,) 9]
 
 Inputs, chunking and the constructor arguments are those of
-:class:`~lamkit.infer.deep_pot.DeepEval`. :func:`open_model` returns the interface that fits a
+:class:`~lamkit.infer.deep_eval.DeepEval`. :func:`open_model` returns the interface that fits a
 model file.
 """
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .deep_pot import DeepEval, DeepPot, check_kind, model_kind
+from .deep_eval import DeepEval, check_kind, model_kind
+from .deep_pot import DeepPot
 
 
 class DeepProperty(DeepEval):

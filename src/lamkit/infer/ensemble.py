@@ -30,6 +30,7 @@ from .. import keys
 from ..errors import ConfigError, LamkitError
 from ..model import AtomicModel
 from .deep_pot import AtomBudget, DeepPot, _is_oom
+from .deviation import energy_deviation, force_deviation, virial_deviation
 
 ModelLike = str | Path | AtomicModel | DeepPot
 _VOIGT = [0, 4, 8, 5, 2, 1]  # flat 3x3 indices of xx, yy, zz, yz, xz, xy
@@ -244,7 +245,7 @@ class EnsembleCalculator(Calculator):
     force deviation), ``max_devi_v``, ``min_devi_v``, ``avg_devi_v`` (virial per atom, eV),
     ``devi_e`` (energy per atom, eV), and the members' own ``model_energies`` [nm] and
     ``model_forces`` [nm, natoms, 3]. ``relative`` / ``relative_v``: relative force / virial
-    deviations with that level (see :func:`lamkit.infer.model_devi.force_deviation`).
+    deviations with that level (see :func:`lamkit.infer.deviation.force_deviation`).
 
     Args:
         models: an :class:`Ensemble` or what it takes (model files, models, DeepPots).
@@ -302,8 +303,6 @@ class EnsembleCalculator(Calculator):
     def calculate(
         self, atoms=None, properties=("energy", "forces"), system_changes=all_changes
     ) -> None:
-        from .model_devi import energy_deviation, force_deviation, virial_deviation
-
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         symbols = atoms.get_chemical_symbols()

@@ -31,7 +31,6 @@ C++ and packages (about half a minute to a few minutes on CPU).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import tempfile
@@ -133,9 +132,11 @@ def _program(model: EnergyModel, periodic: bool, images: int):
             # no list width depends on the data
             lists = sub_lists(ext, ext_atype, nlist) if sub_lists is not None else None
         x = ext.detach().requires_grad_(True)
-        given = desc.using_graph_inputs(lists) if lists is not None else contextlib.nullcontext()
-        with torch.enable_grad(), given:
-            atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, mapping, fparam, aparam)
+        given = desc.forward_inputs(lists) if lists is not None else None
+        with torch.enable_grad():
+            atom_e, _ = model.atomic_outputs(
+                x, ext_atype, nlist, mapping, fparam, aparam, descriptor_inputs=given
+            )
             energy = atom_e.sum(1)
             der = forces_and_virials(energy, atom_e, x, mapping, nloc)
         nan = torch.where(bad, float("nan"), 0.0).to(energy.dtype)

@@ -119,16 +119,15 @@ def _lower_program(model: EnergyModel, ghosts: str = "none"):
                 nlist = format_nlist(x0, ext_atype, nlist, rcut, sel, mixed)
                 lists = sub_lists(x0, ext_atype, nlist) if sub_lists is not None else None
         x = x0.detach().requires_grad_(True)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.enable_grad())
-            if lists is not None:
-                stack.enter_context(model.descriptor.using_graph_inputs(lists))
-            if ghosts == "comm":
-                from ..descriptor.dpa2.repformers import ghost_exchange
-                from .export_pth_comm import exchange
+        given = {} if lists is None else model.descriptor.forward_inputs(lists)
+        if ghosts == "comm":
+            from .export_pth_comm import exchange
 
-                stack.enter_context(ghost_exchange(lambda g1: exchange(g1, nall, comm)))
-            atom_e, _ = model.atomic_outputs(x, ext_atype, nlist, None, fparam, aparam)
+            given["ghost_exchange"] = lambda g1: exchange(g1, nall, comm)
+        with torch.enable_grad():
+            atom_e, _ = model.atomic_outputs(
+                x, ext_atype, nlist, None, fparam, aparam, descriptor_inputs=given
+            )
             energy = atom_e.sum(1)
             grad = torch.autograd.grad([energy.sum()], [x], retain_graph=True)[0]
             ext_force = -grad
@@ -190,7 +189,7 @@ def message_passing(model) -> bool:
 
 
 def _check_model(model) -> None:
-    from .deep_pot import model_kind
+    from .deep_eval import model_kind
 
     kind = model_kind(model)
     if kind != "energy":

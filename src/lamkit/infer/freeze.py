@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..model import EnergyModel, build_model, save_model
-from ..model.io import FORMAT, model_from_payload, read_file
+from ..model.io import model_from_payload, read_file, reader_of
 
 
 def _lamkit_version() -> str:
@@ -87,10 +87,7 @@ def freeze(
         raise ConfigError(
             f"freeze: unknown format {format!r} (expected 'lamkit', 'pt2' or 'pth')"
         )
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        step = obj.get("step")
-    else:
-        step = obj["model"]["_extra_state"].get("train_infos", {}).get("step")
+    step = reader_of(obj, str(checkpoint)).step(obj)
     save_model(
         model.eval(),
         output,

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import keys
 from ..data import DataRequirement, expand_systems, load_systems
+from .detail_files import mae_rmse, save_rows, save_virials
 
 log = logging.getLogger("lamkit.test")
 
@@ -45,17 +46,6 @@ _LINES = [
 _SIZE_KEY = {"e": "n_e", "f": "n_f", "v": "n_v", "h": "n_h", "fr": "n_fr", "fm": "n_fm"}
 
 
-def _errors(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
-    d = pred - label
-    return float(np.mean(np.abs(d))), float(np.sqrt(np.mean(d * d)))
-
-
-def _save(path: Path, data: np.ndarray, header: str, append: bool) -> None:
-    write_header = not (append and path.exists() and path.stat().st_size > 0)
-    with path.open("a" if append else "w", encoding="utf-8") as fh:
-        np.savetxt(fh, data, header=header if write_header else "")
-
-
 def test_system(
     dp,
     system,
@@ -76,7 +66,7 @@ def test_system(
     res: dict = {"system": system.path, "nframes": n, "natoms": natoms, "pairs": {}}
     lab = system.labels
     if system.find.get(keys.ENERGY):
-        res["mae_e"], res["rmse_e"] = _errors(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
+        res["mae_e"], res["rmse_e"] = mae_rmse(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
         res["mae_ea"], res["rmse_ea"] = res["mae_e"] / natoms, res["rmse_e"] / natoms
         res["n_e"] = n
         res["pairs"]["energy/atom"] = (
@@ -84,12 +74,12 @@ def test_system(
             e.reshape(-1) / natoms,
         )
     if system.find.get(keys.FORCE):
-        res["mae_f"], res["rmse_f"] = _errors(f.reshape(-1), lab[keys.FORCE][:n].reshape(-1))
+        res["mae_f"], res["rmse_f"] = mae_rmse(f.reshape(-1), lab[keys.FORCE][:n].reshape(-1))
         res["n_f"] = n * natoms * 3
         res["pairs"]["force"] = (lab[keys.FORCE][:n].reshape(-1), f.reshape(-1))
     has_v = bool(system.find.get(keys.VIRIAL)) and system.pbc
     if has_v:
-        res["mae_v"], res["rmse_v"] = _errors(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
+        res["mae_v"], res["rmse_v"] = mae_rmse(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
         res["mae_va"], res["rmse_va"] = res["mae_v"] / natoms, res["rmse_v"] / natoms
         res["n_v"] = n * 9
         res["pairs"]["virial/atom"] = (
@@ -98,44 +88,27 @@ def test_system(
         )
     hess = out[-1] if getattr(dp, "has_hessian", False) else None
     if hess is not None:
-        res["mae_h"], res["rmse_h"] = _errors(hess.reshape(-1), lab[keys.HESSIAN][:n].reshape(-1))
+        res["mae_h"], res["rmse_h"] = mae_rmse(hess.reshape(-1), lab[keys.HESSIAN][:n].reshape(-1))
         res["n_h"] = hess.size
     if detail:
         p = Path(detail)
         name = system.path
         pe = np.concatenate([lab[keys.ENERGY][:n].reshape(-1, 1), e.reshape(-1, 1)], axis=1)
-        _save(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
-        _save(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
+        save_rows(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
+        save_rows(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
         pf = np.concatenate([lab[keys.FORCE][:n].reshape(-1, 3), f.reshape(-1, 3)], axis=1)
-        _save(
+        save_rows(
             p.with_suffix(".f.out"),
             pf,
             f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz",
             append,
         )
-        _save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
+        save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
         if hess is not None:
             ph = np.stack([lab[keys.HESSIAN][:n].reshape(-1), hess.reshape(-1)], axis=1)
             header = f"{name}: data_h pred_h (3Na*3Na matrix in row-major order)"
-            _save(p.with_suffix(".h.out"), ph, header, append)
+            save_rows(p.with_suffix(".h.out"), ph, header, append)
     return res
-
-
-_COMPS = ("xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz")
-
-
-def _save_virials(p: Path, name: str, label, pred, box, natoms: int, append: bool) -> None:
-    """``.v.out`` and ``.v_peratom.out`` as ``dp test`` writes them, for every system (zero
-    labels when there are none, predicted virials also without a cell); with virial labels and
-    a cell (``box``) also ``.s.out``, the stress ``-virial / volume`` in eV/Å^3."""
-    cols = [f"data_v{c}" for c in _COMPS] + [f"pred_v{c}" for c in _COMPS]
-    pv = np.concatenate([label.reshape(-1, 9), pred.reshape(-1, 9)], axis=1)
-    _save(p.with_suffix(".v.out"), pv, f"{name}: " + " ".join(cols), append)
-    _save(p.with_suffix(".v_peratom.out"), pv / natoms, f"{name}: " + " ".join(cols), append)
-    if box is not None:
-        volume = np.abs(np.linalg.det(np.reshape(box, (-1, 3, 3)))).reshape(-1, 1)
-        cols = [f"data_s{c}" for c in _COMPS] + [f"pred_s{c}" for c in _COMPS]
-        _save(p.with_suffix(".s.out"), -pv / volume, f"{name} (eV/Å³): " + " ".join(cols), append)
 
 
 def plot_parity(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> Path:

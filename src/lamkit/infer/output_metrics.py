@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data import DataRequirement, expand_systems, load_systems
 from ..errors import DataError
+from .detail_files import save_rows
 from .dos_metrics import PER_SYSTEM_ONLY as PER_DOS
 from .dos_metrics import dos_lines, dos_requirements, test_dos_system
 
@@ -38,12 +39,6 @@ _TENSOR = {
 
 def _mae_rmse(d: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(d))), float(np.sqrt(np.mean(d * d)))
-
-
-def _save(path: Path, data: np.ndarray, header: str, append: bool) -> None:
-    write_header = not (append and path.exists() and path.stat().st_size > 0)
-    with path.open("a" if append else "w", encoding="utf-8") as fh:
-        np.savetxt(fh, data, header=header if write_header else "")
 
 
 def requirements(dp, atomic: bool) -> list[DataRequirement]:
@@ -76,7 +71,7 @@ def _per_frame_details(detail, system: str, group: int, suffix: str, label, pred
     for f in range(label.shape[0]):
         rows = np.stack([label[f].reshape(-1), pred[f].reshape(-1)], axis=1)
         path = Path(detail).with_suffix(f".{suffix}.out{tag}.{f}")
-        _save(path, rows, f"{system} - {f}: data_{suffix} pred_{suffix}", False)
+        save_rows(path, rows, f"{system} - {f}: data_{suffix} pred_{suffix}", False)
 
 
 def test_property_system(
@@ -133,7 +128,7 @@ def test_tensor_system(dp, system, n: int, detail=None, append=False, atomic=Fal
         comps = _TENSOR[dp.output_kind()][1]
         head = " ".join([f"data_{c}" for c in comps] + [f"pred_{c}" for c in comps])
         rows = np.concatenate([label.reshape(-1, len(comps)), pred.reshape(-1, len(comps))], 1)
-        _save(Path(detail).with_suffix(".out"), rows, f"{system.path}: {head}", append)
+        save_rows(Path(detail).with_suffix(".out"), rows, f"{system.path}: {head}", append)
     return res
 
 

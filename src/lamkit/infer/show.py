@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ModelFileError
-from ..interop.deepmd import is_deepmd_checkpoint
-from ..model.io import FORMAT, model_from_payload, read_file
+from ..model.io import FORMAT, model_from_payload, read_file, reader_of
 
 ATTRIBUTES = ("model-branch", "type-map", "descriptor", "fitting-net", "size")
 
@@ -33,20 +31,15 @@ def describe_model(path: str | Path) -> dict:
     ``metadata`` (lamkit files: what ``freeze`` recorded) and ``step`` when known.
     """
     obj = read_file(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+    reader = reader_of(obj, str(path))
+    params = reader.config(obj)
+    extra = {"metadata": {}, "step": reader.step(obj)}
+    if reader.name == FORMAT:
         kind = obj.get("kind", "frozen")
         source = f"lamkit {'frozen model' if kind == 'frozen' else kind}"
-        params = obj.get("model_config", {})
-        extra = {"metadata": dict(obj.get("metadata") or {}), "step": obj.get("step")}
-    elif is_deepmd_checkpoint(obj):
-        source = "DeePMD-kit checkpoint"
-        params = obj["model"]["_extra_state"]["model_params"]
-        step = obj["model"]["_extra_state"].get("train_infos", {}).get("step")
-        extra = {"metadata": {}, "step": step}
+        extra["metadata"] = dict(obj.get("metadata") or {})
     else:
-        raise ModelFileError(
-            f"{path}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
-        )
+        source = "DeePMD-kit checkpoint" if reader.name == "deepmd" else reader.name
     multi = "model_dict" in params
     confs = params["model_dict"] if multi else {"Default": params}
     branches = {}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import keys
+from .detail_files import mae_rmse, save_rows, save_virials
 
 
 def eval_spin(dp, coords, cells, atom_types, spin, atomic=False, fparam=None, aparam=None,
@@ -83,8 +84,6 @@ def eval_spin(dp, coords, cells, atom_types, spin, atomic=False, fparam=None, ap
 
 def test_spin_system(dp, system, numb_test=0, detail=None, append=False, atomic=False) -> dict:
     """``lam test`` metrics of one loaded system for a spin model (atoms in file order)."""
-    from .metrics import _errors, _save, _save_virials
-
     n = system.nframes if numb_test <= 0 else min(numb_test, system.nframes)
     box = system.box[:n] if system.box is not None else None
     mixed = system.mixed_type
@@ -98,26 +97,26 @@ def test_spin_system(dp, system, numb_test=0, detail=None, append=False, atomic=
     natoms = system.natoms
     res: dict = {"system": system.path, "nframes": n, "natoms": natoms, "pairs": {}}
     if system.find.get(keys.ENERGY):
-        res["mae_e"], res["rmse_e"] = _errors(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
+        res["mae_e"], res["rmse_e"] = mae_rmse(e.reshape(-1), lab[keys.ENERGY][:n].reshape(-1))
         res["mae_ea"], res["rmse_ea"] = res["mae_e"] / natoms, res["rmse_e"] / natoms
         res["n_e"] = n
         res["pairs"]["energy/atom"] = (lab[keys.ENERGY][:n].reshape(-1) / natoms,
                                        e.reshape(-1) / natoms)
     f_lab = lab[keys.FORCE][:n].reshape(n, natoms, 3)
     if system.find.get(keys.FORCE):
-        res["mae_fr"], res["rmse_fr"] = _errors(f.reshape(-1), f_lab.reshape(-1))
+        res["mae_fr"], res["rmse_fr"] = mae_rmse(f.reshape(-1), f_lab.reshape(-1))
         res["n_fr"] = f.size
         res["pairs"]["force"] = (f_lab.reshape(-1), f.reshape(-1))
     fm_lab = lab[keys.FORCE_MAG][:n].reshape(n, natoms, 3)[mm]
     fm_pred = fm.reshape(n, natoms, 3)[mm]
     has_fm = bool(system.find.get(keys.FORCE_MAG)) and fm_pred.size > 0
     if has_fm:
-        res["mae_fm"], res["rmse_fm"] = _errors(fm_pred.reshape(-1), fm_lab.reshape(-1))
+        res["mae_fm"], res["rmse_fm"] = mae_rmse(fm_pred.reshape(-1), fm_lab.reshape(-1))
         res["n_fm"] = fm_pred.size
         res["pairs"]["magnetic force"] = (fm_lab.reshape(-1), fm_pred.reshape(-1))
     has_v = bool(system.find.get(keys.VIRIAL)) and system.pbc
     if has_v:
-        res["mae_v"], res["rmse_v"] = _errors(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
+        res["mae_v"], res["rmse_v"] = mae_rmse(v.reshape(-1), lab[keys.VIRIAL][:n].reshape(-1))
         res["mae_va"], res["rmse_va"] = res["mae_v"] / natoms, res["rmse_v"] / natoms
         res["n_v"] = n * 9
         res["pairs"]["virial/atom"] = (lab[keys.VIRIAL][:n].reshape(-1) / natoms,
@@ -126,14 +125,14 @@ def test_spin_system(dp, system, numb_test=0, detail=None, append=False, atomic=
         p = Path(detail)
         name = system.path
         pe = np.concatenate([lab[keys.ENERGY][:n].reshape(-1, 1), e.reshape(-1, 1)], axis=1)
-        _save(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
-        _save(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
+        save_rows(p.with_suffix(".e.out"), pe, f"{name}: data_e pred_e", append)
+        save_rows(p.with_suffix(".e_peratom.out"), pe / natoms, f"{name}: data_e pred_e", append)
         pf = np.concatenate([f_lab.reshape(-1, 3), f.reshape(-1, 3)], axis=1)
         header = f"{name}: data_fx data_fy data_fz pred_fx pred_fy pred_fz"
-        _save(p.with_suffix(".fr.out"), pf, header, append)
+        save_rows(p.with_suffix(".fr.out"), pf, header, append)
         if has_fm:
             pfm = np.concatenate([fm_lab.reshape(-1, 3), fm_pred.reshape(-1, 3)], axis=1)
             header = f"{name}: data_fmx data_fmy data_fmz pred_fmx pred_fmy pred_fmz"
-            _save(p.with_suffix(".fm.out"), pfm, header, append)
-        _save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
+            save_rows(p.with_suffix(".fm.out"), pfm, header, append)
+        save_virials(p, name, lab[keys.VIRIAL][:n], v, box if has_v else None, natoms, append)
     return res

@@ -13,9 +13,10 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from ..config.multitask import choose_head
 from ..errors import ConfigError, ModelFileError
-from ..model.io import FORMAT, atomic_save, model_from_payload, model_payload, read_file
-from .deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
+from ..model.io import atomic_save, model_from_payload, model_payload, read_file, reader_of
+from .deepmd import load_deepmd_checkpoint
 from .to_deepmd import deepmd_checkpoint
 
 TARGETS = ("deepmd", "lamkit")
@@ -31,13 +32,10 @@ def _is_torchscript(path: Path) -> bool:
 
 def source_format(obj, where: str) -> str:
     """``"lamkit"`` or ``"deepmd"`` for a loaded model file."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return "lamkit"
-    if is_deepmd_checkpoint(obj):
-        return "deepmd"
-    raise ModelFileError(
-        f"{where}: neither a lamkit model/checkpoint nor a DeePMD-kit v3 PyTorch checkpoint"
-    )
+    kind = reader_of(obj, where).name
+    if kind not in TARGETS:
+        raise ModelFileError(f"{where}: a {kind} file; lam convert reads {TARGETS}")
+    return kind
 
 
 def _lamkit_to_deepmd(obj: dict, head: str | None, where: str) -> dict:
@@ -50,6 +48,7 @@ def _lamkit_to_deepmd(obj: dict, head: str | None, where: str) -> dict:
         return deepmd_checkpoint(branches, False, where, params=params, train_infos=infos)
     heads = list(conf["model_dict"])
     if head is not None:
+        head = choose_head(conf, head, where)  # a branch name, alias or case variant
         model = model_from_payload(obj, where, head=head)
         sub = params["model_dict"][head] if params else None
         return deepmd_checkpoint({head: model}, False, where, params=sub, train_infos=infos)
@@ -61,6 +60,7 @@ def _deepmd_to_lamkit(obj: dict, head: str | None, where: str) -> dict:
     params = obj["model"]["_extra_state"]["model_params"]
     infos = obj["model"]["_extra_state"].get("train_infos")
     if "model_dict" not in params or head is not None:
+        head = choose_head(params, head, where) if "model_dict" in params else head
         model = load_deepmd_checkpoint(obj, head=head)
         sub = params["model_dict"][head] if "model_dict" in params else params
         return model_payload(

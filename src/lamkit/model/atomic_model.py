@@ -7,13 +7,17 @@ statistics ``out_bias``/``out_std`` the way the fitting defines (energy: ``+ bia
 ``* std + bias``; dipole: nothing; polar: diagonal shift), zeroes virtual and excluded atoms,
 and reduces over atoms: the sum, or for intensive outputs the mean over the real atoms.
 
-:class:`~lamkit.model.EnergyModel` adds forces and virials (the derivatives of an
-``r_differentiable`` output); property, dipole and polarizability models are plain
-``AtomicModel`` instances. Inputs are the keys of :mod:`lamkit.keys`; neighbour data (mapping,
+The one ``forward`` also gives forces and virials, by automatic differentiation, exactly when
+the output definition is ``r_differentiable`` (the energy); :class:`~lamkit.model.EnergyModel`
+is only the name energy models carry (old checkpoints, ``isinstance`` checks).
+
+Inputs are the keys of :mod:`lamkit.keys`; neighbour data (mapping,
 shift, nlist) is built by :class:`lamkit.geometry.NeighborBuilder` outside the model.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -23,7 +27,9 @@ from ..descriptor import Descriptor
 from ..fitting import OutputDef
 from ..geometry.env import gather_rows
 from ..geometry.neighbor import NeighborBuilder
-from ..nn.chunking import chunked_evaluation, map_rows
+from ..nn.chunking import Chunking, map_rows
+from ..nn.params import RefNames, TypeRows
+from .derivatives import forces_and_virials, has_hessian, local_hessian
 
 
 def wrapped_coord(coord: torch.Tensor, cell: torch.Tensor, wrap: torch.Tensor) -> torch.Tensor:
@@ -122,12 +128,28 @@ class AtomicModel(nn.Module):
         ext = gather_rows(wrapped_coord(coord, cell, wrap), mapping) + torch.bmm(image, cell)
         return ext, torch.gather(atype, 1, mapping)
 
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking: Chunking | None = None,
+        descriptor_inputs: dict | None = None,
+    ):
         """Per-atom outputs [nf, nloc, size] (float64, statistics applied, zero on virtual
-        and excluded atoms) and the mask [nf, nloc] of the atoms that count."""
+        and excluded atoms) and the mask [nf, nloc] of the atoms that count.
+
+        ``chunking``: evaluate the atom-local blocks in slices (:mod:`lamkit.nn.chunking`).
+        ``descriptor_inputs``: further named inputs of the descriptor's forward (DPA-2's
+        ``block_nlists``, ``ghost_exchange``)."""
         nloc = nlist.shape[1]
         atype = ext_atype[:, :nloc]
-        dout = self.descriptor(ext_coord, ext_atype, nlist, mapping)
+        dout = self.descriptor(
+            ext_coord, ext_atype, nlist, mapping, chunking=chunking, **(descriptor_inputs or {})
+        )
         desc = dout[keys.DESCRIPTOR]
         rot_mat = dout["rot_mat"] if self.fitting.uses_rot_mat else None
         name = self.fitting.var_name
@@ -138,7 +160,8 @@ class AtomicModel(nn.Module):
             extra = {} if rot is None else {"rot_mat": rot}
             return self.fitting(d, t, fparam, ap, **extra)[name]
 
-        atom = map_rows(fit, *atype.shape, desc, atype, aparam, rot_mat).to(torch.float64)
+        atom = map_rows(fit, *atype.shape, desc, atype, aparam, rot_mat, chunking=chunking)
+        atom = atom.to(torch.float64)
         atom = atom.reshape(*atype.shape, -1)
         mask = atype >= 0
         for t in self.atom_exclude_types:
@@ -163,37 +186,94 @@ class AtomicModel(nn.Module):
         nbr: dict[str, torch.Tensor],
         fparam: torch.Tensor | None = None,
         aparam: torch.Tensor | None = None,
-        do_force: bool = False,
-        do_virial: bool = False,
+        do_force: bool | None = None,
+        do_virial: bool | None = None,
         do_atomic_virial: bool = False,
         create_graph: bool = False,
         chunk_atoms: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Predictions for coord [nf, nloc, 3] Å, atype [nf, nloc], box [nf, 9] Å or None.
 
-        Returns ``{atom_key: [nf, nloc, *shape], global_key: [nf, *shape], mask: [nf, nloc]}``
-        with the keys of :attr:`output_def` (``atom_band_prop``/``band_prop``,
-        ``dipole``/``global_dipole``, ...). The derivative flags are accepted so that every
-        model takes the same call; outputs without derivatives ignore them.
-        ``chunk_atoms``: see :mod:`lamkit.nn.chunking`.
+        Returns ``{global_key: [nf, *shape], atom_key: [nf, nloc, *shape], mask: [nf, nloc]}``
+        with the keys of :attr:`output_def` (``energy``/``atom_energy``,
+        ``band_prop``/``atom_band_prop``, ``global_dipole``/``dipole``, ...).
+
+        Derivatives exactly when the output definition says so (``r_differentiable``: the
+        energy): then, as asked, force [nf, nloc, 3], virial [nf, 9], atom_virial
+        [nf, nloc, 9] (``do_force``/``do_virial`` default to True), and for a Hessian model
+        (:mod:`lamkit.model.hessian`) also force and hessian [nf, 3 nloc, 3 nloc]. Other
+        outputs ignore the derivative flags, so that every model takes the same call.
+
+        ``chunk_atoms``: when ``nf * nloc`` exceeds it, the atom-local blocks (descriptor
+        blocks, repformer layers, fitting) run on slices of at most this many centre atoms
+        under activation checkpointing (:mod:`lamkit.nn.chunking`): the same results with the
+        memory of one slice's pair tensors, for about one extra forward pass of time (one per
+        backward pass). None (the default, used in training) evaluates everything at once.
         """
         od = self.output_def
+        nf, nloc = atype.shape
+        # geometry in float64 whatever the input precision, as the reference does
         coord = coord.detach().to(torch.float64)
         box = None if box is None else box.to(torch.float64)
         ext_coord, ext_atype = self.extend(coord, atype, box, nbr)
-        with chunked_evaluation(chunk_atoms):
+        diff = od.r_differentiable
+        hessian = diff and has_hessian(self)
+        do_force = diff and (hessian or do_force is None or bool(do_force))
+        do_virial = diff and (do_virial is None or bool(do_virial))
+        if diff:
+            ext_coord = ext_coord.detach().requires_grad_(do_force or do_virial)
+        grad = torch.enable_grad() if diff else contextlib.nullcontext()
+        with grad:
             atom, mask = self.atomic_outputs(
-                ext_coord, ext_atype, nbr[keys.NLIST], nbr[keys.MAPPING], fparam, aparam
+                ext_coord,
+                ext_atype,
+                nbr[keys.NLIST],
+                nbr[keys.MAPPING],
+                fparam,
+                aparam,
+                chunking=Chunking.start(chunk_atoms),
             )
-        nf, nloc = atype.shape
-        return {
-            od.atom_key: atom.reshape(nf, nloc, *od.shape),
-            od.global_key: self.reduce(atom, mask).reshape(nf, *od.shape),
-            keys.MASK: mask,
-        }
+            reduced = self.reduce(atom, mask)
+            total = {od.global_key: reduced.reshape(nf, *od.shape)}
+            per_atom = {od.atom_key: atom.reshape(nf, nloc, *od.shape)}
+            # key order as ever: the energy first, other outputs per atom first
+            out = {**total, **per_atom} if diff else {**per_atom, **total}
+            out[keys.MASK] = mask
+            if do_force or do_virial:
+                out.update(
+                    forces_and_virials(
+                        reduced,
+                        atom,
+                        ext_coord,
+                        nbr[keys.MAPPING],
+                        nloc,
+                        do_virial=do_virial,
+                        do_atomic_virial=do_atomic_virial,
+                        create_graph=create_graph or hessian,
+                    )
+                )
+            if hessian:
+                out[keys.HESSIAN] = local_hessian(
+                    out[keys.FORCE], ext_coord, nbr[keys.MAPPING], create_graph
+                )
+        return out
 
     def evaluate(self, coord, atype, box=None, fparam=None, aparam=None, **kw):
         """Convenience: build neighbour data and run ``forward`` (inputs as torch tensors)."""
         nbr = self.neighbor_builder()(coord, atype, box)
         nbr = {k: v.to(coord.device) for k, v in nbr.items()}
         return self.forward(coord, atype, box, nbr, fparam, aparam, **kw)
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (TypeRows("out_bias"), TypeRows("out_std", "fresh"))
+    REF_NAMES = RefNames(
+        names=(
+            ("min_nbor_dist", "min_nbor_dist"),
+            ("out_bias", "atomic_model.out_bias"),
+            ("out_std", "atomic_model.out_std"),
+        ),
+        children=(
+            ("descriptor", "atomic_model.descriptor"),
+            ("fitting", "atomic_model.fitting_net"),
+        ),
+    )

@@ -1,4 +1,5 @@
-"""Forces and virials by automatic differentiation through the extended (ghost) atoms."""
+"""Forces, virials and the Hessian by automatic differentiation through the extended (ghost)
+atoms (the Hessian: see :mod:`lamkit.model.hessian`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,44 @@ def forces_and_virials(
                 1, idx9, ext_vir.reshape(nf, nall, 9)
             )
     return out
+
+
+HESSIAN_MODE = "hessian_mode"  # model config key (the reference's name)
+
+
+def local_hessian(
+    force: torch.Tensor,
+    ext_coord: torch.Tensor,
+    mapping: torch.Tensor,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """``-dF/dx`` [nf, 3 nloc, 3 nloc] from local forces [nf, nloc, 3] that are differentiable
+    (built with ``create_graph=True``) with respect to ``ext_coord`` [nf, nall, 3];
+    ``mapping`` [nf, nall] is the local atom of each extended atom.
+
+    One backward pass per row (3 nloc of them, each over all frames at once: frames do not
+    interact). ``create_graph``: keep the graph, so that a loss on the Hessian can be
+    differentiated with respect to the model parameters (training)."""
+    nf, nloc, _ = force.shape
+    flat = force.reshape(nf, 3 * nloc)
+    idx3 = mapping.unsqueeze(-1).expand(-1, -1, 3)
+    rows = []
+    for c in range(3 * nloc):
+        (grad,) = torch.autograd.grad(
+            [flat[:, c].sum()],
+            [ext_coord],
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        if grad is None:  # this force component does not depend on any coordinate
+            rows.append(flat.new_zeros(nf, 3 * nloc))
+            continue
+        row = grad.new_zeros(nf, nloc, 3).scatter_add(1, idx3, grad)
+        rows.append(-row.reshape(nf, 3 * nloc))
+    return torch.stack(rows, dim=1)
+
+
+def has_hessian(model) -> bool:
+    """Whether ``model`` outputs the Hessian (its config's ``hessian_mode``)."""
+    return bool(getattr(model, "config", {}).get(HESSIAN_MODE, False))

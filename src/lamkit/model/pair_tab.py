@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ModelFileError
 from ..geometry.env import gather_rows
+from ..nn.params import RefNames, TypeRows
 
 
 def _clamped_slopes(vv: np.ndarray, hh: float) -> np.ndarray:
@@ -194,3 +195,7 @@ class PairTable(nn.Module):
         jtype = jtype.reshape(nlist.shape)
         ener = self.pair_energy(rr, itype, jtype, valid & (jtype >= 0))
         return 0.5 * ener.sum(-1, keepdim=True)
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = (TypeRows("out_bias"),)  # a linear_ener member's bias
+    REF_NAMES = RefNames(names=tuple((n, n) for n in ("tab_info", "tab_data", "out_bias")))

@@ -124,27 +124,6 @@ def backbone_config(conf: dict) -> dict:
     return out
 
 
-def build_spin_model(conf: dict) -> SpinEnergyModel:
-    """A :class:`SpinEnergyModel` from a normalised model config with a ``spin`` section."""
-    from .build import build_model
-
-    for key in ("use_srtab",):
-        if conf.get(key):
-            raise ConfigError(f"model/{key}: not available together with model/spin")
-    if conf.get("type", "standard") != "standard":
-        raise ConfigError(f"model/type: '{conf['type']}' cannot be combined with model/spin")
-    if conf["fitting_net"].get("type", "ener") not in ("ener", "energy"):
-        raise ConfigError("model/spin: needs an energy fitting (fitting_net/type 'ener')")
-    base = build_model(backbone_config(conf))
-    return SpinEnergyModel(
-        base.descriptor,
-        base.fitting,
-        base.type_map,
-        base.atom_exclude_types,
-        config=conf,
-    )
-
-
 def is_spin_model(model) -> bool:
     return isinstance(model, SpinEnergyModel)
 
@@ -217,7 +196,17 @@ class SpinEnergyModel(EnergyModel):
         return out
 
     # --- forward ---------------------------------------------------------------------------------
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking=None,
+        descriptor_inputs=None,
+    ):
         """As the standard model's, with the excluded pairs (placeholders, and
         ``pair_exclude_types``) first removed from the neighbour list, as the reference's atomic
         model does: for the descriptor they are then empty slots, not zeroed rows."""
@@ -227,7 +216,9 @@ class SpinEnergyModel(EnergyModel):
         )
         if keep is not None:
             nlist = torch.where(keep, nlist, torch.full_like(nlist, -1))
-        return super().atomic_outputs(ext_coord, ext_atype, nlist, mapping, fparam, aparam)
+        return super().atomic_outputs(
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, chunking, descriptor_inputs
+        )
 
     def forward(
         self,
@@ -304,6 +295,9 @@ class SpinEnergyModel(EnergyModel):
         nbr = self.neighbor_builder()(coord, atype, box, spin=spin)
         nbr = {k: v.to(coord.device) for k, v in nbr.items()}
         return self.forward(coord, atype, box, nbr, fparam, aparam, spin=spin, **kw)
+
+    # --- declarations (lamkit.nn.params): the reference's SpinModel wraps the standard one
+    REF_ROOT = "backbone_model"
 
 
 class SpinNeighborBuilder:

@@ -1,12 +1,13 @@
 """A model's type map changed for fine-tuning: a subset, a new order, or new elements.
 
-Only tensors indexed by atom type change: the type-embedding rows, the environment statistics
+Only tensors indexed by atom type change: those that the model's components declare in their
+``TYPE_ROWS`` (:mod:`lamkit.nn.params`): the type-embedding rows, the environment statistics
 (``davg``/``dstd``), the output bias and std and the fitting's per-type bias. Every other weight
 is copied, so predictions for structures of the old elements stay exactly what they were. New
-elements get the freshly initialised embedding rows of a model built for the new type map, zero
-mean, that model's initial spread (1; DPA-3's fix_stat_std) and zero bias, for the
-fine-tuning data to set (as DeePMD-kit's ``change_type_map`` does). Type indices in the
-config (``exclude_types`` and friends) follow.
+elements get what each declaration says: the freshly initialised embedding rows of a model
+built for the new type map, zero mean, that model's initial spread (1; DPA-3's fix_stat_std)
+and zero bias, for the fine-tuning data to set (as DeePMD-kit's ``change_type_map`` does). Type
+indices in the config (``exclude_types`` and friends) follow.
 
 Descriptors without a type embedding (se_e2_a) have one network per type (pair); their type
 map stays as it is (data in any type map is mapped onto it by element name).
@@ -19,15 +20,9 @@ import copy
 import torch
 
 from ..errors import ConfigError
+from ..nn.params import TypeRows, type_rows
 from ..nn.type_embedding import TypeEmbedNet
 from .build import build_model
-
-_TYPE_ROWS = ("davg", "dstd", "out_bias", "out_std", "bias_atom")
-_EMBEDDING_ROWS = "type_embedding.net.layers.0.matrix"
-
-
-def _type_indexed(key: str) -> bool:
-    return key.endswith(_TYPE_ROWS) or key.endswith(_EMBEDDING_ROWS)
 
 
 def _remap_pairs(pairs, index: dict[int, int]) -> list:
@@ -78,13 +73,14 @@ def change_type_map(model, new_type_map: list[str]):
     src = model.state_dict()
     dst = fresh.state_dict()
     rows = [(j, old.index(name)) for j, name in enumerate(new) if name in old]
+    declared = type_rows(fresh)
     state = {}
     for key, value in dst.items():
         if key not in src:
             raise ConfigError(f"type_map: the rebuilt model has an unexpected tensor '{key}'")
         old_value = src[key]
-        if _type_indexed(key):
-            value = _new_rows(key, value, old_value, rows, len(old))
+        if key in declared:
+            value = _new_rows(key, declared[key], value, old_value, rows, len(old))
         elif old_value.shape != value.shape:
             raise ConfigError(
                 f"type_map: '{key}' depends on the number of types in a way lamkit cannot map "
@@ -115,14 +111,17 @@ def _check_embeddings(old_model, new_model, rows) -> None:
                 )
 
 
-def _new_rows(key, fresh_value, old_value, rows, n_old) -> torch.Tensor:
-    """Rows of old types copied into their new places; new types keep the defaults below."""
+def _new_rows(
+    key: str, decl: TypeRows, fresh_value: torch.Tensor, old_value: torch.Tensor, rows, n_old: int
+) -> torch.Tensor:
+    """Slices of old types copied into their new places (along ``decl.axis``); new types get
+    zeros or keep the rebuilt model's initial values (``decl.init``)."""
     out = fresh_value.clone()
-    if key.endswith(("davg", "out_bias", "bias_atom")):
+    if decl.init == "zero":
         out.zero_()
-    # dstd / out_std keep the rebuilt model's initial values: 1, or DPA-3's fix_stat_std
-    if old_value.shape[0] != n_old:
-        raise ConfigError(f"type_map: '{key}' has {old_value.shape[0]} rows for {n_old} types")
+    n = old_value.shape[decl.axis]
+    if n != n_old:
+        raise ConfigError(f"type_map: '{key}' has {n} rows for {n_old} types")
     for j, i in rows:
-        out[j] = old_value[i]
+        out.select(decl.axis, j).copy_(old_value.select(decl.axis, i))
     return out

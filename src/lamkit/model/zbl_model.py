@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..nn.params import RefNames, TypeRows
 from .energy_model import EnergyModel
 from .pair_tab import PairTable, pair_distances
 
@@ -54,9 +55,19 @@ class ZBLEnergyModel(EnergyModel):
     def fitting_out_bias(self) -> torch.Tensor:
         return self.dp_out_bias
 
-    def atomic_outputs(self, ext_coord, ext_atype, nlist, mapping, fparam=None, aparam=None):
+    def atomic_outputs(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping,
+        fparam=None,
+        aparam=None,
+        chunking=None,
+        descriptor_inputs=None,
+    ):
         dp_atom, mask = super().atomic_outputs(
-            ext_coord, ext_atype, nlist, mapping, fparam, aparam
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, chunking, descriptor_inputs
         )
         nloc = nlist.shape[1]
         atype = ext_atype[:, :nloc].clamp(min=0)
@@ -67,3 +78,21 @@ class ZBLEnergyModel(EnergyModel):
         ).unsqueeze(-1)
         atom = (1 - w) * dp_atom + w * tab_atom + self.out_bias[atype]
         return atom * mask.unsqueeze(-1).to(atom.dtype), mask
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    # the reference's DPZBLModel: models.0 is the DP model, models.1 the table; the
+    # combination's bias is out_bias, the members' out_std are not used
+    TYPE_ROWS = (*EnergyModel.TYPE_ROWS, TypeRows("tab_out_bias"), TypeRows("dp_out_bias"))
+    REF_NAMES = RefNames(
+        names=(
+            *EnergyModel.REF_NAMES.names,
+            ("dp_out_bias", "atomic_model.models.0.out_bias"),
+            ("tab_out_bias", "atomic_model.models.1.out_bias"),
+        ),
+        ignore=("atomic_model.models.*.out_std",),
+        children=(
+            ("descriptor", "atomic_model.models.0.descriptor"),
+            ("fitting", "atomic_model.models.0.fitting_net"),
+            ("pair_table", "atomic_model.models.1"),
+        ),
+    )

@@ -11,111 +11,58 @@ one slice after the other. The price is that recomputation (one more forward pas
 chunked blocks per backward pass); the results are those of the whole system at once (the same
 operations on the same rows; sums over slices may round differently, ~1e-16 relative).
 
-Chunking is off unless asked for: ``EnergyModel.forward(..., chunk_atoms=n)`` runs the model
-inside :func:`chunked_evaluation`, and :class:`lamkit.infer.DeepPot` and the ASE calculator do so
-for frames above their ``chunk_atoms`` knob. Blocks call :func:`map_rows`, which runs them
-whole (no overhead at all) when the batch fits in ``n`` atoms. Training is unaffected, since
-the trainer never passes ``chunk_atoms``.
+Chunking is off unless asked for: ``EnergyModel.forward(..., chunk_atoms=n)`` starts a
+:class:`Chunking` (the budget and the resident memory when the evaluation began) and hands it
+explicitly down the forward passes (``chunking=``) of the descriptor, its blocks and the
+fitting; :class:`lamkit.infer.DeepPot` and the ASE calculator do so for frames above their
+``chunk_atoms`` knob. Blocks call :func:`map_rows` with it, which runs them whole (no overhead
+at all) when the batch fits in ``n`` atoms or ``chunking`` is None. Training is unaffected,
+since the trainer never passes ``chunk_atoms``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-_CHUNK_ATOMS: ContextVar[int | None] = ContextVar("lamkit_chunk_atoms", default=None)
-# resident memory when the chunked evaluation began (bytes; None off Linux)
-_RSS_START: ContextVar[int | None] = ContextVar("lamkit_rss_start", default=None)
-# growth of resident memory during one evaluation beyond which freed heap memory is trimmed
-TRIM_SLACK_BYTES = 1 << 30
+from .. import runtime
 
 
-@contextmanager
-def chunked_evaluation(atoms: int | None) -> Iterator[None]:
-    """Within this block, atom-local blocks hold at most ``atoms`` centre atoms (all frames of
-    the batch together) at a time; ``None`` or 0 turns chunking off."""
-    if atoms is not None and atoms < 0:
-        raise ValueError(f"chunk_atoms: expected a positive atom count or 0/None, got {atoms}")
-    token = _CHUNK_ATOMS.set(int(atoms) if atoms else None)
-    rss_token = _RSS_START.set(resident_bytes() if atoms else None)
-    try:
-        yield
-    finally:
-        _RSS_START.reset(rss_token)
-        _CHUNK_ATOMS.reset(token)
+@dataclass(frozen=True)
+class Chunking:
+    """One chunked evaluation: atom-local blocks hold at most ``atoms`` centre atoms (all
+    frames of the batch together) at a time; ``rss_start`` is the process's resident memory
+    (bytes; None off Linux) when the evaluation began (see
+    :func:`lamkit.runtime.release_freed_memory`)."""
+
+    atoms: int
+    rss_start: int | None = None
+
+    @classmethod
+    def start(cls, atoms: int | None) -> Chunking | None:
+        """A chunked evaluation of ``atoms`` centre atoms per slice beginning now; None (no
+        chunking) for ``atoms`` None or 0."""
+        if atoms is not None and atoms < 0:
+            raise ValueError(f"chunk_atoms: expected a positive atom count or 0/None, got {atoms}")
+        if not atoms:
+            return None
+        return cls(int(atoms), runtime.resident_bytes())
 
 
-def chunk_atoms() -> int | None:
-    """The atom budget set by the innermost :func:`chunked_evaluation` (None: off)."""
-    return _CHUNK_ATOMS.get()
-
-
-def row_bounds(nf: int, nloc: int) -> list[tuple[int, int]] | None:
+def row_bounds(nf: int, nloc: int, chunking: Chunking | None) -> list[tuple[int, int]] | None:
     """``[(start, stop), ...]`` slices of centre atoms of near-equal size for a batch of ``nf``
-    frames of ``nloc`` atoms, or None when the whole batch fits in the budget (or chunking is
-    off)."""
-    atoms = _CHUNK_ATOMS.get()
-    if not atoms or nf * nloc <= atoms:
+    frames of ``nloc`` atoms, or None when the whole batch fits in the budget (or ``chunking``
+    is None)."""
+    if chunking is None or nf * nloc <= chunking.atoms:
         return None
-    rows = max(1, atoms // max(nf, 1))
+    rows = max(1, chunking.atoms // max(nf, 1))
     nchunks = -(-nloc // rows)
     size = -(-nloc // nchunks)
     return [(s, min(s + size, nloc)) for s in range(0, nloc, size)]
-
-
-@functools.cache
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-def resident_bytes() -> int | None:
-    """Resident memory of this process (bytes), or None where /proc is not available."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _page_size()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@functools.cache
-def _page_size() -> int:
-    return os.sysconf("SC_PAGE_SIZE")
-
-
-def release_freed_memory(slack: int = TRIM_SLACK_BYTES) -> None:
-    """Return memory freed into glibc's heap to the system (``malloc_trim``) once the resident
-    memory has grown by more than ``slack`` since the chunked evaluation began; a no-op
-    without glibc.
-
-    Slices allocate many mid-sized tensors (below glibc's 32 MB mmap threshold, so from the
-    heap) among longer-lived slice outputs; the heap fragments and, left alone, the process
-    keeps GBs it no longer uses (3.4 GB of free heap after one DPA-2 small evaluation of
-    12,288 atoms in slices of 512). Every trim makes later allocations fault their pages in
-    again, which is slow, so :func:`map_rows` asks at most once per block and pass, and small
-    systems, which never grow by ``slack``, are never trimmed.
-    """
-    libc = _glibc()
-    start = _RSS_START.get()
-    if libc is None or start is None:
-        return
-    now = resident_bytes()
-    if now is not None and now > start + slack:
-        libc.malloc_trim(0)
 
 
 def _cat(parts: list[Any]) -> Any:
@@ -138,6 +85,7 @@ def map_rows(
     nf: int,
     nloc: int,
     *rows: torch.Tensor | None,
+    chunking: Chunking | None,
     bounds: list[tuple[int, int]] | None = None,
 ) -> Any:
     """``fn(start, stop, *row_slices)`` over slices of centre atoms, outputs joined on dim 1.
@@ -145,17 +93,17 @@ def map_rows(
     ``fn`` computes the outputs (a tensor, or a tuple/dict of tensors, each ``[nf, stop-start,
     ...]``) of centre atoms ``start:stop``; ``rows`` are per-centre-atom inputs ``[nf, nloc,
     ...]`` (or None) handed to it already sliced. They are split with one ``torch.split``, so
-    their gradient is assembled once rather than zero-filled per slice. Without chunking (see
-    :func:`row_bounds`, or pass ``bounds``) this is just ``fn(0, nloc, *rows)``.
+    their gradient is assembled once rather than zero-filled per slice. ``bounds`` defaults to
+    :func:`row_bounds` of ``chunking``; without slices this is just ``fn(0, nloc, *rows)``.
     """
     if bounds is None:
-        bounds = row_bounds(nf, nloc)
+        bounds = row_bounds(nf, nloc, chunking)
     if bounds is None:
         return fn(0, nloc, *rows)
     sizes = [e - s for s, e in bounds]
     pieces = [[None] * len(bounds) if r is None else r.split(sizes, dim=1) for r in rows]
     if any(r is not None and r.device.type == "cpu" for r in rows):
-        fn = _trimming(fn)
+        fn = _trimming(fn, None if chunking is None else chunking.rss_start)
     parts = [
         checkpoint(
             fn,
@@ -170,14 +118,14 @@ def map_rows(
     return _cat(parts)
 
 
-def _trimming(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _trimming(fn: Callable[..., Any], rss_start: int | None) -> Callable[..., Any]:
     """``fn`` that first trims the heap when it starts the first slice: before the block's
     forward pass, and in each backward pass when that slice is recomputed (the last one, as
     autograd runs later slices first)."""
 
     def run(start, stop, *args):
         if start == 0:
-            release_freed_memory()
+            runtime.release_freed_memory(rss_start)
         return fn(start, stop, *args)
 
     return run

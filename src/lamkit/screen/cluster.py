@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import ScreenConfig, ScreenError
 from .potential import Resolved, relaxer_for
+from .relax_jobs import run_chunk
 
 log = logging.getLogger("lamkit")
 
@@ -36,8 +37,6 @@ def relax_shard(spec: Any, shard: list[tuple[int, Any]], relax_kwargs: dict) -> 
     """Worker task: relax (index, atoms) pairs; returns (index, RelaxResult) or (index, error
     text) for each, in any order."""
     import torch
-
-    from .runner import run_chunk
 
     torch.set_num_threads(1)
     relaxer = relaxer_for(spec, relax_kwargs)

@@ -22,14 +22,14 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ScreenConfig, ScreenError
 from .inputs import Candidate, collect
-from .potential import Resolved, relaxer_for, resolve
+from .potential import Resolved, resolve
+from .relax_jobs import relax_local
 from .store import StateStore, decode_structure, encode_structure
 from .validity import Validator
 
@@ -208,55 +208,6 @@ def _safe_url(db: Any) -> str:
     return db.engine.url.render_as_string(hide_password=True)
 
 
-def relax_local(
-    jobs: list[tuple[int, Any]],
-    pot: Resolved,
-    config: ScreenConfig,
-    on_result: Callable[[int, Any], None],
-    on_error: Callable[[int, str], None],
-) -> None:
-    """Relax (index, atoms) jobs in this process, ``chunk_size`` at a time; each finished
-    structure goes to ``on_result(index, RelaxResult)``.  A chunk whose relaxation raises is
-    retried one structure at a time; a structure that still raises goes to ``on_error``."""
-    relaxer = relaxer_for(pot.spec, config.relax_kwargs(), pot.local)
-    for start in range(0, len(jobs), config.chunk_size):
-        chunk = jobs[start : start + config.chunk_size]
-        run_chunk(relaxer, chunk, on_result, on_error)
-
-
-class _CallbackError(Exception):
-    """An error of the caller's callback (not of the relaxation): it is raised, not retried."""
-
-
-def run_chunk(relaxer, chunk, on_result, on_error) -> None:
-    """Relax one chunk of (index, atoms) jobs with fallbacks (see :func:`relax_local`)."""
-    done: set[int] = set()
-
-    def cb(k: int, res) -> None:
-        done.add(k)
-        try:
-            on_result(chunk[k][0], res)
-        except Exception as exc:
-            raise _CallbackError(exc) from exc
-
-    try:
-        relaxer.run([a for _, a in chunk], on_result=cb)
-        return
-    except _CallbackError as exc:
-        raise exc.__cause__ from None  # type: ignore[misc]
-    except Exception as exc:  # noqa: BLE001 - retried one by one below
-        log.warning("relaxation of a chunk of %d failed (%s); retrying one by one", len(chunk), exc)
-    for k, (i, atoms) in enumerate(chunk):
-        if k in done:
-            continue
-        try:
-            (res,) = relaxer.run([atoms])
-        except Exception as exc:  # noqa: BLE001 - one structure's failure is its row
-            on_error(i, f"relaxation error: {type(exc).__name__}: {exc}")
-            continue
-        on_result(i, res)
-
-
 def screen(
     inputs: Any,
     potential: Any,
@@ -319,15 +270,7 @@ def screen(
             t = time.perf_counter()
             rows, relaxed = _finish(run, cands)
             if insert:
-                from .insert import insert_passing
-
-                ids, notes = insert_passing(
-                    database, rows, relaxed, config, name, submitter, store.screen_id
-                )
-                store.set_db_ids(ids)
-                run.notes.extend(notes)
-                for r in rows:
-                    r["db_id"] = ids.get(r["index"], r.get("db_id"))
+                _insert(run, database, rows, relaxed, name, submitter)
             run.timing["finalize"] = time.perf_counter() - t
             run.timing.update(
                 total=time.perf_counter() - t_start,
@@ -340,6 +283,19 @@ def screen(
     finally:
         if owned:
             database.close()
+
+
+def _insert(run, database, rows, relaxed, name, submitter) -> None:
+    """``insert``: the passing relaxed structures into the database; rows get their ids."""
+    from .insert import insert_passing
+
+    ids, notes = insert_passing(
+        database, rows, relaxed, run.config, name, submitter, run.store.screen_id
+    )
+    run.store.set_db_ids(ids)
+    run.notes.extend(notes)
+    for r in rows:
+        r["db_id"] = ids.get(r["index"], r.get("db_id"))
 
 
 def _as_config(config: Any) -> ScreenConfig:

@@ -72,6 +72,26 @@ def _fail(msg: str, i: int | None = None) -> None:
     raise AssertionError(f"neighbour list{where}: {msg}")
 
 
+def _check_extended(mapping, shift, nlist, nloc: int, nslots: int) -> None:
+    """Slot count, locals first, every ghost a distinct image that some atom uses."""
+    if nlist.shape[1] != nslots:
+        _fail(f"expected {nslots} slots, found {nlist.shape[1]}")
+    if not np.array_equal(mapping[:nloc], np.arange(nloc)):
+        _fail("the first nloc extended atoms must be the local atoms in order")
+    if len(mapping) != len(shift):
+        _fail(f"mapping has {len(mapping)} entries but shift has {len(shift)}")
+    used = np.unique(nlist[nlist >= 0])
+    if used.size and used.max() >= len(mapping):
+        _fail(f"index {used.max()} beyond nall = {len(mapping)}")
+    ghosts = np.arange(nloc, len(mapping))
+    unused = np.setdiff1d(ghosts, used)
+    if unused.size:
+        _fail(f"ghost atoms {unused.tolist()} are nobody's neighbour")
+    keys = np.concatenate([mapping[:, None], shift - shift[mapping]], axis=1)
+    if len(np.unique(keys, axis=0)) != len(keys):
+        _fail("two extended atoms are the same image of the same atom")
+
+
 def check_frame_neighbors(
     mapping: np.ndarray,
     shift: np.ndarray,
@@ -96,22 +116,7 @@ def check_frame_neighbors(
     """
     nloc, nnei = nlist.shape
     sel = [int(s) for s in sel]
-    if nnei != sum(sel):
-        _fail(f"expected {sum(sel)} slots, found {nnei}")
-    if not np.array_equal(mapping[:nloc], np.arange(nloc)):
-        _fail("the first nloc extended atoms must be the local atoms in order")
-    if len(mapping) != len(shift):
-        _fail(f"mapping has {len(mapping)} entries but shift has {len(shift)}")
-    used = np.unique(nlist[nlist >= 0])
-    if used.size and used.max() >= len(mapping):
-        _fail(f"index {used.max()} beyond nall = {len(mapping)}")
-    ghosts = np.arange(nloc, len(mapping))
-    unused = np.setdiff1d(ghosts, used)
-    if unused.size:
-        _fail(f"ghost atoms {unused.tolist()} are nobody's neighbour")
-    keys = np.concatenate([mapping[:, None], shift - shift[mapping]], axis=1)
-    if len(np.unique(keys, axis=0)) != len(keys):
-        _fail("two extended atoms are the same image of the same atom")
+    _check_extended(mapping, shift, nlist, nloc, sum(sel))
 
     cell = np.zeros((3, 3)) if system.cell is None else system.cell
     ext = system.coord[mapping] + shift @ cell

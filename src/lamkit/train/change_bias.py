@@ -25,17 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config.multitask import choose_head
 from ..data import load_systems
 from ..data.system import DataRequirement
 from ..errors import ConfigError
-from ..model.io import (
-    FORMAT,
-    atomic_save,
-    choose_head,
-    model_from_payload,
-    read_file,
-    save_model,
-)
+from ..model.io import FORMAT, atomic_save, model_from_payload, read_file, save_model
 from .stats import energy_bias, stat_batches
 
 log = logging.getLogger(__name__)
@@ -68,7 +62,7 @@ def change_bias(
         raise ConfigError(f"change-bias: numb_batch must be >= 0 (0 = all), got {numb_batch}")
     obj = read_file(model_file)
     model = model_from_payload(obj, str(model_file), head=head)
-    if not model.output_def.r_differentiable:
+    if model.output_def.kind != "energy":
         raise ConfigError(
             f"{model_file}: change-bias applies to energy models; this one predicts "
             f"'{model.output_def.name}'"

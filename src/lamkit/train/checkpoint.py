@@ -24,22 +24,29 @@ def save_checkpoint(
     step: int,
     keep: int = 5,
     pointer: bool = True,
+    store: str | Path | None = None,
 ) -> Path:
     """Write ``<prefix>-<step>.pt``; ``pointer=False`` (a secondary family, e.g. the EMA
-    weights) leaves the ``checkpoint`` pointer file to the regular checkpoints."""
+    weights) leaves the ``checkpoint`` pointer file to the regular checkpoints.
+
+    ``store`` (``training.save_dir``; relative to ``folder``) is where the step files go; the
+    pointer file and the ``<prefix>.pt`` link stay next to ``prefix`` and name them by their
+    relative path."""
     folder = Path(folder)
     name = f"{Path(prefix).name}-{step}.pt"
-    target = (
-        folder / Path(prefix).parent / name if Path(prefix).parent != Path(".") else folder / name
-    )
+    home = folder / Path(prefix).parent
+    target = (folder / store if store else home) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     atomic_save(payload, target)
+    rel = os.path.relpath(target, home)
     if pointer:
-        _atomic_text(target.parent / "checkpoint", name)
-    link = target.parent / f"{Path(prefix).name}.pt"
-    tmp_link = target.parent / f".{link.name}.tmp"
+        _atomic_text(home / "checkpoint", rel)
+    link = home / f"{Path(prefix).name}.pt"
+    tmp_link = home / f".{link.name}.tmp"
     if tmp_link.is_symlink() or tmp_link.exists():
         tmp_link.unlink()
-    os.symlink(name, tmp_link)
+    os.symlink(rel, tmp_link)
     os.replace(tmp_link, link)
     _prune(target.parent, Path(prefix).name, keep)
     return target

@@ -108,7 +108,7 @@ class _Outputs(torch.nn.Module):
         nloc = given["nlist"].shape[1]
         lists = {k: v for k, v in given.items() if k not in _FIXED}
         x = given["ext_coord"].detach().requires_grad_(True)
-        with torch.enable_grad(), self.m.descriptor.using_graph_inputs(lists):
+        with torch.enable_grad():
             atom_e, mask = self.m.atomic_outputs(
                 x,
                 given["ext_atype"],
@@ -116,6 +116,7 @@ class _Outputs(torch.nn.Module):
                 given["mapping"],
                 given.get("fparam"),
                 given.get("aparam"),
+                descriptor_inputs=self.m.descriptor.forward_inputs(lists),
             )
             energy = atom_e.sum(1)
             der = forces_and_virials(

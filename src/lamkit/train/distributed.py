@@ -20,6 +20,13 @@ import torch
 import torch.distributed as dist
 
 
+def training_device(name: str | None) -> torch.device:
+    """The device ``name`` (``--device``), else the GPU when there is one."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @dataclass
 class DistContext:
     rank: int = 0

@@ -32,12 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config.multitask import resolve_branch
+from ..config.multitask import choose_head
 from ..errors import ConfigError
-from ..interop.deepmd import is_deepmd_checkpoint, load_deepmd_checkpoint
-from ..model.io import FORMAT, model_from_payload, read_file
+from ..model.io import model_from_payload, read_file, reader_of
 from ..model.type_map import change_type_map
-from ..registry import did_you_mean
 from .checkpoint import latest_checkpoint
 from .stats import _extended, energy_bias
 
@@ -61,14 +59,12 @@ class Pretrained:
     def __init__(self, path: str):
         self.path = str(path)
         self.obj = read_file(latest_checkpoint(path))
-        if isinstance(self.obj, dict) and self.obj.get("format") == FORMAT:
-            conf = self.obj["model_config"]
-        elif is_deepmd_checkpoint(self.obj):
-            conf = self.obj["model"]["_extra_state"]["model_params"]
-        else:
+        reader = reader_of(self.obj)
+        if reader is None:
             raise ConfigError(
                 f"--finetune {path}: neither a lamkit model nor a DeePMD-kit v3 checkpoint"
             )
+        conf = reader.config(self.obj)
         self.multi = "model_dict" in conf
         self.configs = dict(conf["model_dict"]) if self.multi else {DEFAULT: conf}
 
@@ -78,20 +74,20 @@ class Pretrained:
 
     def model(self, branch: str):
         head = branch if self.multi else None
-        if is_deepmd_checkpoint(self.obj):
-            return load_deepmd_checkpoint(self.obj, head=head)
         return model_from_payload(self.obj, self.path, head=head)
 
     def check_branch(self, branch: str, where: str) -> str:
         """The pretrained branch ``branch`` names (a branch or a ``model_branch_alias``)."""
-        if self.multi:
-            branch = resolve_branch(self.configs, branch) or branch
-        if branch not in self.configs:
-            raise ConfigError(
-                f"{where}: the pretrained model {self.path} has no branch '{branch}' "
-                f"(branches: {self.branches})." + did_you_mean(branch, self.branches)
-            )
-        return branch
+        # a single-task model's one branch is Default (its config's aliases do not count)
+        branches = self.configs if self.multi else {DEFAULT: {}}
+        return choose_head(
+            {"model_dict": branches},
+            branch,
+            f"{where}: the pretrained model {self.path}",
+            noun="branch",
+            ignore_case=False,
+            error=ConfigError,
+        )
 
 
 def _single_rule(pre: Pretrained, branch: str | None, where: str) -> FinetuneRule:
@@ -231,7 +227,7 @@ def refit_bias(task, batches: list[dict], mode: str) -> None:
     from .stats import set_output_stats
 
     model = task.model
-    if not model.output_def.r_differentiable:
+    if model.output_def.kind != "energy":
         set_output_stats(model, batches, task.model_config)
         log.info("task %s: output statistics set from the fine-tuning data", task.name)
         return
@@ -255,3 +251,33 @@ def refit_bias(task, batches: list[dict], mode: str) -> None:
         np.array2string(old, precision=6),
         np.array2string(new, precision=6),
     )
+
+
+def init_from_model(model, path: str, multi: bool) -> None:
+    """``--init-model``: the weights and statistics of a model of the same architecture (a
+    multi-task run needs a multi-task lamkit checkpoint)."""
+    obj = read_file(latest_checkpoint(path))
+    if multi:
+        if not (isinstance(obj, dict) and "model_dict" in obj.get("model_config", {})):
+            raise ConfigError(
+                f"--init-model {path}: a multi-task run needs a multi-task "
+                "lamkit checkpoint (use --finetune for other models)"
+            )
+        try:
+            model.load_state_dict(obj["model_state"])
+        except RuntimeError as exc:
+            raise ConfigError(f"--init-model {path}: the architecture differs ({exc})") from exc
+        return
+    src = model_from_payload(obj, str(path))
+    if src.type_map != model.type_map:
+        raise ConfigError(
+            f"--init-model {path}: its type_map {src.type_map} differs from "
+            f"the input's {model.type_map}"
+        )
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"--init-model {path}: the architecture differs from the input's model section ({exc})"
+        ) from exc
+    log.info("weights and statistics initialised from %s", path)

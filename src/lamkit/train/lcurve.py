@@ -63,3 +63,9 @@ class LcurveWriter:
         except Exception as exc:  # noqa: BLE001 - a plot must not fail a finished run
             log.warning("could not plot the learning curve: %s", exc)
             return None
+
+
+def hms(seconds: float) -> str:
+    """``H:MM:SS`` of a duration (the training log's ETA)."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

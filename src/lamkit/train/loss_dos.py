@@ -24,8 +24,9 @@ import torch
 
 from .. import keys
 from ..config.schema import Arg, normalize
+from ..data import DataRequirement
 from ..errors import ConfigError
-from .loss import LOSSES
+from .loss_registry import LOSSES
 
 _NUM = (float, int)
 TERMS = ("dos", "cdf", "ados", "acdf")
@@ -70,8 +71,6 @@ class DOSLoss:
         pass
 
     def requirements(self):
-        from ..data import DataRequirement
-
         where = f"model/fitting_net/numb_dos {self.numb_dos}"
         reqs = []
         if {"ados", "acdf"} & set(self.active):

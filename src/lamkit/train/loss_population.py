@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from .. import keys
 from ..config.schema import Arg, normalize
+from ..data import DataRequirement
 from ..errors import ConfigError
-from .loss import LOSSES
+from .loss_registry import LOSSES
 
 LABEL = "atomic_population"
 TERMS = ("spin", "spin_total", "pop", "pop_alpha_total", "pop_beta_total")
@@ -66,8 +67,6 @@ class PopulationLoss:
         pass
 
     def requirements(self):
-        from ..data import DataRequirement
-
         where = "loss/type 'population'"
         return [DataRequirement(LABEL, 2, atomic=True, must=True, origin=where)]
 

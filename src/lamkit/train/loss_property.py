@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from .. import keys
 from ..config.schema import Arg, normalize
+from ..data import DataRequirement
 from ..errors import ConfigError
-from .loss import LOSSES
+from .loss_registry import LOSSES
 
 FUNCS = ("smooth_mae", "mae", "mse", "rmse", "mape")
 PROPERTY_ARGS = (
@@ -84,8 +85,6 @@ class PropertyLoss:
         self.model = model
 
     def requirements(self):
-        from ..data import DataRequirement
-
         where = f"model/fitting_net/property_name '{self.name}', task_dim {self.task_dim}"
         return [DataRequirement(self.name, self.task_dim, must=True, origin=where)]
 

@@ -24,8 +24,10 @@ import torch
 
 from .. import keys
 from ..config.schema import Arg, normalize
+from ..data import DataRequirement
 from ..errors import ConfigError
-from .loss import LOSSES
+from ..model.spin import is_spin_model
+from .loss_registry import LOSSES
 
 _NUM = (float, int)
 ENER_SPIN_ARGS = (
@@ -72,8 +74,6 @@ class EnergySpinLoss:
         self.mae = c["loss_func"] == "mae"
 
     def attach(self, model) -> None:
-        from ..model.spin import is_spin_model
-
         if not is_spin_model(model):
             raise ConfigError("loss/type: 'ener_spin' needs a spin model (a model/spin section)")
 
@@ -84,8 +84,6 @@ class EnergySpinLoss:
 
     def requirements(self):
         """Label files this loss reads (the spins themselves are the model's input)."""
-        from ..data import DataRequirement
-
         reqs = [
             DataRequirement(keys.ENERGY, 1, atomic=False, must=False),
             DataRequirement(keys.FORCE, 3, atomic=True, must=False),

@@ -20,8 +20,9 @@ import torch
 
 from .. import keys
 from ..config.schema import REQUIRED, Arg, normalize
+from ..data import DataRequirement
 from ..errors import ConfigError
-from .loss import LOSSES
+from .loss_registry import LOSSES
 
 TENSOR_ARGS = (
     Arg("type", (str,), "tensor"),
@@ -61,8 +62,6 @@ class TensorLoss:
         pass
 
     def requirements(self):
-        from ..data import DataRequirement
-
         reqs = []
         if self.pref_atomic > 0:
             reqs.append(DataRequirement(self.atom_label, self.size, atomic=True))

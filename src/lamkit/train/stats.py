@@ -220,17 +220,30 @@ def _write_cached(stat_file: str, keys_: dict[str, str], stats: dict[str, EnvSta
 
 
 def compute_descriptor_stat(
-    model, batches: list[dict], protection: float, stat_file: str | None = None
+    model,
+    batches: list[dict],
+    protection: float,
+    stat_file: str | None = None,
+    stat_mode: str = "update",
 ) -> EnvStat | dict[str, EnvStat]:
     """davg/dstd of the model's descriptor, from the cache file when it has them.
 
     Returns what ``descriptor.env_stat`` returns: one ``EnvStat``, or a dict of them for
     descriptors with several blocks (DPA-2: repinit, three_body, repformer). The HDF5 file
     holds one group ``<key>/{r, a}`` per block (``[ntypes, 3]``: count, sum, sum of squares of
-    the radial and the angular columns).
+    the radial and the angular columns). ``stat_mode`` ``"update"`` computes what the file lacks
+    and writes it; ``"read"`` (``training.stat_file_mode``) needs the file complete and never
+    writes it, so that several runs can share one file.
     """
     keys_ = _stat_keys(model)
     stats = _read_cached(stat_file, keys_)
+    if stats is None and stat_mode == "read":
+        what = "does not exist" if not Path(stat_file).exists() else "lacks this descriptor's"
+        raise ConfigError(
+            f"training/stat_file {stat_file}: stat_file_mode is 'read' but the file {what}"
+            + (" statistics" if what.startswith("lacks") else "")
+            + " (run once with stat_file_mode 'update' to write them)"
+        )
     if stats is not None:
         log.info("descriptor statistics read from %s", stat_file)
     else:
@@ -241,7 +254,7 @@ def compute_descriptor_stat(
                 f"{type(model.descriptor).__name__}: env_stat gave blocks {sorted(stats)} but "
                 f"stat_id names {sorted(keys_)}"
             )
-        if stat_file:
+        if stat_file and stat_mode != "read":
             _write_cached(stat_file, keys_, stats, model)
             log.info("descriptor statistics saved to %s", stat_file)
     result = stats[""] if list(stats) == [""] else stats
@@ -259,15 +272,20 @@ def fparam_stat(batches: list[dict], key: str) -> tuple[np.ndarray, np.ndarray] 
 
 
 @torch.no_grad()
-def set_model_statistics(model, batches: list[dict], conf: dict, stat_file=None):
+def set_model_statistics(
+    model, batches: list[dict], conf: dict, stat_file=None, stat_mode="update"
+):
     """All statistics a freshly initialised model needs, set in place; returns the descriptor's
     environment statistics (for merging over tasks that share the descriptor)."""
     pack = getattr(model, "statistics_batches", None)
     if pack is not None:  # spin models: the statistics of the system with its virtual atoms
         batches = pack(batches)
-    env = compute_descriptor_stat(model, batches, conf.get("data_stat_protect", 1e-2), stat_file)
+    protect = conf.get("data_stat_protect", 1e-2)
+    env = compute_descriptor_stat(model, batches, protect, stat_file, stat_mode)
+    for member in getattr(model, "dp_models", ()):  # linear_ener: every DP model's own
+        compute_descriptor_stat(member, batches, protect, stat_file, stat_mode)
     bias = None
-    if model.output_def.r_differentiable:  # energy
+    if model.output_def.kind == "energy":
         preset = (conf.get("preset_out_bias") or {}).get("energy")
         bias = energy_bias(batches, model.ntypes, model.fitting.rcond, preset)
     else:  # property, dipole, polar: bias and std (lamkit.model.out_stat)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data import (
     MultiSystemSampler,
+    filter_systems,
     load_systems,
     resolve_batch_sizes,
     system_probabilities,
@@ -49,6 +50,10 @@ class Task:
         sf = self.data_config.get("stat_file")
         return None if sf is None else str(sf)
 
+    @property
+    def stat_file_mode(self) -> str:
+        return self.data_config.get("stat_file_mode", "update")
+
 
 def data_requirements(loss, model_config: dict) -> list[DataRequirement]:
     reqs = list(loss.requirements())
@@ -64,14 +69,22 @@ def data_requirements(loss, model_config: dict) -> list[DataRequirement]:
     return reqs
 
 
+def _load(data: dict, type_map, reqs, where: str) -> list:
+    """The systems of a ``training_data``/``validation_data`` section (``rglob_patterns``,
+    ``batch_size: "filter:N"``)."""
+    systems = load_systems(data["systems"], type_map, reqs, patterns=data.get("rglob_patterns"))
+    return filter_systems(data["batch_size"], systems, where)
+
+
 def make_task(name: str, model_config: dict, data_config: dict, loss_config, start_lr) -> Task:
     """Loss and data of one task (the model is built later, once ``sel`` is resolved)."""
+    where = "training" if name == DEFAULT else f"training/data_dict/{name}"
     loss = build_loss(loss_config, start_lr, model_config)
     reqs = data_requirements(loss, model_config)
     type_map = model_config["type_map"]
-    train = load_systems(data_config["training_data"]["systems"], type_map, reqs)
+    train = _load(data_config["training_data"], type_map, reqs, f"{where}/training_data")
     val = data_config.get("validation_data")
-    valid = load_systems(val["systems"], type_map, reqs) if val else []
+    valid = _load(val, type_map, reqs, f"{where}/validation_data") if val else []
     task = Task(name, model_config, data_config, loss, train, valid)
     check_types(task)
     return task

@@ -25,21 +25,22 @@ import numpy as np
 import torch
 
 from .. import keys
-from ..config.input import keep_counts, normalize_input
+from ..config.input import ignored_training_keys, keep_counts, normalize_input
 from ..config.multitask import SharedLink, case_embd_index, expand_model_dict, is_multitask
 from ..config.schema import normalize
 from ..errors import ConfigError
 from ..model import build_model, normalize_model_config
-from ..model.io import FORMAT, VERSION, model_from_payload, read_file
+from ..model.io import FORMAT, VERSION, read_file
 from ..model.multitask import MultiTaskModel, merge_descriptor_stats
 from ..runtime import tune_allocator
 from . import finetune as ft
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .compiled import compiled_forwards
-from .distributed import DistContext
+from .distributed import DistContext, training_device
 from .ema import WeightAverage, ema_prefix
 from .lcurve import LcurveWriter
 from .lr import LR_ARGS, LearningRate
+from .monitor import ProgressClock, RunMonitor
 from .schedule import resolve_schedule
 from .stats import (
     auto_selections,
@@ -50,12 +51,6 @@ from .stats import (
 from .tasks import DEFAULT, Task, attach_samplers, make_task, task_probabilities
 
 log = logging.getLogger("lamkit.train")
-
-
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -91,23 +86,15 @@ class Trainer:
         if sum(x is not None for x in (restart, init_model, finetune)) > 1:
             raise ConfigError("--restart, --init-model and --finetune exclude each other")
         self.out = Path(output)
-        self.device = _device(device)
-        self.dist = DistContext.from_env(self.device)
-        if self.dist.enabled and self.dist.is_main:
-            log.info(
-                "data parallel: %d processes, each with its slice of every global batch",
-                self.dist.world,
-            )
-        if not self.dist.is_main:  # rank 0 alone logs (warnings and errors still show)
-            logging.getLogger("lamkit").setLevel(logging.WARNING)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self._setup_processes(device)
         self.config = normalize_input(copy.deepcopy(config))
         tr = self.config["training"]
         self.tr = tr
-        self.seed = seed = tr["seed"]
-        if seed is not None:
-            torch.manual_seed(seed)
+        for message in ignored_training_keys(tr) if self.dist.is_main else ():
+            log.warning("%s", message)
+        self.seed = tr["seed"]
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
 
         resume = read_file(latest_checkpoint(restart)) if restart else None
         if resume is not None and resume.get("format") != FORMAT:
@@ -136,34 +123,9 @@ class Trainer:
         if resume is None:
             self._resolve_auto_sel(links, skip_neighbor_stat)
 
-        for t in self.tasks.values():
-            t.model = build_model(t.model_config).to(self.device)
-            t.model_config = t.model.config
-            t.loss.attach(t.model)  # the property loss reads the model's out_bias/out_std
-        self.links = links
-        if self.multi:
-            self.model = MultiTaskModel({n: t.model for n, t in self.tasks.items()}, links, False)
-            fresh = resume is None and pre is None and not init_model  # else: loaded weights
-            for task, k in case_embd_index(confs if fresh else {}).items():
-                self.tasks[task].model.fitting.set_case_embd(k)
-        else:
-            self.model = self.tasks[DEFAULT].model
-        self.model_config = self._model_config()
-        for t in self.tasks.values():
-            attach_samplers(t, seed, self.dist.rank, self.dist.world)
-            log.info(
-                "%s", t.sampler.describe(f"training of {t.name}" if self.multi else "training")
-            )
-            if t.valid_sampler is not None:
-                log.info("%s", t.valid_sampler.describe("validation"))
-        self.task_names = list(self.tasks)
-        self.task_prob = task_probabilities(list(self.tasks.values()), tr.get("model_prob"))
-        if epoch_prob is not None:  # num_epoch_dict (multi-task inputs have no replay)
-            self.task_prob = epoch_prob
-        if self.multi:
-            probs = dict(zip(self.task_names, np.round(self.task_prob, 4).tolist()))
-            log.info("task probabilities: %s", probs)
-        self.task_rng = np.random.default_rng(None if seed is None else [seed, 4231])
+        self._build_models(confs, links, fresh=resume is None and pre is None and not init_model)
+        self._attach_samplers()
+        self._task_choice(epoch_prob)
 
         self.start_step = 0
         if resume is None:
@@ -188,6 +150,56 @@ class Trainer:
             )
 
     # --- setup helpers ----------------------------------------------------------------------
+    def _setup_processes(self, device: str | None) -> None:
+        """Device, torchrun data parallelism (rank 0 alone logs) and the output folder."""
+        self.device = training_device(device)
+        self.dist = DistContext.from_env(self.device)
+        if self.dist.enabled and self.dist.is_main:
+            log.info(
+                "data parallel: %d processes, each with its slice of every global batch",
+                self.dist.world,
+            )
+        if not self.dist.is_main:  # warnings and errors still show
+            logging.getLogger("lamkit").setLevel(logging.WARNING)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def _build_models(self, confs: dict, links: list[SharedLink], fresh: bool) -> None:
+        """Every task's model (one multi-task model over them when there are several)."""
+        for t in self.tasks.values():
+            t.model = build_model(t.model_config).to(self.device)
+            t.model_config = t.model.config
+            t.loss.attach(t.model)  # the property loss reads the model's out_bias/out_std
+        self.links = links
+        if self.multi:
+            self.model = MultiTaskModel({n: t.model for n, t in self.tasks.items()}, links, False)
+            for task, k in case_embd_index(confs if fresh else {}).items():  # else: loaded
+                self.tasks[task].model.fitting.set_case_embd(k)
+        else:
+            self.model = self.tasks[DEFAULT].model
+        self.model_config = self._model_config()
+
+    def _task_choice(self, epoch_prob) -> None:
+        """Task probabilities (``model_prob``, or from ``num_epoch_dict``) and their RNG."""
+        self.task_names = list(self.tasks)
+        self.task_prob = task_probabilities(list(self.tasks.values()), self.tr.get("model_prob"))
+        if epoch_prob is not None:  # num_epoch_dict (multi-task inputs have no replay)
+            self.task_prob = epoch_prob
+        if self.multi:
+            probs = dict(zip(self.task_names, np.round(self.task_prob, 4).tolist()))
+            log.info("task probabilities: %s", probs)
+        seed = self.seed
+        self.task_rng = np.random.default_rng(None if seed is None else [seed, 4231])
+
+    def _attach_samplers(self) -> None:
+        for t in self.tasks.values():
+            attach_samplers(t, self.seed, self.dist.rank, self.dist.world)
+            log.info(
+                "%s", t.sampler.describe(f"training of {t.name}" if self.multi else "training")
+            )
+            if t.valid_sampler is not None:
+                log.info("%s", t.valid_sampler.describe("validation"))
+
     def _model_configs(self, resume, pre, model_branch, use_pretrain_script):
         """Per-task model configs, sharing links and fine-tuning rules."""
         if resume is not None:
@@ -227,7 +239,8 @@ class Trainer:
                 data_conf = tr["data_dict"][name]
                 loss_conf = (self.config.get("loss_dict") or {}).get(name)
             else:
-                data_conf = {k: tr[k] for k in ("training_data", "validation_data", "stat_file")}
+                names = ("training_data", "validation_data", "stat_file", "stat_file_mode")
+                data_conf = {k: tr[k] for k in names}
                 loss_conf = self.config.get("loss")
             tasks[name] = make_task(name, conf, data_conf, loss_conf, start_lr)
         return tasks
@@ -297,7 +310,7 @@ class Trainer:
     def _initial_weights(self, init_model, pre, rules) -> None:
         """Weights and statistics of a new run (computed on rank 0, broadcast later)."""
         if init_model:
-            self._init_from(init_model)
+            ft.init_from_model(self.model, init_model, self.multi)
             return
         if not self.dist.is_main:
             return
@@ -310,7 +323,7 @@ class Trainer:
                 continue
             t.model.cpu()
             stats[t.name] = set_model_statistics(
-                t.model, self._stat_batches(t), t.model_config, t.stat_file
+                t.model, self._stat_batches(t), t.model_config, t.stat_file, t.stat_file_mode
             )
             t.model.to(self.device)
         if self.multi:
@@ -328,34 +341,6 @@ class Trainer:
             protect = base.model_config.get("data_stat_protect", 1e-2)
             base.model.descriptor.set_stat(merged, protect)
             log.info("descriptor statistics merged over the tasks %s", group)
-
-    def _init_from(self, path: str):
-        obj = read_file(latest_checkpoint(path))
-        if self.multi:
-            if not (isinstance(obj, dict) and "model_dict" in obj.get("model_config", {})):
-                raise ConfigError(
-                    f"--init-model {path}: a multi-task run needs a multi-task "
-                    "lamkit checkpoint (use --finetune for other models)"
-                )
-            try:
-                self.model.load_state_dict(obj["model_state"])
-            except RuntimeError as exc:
-                raise ConfigError(f"--init-model {path}: the architecture differs ({exc})") from exc
-            return
-        src = model_from_payload(obj, str(path))
-        if src.type_map != self.model.type_map:
-            raise ConfigError(
-                f"--init-model {path}: its type_map {src.type_map} differs from "
-                f"the input's {self.model.type_map}"
-            )
-        try:
-            self.model.load_state_dict(src.state_dict())
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"--init-model {path}: the architecture differs from the input's "
-                f"model section ({exc})"
-            ) from exc
-        log.info("weights and statistics initialised from %s", path)
 
     def _restore(self, ck: dict):
         if ck.get("optimizer") is None:
@@ -465,10 +450,12 @@ class Trainer:
         loss.backward()
         self.dist.average_gradients(self.params)
         gmax = self.tr["gradient_max_norm"]
+        self.last_loss, self.last_norm = loss.detach(), None
         if gmax:
             norm = torch.nn.utils.clip_grad_norm_(self.params, gmax)
             if not torch.isfinite(norm):
                 raise FloatingPointError(f"step {step + 1}: the gradient norm is {norm}")
+            self.last_norm = norm
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -505,17 +492,12 @@ class Trainer:
     def run(self) -> Path | None:
         tr = self.tr
         main = self.dist.is_main
-        writer = (
-            LcurveWriter(
-                self.out / tr["disp_file"],
-                self.task_names if self.multi else None,
-                append=self.start_step > 0,
-            )
-            if main
-            else None
-        )
-        t_start = time.perf_counter()
-        t_disp = t_start
+        monitor = RunMonitor(tr, self.out, self.task_names, self.num_steps, main)
+        writer = None
+        if main and monitor.display:
+            names = self.task_names if self.multi else None
+            writer = LcurveWriter(self.out / tr["disp_file"], names, append=self.start_step > 0)
+        clock = ProgressClock(self.start_step, self.num_steps)
         step_times = []
         last_ckpt = None
         self.model.train()
@@ -524,19 +506,16 @@ class Trainer:
             task = self.choose_task()
             more = self.train_step(step, task)
             step_times.append(time.perf_counter() - t0)
-            if (step + 1) % tr["disp_freq"] == 0 or step == self.start_step:
-                lr = self.lr(step)
-                trn, val = {}, {}
-                for name in self.task_names:
-                    m = more if name == task else self.train_metrics(name, lr)
-                    trn[name] = self.dist.reduce_metrics(m)
-                    val[name] = self.validate(name, lr) if main else {}
-                if main:
-                    writer.write(step + 1, trn, val, lr)
-                    t_disp = self._log_progress(step, trn, val, lr, t_start, t_disp)
+            monitor.after_step(step, task, self.lr(step), self.last_loss, more, self.last_norm)
+            if monitor.display and ((step + 1) % tr["disp_freq"] == 0 or step == self.start_step):
+                self._display(step, task, more, monitor, writer, clock)
             if (step + 1) % tr["save_freq"] == 0 or step + 1 == self.num_steps:
                 if main:
                     last_ckpt = self._save(step + 1)
+        monitor.close()
+        if tr["change_bias_after_training"] and self.num_steps > self.start_step and main:
+            self._change_bias_after_training()
+            last_ckpt = self._save(self.num_steps)
         if self.num_steps == 0 and main:
             # as the reference: the model as built (e.g. fine-tuned: pretrained weights, refitted
             # bias) is saved as the step-0 checkpoint
@@ -549,17 +528,45 @@ class Trainer:
                 if len(step_times) > 4
                 else float(np.mean(step_times))
             )
-            log.info("average training time: %.4f s/step (first 2 steps excluded)", avg)
+            if monitor.timing:
+                log.info("average training time: %.4f s/step (first 2 steps excluded)", avg)
             self.avg_step_time = avg
         if main and writer is not None and writer.header_written:
             writer.plot()
         self.dist.barrier()
         return last_ckpt
 
+    def _display(self, step, task, more, monitor, writer, clock) -> None:
+        """Metrics of every task at a display step: lcurve.out and one log line."""
+        lr = self.lr(step)
+        trn, val = {}, {}
+        for name in self.task_names:
+            val[name] = self.validate(name, lr) if self.dist.is_main else {}
+            if monitor.average is not None:
+                m = monitor.average.mean(name, like=val[name])
+            else:
+                m = more if name == task else self.train_metrics(name, lr)
+            trn[name] = self.dist.reduce_metrics(m)
+        if monitor.average is not None:
+            monitor.average.reset()
+        if self.dist.is_main:
+            writer.write(step + 1, trn, val, lr)
+            log.info("%s", clock.line(step, self.task_names, trn, val, lr, monitor.timing))
+
+    @torch.no_grad()
+    def _change_bias_after_training(self) -> None:
+        """``change_bias_after_training``: every task's energy bias shifted by the least-squares
+        fit of its statistics frames' residuals (the reference's change-by-statistic)."""
+        for t in self.tasks.values():
+            ft.refit_bias(t, self._stat_batches(t), "change")
+
     def _save(self, step: int) -> Path:
         """The regular checkpoint of ``step`` and, with ``enable_ema``, the EMA one (the averaged
         weights, no optimizer state) next to it."""
-        path = save_checkpoint(self._payload(step), self.out, self.tr["save_ckpt"], step, self.keep)
+        store = self.tr["save_dir"]
+        path = save_checkpoint(
+            self._payload(step), self.out, self.tr["save_ckpt"], step, self.keep, store=store
+        )
         log.info("saved checkpoint %s", path)
         if self.ema is not None:
             with self.ema.applied(self.model):
@@ -567,38 +574,12 @@ class Trainer:
                 # .cpu() of a CPU tensor is the tensor itself: copy before the live weights return
                 payload["model_state"] = {k: v.clone() for k, v in payload["model_state"].items()}
             payload.update(optimizer=None, ema=None)
+            prefix = ema_prefix(self.tr["save_ckpt"])
             ema_path = save_checkpoint(
-                payload, self.out, ema_prefix(self.tr["save_ckpt"]), step, self.ema_keep, False
+                payload, self.out, prefix, step, self.ema_keep, False, store=store
             )
             log.info("saved EMA checkpoint %s", ema_path)
         return path
-
-    def _log_progress(self, step, trn, val, lr, t_start, t_disp) -> float:
-        now = time.perf_counter()
-        rate = (step + 1 - self.start_step) / (now - t_start)
-        eta = (self.num_steps - step - 1) / max(rate, 1e-12)
-        parts = []
-        for name in self.task_names:
-            head = f"[{name}] " if self.multi else ""
-            msg = ", ".join(f"{k} = {v:.2e}" for k, v in trn[name].items())
-            vmsg = ", ".join(f"{k} = {v:.2e}" for k, v in val[name].items())
-            parts.append(f"{head}trn {msg}" + (f" | val {vmsg}" if vmsg else ""))
-        log.info(
-            "step %d/%d: %s | lr %.2e | %.2f steps/s, %.1f s since last, ETA %s",
-            step + 1,
-            self.num_steps,
-            " || ".join(parts),
-            lr,
-            rate,
-            now - t_disp,
-            _hms(eta),
-        )
-        return now
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def train(config: dict, output=".", **kw) -> Path:

@@ -15,9 +15,6 @@ nested ``repinit`` (:class:`~.config.RepinitConfig`) and ``repformer``
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-
 import torch
 from torch import nn
 
@@ -25,7 +22,10 @@ from ... import keys
 from ...config.schema import normalize
 from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
+from ...nn.chunking import Chunking
+from ...nn.econf import econf_types
 from ...nn.mlp import Dense, make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import (
     DESCRIPTORS,
@@ -46,10 +46,7 @@ from .config import (
     RepformerConfig,
     RepinitConfig,
 )
-from .repformers import Repformers
-
-# lists given by compiled inference (DescrptDPA2.using_graph_inputs), by descriptor id
-_GIVEN_LISTS: ContextVar[dict | None] = ContextVar("lamkit_dpa2_given_lists", default=None)
+from .repformers import GhostExchange, Repformers
 
 REPINIT_DEFAULTS = RepinitConfig.defaults()
 REPFORMER_DEFAULTS = RepformerConfig.defaults()
@@ -97,15 +94,11 @@ class DescrptDPA2(EnvBlock, Descriptor):
     mixed_types = True
     has_rot_mat = True
 
-    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
+    def __init__(
+        self, ntypes: int, *args, where: str = "model/descriptor", type_map=None, **kwargs
+    ):
         super().__init__()
-        kwargs.pop("type_map", None)  # accepted, as the reference's; not needed here
         cfg = DPA2Config.of(*args, **kwargs)
-        if cfg.use_econf_tebd:
-            raise ConfigError(
-                f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
-                "supported; set it to false"
-            )
         ri = RepinitConfig.of(**normalize(cfg.repinit, REPINIT_ARGS, f"{where}/repinit"))
         rf = RepformerConfig.of(**normalize(cfg.repformer, REPFORMER_ARGS, f"{where}/repformer"))
         self.smooth = cfg.smooth
@@ -137,6 +130,7 @@ class DescrptDPA2(EnvBlock, Descriptor):
             self.dtype,
             make_generator(cfg.seed, 2),
             cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, type_map, ntypes, where),
         )
         g1_in = self._build_repinit(cfg, ri, tb_nsel, where)
         self._build_repformers(cfg, rf, rf_nsel, g1_in, where)
@@ -341,30 +335,41 @@ class DescrptDPA2(EnvBlock, Descriptor):
             out[name] = nl
         return out
 
-    @contextlib.contextmanager
-    def using_graph_inputs(self, inputs: dict[str, torch.Tensor]):
-        token = _GIVEN_LISTS.set({**(_GIVEN_LISTS.get() or {}), id(self): inputs})
-        try:
-            yield
-        finally:
-            _GIVEN_LISTS.reset(token)
+    def forward_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        return {keys.BLOCK_NLISTS: inputs}
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
+    def forward(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        mapping=None,
+        chunking: Chunking | None = None,
+        block_nlists: dict[str, torch.Tensor] | None = None,
+        ghost_exchange: GhostExchange | None = None,
+    ):
+        """``block_nlists``: each block's list by block name (repinit, three_body,
+        repformer; from :meth:`graph_inputs` or :meth:`sub_lists`), used as given instead of
+        cut from ``nlist``. ``chunking``: see :mod:`lamkit.nn.chunking`; ``ghost_exchange``:
+        see :meth:`Repformers.forward`."""
         nf, nloc, _ = nlist.shape
         ext_coord = ext_coord.to(self.dtype)
-        lists = (_GIVEN_LISTS.get() or {}).get(id(self))
+        lists = block_nlists
         if lists is None:
             lists = self.trimmed(self.sub_lists(ext_coord.detach(), ext_atype, nlist))
-        g1 = self.repinit(ext_coord, ext_atype, lists["repinit"])[keys.DESCRIPTOR]
+        g1 = self.repinit(ext_coord, ext_atype, lists["repinit"], chunking=chunking)
+        g1 = g1[keys.DESCRIPTOR]
         if self.repinit_three_body is not None:
-            g3 = self.repinit_three_body(ext_coord, ext_atype, lists["three_body"])
+            g3 = self.repinit_three_body(
+                ext_coord, ext_atype, lists["three_body"], chunking=chunking
+            )
             g1 = torch.cat([g1, g3[keys.DESCRIPTOR]], dim=-1)
         g1 = self.g1_shape_tranform(g1)
         tebd = self.type_embedding(ext_atype[:, :nloc])
         if self.tebd_transform is not None:
             g1 = g1 + self.tebd_transform(tebd)
         g1, g2, h2, rot_mat, sw = self.repformers(
-            ext_coord, ext_atype, lists["repformer"], g1, mapping
+            ext_coord, ext_atype, lists["repformer"], g1, mapping, chunking, ghost_exchange
         )
         if self.concat_output_tebd:
             g1 = torch.cat([g1, tebd], dim=-1)
@@ -415,3 +420,12 @@ class DescrptDPA2(EnvBlock, Descriptor):
             raise ValueError(f"dpa2 statistics lack the block(s) {missing}")
         for name, block in self._blocks().items():
             block.set_stat(stat[name], protection)
+
+    # --- declarations (lamkit.nn.params): DeePMD-kit names; the blocks declare their own ----
+    REF_NAMES = RefNames(
+        names=(
+            ("g1_shape_tranform.*", "g1_shape_tranform.*"),
+            ("tebd_transform.*", "tebd_transform.*"),
+        ),
+        bare=("repinit", "repinit_three_body"),  # DPA-1 / se_e3_tebd blocks, not descriptors
+    )

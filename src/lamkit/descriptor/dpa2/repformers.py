@@ -3,38 +3,21 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ...geometry.env import environment_matrix, gather_rows
-from ...nn.chunking import map_rows, row_bounds
+from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
+from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
 from ..env_block import EnvBlock
 from .config import RepformerConfig
 from .repformer_layer import PairContext, RepformerLayer, pair_moment
 
-# g1 [nf, nloc, g1_dim] -> g1 of all extended atoms [nf, nall, g1_dim]: set while tracing a
-# program for an MD engine that hands over the ghost atoms' features itself (DeePMD-kit's
-# comm_dict across MPI ranks, :mod:`lamkit.infer.export_pth_comm`) instead of a mapping
-_GHOST_EXCHANGE: ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = ContextVar(
-    "lamkit_repformer_ghost_exchange", default=None
-)
-
-
-@contextlib.contextmanager
-def ghost_exchange(fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Within the context, repformer layers get the ghost atoms' g1 from ``fn(g1)`` (local
-    g1 ``[nf, nloc, g1_dim]`` -> ``[nf, nall, g1_dim]``) rather than by gathering through
-    ``mapping``."""
-    token = _GHOST_EXCHANGE.set(fn)
-    try:
-        yield
-    finally:
-        _GHOST_EXCHANGE.reset(token)
+# g1 [nf, nloc, g1_dim] -> g1 of all extended atoms [nf, nall, g1_dim]
+GhostExchange = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Repformers(EnvBlock):
@@ -109,24 +92,39 @@ class Repformers(EnvBlock):
             g2, h2 = rr[..., :1], rr[..., 1:]
         return self.act(self.g2_embd(g2)), h2, sw, mask
 
-    def forward(self, ext_coord, ext_atype, nlist, g1, mapping):
+    def forward(
+        self,
+        ext_coord,
+        ext_atype,
+        nlist,
+        g1,
+        mapping,
+        chunking: Chunking | None = None,
+        ghost_exchange: GhostExchange | None = None,
+    ):
         """g1 [nf, nloc, g1_dim] (transformed repinit output) -> g1, g2, h2, rot_mat, sw.
 
-        In chunked evaluation (:mod:`lamkit.nn.chunking`) the pair features and each layer run
-        on slices of centre atoms; only g1, g2 and h2 of whole layers are kept between them.
+        In chunked evaluation (``chunking``, see :mod:`lamkit.nn.chunking`) the pair features
+        and each layer run on slices of centre atoms; only g1, g2 and h2 of whole layers are
+        kept between them. ``ghost_exchange``: the ghost atoms' g1 come from
+        ``ghost_exchange(g1)`` (local g1 ``[nf, nloc, g1_dim]`` -> ``[nf, nall, g1_dim]``)
+        rather than by gathering through ``mapping``: given while tracing a program for an MD
+        engine that hands over the ghost atoms' features itself (DeePMD-kit's comm_dict
+        across MPI ranks, :mod:`lamkit.infer.export_pth_comm`).
         """
         nf, nloc, _ = nlist.shape
-        bounds = row_bounds(nf, nloc)
+        bounds = row_bounds(nf, nloc, chunking)
         g2, h2, sw, mask = map_rows(
             lambda s, e, nl: self.pair_features(ext_coord, ext_atype, nl, s),
             nf,
             nloc,
             nlist,
             bounds=bounds,
+            chunking=chunking,
         )
         g1 = self.act(g1)
         nl = torch.where(mask, nlist, 0)
-        exchange = _GHOST_EXCHANGE.get()
+        exchange = ghost_exchange
         if mapping is None and exchange is None:
             if ext_coord.shape[1] != nloc:
                 raise ValueError("repformers need `mapping` when there are ghost atoms")
@@ -143,12 +141,14 @@ class Repformers(EnvBlock):
             if bounds is None:
                 g1, g2, h2 = layer(g1_ext, g2, h2, nl, ctx)
             else:
-                g1, g2, h2 = self._chunked_layer(layer, g1_ext, g2, h2, nl, ctx, bounds)
+                g1, g2, h2 = self._chunked_layer(
+                    layer, g1_ext, g2, h2, nl, ctx, bounds, chunking
+                )
         hg = pair_moment(g2, h2, ctx.wm)
         return g1, g2, h2, hg.transpose(-1, -2), sw
 
     @staticmethod
-    def _chunked_layer(layer, g1_ext, g2, h2, nl, ctx, bounds):
+    def _chunked_layer(layer, g1_ext, g2, h2, nl, ctx, bounds, chunking):
         """One layer on slices of centre atoms (message passing reads every atom's g1 from
         ``g1_ext``, so a slice needs only its own pair rows)."""
         nf, nloc = nl.shape[:2]
@@ -162,8 +162,22 @@ class Repformers(EnvBlock):
                 None if h2_new is h2_rows else h2_new,
             )
 
-        g1_new, g2_new, h2_new = map_rows(rows, nf, nloc, g2, h2, nl, bounds=bounds)
+        g1_new, g2_new, h2_new = map_rows(
+            rows, nf, nloc, g2, h2, nl, bounds=bounds, chunking=chunking
+        )
         return g1_new, g2 if g2_new is None else g2_new, h2 if h2_new is None else h2_new
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    # every name is the reference's but the g2 layer norm's scale
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("layers.*.attn2_lm.weight", "layers.*.attn2_lm.matrix"),
+            ("g2_embd.**", "g2_embd.**"),
+            ("layers.**", "layers.**"),
+        ),
+    )
 
 
 def _no_ghosts(g1: torch.Tensor) -> torch.Tensor:

@@ -108,13 +108,3 @@ def check_repflow(rf: dict, where: str) -> None:
 
 def check_dpa3(conf: dict, where: str) -> None:
     """Refuse the top-level DPA-3 options lamkit does not implement."""
-    if conf.get("use_econf_tebd"):
-        raise ConfigError(
-            f"{where}/use_econf_tebd: electronic-configuration type embeddings are not "
-            "supported; set it to false"
-        )
-    if conf.get("add_chg_spin_ebd") or conf.get("default_chg_spin") is not None:
-        raise ConfigError(
-            f"{where}/add_chg_spin_ebd: charge/spin embeddings (add_chg_spin_ebd, "
-            "default_chg_spin) are not supported; leave them out"
-        )

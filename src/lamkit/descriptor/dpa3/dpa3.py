@@ -15,10 +15,13 @@ import torch
 from ... import keys
 from ...config.schema import normalize
 from ...errors import ConfigError
+from ...nn.econf import econf_types
 from ...nn.mlp import make_generator, to_dtype
+from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
 from ..env_block import EnvBlock, check_count
+from .charge_spin import ChargeSpinEmbedding
 from .config import (
     DPA3_ARGS,
     REPFLOW_ARGS,
@@ -37,9 +40,10 @@ class DescrptDPA3(EnvBlock, Descriptor):
     has_rot_mat = True
     set_davg_zero = True
 
-    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
+    def __init__(
+        self, ntypes: int, *args, where: str = "model/descriptor", type_map=None, **kwargs
+    ):
         super().__init__()
-        kwargs.pop("type_map", None)  # accepted, as the reference's; not needed here
         cfg = DPA3Config.of(*args, **kwargs)
         check_dpa3(cfg.as_dict(), where)
         rf = RepflowConfig.of(**normalize(cfg.repflow, REPFLOW_ARGS, f"{where}/repflow"))
@@ -73,7 +77,9 @@ class DescrptDPA3(EnvBlock, Descriptor):
             self.dtype,
             make_generator(cfg.seed, 2),
             cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, type_map, ntypes, where),
         )
+        self.charge_spin = self._charge_spin(cfg, where)
         self.repflows = Repflows(
             ntypes,
             rf,
@@ -91,6 +97,17 @@ class DescrptDPA3(EnvBlock, Descriptor):
         if not cfg.trainable:
             for p in self.parameters():
                 p.requires_grad_(False)
+
+    def _charge_spin(self, cfg: DPA3Config, where: str) -> ChargeSpinEmbedding | None:
+        """The frame charge/spin embedding added to the type embedding (``add_chg_spin_ebd``)."""
+        if not cfg.add_chg_spin_ebd:
+            if cfg.default_chg_spin is not None:
+                raise ConfigError(f"{where}/default_chg_spin: needs add_chg_spin_ebd: true")
+            return None
+        gens = [make_generator(cfg.seed, k) for k in (3, 4, 5)]
+        return ChargeSpinEmbedding(
+            self.tebd_dim, cfg.activation_function, cfg.default_chg_spin, self.dtype, gens, where
+        )
 
     @classmethod
     def normalize_config(cls, config: dict, path: str = "model/descriptor") -> dict:
@@ -118,12 +135,17 @@ class DescrptDPA3(EnvBlock, Descriptor):
         )
         return nlist if emask is None else torch.where(emask, nlist, -1)
 
-    def forward(self, ext_coord, ext_atype, nlist, mapping=None):
-        nloc = nlist.shape[1]
+    def forward(self, ext_coord, ext_atype, nlist, mapping=None, chunking=None, charge_spin=None):
+        """``charge_spin`` [nf, 2]: each frame's charge and spin (``add_chg_spin_ebd``)."""
+        nf, nloc = nlist.shape[:2]
         ext_coord = ext_coord.to(self.dtype)
         nlist = self._list(ext_coord.detach(), ext_atype, nlist)
         tebd = self.type_embedding(ext_atype[:, :nloc])
-        node, edge, h2, rot_mat, sw = self.repflows(ext_coord, ext_atype, nlist, tebd, mapping)
+        if self.charge_spin is not None:
+            tebd = tebd + self.charge_spin(charge_spin, nf)
+        node, edge, h2, rot_mat, sw = self.repflows(
+            ext_coord, ext_atype, nlist, tebd, mapping, chunking
+        )
         if self.concat_output_tebd:
             node = torch.cat([node, tebd], dim=-1)
         return {keys.DESCRIPTOR: node, "rot_mat": rot_mat, "g2": edge, "h2": h2, "sw": sw}
@@ -157,3 +179,11 @@ class DescrptDPA3(EnvBlock, Descriptor):
             return
         _, dstd = stat.davg_dstd(protection, True)
         self.repflows.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+
+    # --- declarations (lamkit.nn.params): the type embedding and repflows declare theirs ---
+    REF_NAMES = RefNames(children=(("charge_spin", ""),))
+
+    @property
+    def frame_inputs(self) -> tuple[str, ...]:
+        """Per-frame inputs besides the geometry (``charge_spin``, [nf, 2])."""
+        return () if self.charge_spin is None else ("charge_spin",)

@@ -185,15 +185,16 @@ class RepFlowLayer(nn.Module):
             else:
                 node_a = self.a_compress_n_linear(node)
                 edge_a = self.a_compress_e_linear(edge)
-        edge_a = torch.where(a_mask.unsqueeze(-1), edge_a[:, :, : self.a_sel], 0.0)
+        a_width = a_mask.shape[-1]  # a_sel, or fewer when empty slots were trimmed
+        edge_a = torch.where(a_mask.unsqueeze(-1), edge_a[:, :, :a_width], 0.0)
 
         upd = self.act(self._angle_linear(self.edge_angle_linear1, angle, node_a, edge_a))
         weight = (a_sw.unsqueeze(-1) * a_sw.unsqueeze(-2)).unsqueeze(-1)
         reduced = (weight * upd).sum(dim=-2) / self.a_norm**0.5
         nf, _, nnei, _ = edge.shape
-        padded = torch.cat([reduced, reduced.new_zeros(nf, nloc, nnei - self.a_sel, self.e_dim)], 2)
+        padded = torch.cat([reduced, reduced.new_zeros(nf, nloc, nnei - a_width, self.e_dim)], 2)
         if not self.smooth_edge_update:
-            full = torch.cat([a_mask, a_mask.new_zeros(nf, nloc, nnei - self.a_sel)], dim=-1)
+            full = torch.cat([a_mask, a_mask.new_zeros(nf, nloc, nnei - a_width)], dim=-1)
             padded = torch.where(full.unsqueeze(-1), padded, edge)
         e_updates.append(self.act(self.edge_angle_linear2(padded)))
         edge_new = self._combine(e_updates, self.e_residual)

@@ -9,10 +9,12 @@ import math
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ...geometry.env import gather_rows, smooth_switch
-from ...nn.chunking import map_rows, row_bounds
+from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
+from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
 from ..env_block import EnvBlock
 from .config import RepflowConfig
 from .repflow_layer import RepFlowLayer, pair_moment
@@ -111,9 +113,31 @@ class Repflows(EnvBlock):
             for i in range(cfg.nlayers)
         )
 
-    def inputs(self, ext_coord, ext_atype, nlist, start: int = 0):
+    def widths(self, ext_coord, nlist) -> tuple[torch.Tensor, int]:
+        """The edge list without its trailing empty slots, and the angle slots to keep.
+
+        Slots past the last neighbour of every row carry nothing (zero switch, zero mask, and
+        the normalisations use the configured ``e_sel``/``a_sel``), so dropping them changes no
+        number and saves the memory of large ``sel`` (the OpenLAM models' 1200/300 edge/angle
+        slots with ``use_dynamic_sel``). Eager evaluation only: traced and compiled graphs keep
+        the full, static widths."""
+        a_width = min(self.a_sel, nlist.shape[-1])
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or get_proxy_mode():
+            return nlist, a_width
+        with torch.no_grad():
+            slot = torch.arange(1, nlist.shape[-1] + 1, device=nlist.device)
+            width = max(1, int(torch.where(nlist >= 0, slot, 0).max()))
+            nlist = nlist[..., :width]
+            a_nl = nlist[..., : self.a_sel]
+            idx = torch.where(a_nl >= 0, a_nl, 0)
+            d = gather_rows(ext_coord, idx) - ext_coord[:, : nlist.shape[1]].unsqueeze(2)
+            inside = (a_nl >= 0) & (d.norm(dim=-1) < self.a_rcut)
+            a_width = max(1, int(torch.where(inside, slot[: a_nl.shape[-1]], 0).max()))
+        return nlist, a_width
+
+    def inputs(self, ext_coord, ext_atype, nlist, start: int = 0, a_width: int | None = None):
         """Initial edge/angle features and the pair data every layer uses, of centre atoms
-        ``start : start + nlist.shape[1]``."""
+        ``start : start + nlist.shape[1]`` (angles over the first ``a_width`` edge slots)."""
         rows = nlist.shape[1]
         prot, use_exp = self.env_protection, self.use_exp_switch
         env, diff, sw = env_matrix(
@@ -121,9 +145,10 @@ class Repflows(EnvBlock):
         )
         rr = self.normalize_env(env, ext_atype[:, start : start + rows])
         # angles: the first a_sel edge slots within a_rcut
-        a_nlist = nlist[..., : self.a_sel]
+        a_width = min(self.a_sel, nlist.shape[-1]) if a_width is None else a_width
+        a_nlist = nlist[..., :a_width]
         a_nlist = torch.where(
-            safe_norm(diff[..., : self.a_sel, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
+            safe_norm(diff[..., :a_width, :]).squeeze(-1) < self.a_rcut, a_nlist, -1
         )
         _, a_diff, a_sw = env_matrix(
             ext_coord, a_nlist, self.a_rcut, self.a_rcut_smth, prot, use_exp, start
@@ -137,16 +162,21 @@ class Repflows(EnvBlock):
             edge = self.act(self.edge_embd(rr[..., :1]))
         return edge, rr[..., 1:], angle, sw, a_nlist >= 0, a_sw
 
-    def forward(self, ext_coord, ext_atype, nlist, node, mapping):
-        """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw."""
+    def forward(
+        self, ext_coord, ext_atype, nlist, node, mapping, chunking: Chunking | None = None
+    ):
+        """node [nf, nloc, n_dim] (the type embedding) -> node, edge, h2, rot_mat, sw;
+        ``chunking``: see :mod:`lamkit.nn.chunking`."""
         nf, nloc, _ = nlist.shape
-        bounds = row_bounds(nf, nloc)
+        nlist, a_width = self.widths(ext_coord.detach(), nlist)
+        bounds = row_bounds(nf, nloc, chunking)
         edge, h2, angle, sw, a_mask, a_sw = map_rows(
-            lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s),
+            lambda s, e, nl: self.inputs(ext_coord, ext_atype, nl, s, a_width),
             nf,
             nloc,
             nlist,
             bounds=bounds,
+            chunking=chunking,
         )
         nl = torch.where(nlist >= 0, nlist, 0)
         if mapping is None:
@@ -172,6 +202,7 @@ class Repflows(EnvBlock):
                     a_mask,
                     a_sw,
                     bounds=bounds,
+                    chunking=chunking,
                 )
         hg = pair_moment(edge, h2, sw, self.e_norm**-0.5)
         return node, edge, h2, hg.transpose(-1, -2), sw
@@ -179,3 +210,14 @@ class Repflows(EnvBlock):
     @staticmethod
     def _layer_rows(layer, node, start, stop, edge, h2, angle, nl, sw, a_mask, a_sw):
         return layer(node, edge, h2, angle, nl, sw, a_mask, a_sw, start)
+
+    # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
+    TYPE_ROWS = STAT_ROWS
+    REF_NAMES = RefNames(
+        names=(
+            *STAT_NAMES,
+            ("edge_embd.**", "edge_embd.**"),
+            ("angle_embd.**", "angle_embd.**"),
+            ("layers.**", "layers.**"),
+        ),
+    )
