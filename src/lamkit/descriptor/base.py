@@ -16,7 +16,6 @@ import inspect
 import torch
 from torch import nn
 
-from .. import keys
 from ..config.schema import Arg, normalize
 from ..errors import ConfigError
 from ..registry import Registry
@@ -68,7 +67,10 @@ def env_stat_id(
 
 
 class Descriptor(nn.Module):
-    """Base class: subclasses set ``ARGS`` (their config spec) and implement ``forward``."""
+    """Base class: subclasses set ``ARGS`` (their config spec, derived from a typed
+    :class:`~lamkit.descriptor.block_config.BlockConfig`) and implement ``forward``; those built
+    on the environment matrix also derive from :class:`~lamkit.descriptor.env_block.EnvBlock`.
+    Constructors take ``ntypes``, the config's keys and ``where`` (the config's key path)."""
 
     ARGS: tuple[Arg, ...] = ()
     rcut: float
@@ -109,35 +111,15 @@ class Descriptor(nn.Module):
         :meth:`graph_inputs`), which it then takes instead of deriving them."""
         return {}
 
-    @torch.no_grad()
     def env_stat(self, samples):
-        """Un-normalised environment-matrix statistics (an ``EnvStat``: per centre type, every
-        slot, excluded pairs zeroed) over an iterable of dicts holding EXT_COORD, EXT_ATYPE and
-        NLIST built for this descriptor. Uses ``rcut``, ``rcut_smth``, ``env_protection``,
-        ``exclude_types``, ``ntypes`` and ``dtype``; blocks with other needs override it."""
-        from ..geometry.env import environment_matrix
-        from .env_stat import EnvStat
+        """Un-normalised environment-matrix statistics over an iterable of dicts holding
+        EXT_COORD, EXT_ATYPE and NLIST built for this descriptor: an ``EnvStat``, or a dict of
+        them (one per block). See :class:`lamkit.descriptor.env_block.EnvBlock`."""
+        raise NotImplementedError
 
-        stat = EnvStat(self.ntypes)
-        for s in samples:
-            ext_coord, ext_atype, nlist = s[keys.EXT_COORD], s[keys.EXT_ATYPE], s[keys.NLIST]
-            env, _, _, _ = environment_matrix(
-                ext_coord.to(self.dtype), nlist, self.rcut, self.rcut_smth, self.env_protection
-            )
-            atype = ext_atype[:, : nlist.shape[1]]
-            emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
-            if emask is not None:
-                env = env * emask.unsqueeze(-1).to(env.dtype)
-            stat.add(env, atype)
-        return stat
-
-    @torch.no_grad()
     def set_stat(self, stat, protection: float = 1e-2) -> None:
-        """Set the ``davg``/``dstd`` buffers from ``env_stat``'s result (descriptors whose
-        ``env_stat`` returns a dict of per-block ``EnvStat`` take that dict here)."""
-        davg, dstd = stat.davg_dstd(protection, self.set_davg_zero)
-        self.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
-        self.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
+        """Set the ``davg``/``dstd`` buffers from ``env_stat``'s result."""
+        raise NotImplementedError
 
     def share_type_embedding(self, tebd: nn.Module) -> None:
         """Use ``tebd`` (another descriptor's type embedding) as this one's: multi-task sharing
@@ -152,22 +134,26 @@ class Descriptor(nn.Module):
     def stat_id(self) -> str | dict[str, str]:
         """What the statistics depend on, for the stat-file cache: one string, or one per block
         (the same keys as ``env_stat``'s dict) for descriptors with several blocks."""
-        return env_stat_id(
-            self.rcut,
-            self.rcut_smth,
-            self.sel,
-            self.mixed_types,
-            getattr(self, "exclude_types", ()),
-            getattr(self, "env_protection", 0.0),
-        )
+        raise NotImplementedError
 
 
-def build_descriptor(config: dict, type_map: list[str]) -> Descriptor:
-    """Descriptor from a (DeePMD-kit style) config dict with a ``type`` key."""
+def _takes_type_map(cls) -> bool:
+    """Whether ``cls`` takes the element names ``type_map`` (a constructor argument or a key
+    of its typed config)."""
+    if "type_map" in inspect.signature(cls.__init__).parameters:
+        return True
+    return any(a.name == "type_map" for a in getattr(cls, "ARGS", ()))
+
+
+def build_descriptor(
+    config: dict, type_map: list[str], path: str = "model/descriptor"
+) -> Descriptor:
+    """Descriptor from a (DeePMD-kit style) config dict with a ``type`` key; ``path`` is where
+    the config sits (it prefixes every error message)."""
     cls = DESCRIPTORS.get(config.get("type", "se_e2_a"))
-    conf = cls.normalize_config(config)
+    conf = cls.normalize_config(config, path)
     conf.pop("type", None)
     kwargs = {k: v for k, v in conf.items() if not k.startswith("_")}
-    if "type_map" in inspect.signature(cls.__init__).parameters and not kwargs.get("type_map"):
+    if _takes_type_map(cls) and not kwargs.get("type_map"):
         kwargs["type_map"] = list(type_map)  # element names (e.g. use_econf_tebd)
-    return cls(ntypes=len(type_map), **kwargs)
+    return cls(ntypes=len(type_map), where=path, **kwargs)

@@ -18,12 +18,14 @@ which atom comes first and on atoms beyond the cutoff. We keep this for parity.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import keys
-from ..config.schema import REQUIRED, Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows, row_bounds
@@ -31,7 +33,9 @@ from ..nn.econf import econf_types
 from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
-from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor
+from .block_config import REQUIRED, BlockConfig, arg, derive_config
+from .env_block import EnvBlock
 
 ATTN_SHIFT = 20.0  # smooth attention: logits of vanishing pairs are pulled to -20, not -inf
 
@@ -80,130 +84,124 @@ class GatedAttention(nn.Module):
         return self.norm(g + self.out_proj(torch.matmul(weight, v)))
 
 
-@DESCRIPTORS.register("dpa1", "se_atten")
-class DPA1(Descriptor):
-    ARGS = (
-        Arg("sel", (int, list, str), REQUIRED, doc="neighbour slots (one number), or 'auto'"),
-        Arg("rcut", (float,), 6.0),
-        Arg("rcut_smth", (float,), 0.5),
-        Arg("neuron", (list,), [10, 20, 40]),
-        Arg("axis_neuron", (int,), 4, aliases=("n_axis_neuron",)),
-        Arg("lmax", (int, type(None)), None, doc="only 1 (the classic DPA-1) is supported"),
-        Arg("activation_function", (str,), "tanh"),
-        Arg("resnet_dt", (bool,), False),
-        Arg("type_one_side", (bool,), False),
-        Arg("precision", (str,), "default"),
-        Arg("trainable", (bool,), True),
-        Arg("seed", (int, type(None)), None),
-        Arg("exclude_types", (list,), []),
-        Arg("env_protection", (float,), 0.0),
-        Arg("attn", (int,), 128),
-        Arg("attn_layer", (int,), 2),
-        Arg("attn_dotr", (bool,), True),
-        Arg("attn_mask", (bool,), False),
-        Arg("stripped_type_embedding", (bool, type(None)), None, doc="deprecated: True = strip"),
-        Arg("smooth_type_embedding", (bool,), False, aliases=("smooth_type_embdding",)),
-        Arg("set_davg_zero", (bool,), True),
-        Arg("trainable_ln", (bool,), True),
-        Arg("ln_eps", (float, type(None)), None),
-        Arg("tebd_dim", (int,), 8),
-        Arg("use_econf_tebd", (bool,), False),
-        Arg("use_tebd_bias", (bool,), False),
-        Arg("tebd_input_mode", (str,), "concat", choices=("concat", "strip")),
-        Arg("scaling_factor", (float,), 1.0),
-        Arg("normalize", (bool,), True),
-        Arg("temperature", (float, type(None)), None),
-        Arg("concat_output_tebd", (bool,), True),
-        Arg("type_map", (list, type(None)), None),
+@dataclass(frozen=True)
+class DPA1Config(BlockConfig):
+    """dpa1 / se_atten's keys and defaults (DeePMD-kit's argcheck)."""
+
+    sel: Any = arg(REQUIRED, (int, list, str), doc="neighbour slots (one number), or 'auto'")
+    rcut: float = arg(6.0, (float,))
+    rcut_smth: float = arg(0.5, (float,))
+    neuron: list = arg([10, 20, 40], (list,))
+    axis_neuron: int = arg(4, (int,), aliases=("n_axis_neuron",))
+    lmax: int | None = arg(None, (int, type(None)), doc="only 1 (the classic DPA-1) is supported")
+    activation_function: str = arg("tanh", (str,))
+    resnet_dt: bool = arg(False, (bool,))
+    type_one_side: bool = arg(False, (bool,))
+    precision: str = arg("default", (str,))
+    trainable: bool = arg(True, (bool,))
+    seed: int | None = arg(None, (int, type(None)))
+    exclude_types: list = arg([], (list,))
+    env_protection: float = arg(0.0, (float,))
+    attn: int = arg(128, (int,))
+    attn_layer: int = arg(2, (int,))
+    attn_dotr: bool = arg(True, (bool,))
+    attn_mask: bool = arg(False, (bool,))
+    stripped_type_embedding: bool | None = arg(
+        None, (bool, type(None)), doc="deprecated: True = strip"
     )
+    smooth_type_embedding: bool = arg(False, (bool,), aliases=("smooth_type_embdding",))
+    set_davg_zero: bool = arg(True, (bool,))
+    trainable_ln: bool = arg(True, (bool,))
+    ln_eps: float | None = arg(None, (float, type(None)))
+    tebd_dim: int = arg(8, (int,))
+    use_econf_tebd: bool = arg(False, (bool,))
+    use_tebd_bias: bool = arg(False, (bool,))
+    tebd_input_mode: str = arg("concat", (str,), choices=("concat", "strip"))
+    scaling_factor: float = arg(1.0, (float,))
+    normalize: bool = arg(True, (bool,))
+    temperature: float | None = arg(None, (float, type(None)))
+    concat_output_tebd: bool = arg(True, (bool,))
+    type_map: list | None = arg(None, (list, type(None)))
+
+
+def _input_mode(cfg: DPA1Config, where: str) -> str:
+    """``tebd_input_mode`` after the deprecated ``stripped_type_embedding``; refuses what
+    lamkit does not implement."""
+    if cfg.lmax not in (None, 1):
+        raise ConfigError(f"{where}/lmax: only lmax 1 is supported, got {cfg.lmax}")
+    if cfg.attn_mask:
+        raise ConfigError(f"{where}/attn_mask: must be false (as in DeePMD-kit)")
+    mode = cfg.tebd_input_mode
+    if cfg.stripped_type_embedding is not None:
+        mode = "strip" if cfg.stripped_type_embedding else "concat"
+    if mode not in ("concat", "strip"):
+        raise ConfigError(f"{where}/tebd_input_mode: 'concat' or 'strip', got '{mode}'")
+    return mode
+
+
+@DESCRIPTORS.register("dpa1", "se_atten")
+class DPA1(EnvBlock, Descriptor):
+    Config = DPA1Config
+    ARGS = DPA1Config.args()
     mixed_types = True
     has_rot_mat = True
 
-    def __init__(
-        self,
-        ntypes: int,
-        sel,
-        rcut=6.0,
-        rcut_smth=0.5,
-        neuron=(10, 20, 40),
-        axis_neuron=4,
-        lmax=None,
-        activation_function="tanh",
-        resnet_dt=False,
-        type_one_side=False,
-        precision="default",
-        trainable=True,
-        seed=None,
-        exclude_types=(),
-        env_protection=0.0,
-        attn=128,
-        attn_layer=2,
-        attn_dotr=True,
-        attn_mask=False,
-        stripped_type_embedding=None,
-        smooth_type_embedding=False,
-        set_davg_zero=True,
-        trainable_ln=True,
-        ln_eps=None,
-        tebd_dim=8,
-        use_econf_tebd=False,
-        use_tebd_bias=False,
-        tebd_input_mode="concat",
-        scaling_factor=1.0,
-        normalize=True,
-        temperature=None,
-        concat_output_tebd=True,
-        type_map=None,
-    ):
+    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
-        where = "model/descriptor"
-        if isinstance(sel, str):
-            raise ValueError("sel must be resolved to a number before building dpa1")
-        if lmax not in (None, 1):
-            raise ConfigError(f"{where}/lmax: only lmax 1 is supported, got {lmax}")
-        if attn_mask:
-            raise ConfigError(f"{where}/attn_mask: must be false (as in DeePMD-kit)")
-        if stripped_type_embedding is not None:
-            tebd_input_mode = "strip" if stripped_type_embedding else "concat"
-        if tebd_input_mode not in ("concat", "strip"):
-            raise ConfigError(
-                f"{where}/tebd_input_mode: 'concat' or 'strip', got '{tebd_input_mode}'"
-            )
-        self.ntypes = ntypes
-        self.nnei = int(sum(sel)) if isinstance(sel, (list, tuple)) else int(sel)
-        self.sel = [self.nnei]
-        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
-        self.neuron = list(neuron)
-        self.axis_neuron = int(axis_neuron)
-        self.type_one_side = type_one_side
-        self.tebd_input_mode = tebd_input_mode
-        self.smooth = smooth_type_embedding
-        self.concat_output_tebd = concat_output_tebd
-        self.set_davg_zero = set_davg_zero
-        self.env_protection = float(env_protection)
-        self.exclude_types = [tuple(p) for p in exclude_types]
-        self.tebd_dim = int(tebd_dim)
-        self.dtype = to_dtype(precision)
+        cfg = self.config_of(*args, **kwargs)
+        self.tebd_input_mode = _input_mode(cfg, where)
+        self.set_davg_zero = cfg.set_davg_zero
+        self.init_env(
+            ntypes,
+            cfg.rcut,
+            cfg.rcut_smth,
+            cfg.sel,
+            dtype=to_dtype(cfg.precision),
+            typed=False,
+            exclude_types=cfg.exclude_types,
+            env_protection=cfg.env_protection,
+            where=where,
+        )
+        self.neuron = list(cfg.neuron)
+        self.axis_neuron = int(cfg.axis_neuron)
+        self.type_one_side = cfg.type_one_side
+        self.smooth = cfg.smooth_type_embedding
+        self.concat_output_tebd = cfg.concat_output_tebd
+        self.tebd_dim = int(cfg.tebd_dim)
         self.dim_emb = self.neuron[-1]
         self.dim_out = self.dim_emb * self.axis_neuron + (
-            self.tebd_dim if concat_output_tebd else 0
+            self.tebd_dim if cfg.concat_output_tebd else 0
         )
+        self._build_nets(cfg, where)
+        # the reference's compressed type-pair table: always empty here (no compression), kept
+        # so that reference checkpoints map one to one
+        self.register_buffer("type_embd_data", torch.zeros(0, dtype=self.dtype))
+        if not cfg.trainable:
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+    @classmethod
+    def config_of(cls, *args, **kwargs) -> DPA1Config:
+        return DPA1Config.of(*args, **kwargs)
+
+    def _build_nets(self, cfg: DPA1Config, where: str) -> None:
+        """The type embedding, the pair embedding net(s) and the attention layers."""
 
         def gen(*salt):
-            return make_generator(seed, *salt)
+            return make_generator(cfg.seed, *salt)
 
         self.type_embedding = TypeEmbedNet(
-            ntypes,
+            self.ntypes,
             self.tebd_dim,
-            use_tebd_bias,
+            cfg.use_tebd_bias,
             self.dtype,
             gen(0),
-            trainable,
-            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
+            cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, cfg.type_map, self.ntypes, where),
         )
-        ntebd = self.tebd_dim if type_one_side else 2 * self.tebd_dim
-        act = activation_function
-        if tebd_input_mode == "concat":
+        ntebd = self.tebd_dim if cfg.type_one_side else 2 * self.tebd_dim
+        act, resnet_dt = cfg.activation_function, cfg.resnet_dt
+        if self.tebd_input_mode == "concat":
             self.embedding = EmbeddingNet(
                 1 + ntebd, self.neuron, act, resnet_dt, self.dtype, gen(1)
             )
@@ -216,27 +214,19 @@ class DPA1(Descriptor):
         self.attention = nn.ModuleList(
             GatedAttention(
                 self.dim_emb,
-                int(attn),
-                attn_dotr,
-                float(scaling_factor),
-                normalize,
-                temperature,
+                int(cfg.attn),
+                cfg.attn_dotr,
+                float(cfg.scaling_factor),
+                cfg.normalize,
+                cfg.temperature,
                 self.smooth,
-                1e-5 if ln_eps is None else float(ln_eps),
-                trainable_ln,
+                1e-5 if cfg.ln_eps is None else float(cfg.ln_eps),
+                cfg.trainable_ln,
                 self.dtype,
                 gen(3, layer),
             )
-            for layer in range(int(attn_layer))
+            for layer in range(int(cfg.attn_layer))
         )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=self.dtype))
-        # the reference's compressed type-pair table: always empty here (no compression), kept
-        # so that reference checkpoints map one to one
-        self.register_buffer("type_embd_data", torch.zeros(0, dtype=self.dtype))
-        if not trainable:
-            for p in self.parameters():
-                p.requires_grad_(False)
 
     # --- forward ------------------------------------------------------------------------------
     def _pair_embedding(self, rr0, table, ti, tj):
@@ -277,9 +267,8 @@ class DPA1(Descriptor):
             ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
         atype = ext_atype[:, start : start + nloc]
-        at = atype.clamp(min=0)
-        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
-        emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
+        rr = self.normalize_env(env, atype)
+        emask = self.exclude_mask(atype, ext_atype, nlist)
         if emask is not None:
             rr = rr * emask.unsqueeze(-1).to(rr.dtype)
             mask = mask & emask
@@ -320,7 +309,6 @@ class DPA1(Descriptor):
             out["sw"] = sw.reshape(nf, nloc, nnei)
         return out
 
-    # --- statistics ---------------------------------------------------------------------------
 
     # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
     TYPE_ROWS = STAT_ROWS
@@ -340,16 +328,23 @@ class DPA1(Descriptor):
     )
 
 
+SeAttenV2Config = derive_config(
+    DPA1Config,
+    "SeAttenV2Config",
+    drop=("tebd_input_mode", "smooth_type_embedding", "stripped_type_embedding"),
+    defaults={"set_davg_zero": False},
+)
+
+
 @DESCRIPTORS.register("se_atten_v2")
 class SeAttenV2(DPA1):
     """se_atten with ``tebd_input_mode="strip"`` and ``smooth_type_embedding`` forced on; its
     ``set_davg_zero`` defaults to False (DeePMD-kit's argcheck)."""
 
-    ARGS = tuple(
-        Arg("set_davg_zero", (bool,), False) if a.name == "set_davg_zero" else a
-        for a in DPA1.ARGS
-        if a.name not in ("tebd_input_mode", "smooth_type_embedding", "stripped_type_embedding")
-    )
+    Config = SeAttenV2Config
+    ARGS = SeAttenV2Config.args()
 
-    def __init__(self, ntypes: int, sel, **kwargs):
-        super().__init__(ntypes, sel, tebd_input_mode="strip", smooth_type_embedding=True, **kwargs)
+    @classmethod
+    def config_of(cls, *args, **kwargs) -> DPA1Config:
+        cfg = SeAttenV2Config.of(*args, **kwargs)
+        return DPA1Config(**cfg.as_dict(), tebd_input_mode="strip", smooth_type_embedding=True)

@@ -94,11 +94,18 @@ class DescrptHybrid(Descriptor):
     def neighbor_selections(cls, config: dict) -> list[tuple[tuple[str, ...], float]]:
         return []  # every count is explicit (normalize_config refuses "auto")
 
-    def __init__(self, ntypes: int, list: list[dict]):  # noqa: A002 - the reference's key
+    def __init__(
+        self,
+        ntypes: int,
+        list: list[dict],  # noqa: A002 - the reference's key
+        where: str = "model/descriptor",
+    ):
         super().__init__()
         type_map = [str(t) for t in range(ntypes)]  # sub-descriptors only need the count
         self.ntypes = ntypes
-        self.descrpt_list = nn.ModuleList([build_descriptor(c, type_map) for c in list])
+        self.descrpt_list = nn.ModuleList(
+            [build_descriptor(c, type_map, f"{where}/list/{i}") for i, c in enumerate(list)]
+        )
         descs = self.descrpt_list
         self.mixed_types = any(d.mixed_types for d in descs)
         self.rcut = max(d.rcut for d in descs)
@@ -106,7 +113,7 @@ class DescrptHybrid(Descriptor):
         protections = {float(getattr(d, "env_protection", 0.0)) for d in descs}
         if len(protections) > 1:
             raise ConfigError(
-                "model/descriptor/list: env_protection must be the same in every "
+                f"{where}/list: env_protection must be the same in every "
                 f"sub-descriptor, got {sorted(protections)}"
             )
         self.env_protection = protections.pop()

@@ -11,99 +11,86 @@ Empty slots are not zero after normalisation (``-davg/dstd``) and are kept, as i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 from .. import keys
-from ..config.schema import REQUIRED, Arg
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
-from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor
+from .block_config import REQUIRED, BlockConfig, arg
+from .env_block import EnvBlock
+
+
+@dataclass(frozen=True)
+class SeAConfig(BlockConfig):
+    """se_e2_a's keys and defaults (DeePMD-kit's argcheck)."""
+
+    sel: Any = arg(REQUIRED, (list, str), doc="neighbour slots per type, or 'auto[:ratio]'")
+    rcut: float = arg(6.0, (float,))
+    rcut_smth: float = arg(0.5, (float,))
+    neuron: list = arg([10, 20, 40], (list,))
+    axis_neuron: int = arg(4, (int,), aliases=("n_axis_neuron",))
+    activation_function: str = arg("tanh", (str,))
+    resnet_dt: bool = arg(False, (bool,))
+    type_one_side: bool = arg(False, (bool,))
+    precision: str = arg("default", (str,))
+    trainable: bool = arg(True, (bool,))
+    seed: int | None = arg(None, (int, type(None)))
+    exclude_types: list = arg([], (list,))
+    env_protection: float = arg(0.0, (float,))
+    set_davg_zero: bool = arg(False, (bool,))
 
 
 @DESCRIPTORS.register("se_e2_a", "se_a")
-class SeA(Descriptor):
-    ARGS = (
-        Arg("sel", (list, str), REQUIRED, doc="neighbour slots per type, or 'auto[:ratio]'"),
-        Arg("rcut", (float,), 6.0),
-        Arg("rcut_smth", (float,), 0.5),
-        Arg("neuron", (list,), [10, 20, 40]),
-        Arg("axis_neuron", (int,), 4, aliases=("n_axis_neuron",)),
-        Arg("activation_function", (str,), "tanh"),
-        Arg("resnet_dt", (bool,), False),
-        Arg("type_one_side", (bool,), False),
-        Arg("precision", (str,), "default"),
-        Arg("trainable", (bool,), True),
-        Arg("seed", (int, type(None)), None),
-        Arg("exclude_types", (list,), []),
-        Arg("env_protection", (float,), 0.0),
-        Arg("set_davg_zero", (bool,), False),
-    )
+class SeA(EnvBlock, Descriptor):
+    ARGS = SeAConfig.args()
     mixed_types = False
     has_rot_mat = True
 
-    def __init__(
-        self,
-        ntypes: int,
-        sel,
-        rcut=6.0,
-        rcut_smth=0.5,
-        neuron=(10, 20, 40),
-        axis_neuron=4,
-        activation_function="tanh",
-        resnet_dt=False,
-        type_one_side=False,
-        precision="default",
-        trainable=True,
-        seed=None,
-        exclude_types=(),
-        env_protection=0.0,
-        set_davg_zero=False,
-    ):
+    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
-        if isinstance(sel, str):
-            raise ValueError("sel must be resolved to a list before building se_e2_a")
-        if len(sel) != ntypes:
-            from ..errors import ConfigError
-
-            raise ConfigError(
-                f"model/descriptor/sel: se_e2_a needs one entry per type ({ntypes}), got {sel}"
-            )
-        self.ntypes = ntypes
-        self.sel = [int(s) for s in sel]
-        self.nnei = sum(self.sel)
+        cfg = SeAConfig.of(*args, **kwargs)
+        self.set_davg_zero = cfg.set_davg_zero
+        self.init_env(
+            ntypes,
+            cfg.rcut,
+            cfg.rcut_smth,
+            cfg.sel,
+            dtype=to_dtype(cfg.precision),
+            typed=True,
+            exclude_types=cfg.exclude_types,
+            env_protection=cfg.env_protection,
+            where=where,
+        )
         self.sections = [0]
         for s in self.sel:
             self.sections.append(self.sections[-1] + s)
-        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
-        self.neuron = list(neuron)
-        self.axis_neuron = int(axis_neuron)
-        self.type_one_side = type_one_side
-        self.set_davg_zero = set_davg_zero
-        self.env_protection = float(env_protection)
-        self.exclude_types = [tuple(p) for p in exclude_types]
-        self.dtype = to_dtype(precision)
+        self.neuron = list(cfg.neuron)
+        self.axis_neuron = int(cfg.axis_neuron)
+        self.type_one_side = cfg.type_one_side
         self.dim_emb = self.neuron[-1]
         self.dim_out = self.neuron[-1] * self.axis_neuron
-        n_nets = ntypes if type_one_side else ntypes * ntypes
+        n_nets = ntypes if cfg.type_one_side else ntypes * ntypes
         # net index: neighbour type tj (type_one_side) or centre ti + ntypes * tj (as the reference)
         self.embeddings = nn.ModuleList(
             EmbeddingNet(
                 1,
                 self.neuron,
-                activation_function,
-                resnet_dt,
+                cfg.activation_function,
+                cfg.resnet_dt,
                 self.dtype,
-                make_generator(seed, 0, k),
+                make_generator(cfg.seed, 0, k),
             )
             for k in range(n_nets)
         )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=self.dtype))
         for p in self.parameters():
-            p.requires_grad_(trainable)
+            p.requires_grad_(cfg.trainable)
 
     def normalized_env(self, ext_coord, ext_atype, nlist, start: int = 0):
         """``R~`` [nf, rows, nnei, 4] and the types [nf, rows] of the centre atoms
@@ -113,9 +100,8 @@ class SeA(Descriptor):
             ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
         atype = ext_atype[:, start : start + nloc]
-        at = atype.clamp(min=0)
-        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
-        emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
+        rr = self.normalize_env(env, atype)
+        emask = self.exclude_mask(atype, ext_atype, nlist)
         if emask is not None:
             rr = rr * emask.unsqueeze(-1).to(rr.dtype)
         return rr, atype

@@ -14,90 +14,78 @@ For centre atom i, ``R~`` [J, 4] the normalised environment matrix and ``r_j = R
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 from .. import keys
-from ..config.schema import Arg
-from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
-from .base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor
+from .block_config import BlockConfig, arg
+from .env_block import EnvBlock
+
+
+@dataclass(frozen=True)
+class SeTConfig(BlockConfig):
+    """se_e3's keys and defaults (DeePMD-kit's argcheck)."""
+
+    sel: Any = arg("auto", (list, str), doc="neighbour slots per type, or 'auto[:ratio]'")
+    rcut: float = arg(6.0, (float,))
+    rcut_smth: float = arg(0.5, (float,))
+    neuron: list = arg([10, 20, 40], (list,))
+    activation_function: str = arg("tanh", (str,))
+    resnet_dt: bool = arg(False, (bool,))
+    precision: str = arg("default", (str,))
+    trainable: bool = arg(True, (bool,))
+    seed: int | None = arg(None, (int, type(None)))
+    set_davg_zero: bool = arg(False, (bool,))
+    exclude_types: list = arg([], (list,))
+    env_protection: float = arg(0.0, (float,))
 
 
 @DESCRIPTORS.register("se_e3", "se_at", "se_a_3be", "se_t")
-class SeT(Descriptor):
-    ARGS = (
-        Arg("sel", (list, str), "auto", doc="neighbour slots per type, or 'auto[:ratio]'"),
-        Arg("rcut", (float,), 6.0),
-        Arg("rcut_smth", (float,), 0.5),
-        Arg("neuron", (list,), [10, 20, 40]),
-        Arg("activation_function", (str,), "tanh"),
-        Arg("resnet_dt", (bool,), False),
-        Arg("precision", (str,), "default"),
-        Arg("trainable", (bool,), True),
-        Arg("seed", (int, type(None)), None),
-        Arg("set_davg_zero", (bool,), False),
-        Arg("exclude_types", (list,), []),
-        Arg("env_protection", (float,), 0.0),
-    )
+class SeT(EnvBlock, Descriptor):
+    ARGS = SeTConfig.args()
     mixed_types = False
 
-    def __init__(
-        self,
-        ntypes: int,
-        sel,
-        rcut: float = 6.0,
-        rcut_smth: float = 0.5,
-        neuron=(10, 20, 40),
-        activation_function: str = "tanh",
-        resnet_dt: bool = False,
-        precision: str = "default",
-        trainable: bool = True,
-        seed: int | None = None,
-        set_davg_zero: bool = False,
-        exclude_types=(),
-        env_protection: float = 0.0,
-    ):
+    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
-        if isinstance(sel, str):
-            raise ValueError("sel must be resolved to a list before building se_e3")
-        if len(sel) != ntypes:
-            raise ConfigError(
-                f"model/descriptor/sel: se_e3 needs one entry per type ({ntypes}), got {sel}"
-            )
-        self.ntypes = ntypes
-        self.sel = [int(s) for s in sel]
-        self.nnei = sum(self.sel)
+        cfg = SeTConfig.of(*args, **kwargs)
+        self.set_davg_zero = cfg.set_davg_zero
+        self.init_env(
+            ntypes,
+            cfg.rcut,
+            cfg.rcut_smth,
+            cfg.sel,
+            dtype=to_dtype(cfg.precision),
+            typed=True,
+            exclude_types=cfg.exclude_types,
+            env_protection=cfg.env_protection,
+            where=where,
+        )
         self.sections = [0]
         for s in self.sel:
             self.sections.append(self.sections[-1] + s)
-        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
-        self.neuron = list(neuron)
-        self.set_davg_zero = set_davg_zero
-        self.env_protection = float(env_protection)
-        self.exclude_types = check_exclude_types(
-            exclude_types, ntypes, "model/descriptor/exclude_types"
-        )
-        self.dtype = to_dtype(precision)
+        self.neuron = list(cfg.neuron)
         self.dim_out = self.neuron[-1]
         self.embeddings = nn.ModuleList(
             EmbeddingNet(
                 1,
                 self.neuron,
-                activation_function,
-                resnet_dt,
+                cfg.activation_function,
+                cfg.resnet_dt,
                 self.dtype,
-                make_generator(seed, 0, k),
+                make_generator(cfg.seed, 0, k),
             )
             for k in range(ntypes * ntypes)
         )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=self.dtype))
         for p in self.parameters():
-            p.requires_grad_(trainable)
+            p.requires_grad_(cfg.trainable)
 
     def forward(
         self, ext_coord, ext_atype, nlist, mapping=None, chunking: Chunking | None = None
@@ -117,9 +105,8 @@ class SeT(Descriptor):
             ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
         atype = ext_atype[:, start : start + nloc]
-        at = atype.clamp(min=0)
-        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
-        emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
+        rr = self.normalize_env(env, atype)
+        emask = self.exclude_mask(atype, ext_atype, nlist)
         if emask is not None:
             rr = rr * emask.unsqueeze(-1).to(rr.dtype)
         vec = rr[..., 1:].reshape(nf * nloc, nnei, 3)

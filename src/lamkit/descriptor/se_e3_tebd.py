@@ -18,10 +18,12 @@ switch factors multiply theta, so ``G`` is never formed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from .. import keys
-from ..config.schema import Arg
 from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows
@@ -29,7 +31,9 @@ from ..nn.econf import econf_types
 from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
-from .base import DESCRIPTORS, Descriptor, pair_exclude_mask
+from .base import DESCRIPTORS, Descriptor
+from .block_config import BlockConfig, arg
+from .env_block import EnvBlock
 
 
 def _padded_types(atype: torch.Tensor, ntypes: int) -> torch.Tensor:
@@ -37,111 +41,91 @@ def _padded_types(atype: torch.Tensor, ntypes: int) -> torch.Tensor:
     return torch.where(atype >= 0, atype, ntypes)
 
 
+@dataclass(frozen=True)
+class SeE3TebdConfig(BlockConfig):
+    """se_e3_tebd's keys and defaults (DeePMD-kit's argcheck)."""
+
+    sel: Any = arg("auto", (int, list, str), doc="neighbour slots (all types), or 'auto[:ratio]'")
+    rcut: float = arg(6.0, (float,))
+    rcut_smth: float = arg(0.5, (float,))
+    neuron: list = arg([10, 20, 40], (list,))
+    tebd_dim: int = arg(8, (int,))
+    tebd_input_mode: str = arg("concat", (str,), choices=("concat", "strip"))
+    resnet_dt: bool = arg(False, (bool,))
+    set_davg_zero: bool = arg(True, (bool,))
+    activation_function: str = arg("tanh", (str,))
+    env_protection: float = arg(0.0, (float,))
+    smooth: bool = arg(True, (bool,))
+    exclude_types: list = arg([], (list,))
+    precision: str = arg("default", (str,))
+    trainable: bool = arg(True, (bool,))
+    seed: int | None = arg(None, (int, type(None)))
+    type_map: list | None = arg(None, (list, type(None)))
+    concat_output_tebd: bool = arg(True, (bool,))
+    use_econf_tebd: bool = arg(False, (bool,))
+    use_tebd_bias: bool = arg(True, (bool,))
+
+
 @DESCRIPTORS.register("se_e3_tebd")
-class SeE3Tebd(Descriptor):
-    ARGS = (
-        Arg("sel", (int, list, str), "auto", doc="neighbour slots (all types), or 'auto[:ratio]'"),
-        Arg("rcut", (float,), 6.0),
-        Arg("rcut_smth", (float,), 0.5),
-        Arg("neuron", (list,), [10, 20, 40]),
-        Arg("tebd_dim", (int,), 8),
-        Arg("tebd_input_mode", (str,), "concat", choices=("concat", "strip")),
-        Arg("resnet_dt", (bool,), False),
-        Arg("set_davg_zero", (bool,), True),
-        Arg("activation_function", (str,), "tanh"),
-        Arg("env_protection", (float,), 0.0),
-        Arg("smooth", (bool,), True),
-        Arg("exclude_types", (list,), []),
-        Arg("precision", (str,), "default"),
-        Arg("trainable", (bool,), True),
-        Arg("seed", (int, type(None)), None),
-        Arg("type_map", (list, type(None)), None),
-        Arg("concat_output_tebd", (bool,), True),
-        Arg("use_econf_tebd", (bool,), False),
-        Arg("use_tebd_bias", (bool,), True),
-    )
+class SeE3Tebd(EnvBlock, Descriptor):
+    ARGS = SeE3TebdConfig.args()
     mixed_types = True
 
-    def __init__(
-        self,
-        ntypes: int,
-        sel,
-        rcut=6.0,
-        rcut_smth=0.5,
-        neuron=(10, 20, 40),
-        tebd_dim=8,
-        tebd_input_mode="concat",
-        resnet_dt=False,
-        set_davg_zero=True,
-        activation_function="tanh",
-        env_protection=0.0,
-        smooth=True,
-        exclude_types=(),
-        precision="default",
-        trainable=True,
-        seed=None,
-        type_map=None,
-        concat_output_tebd=True,
-        use_econf_tebd=False,
-        use_tebd_bias=True,
-    ):
+    def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
-        where = "model/descriptor"
-        if isinstance(sel, str):
-            raise ValueError("sel must be resolved to a number before building se_e3_tebd")
-        if tebd_input_mode not in ("concat", "strip"):
+        cfg = SeE3TebdConfig.of(*args, **kwargs)
+        if cfg.tebd_input_mode not in ("concat", "strip"):
             raise ConfigError(
-                f"{where}/tebd_input_mode: expected 'concat' or 'strip', got {tebd_input_mode!r}"
+                f"{where}/tebd_input_mode: expected 'concat' or 'strip', "
+                f"got {cfg.tebd_input_mode!r}"
             )
-        self.ntypes = ntypes
-        self.nnei = int(sel) if isinstance(sel, int) else sum(int(s) for s in sel)
-        self.sel = [self.nnei]
-        self.rcut, self.rcut_smth = float(rcut), float(rcut_smth)
-        self.neuron = [int(n) for n in neuron]
-        self.tebd_dim = int(tebd_dim)
-        self.tebd_input_mode = tebd_input_mode
-        self.set_davg_zero = set_davg_zero
-        self.env_protection = float(env_protection)
-        self.smooth = smooth
-        self.exclude_types = [tuple(p) for p in exclude_types]
-        self.concat_output_tebd = concat_output_tebd
-        self.dtype = to_dtype(precision)
-        self.dim_emb = self.neuron[-1]
-        self.dim_out = self.neuron[-1] + (self.tebd_dim if concat_output_tebd else 0)
-
-        self.type_embedding = TypeEmbedNet(
+        self.set_davg_zero = cfg.set_davg_zero
+        self.init_env(
             ntypes,
-            self.tebd_dim,
-            use_tebd_bias,
-            self.dtype,
-            make_generator(seed, 2),
-            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
+            cfg.rcut,
+            cfg.rcut_smth,
+            cfg.sel,
+            dtype=to_dtype(cfg.precision),
+            typed=False,
+            exclude_types=cfg.exclude_types,
+            env_protection=cfg.env_protection,
+            where=where,
         )
-        n_in = 1 + 2 * self.tebd_dim if tebd_input_mode == "concat" else 1
-        self.embedding = EmbeddingNet(
-            n_in,
-            self.neuron,
-            activation_function,
-            resnet_dt,
-            self.dtype,
-            make_generator(seed, 1, 1),
-        )
-        self.embedding_strip = (
-            EmbeddingNet(
-                2 * self.tebd_dim,
-                self.neuron,
-                activation_function,
-                resnet_dt,
-                self.dtype,
-                make_generator(seed, 1, 2),
-            )
-            if tebd_input_mode == "strip"
-            else None
-        )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=self.dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=self.dtype))
+        self.neuron = [int(n) for n in cfg.neuron]
+        self.tebd_dim = int(cfg.tebd_dim)
+        self.tebd_input_mode = cfg.tebd_input_mode
+        self.smooth = cfg.smooth
+        self.concat_output_tebd = cfg.concat_output_tebd
+        self.dim_emb = self.neuron[-1]
+        self.dim_out = self.neuron[-1] + (self.tebd_dim if cfg.concat_output_tebd else 0)
+        self._build_nets(cfg, where)
         for p in self.parameters():
-            p.requires_grad_(trainable)
+            p.requires_grad_(cfg.trainable)
+
+    def _build_nets(self, cfg: SeE3TebdConfig, where: str) -> None:
+        """The type embedding and the angle embedding net(s)."""
+        self.type_embedding = TypeEmbedNet(
+            self.ntypes,
+            self.tebd_dim,
+            cfg.use_tebd_bias,
+            self.dtype,
+            make_generator(cfg.seed, 2),
+            econf_type_map=econf_types(cfg.use_econf_tebd, cfg.type_map, self.ntypes, where),
+        )
+        strip = cfg.tebd_input_mode == "strip"
+
+        def net(n_in, salt):
+            return EmbeddingNet(
+                n_in,
+                self.neuron,
+                cfg.activation_function,
+                cfg.resnet_dt,
+                self.dtype,
+                make_generator(cfg.seed, 1, salt),
+            )
+
+        self.embedding = net(1 if strip else 1 + 2 * self.tebd_dim, 1)
+        self.embedding_strip = net(2 * self.tebd_dim, 2) if strip else None
 
     # --- pieces -----------------------------------------------------------------------------
     def _angles(self, ext_coord, ext_atype, nlist, start: int = 0):
@@ -157,7 +141,7 @@ class SeE3Tebd(Descriptor):
         davg, dstd = self.davg[at, 1:].unsqueeze(2), self.dstd[at, 1:].unsqueeze(2)
         rr = (env[..., 1:] - davg) / dstd
         sw = sw.squeeze(-1)
-        emask = pair_exclude_mask(self.exclude_types, self.ntypes, atype, ext_atype, nlist)
+        emask = self.exclude_mask(atype, ext_atype, nlist)
         if emask is not None:
             keep = emask.to(rr.dtype)
             rr = rr * keep.unsqueeze(-1)
@@ -249,8 +233,6 @@ class SeE3Tebd(Descriptor):
             centre = table[_padded_types(ext_atype[:, start : start + nloc], self.ntypes)]
             desc = torch.cat([desc, centre], dim=-1)
         return desc
-
-    # --- statistics -------------------------------------------------------------------------
 
     # --- declarations (lamkit.nn.params): type-indexed tensors, DeePMD-kit names ----------
     TYPE_ROWS = STAT_ROWS

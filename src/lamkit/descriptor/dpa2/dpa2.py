@@ -8,9 +8,9 @@ three-body and repformer lists out of it (spec §2.2). Excluded type pairs (``ex
 removed from every list here (set to -1 in place), so the blocks never see them; their
 statistics are then those of the reference, where each block masks its own list.
 
-Config (``model/descriptor`` with ``type: "dpa2"``): the keys of :data:`DPA2_ARGS`, with the
-nested ``repinit`` (:data:`REPINIT_ARGS`) and ``repformer`` (:data:`REPFORMER_ARGS`) sections of
-DeePMD-kit's argcheck, defaults included.
+Config (``model/descriptor`` with ``type: "dpa2"``): :class:`~.config.DPA2Config`, with the
+nested ``repinit`` (:class:`~.config.RepinitConfig`) and ``repformer``
+(:class:`~.config.RepformerConfig`) sections of DeePMD-kit's argcheck, defaults included.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ... import keys
-from ...config.schema import REQUIRED, Arg, normalize
+from ...config.schema import normalize
 from ...errors import ConfigError
 from ...geometry.env import environment_matrix, gather_rows
 from ...nn.chunking import Chunking
@@ -35,92 +35,21 @@ from ..base import (
     pair_exclude_mask,
 )
 from ..dpa1 import DPA1
+from ..env_block import EnvBlock, check_env
 from ..env_stat import EnvStat
 from ..se_e3_tebd import SeE3Tebd
+from .config import (
+    DPA2_ARGS,
+    REPFORMER_ARGS,
+    REPINIT_ARGS,
+    DPA2Config,
+    RepformerConfig,
+    RepinitConfig,
+)
 from .repformers import GhostExchange, Repformers
 
-_NSEL_DOC = "neighbour slots (one number, all types), or 'auto' / 'auto:factor'"
-
-REPINIT_ARGS = (
-    Arg("rcut", (float,), REQUIRED, doc="cutoff radius (Å) of repinit, also the model's"),
-    Arg("rcut_smth", (float,), REQUIRED, doc="where the switching function starts (Å)"),
-    Arg("nsel", (int, str), REQUIRED, doc=_NSEL_DOC),
-    Arg("neuron", (list,), [25, 50, 100]),
-    Arg("axis_neuron", (int,), 16),
-    Arg("tebd_dim", (int,), 8),
-    Arg("tebd_input_mode", (str,), "concat", choices=("concat", "strip")),
-    Arg("set_davg_zero", (bool,), True),
-    Arg("activation_function", (str,), "tanh"),
-    Arg("type_one_side", (bool,), False),
-    Arg("resnet_dt", (bool,), False),
-    Arg("use_three_body", (bool,), False),
-    Arg("three_body_neuron", (list,), [2, 4, 8]),
-    Arg("three_body_rcut", (float,), 4.0),
-    Arg("three_body_rcut_smth", (float,), 0.5),
-    Arg("three_body_sel", (int, str), 40, doc=_NSEL_DOC),
-)
-REPFORMER_ARGS = (
-    Arg("rcut", (float,), REQUIRED, doc="cutoff radius (Å) of the repformer layers"),
-    Arg("rcut_smth", (float,), REQUIRED, doc="where the switching function starts (Å)"),
-    Arg("nsel", (int, str), REQUIRED, doc=_NSEL_DOC),
-    Arg("nlayers", (int,), 3),
-    Arg("g1_dim", (int,), 128),
-    Arg("g2_dim", (int,), 16),
-    Arg("axis_neuron", (int,), 4),
-    Arg("direct_dist", (bool,), False),
-    Arg("update_g1_has_conv", (bool,), True),
-    Arg("update_g1_has_drrd", (bool,), True),
-    Arg("update_g1_has_grrg", (bool,), True),
-    Arg("update_g1_has_attn", (bool,), True),
-    Arg("update_g2_has_g1g1", (bool,), True),
-    Arg("update_g2_has_attn", (bool,), True),
-    Arg("use_sqrt_nnei", (bool,), True),
-    Arg("g1_out_conv", (bool,), True),
-    Arg("g1_out_mlp", (bool,), True),
-    Arg("update_h2", (bool,), False),
-    Arg("attn1_hidden", (int,), 64),
-    Arg("attn1_nhead", (int,), 4),
-    Arg("attn2_hidden", (int,), 16),
-    Arg("attn2_nhead", (int,), 4),
-    Arg("attn2_has_gate", (bool,), False),
-    Arg("activation_function", (str,), "tanh"),
-    Arg("update_style", (str,), "res_avg", choices=("res_avg", "res_incr", "res_residual")),
-    Arg("update_residual", (float,), 0.001),
-    Arg("update_residual_init", (str,), "norm", choices=("norm", "const")),
-    Arg("set_davg_zero", (bool,), True),
-    Arg("trainable_ln", (bool,), True),
-    Arg("ln_eps", (float, type(None)), None, doc="layer-norm epsilon; null means 1e-5"),
-)
-DPA2_ARGS = (
-    Arg("repinit", (dict,), REQUIRED, sub=REPINIT_ARGS),
-    Arg("repformer", (dict,), REQUIRED, sub=REPFORMER_ARGS),
-    Arg("concat_output_tebd", (bool,), True),
-    Arg("precision", (str,), "default"),
-    Arg("smooth", (bool,), True),
-    Arg("exclude_types", (list,), []),
-    Arg("env_protection", (float,), 0.0),
-    Arg("trainable", (bool,), True),
-    Arg("seed", (int, type(None)), None),
-    Arg("add_tebd_to_repinit_out", (bool,), False, aliases=("repformer_add_type_ebd_to_seq",)),
-    Arg("use_econf_tebd", (bool,), False),
-    Arg("use_tebd_bias", (bool,), False),
-)
-REPINIT_DEFAULTS = {a.name: a.default for a in REPINIT_ARGS if not a.required}
-REPFORMER_DEFAULTS = {a.name: a.default for a in REPFORMER_ARGS if not a.required}
-# repformer keys that Repformers takes itself; the others go to every RepformerLayer
-_REPFORMER_BLOCK_KEYS = (
-    "rcut",
-    "rcut_smth",
-    "nsel",
-    "nlayers",
-    "g1_dim",
-    "g2_dim",
-    "axis_neuron",
-    "direct_dist",
-    "activation_function",
-    "use_sqrt_nnei",
-    "set_davg_zero",
-)
+REPINIT_DEFAULTS = RepinitConfig.defaults()
+REPFORMER_DEFAULTS = RepformerConfig.defaults()
 
 
 def split_neighbor_list(ext_coord, nlist, rcut: float, nsel: int) -> torch.Tensor:
@@ -159,160 +88,175 @@ def _check_cutoff_order(where: str, blocks: dict[str, tuple[float, int]]) -> Non
         )
 
 
-def _count(where: str, value) -> int:
-    if isinstance(value, str):
-        raise ConfigError(
-            f"{where}: '{value}' must be resolved from the training data before the model is "
-            "built (lam train does this)"
-        )
-    return int(value)
-
-
 @DESCRIPTORS.register("dpa2")
-class DescrptDPA2(Descriptor):
+class DescrptDPA2(EnvBlock, Descriptor):
     ARGS = DPA2_ARGS
     mixed_types = True
     has_rot_mat = True
 
     def __init__(
-        self,
-        ntypes: int,
-        repinit: dict,
-        repformer: dict,
-        concat_output_tebd: bool = True,
-        precision: str = "float64",
-        smooth: bool = True,
-        exclude_types=(),
-        env_protection: float = 0.0,
-        trainable: bool = True,
-        seed: int | None = None,
-        add_tebd_to_repinit_out: bool = False,
-        use_econf_tebd: bool = False,
-        use_tebd_bias: bool = False,
-        type_map=None,
+        self, ntypes: int, *args, where: str = "model/descriptor", type_map=None, **kwargs
     ):
         super().__init__()
-        where = "model/descriptor"
-        ri = normalize(repinit, REPINIT_ARGS, f"{where}/repinit")
-        rf = normalize(repformer, REPFORMER_ARGS, f"{where}/repformer")
-        self.ntypes = ntypes
-        self.dtype = to_dtype(precision)
-        self.smooth = smooth
-        self.concat_output_tebd = concat_output_tebd
-        self.add_tebd_to_repinit_out = add_tebd_to_repinit_out
-        self.exclude_types = check_exclude_types(exclude_types, ntypes, f"{where}/exclude_types")
-        self.env_protection = float(env_protection)
-        self.tebd_dim = int(ri["tebd_dim"])
-        self.tebd_input_mode = ri["tebd_input_mode"]
-        self.rcut, self.rcut_smth = float(ri["rcut"]), float(ri["rcut_smth"])
-        self.nnei = _count(f"{where}/repinit/nsel", ri["nsel"])
-        self.sel = [self.nnei]
-        self.use_three_body = bool(ri["use_three_body"])
-        rf_nsel = _count(f"{where}/repformer/nsel", rf["nsel"])
-        cutoffs = {"repinit": (self.rcut, self.nnei), "repformer": (float(rf["rcut"]), rf_nsel)}
-        if self.use_three_body:
-            tb_nsel = _count(f"{where}/repinit/three_body_sel", ri["three_body_sel"])
-            cutoffs["three_body"] = (float(ri["three_body_rcut"]), tb_nsel)
-        _check_cutoff_order(where, cutoffs)
-
-        def gen(*salt):
-            return make_generator(seed, *salt)
-
+        cfg = DPA2Config.of(*args, **kwargs)
+        ri = RepinitConfig.of(**normalize(cfg.repinit, REPINIT_ARGS, f"{where}/repinit"))
+        rf = RepformerConfig.of(**normalize(cfg.repformer, REPFORMER_ARGS, f"{where}/repformer"))
+        self.smooth = cfg.smooth
+        self.concat_output_tebd = cfg.concat_output_tebd
+        self.add_tebd_to_repinit_out = cfg.add_tebd_to_repinit_out
+        self.init_env(
+            ntypes,
+            ri.rcut,
+            ri.rcut_smth,
+            ri.nsel,
+            dtype=to_dtype(cfg.precision),
+            typed=False,
+            env_protection=cfg.env_protection,
+            where=f"{where}/repinit",
+            names=("rcut", "rcut_smth", "nsel"),
+            stats=False,  # davg/dstd are the blocks'
+        )
+        self.exclude_types = check_exclude_types(
+            cfg.exclude_types, ntypes, f"{where}/exclude_types"
+        )
+        self.tebd_dim = int(ri.tebd_dim)
+        self.tebd_input_mode = ri.tebd_input_mode
+        self.use_three_body = bool(ri.use_three_body)
+        rf_nsel, tb_nsel = self._check_lists(ri, rf, where)
         self.type_embedding = TypeEmbedNet(
             ntypes,
             self.tebd_dim,
-            use_tebd_bias,
+            cfg.use_tebd_bias,
             self.dtype,
-            gen(2),
-            trainable,
-            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
+            make_generator(cfg.seed, 2),
+            cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, type_map, ntypes, where),
         )
-        # exclude_types is applied to the lists in sub_lists, so the blocks get none
+        g1_in = self._build_repinit(cfg, ri, tb_nsel, where)
+        self._build_repformers(cfg, rf, rf_nsel, g1_in, where)
+        if not cfg.trainable:
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+    def _check_lists(self, ri: RepinitConfig, rf: RepformerConfig, where: str):
+        """The repformer (and three-body) neighbour counts, each block's cutoffs checked, and
+        the order of the lists cut out of the repinit one."""
+        names = ("rcut", "rcut_smth", "nsel")
+        (rf_nsel,) = check_env(
+            f"{where}/repformer", rf.rcut, rf.rcut_smth, rf.nsel, self.ntypes, False, names
+        )
+        cutoffs = {"repinit": (self.rcut, self.nnei), "repformer": (float(rf.rcut), rf_nsel)}
+        tb_nsel = None
+        if self.use_three_body:
+            (tb_nsel,) = check_env(
+                f"{where}/repinit",
+                ri.three_body_rcut,
+                ri.three_body_rcut_smth,
+                ri.three_body_sel,
+                self.ntypes,
+                False,
+                ("three_body_rcut", "three_body_rcut_smth", "three_body_sel"),
+            )
+            cutoffs["three_body"] = (float(ri.three_body_rcut), tb_nsel)
+        _check_cutoff_order(where, cutoffs)
+        return rf_nsel, tb_nsel
+
+    def _build_repinit(self, cfg: DPA2Config, ri: RepinitConfig, tb_nsel, where: str) -> int:
+        """The repinit block and the optional three-body block, sharing the type embedding;
+        returns the width of their concatenated output. exclude_types is applied to the lists
+        in :meth:`sub_lists`, so the blocks get none."""
+        seed = cfg.seed
         self.repinit = DPA1(
-            ntypes,
+            self.ntypes,
             self.nnei,
             rcut=self.rcut,
             rcut_smth=self.rcut_smth,
-            neuron=ri["neuron"],
-            axis_neuron=ri["axis_neuron"],
-            activation_function=ri["activation_function"],
-            resnet_dt=ri["resnet_dt"],
-            type_one_side=ri["type_one_side"],
-            precision=precision,
+            neuron=ri.neuron,
+            axis_neuron=ri.axis_neuron,
+            activation_function=ri.activation_function,
+            resnet_dt=ri.resnet_dt,
+            type_one_side=ri.type_one_side,
+            precision=cfg.precision,
             seed=None if seed is None else seed + 1,
-            env_protection=env_protection,
+            env_protection=cfg.env_protection,
             attn_layer=0,
-            smooth_type_embedding=smooth,
-            set_davg_zero=ri["set_davg_zero"],
+            smooth_type_embedding=cfg.smooth,
+            set_davg_zero=ri.set_davg_zero,
             tebd_dim=self.tebd_dim,
             tebd_input_mode=self.tebd_input_mode,
             concat_output_tebd=False,
+            where=f"{where}/repinit",
         )
         _share_type_embedding(self.repinit, self.type_embedding)
         g1_in = self.repinit.dim_out
         self.repinit_three_body = None
         if self.use_three_body:
             self.repinit_three_body = SeE3Tebd(
-                ntypes,
+                self.ntypes,
                 tb_nsel,
-                rcut=float(ri["three_body_rcut"]),
-                rcut_smth=float(ri["three_body_rcut_smth"]),
-                neuron=ri["three_body_neuron"],
+                rcut=float(ri.three_body_rcut),
+                rcut_smth=float(ri.three_body_rcut_smth),
+                neuron=ri.three_body_neuron,
                 tebd_dim=self.tebd_dim,
                 tebd_input_mode=self.tebd_input_mode,
-                resnet_dt=ri["resnet_dt"],
-                set_davg_zero=ri["set_davg_zero"],
-                activation_function=ri["activation_function"],
-                env_protection=env_protection,
-                smooth=smooth,
-                precision=precision,
+                resnet_dt=ri.resnet_dt,
+                set_davg_zero=ri.set_davg_zero,
+                activation_function=ri.activation_function,
+                env_protection=cfg.env_protection,
+                smooth=cfg.smooth,
+                precision=cfg.precision,
                 seed=None if seed is None else seed + 5,
                 concat_output_tebd=False,
                 use_tebd_bias=False,
+                where=f"{where}/repinit",
             )
             _share_type_embedding(self.repinit_three_body, self.type_embedding)
             g1_in += self.repinit_three_body.dim_out
-        g1_dim = int(rf["g1_dim"])
+        return g1_in
+
+    def _build_repformers(
+        self, cfg: DPA2Config, rf: RepformerConfig, rf_nsel: int, g1_in: int, where: str
+    ) -> None:
+        """g1_shape_tranform, tebd_transform and the repformer block."""
+        g1_dim = int(rf.g1_dim)
         self.g1_shape_tranform = (
             Dense(
-                g1_in, g1_dim, None, bias=False, dtype=self.dtype, generator=gen(3), init="glorot"
+                g1_in,
+                g1_dim,
+                None,
+                bias=False,
+                dtype=self.dtype,
+                generator=make_generator(cfg.seed, 3),
+                init="glorot",
             )
             if g1_in != g1_dim
             else nn.Identity()
         )
         self.tebd_transform = (
-            Dense(self.tebd_dim, g1_dim, None, bias=False, dtype=self.dtype, generator=gen(4))
-            if add_tebd_to_repinit_out
+            Dense(
+                self.tebd_dim,
+                g1_dim,
+                None,
+                bias=False,
+                dtype=self.dtype,
+                generator=make_generator(cfg.seed, 4),
+            )
+            if cfg.add_tebd_to_repinit_out
             else None
         )
-        layer_kw = {k: v for k, v in rf.items() if k not in _REPFORMER_BLOCK_KEYS}
-        if layer_kw["ln_eps"] is None:  # the reference's null
-            layer_kw["ln_eps"] = 1e-5
-        self.repformer_set_davg_zero = bool(rf["set_davg_zero"])
         self.repformers = Repformers(
-            ntypes,
-            float(rf["rcut"]),
-            float(rf["rcut_smth"]),
+            self.ntypes,
+            rf,
             rf_nsel,
-            nlayers=int(rf["nlayers"]),
-            g1_dim=g1_dim,
-            g2_dim=int(rf["g2_dim"]),
-            axis_neuron=int(rf["axis_neuron"]),
-            direct_dist=bool(rf["direct_dist"]),
-            activation_function=rf["activation_function"],
-            smooth=smooth,
-            use_sqrt_nnei=bool(rf["use_sqrt_nnei"]),
-            env_protection=env_protection,
+            smooth=cfg.smooth,
+            env_protection=cfg.env_protection,
             dtype=self.dtype,
-            seed=seed,
+            seed=cfg.seed,
             salt=(6,),
-            **layer_kw,
+            where=f"{where}/repformer",
         )
-        self.dim_emb = int(rf["g2_dim"])
-        self.dim_out = g1_dim + (self.tebd_dim if concat_output_tebd else 0)
-        if not trainable:
-            for p in self.parameters():
-                p.requires_grad_(False)
+        self.dim_emb = int(rf.g2_dim)
+        self.dim_out = g1_dim + (self.tebd_dim if cfg.concat_output_tebd else 0)
 
     # --- config helpers -------------------------------------------------------------------------
     @classmethod
@@ -475,12 +419,7 @@ class DescrptDPA2(Descriptor):
         if missing:
             raise ValueError(f"dpa2 statistics lack the block(s) {missing}")
         for name, block in self._blocks().items():
-            if name == "repformer":
-                davg, dstd = stat[name].davg_dstd(protection, self.repformer_set_davg_zero)
-                block.davg.copy_(torch.as_tensor(davg, dtype=self.dtype))
-                block.dstd.copy_(torch.as_tensor(dstd, dtype=self.dtype))
-            else:
-                block.set_stat(stat[name], protection)
+            block.set_stat(stat[name], protection)
 
     # --- declarations (lamkit.nn.params): DeePMD-kit names; the blocks declare their own ----
     REF_NAMES = RefNames(

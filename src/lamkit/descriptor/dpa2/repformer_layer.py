@@ -15,6 +15,7 @@ from torch import nn
 
 from ...geometry.env import gather_rows
 from ...nn.mlp import Dense, activation, make_generator
+from .config import RepformerConfig
 
 ATTN_SHIFT = 20.0
 EPSILON = 1e-4  # protection of 1/(number of neighbours) in the non-smooth paths
@@ -303,127 +304,115 @@ class LocalAtten(nn.Module):
 
 
 class RepformerLayer(nn.Module):
+    """One repformer layer, configured by the ``repformer`` section (:class:`RepformerConfig`);
+    ``update_chnnl_2`` is False in the last layer (g2 and h2 are then not updated)."""
+
     def __init__(
         self,
         nnei: int,
-        g1_dim: int = 128,
-        g2_dim: int = 16,
-        axis_neuron: int = 4,
+        cfg: RepformerConfig,
         update_chnnl_2: bool = True,
-        update_g1_has_conv: bool = True,
-        update_g1_has_drrd: bool = True,
-        update_g1_has_grrg: bool = True,
-        update_g1_has_attn: bool = True,
-        update_g2_has_g1g1: bool = True,
-        update_g2_has_attn: bool = True,
-        update_h2: bool = False,
-        attn1_hidden: int = 64,
-        attn1_nhead: int = 4,
-        attn2_hidden: int = 16,
-        attn2_nhead: int = 4,
-        attn2_has_gate: bool = False,
-        activation_function: str = "tanh",
-        update_style: str = "res_avg",
-        update_residual: float = 0.001,
-        update_residual_init: str = "norm",
         smooth: bool = True,
-        trainable_ln: bool = True,
-        ln_eps: float = 1e-5,
-        use_sqrt_nnei: bool = True,
-        g1_out_conv: bool = True,
-        g1_out_mlp: bool = True,
         dtype: torch.dtype = torch.float64,
         seed: int | None = None,
         salt: tuple = (),
     ):
         super().__init__()
-        if update_style not in UPDATE_STYLES:
-            raise ValueError(f"update_style must be one of {UPDATE_STYLES}, got {update_style!r}")
-        self.nnei, self.g1_dim, self.g2_dim, self.axis = nnei, g1_dim, g2_dim, axis_neuron
+        if cfg.update_style not in UPDATE_STYLES:
+            raise ValueError(
+                f"update_style must be one of {UPDATE_STYLES}, got {cfg.update_style!r}"
+            )
+        self.nnei, self.g1_dim, self.g2_dim = nnei, cfg.g1_dim, cfg.g2_dim
+        self.axis = cfg.axis_neuron
         self.update_chnnl_2 = update_chnnl_2
-        self.has_conv, self.has_drrd = update_g1_has_conv, update_g1_has_drrd
-        self.has_grrg, self.has_attn1 = update_g1_has_grrg, update_g1_has_attn
-        self.has_g1g1 = update_g2_has_g1g1 and update_chnnl_2
-        self.has_attn2 = update_g2_has_attn and update_chnnl_2
-        self.update_h2 = update_h2 and update_chnnl_2
-        self.update_style, self.smooth = update_style, smooth
-        self.use_sqrt_nnei, self.g1_out_conv, self.g1_out_mlp = (
-            use_sqrt_nnei,
-            g1_out_conv,
-            g1_out_mlp,
-        )
-        self.act = activation(activation_function)
-        res = update_style == "res_residual"
-
-        def gen(i):
-            return make_generator(seed, *salt, i)
-
-        def resid(dim, i):
-            return make_residual(dim, update_residual, update_residual_init, dtype, gen(i))
-
+        self.has_conv, self.has_drrd = cfg.update_g1_has_conv, cfg.update_g1_has_drrd
+        self.has_grrg, self.has_attn1 = cfg.update_g1_has_grrg, cfg.update_g1_has_attn
+        self.has_g1g1 = cfg.update_g2_has_g1g1 and update_chnnl_2
+        self.has_attn2 = cfg.update_g2_has_attn and update_chnnl_2
+        self.update_h2 = cfg.update_h2 and update_chnnl_2
+        self.update_style, self.smooth = cfg.update_style, smooth
+        self.use_sqrt_nnei = cfg.use_sqrt_nnei
+        self.g1_out_conv, self.g1_out_mlp = cfg.g1_out_conv, cfg.g1_out_mlp
+        self.act = activation(cfg.activation_function)
+        self._res = cfg.update_style == "res_residual"
+        self._residual = (cfg.update_residual, cfg.update_residual_init)
+        self._dtype, self._seed, self._salt = dtype, seed, salt
         # residual vectors are kept in the reference's creation order and used by position
         self.g1_residual = nn.ParameterList()
         self.g2_residual = nn.ParameterList()
         self.h2_residual = nn.ParameterList()
-        if res:
-            self.g1_residual.append(resid(g1_dim, 0))
-        n_in = 0 if g1_out_mlp else g1_dim
-        if update_g1_has_conv and not g1_out_conv:
+        self._init_g1_maps(cfg)
+        self._init_g2_maps(cfg)
+        del self._res, self._residual, self._dtype, self._seed, self._salt
+
+    def _gen(self, i: int) -> torch.Generator:
+        return make_generator(self._seed, *self._salt, i)
+
+    def _dense(self, n_in: int, n_out: int, i: int, bias: bool = True) -> Dense:
+        return Dense(n_in, n_out, None, bias=bias, dtype=self._dtype, generator=self._gen(i))
+
+    def _add_residual(self, plist: nn.ParameterList, dim: int, i: int) -> None:
+        """Append a residual weight (update_style "res_residual" only)."""
+        if self._res:
+            scale, mode = self._residual
+            plist.append(make_residual(dim, scale, mode, self._dtype, self._gen(i)))
+
+    def _init_g1_maps(self, cfg: RepformerConfig) -> None:
+        """linear1, linear2, g1_self_mlp and proj_g1g2 (the reference's creation order)."""
+        g1_dim, g2_dim, axis = cfg.g1_dim, cfg.g2_dim, cfg.axis_neuron
+        self._add_residual(self.g1_residual, g1_dim, 0)
+        n_in = 0 if cfg.g1_out_mlp else g1_dim
+        if cfg.update_g1_has_conv and not cfg.g1_out_conv:
             n_in += g2_dim
-        if update_g1_has_grrg:
-            n_in += axis_neuron * g2_dim
-        if update_g1_has_drrd:
-            n_in += axis_neuron * g1_dim
-        self.linear1 = Dense(n_in, g1_dim, None, dtype=dtype, generator=gen(1))
+        if cfg.update_g1_has_grrg:
+            n_in += axis * g2_dim
+        if cfg.update_g1_has_drrd:
+            n_in += axis * g1_dim
+        self.linear1 = self._dense(n_in, g1_dim, 1)
         self.linear2 = None
-        if update_chnnl_2:
-            self.linear2 = Dense(g2_dim, g2_dim, None, dtype=dtype, generator=gen(2))
-            if res:
-                self.g2_residual.append(resid(g2_dim, 3))
+        if self.update_chnnl_2:
+            self.linear2 = self._dense(g2_dim, g2_dim, 2)
+            self._add_residual(self.g2_residual, g2_dim, 3)
         self.g1_self_mlp = None
-        if g1_out_mlp:
-            self.g1_self_mlp = Dense(g1_dim, g1_dim, None, dtype=dtype, generator=gen(15))
-            if res:
-                self.g1_residual.append(resid(g1_dim, 16))
+        if cfg.g1_out_mlp:
+            self.g1_self_mlp = self._dense(g1_dim, g1_dim, 15)
+            self._add_residual(self.g1_residual, g1_dim, 16)
         self.proj_g1g2 = None
-        if update_g1_has_conv:
-            if g1_out_conv:
-                self.proj_g1g2 = Dense(
-                    g2_dim, g1_dim, None, bias=False, dtype=dtype, generator=gen(4)
-                )
-                if res:
-                    self.g1_residual.append(resid(g1_dim, 17))
+        if cfg.update_g1_has_conv:
+            if cfg.g1_out_conv:
+                self.proj_g1g2 = self._dense(g2_dim, g1_dim, 4, bias=False)
+                self._add_residual(self.g1_residual, g1_dim, 17)
             else:
-                self.proj_g1g2 = Dense(
-                    g1_dim, g2_dim, None, bias=False, dtype=dtype, generator=gen(4)
-                )
+                self.proj_g1g2 = self._dense(g1_dim, g2_dim, 4, bias=False)
+
+    def _init_g2_maps(self, cfg: RepformerConfig) -> None:
+        """proj_g1g1g2, the pair attention and the local attention."""
+        g1_dim, g2_dim, dtype, smooth = cfg.g1_dim, cfg.g2_dim, self._dtype, self.smooth
         self.proj_g1g1g2 = None
         if self.has_g1g1:
-            self.proj_g1g1g2 = Dense(
-                g1_dim, g2_dim, None, bias=False, dtype=dtype, generator=gen(5)
-            )
-            if res:
-                self.g2_residual.append(resid(g2_dim, 6))
+            self.proj_g1g1g2 = self._dense(g1_dim, g2_dim, 5, bias=False)
+            self._add_residual(self.g2_residual, g2_dim, 6)
         self.attn2g_map = self.attn2_mh_apply = self.attn2_lm = self.attn2_ev_apply = None
+        nhead = cfg.attn2_nhead
         if self.has_attn2 or self.update_h2:
             self.attn2g_map = Atten2Map(
-                g2_dim, attn2_hidden, attn2_nhead, attn2_has_gate, smooth, dtype, gen(7)
+                g2_dim, cfg.attn2_hidden, nhead, cfg.attn2_has_gate, smooth, dtype, self._gen(7)
             )
             if self.has_attn2:
-                self.attn2_mh_apply = Atten2MultiHeadApply(g2_dim, attn2_nhead, dtype, gen(8))
+                self.attn2_mh_apply = Atten2MultiHeadApply(g2_dim, nhead, dtype, self._gen(8))
+                ln_eps = 1e-5 if cfg.ln_eps is None else cfg.ln_eps  # the reference's null
                 self.attn2_lm = nn.LayerNorm(g2_dim, eps=ln_eps, dtype=dtype)
-                self.attn2_lm.requires_grad_(trainable_ln)
-                if res:
-                    self.g2_residual.append(resid(g2_dim, 10))
+                self.attn2_lm.requires_grad_(cfg.trainable_ln)
+                self._add_residual(self.g2_residual, g2_dim, 10)
             if self.update_h2:
-                self.attn2_ev_apply = Atten2EquiVarApply(attn2_nhead, dtype, gen(11))
-                if res:
-                    self.h2_residual.append(resid(1, 12))
+                self.attn2_ev_apply = Atten2EquiVarApply(nhead, dtype, self._gen(11))
+                self._add_residual(self.h2_residual, 1, 12)
         self.loc_attn = None
-        if update_g1_has_attn:
-            self.loc_attn = LocalAtten(g1_dim, attn1_hidden, attn1_nhead, smooth, dtype, gen(13))
-            if res:
-                self.g1_residual.append(resid(g1_dim, 14))
+        if cfg.update_g1_has_attn:
+            self.loc_attn = LocalAtten(
+                g1_dim, cfg.attn1_hidden, cfg.attn1_nhead, smooth, dtype, self._gen(13)
+            )
+            self._add_residual(self.g1_residual, g1_dim, 14)
 
     def _conv(self, gg1, g2, ctx: PairContext):
         """``c sum_j g2_j * g1_j`` with the weight folded into the narrow g2 (proj is linear)."""

@@ -12,60 +12,63 @@ from ...geometry.env import environment_matrix, gather_rows
 from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
+from ..env_block import EnvBlock
+from .config import RepformerConfig
 from .repformer_layer import PairContext, RepformerLayer, pair_moment
 
 # g1 [nf, nloc, g1_dim] -> g1 of all extended atoms [nf, nall, g1_dim]
 GhostExchange = Callable[[torch.Tensor], torch.Tensor]
 
 
-class Repformers(nn.Module):
+class Repformers(EnvBlock):
+    """The repformer block, configured by the ``repformer`` section (:class:`RepformerConfig`);
+    ``nsel`` is its resolved neighbour count."""
+
     def __init__(
         self,
         ntypes: int,
-        rcut: float,
-        rcut_smth: float,
+        cfg: RepformerConfig,
         nsel: int,
-        nlayers: int = 3,
-        g1_dim: int = 128,
-        g2_dim: int = 16,
-        axis_neuron: int = 4,
-        direct_dist: bool = False,
-        activation_function: str = "tanh",
+        *,
         smooth: bool = True,
-        use_sqrt_nnei: bool = True,
         env_protection: float = 0.0,
         dtype: torch.dtype = torch.float64,
         seed: int | None = None,
         salt: tuple = (),
-        **layer_kw,
+        where: str = "model/descriptor/repformer",
     ):
         super().__init__()
-        self.ntypes = ntypes
-        self.rcut, self.rcut_smth, self.nnei = float(rcut), float(rcut_smth), int(nsel)
-        self.g1_dim, self.g2_dim = g1_dim, g2_dim
-        self.direct_dist, self.smooth, self.use_sqrt_nnei = direct_dist, smooth, use_sqrt_nnei
-        self.env_protection = float(env_protection)
-        self.act = activation(activation_function)
-        self.g2_embd = Dense(1, g2_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0))
+        self.set_davg_zero = bool(cfg.set_davg_zero)
+        self.init_env(
+            ntypes,
+            cfg.rcut,
+            cfg.rcut_smth,
+            nsel,
+            dtype=dtype,
+            typed=False,
+            env_protection=env_protection,
+            where=where,
+            names=("rcut", "rcut_smth", "nsel"),
+        )
+        self.g1_dim, self.g2_dim = cfg.g1_dim, cfg.g2_dim
+        self.direct_dist, self.smooth = cfg.direct_dist, smooth
+        self.use_sqrt_nnei = cfg.use_sqrt_nnei
+        self.act = activation(cfg.activation_function)
+        self.g2_embd = Dense(
+            1, cfg.g2_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0)
+        )
         self.layers = nn.ModuleList(
             RepformerLayer(
                 self.nnei,
-                g1_dim,
-                g2_dim,
-                axis_neuron,
-                update_chnnl_2=(i != nlayers - 1),
-                activation_function=activation_function,
+                cfg,
+                update_chnnl_2=(i != cfg.nlayers - 1),
                 smooth=smooth,
-                use_sqrt_nnei=use_sqrt_nnei,
                 dtype=dtype,
                 seed=seed,
                 salt=(*salt, 1, i),
-                **layer_kw,
             )
-            for i in range(nlayers)
+            for i in range(cfg.nlayers)
         )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, 4, dtype=dtype))
 
     def environment(self, ext_coord, ext_atype, nlist, start: int = 0):
         """Normalised ``R~ [nf, rows, J, 4]``, diff, sw (0 in empty slots), mask of the centre
@@ -74,8 +77,7 @@ class Repformers(nn.Module):
         env, diff, sw, mask = environment_matrix(
             ext_coord, nlist, self.rcut, self.rcut_smth, self.env_protection, start=start
         )
-        at = ext_atype[:, start : start + nloc].clamp(min=0)
-        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
+        rr = self.normalize_env(env, ext_atype[:, start : start + nloc])
         return rr, diff, sw.squeeze(-1) * mask.to(sw.dtype), mask
 
     def pair_features(self, ext_coord, ext_atype, nlist, start: int = 0):

@@ -3,56 +3,72 @@ defaults included (the single source of them), and the options lamkit refuses.""
 
 from __future__ import annotations
 
-from ...config.schema import REQUIRED, Arg
+from dataclasses import dataclass
+from typing import Any
+
 from ...errors import ConfigError
+from ..block_config import REQUIRED, BlockConfig, arg
 
 _SEL_DOC = "neighbour slots (one number, all types), or 'auto' / 'auto:factor'"
 
-REPFLOW_ARGS = (
-    Arg("n_dim", (int,), 128, doc="node (atom) feature width"),
-    Arg("e_dim", (int,), 64, doc="edge feature width"),
-    Arg("a_dim", (int,), 64, doc="angle feature width"),
-    Arg("nlayers", (int,), 6, doc="number of repflow layers"),
-    Arg("e_rcut", (float,), REQUIRED, doc="edge cutoff (Å), also the model's"),
-    Arg("e_rcut_smth", (float,), REQUIRED, doc="where the edge switching function starts (Å)"),
-    Arg("e_sel", (int, str), REQUIRED, doc=_SEL_DOC),
-    Arg("a_rcut", (float,), REQUIRED, doc="angle cutoff (Å), at most e_rcut"),
-    Arg("a_rcut_smth", (float,), REQUIRED, doc="where the angle switching function starts (Å)"),
-    Arg("a_sel", (int, str), REQUIRED, doc=_SEL_DOC),
-    Arg("a_compress_rate", (int,), 0, doc="0: no compression of the angle inputs"),
-    Arg("a_compress_e_rate", (int,), 1),
-    Arg("a_compress_use_split", (bool,), False),
-    Arg("n_multi_edge_message", (int,), 1),
-    Arg("axis_neuron", (int,), 4),
-    Arg("fix_stat_std", (float,), 0.3, doc="non-zero: constant normalisation std"),
-    Arg("skip_stat", (bool,), False, doc="deprecated: forces fix_stat_std 0.3"),
-    Arg("update_angle", (bool,), True),
-    Arg("update_style", (str,), "res_residual", choices=("res_avg", "res_incr", "res_residual")),
-    Arg("update_residual", (float,), 0.1),
-    Arg("update_residual_init", (str,), "const", choices=("norm", "const")),
-    Arg("optim_update", (bool,), True, doc="the same numbers, computed by split matrices"),
-    Arg("smooth_edge_update", (bool,), False),
-    Arg("edge_init_use_dist", (bool,), False, aliases=("edge_use_dist",)),
-    Arg("use_exp_switch", (bool,), False, aliases=("use_env_envelope",)),
-    Arg("use_dynamic_sel", (bool,), False),
-    Arg("sel_reduce_factor", (float,), 10.0),
-    Arg("sequential_update", (bool,), False),
-)
-DPA3_ARGS = (
-    Arg("repflow", (dict,), REQUIRED, sub=REPFLOW_ARGS),
-    Arg("concat_output_tebd", (bool,), False),
-    Arg("activation_function", (str,), "silu"),
-    Arg("precision", (str,), "default"),
-    Arg("exclude_types", (list,), []),
-    Arg("env_protection", (float,), 0.0),
-    Arg("trainable", (bool,), True),
-    Arg("seed", (int, type(None)), None),
-    Arg("use_econf_tebd", (bool,), False),
-    Arg("use_tebd_bias", (bool,), False),
-    Arg("use_loc_mapping", (bool,), True, doc="numbers are the same either way"),
-    Arg("add_chg_spin_ebd", (bool,), False),
-    Arg("default_chg_spin", (list, type(None)), None),
-)
+
+@dataclass(frozen=True)
+class RepflowConfig(BlockConfig):
+    """The ``repflow`` section: the repflow block and its layers."""
+
+    n_dim: int = arg(128, (int,), doc="node (atom) feature width")
+    e_dim: int = arg(64, (int,), doc="edge feature width")
+    a_dim: int = arg(64, (int,), doc="angle feature width")
+    nlayers: int = arg(6, (int,), doc="number of repflow layers")
+    e_rcut: float = arg(REQUIRED, (float,), doc="edge cutoff (Å), also the model's")
+    e_rcut_smth: float = arg(REQUIRED, (float,), doc="where the edge switching function starts (Å)")
+    e_sel: Any = arg(REQUIRED, (int, str), doc=_SEL_DOC)
+    a_rcut: float = arg(REQUIRED, (float,), doc="angle cutoff (Å), at most e_rcut")
+    a_rcut_smth: float = arg(
+        REQUIRED, (float,), doc="where the angle switching function starts (Å)"
+    )
+    a_sel: Any = arg(REQUIRED, (int, str), doc=_SEL_DOC)
+    a_compress_rate: int = arg(0, (int,), doc="0: no compression of the angle inputs")
+    a_compress_e_rate: int = arg(1, (int,))
+    a_compress_use_split: bool = arg(False, (bool,))
+    n_multi_edge_message: int = arg(1, (int,))
+    axis_neuron: int = arg(4, (int,))
+    fix_stat_std: float = arg(0.3, (float,), doc="non-zero: constant normalisation std")
+    skip_stat: bool = arg(False, (bool,), doc="deprecated: forces fix_stat_std 0.3")
+    update_angle: bool = arg(True, (bool,))
+    update_style: str = arg("res_residual", (str,), choices=("res_avg", "res_incr", "res_residual"))
+    update_residual: float = arg(0.1, (float,))
+    update_residual_init: str = arg("const", (str,), choices=("norm", "const"))
+    optim_update: bool = arg(True, (bool,), doc="the same numbers, computed by split matrices")
+    smooth_edge_update: bool = arg(False, (bool,))
+    edge_init_use_dist: bool = arg(False, (bool,), aliases=("edge_use_dist",))
+    use_exp_switch: bool = arg(False, (bool,), aliases=("use_env_envelope",))
+    use_dynamic_sel: bool = arg(False, (bool,))
+    sel_reduce_factor: float = arg(10.0, (float,))
+    sequential_update: bool = arg(False, (bool,))
+
+
+@dataclass(frozen=True)
+class DPA3Config(BlockConfig):
+    """The ``dpa3`` descriptor's top-level keys."""
+
+    repflow: Any = arg(REQUIRED, (dict,), sub=RepflowConfig)
+    concat_output_tebd: bool = arg(False, (bool,))
+    activation_function: str = arg("silu", (str,))
+    precision: str = arg("default", (str,))
+    exclude_types: list = arg([], (list,))
+    env_protection: float = arg(0.0, (float,))
+    trainable: bool = arg(True, (bool,))
+    seed: int | None = arg(None, (int, type(None)))
+    use_econf_tebd: bool = arg(False, (bool,))
+    use_tebd_bias: bool = arg(False, (bool,))
+    use_loc_mapping: bool = arg(True, (bool,), doc="numbers are the same either way")
+    add_chg_spin_ebd: bool = arg(False, (bool,))
+    default_chg_spin: list | None = arg(None, (list, type(None)))
+
+
+REPFLOW_ARGS = RepflowConfig.args()
+DPA3_ARGS = DPA3Config.args()
 
 
 def check_repflow(rf: dict, where: str) -> None:
@@ -76,8 +92,13 @@ def check_repflow(rf: dict, where: str) -> None:
         )
     if rf["sel_reduce_factor"] <= 0:
         raise ConfigError(f"{where}/sel_reduce_factor: must be > 0")
-    if rf["e_rcut_smth"] >= rf["e_rcut"] or rf["a_rcut_smth"] >= rf["a_rcut"]:
-        raise ConfigError(f"{where}: e_rcut_smth/a_rcut_smth must be below e_rcut/a_rcut")
+    for rc in ("e_rcut", "a_rcut"):
+        if rf[rc] <= 0:
+            raise ConfigError(f"{where}/{rc}: must be > 0, got {rf[rc]}")
+        if rf[f"{rc}_smth"] >= rf[rc]:
+            raise ConfigError(
+                f"{where}/{rc}_smth: must be below {rc} ({rf[rc]}), got {rf[f'{rc}_smth']}"
+            )
     if rf["a_rcut"] > rf["e_rcut"]:
         raise ConfigError(
             f"{where}/a_rcut: {rf['a_rcut']} exceeds e_rcut {rf['e_rcut']} (angles use a "

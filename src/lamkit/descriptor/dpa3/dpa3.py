@@ -1,8 +1,9 @@
 """DPA-3 descriptor (registered as ``dpa3``): a type embedding of width ``n_dim`` as the initial
 node features, then the repflow block (:class:`Repflows`).
 
-Config (``model/descriptor`` with ``type: "dpa3"``): the keys of :data:`DPA3_ARGS` with the
-nested ``repflow`` section (:data:`REPFLOW_ARGS`), DeePMD-kit 3.2's names and defaults.
+Config (``model/descriptor`` with ``type: "dpa3"``): :class:`~.config.DPA3Config` with the
+nested ``repflow`` section (:class:`~.config.RepflowConfig`), DeePMD-kit 3.2's names and
+defaults.
 Statistics: the normalisation std is the constant ``fix_stat_std`` (0.3) unless it is 0, the
 mean is always zero (the reference's repflow block keeps ``set_davg_zero``).
 """
@@ -19,119 +20,94 @@ from ...nn.mlp import make_generator, to_dtype
 from ...nn.params import RefNames
 from ...nn.type_embedding import TypeEmbedNet
 from ..base import DESCRIPTORS, Descriptor, check_exclude_types, pair_exclude_mask
+from ..env_block import EnvBlock, check_count
 from .charge_spin import ChargeSpinEmbedding
-from .config import DPA3_ARGS, REPFLOW_ARGS, check_dpa3, check_repflow
-from .repflows import Repflows
-
-# repflow keys that Repflows takes itself rather than passing to every layer
-_BLOCK_KEYS = (
-    "n_dim",
-    "e_dim",
-    "a_dim",
-    "nlayers",
-    "e_rcut",
-    "e_rcut_smth",
-    "e_sel",
-    "a_rcut",
-    "a_rcut_smth",
-    "a_sel",
-    "edge_init_use_dist",
-    "use_exp_switch",
-    "use_dynamic_sel",
-    "sel_reduce_factor",
-    "fix_stat_std",
+from .config import (
+    DPA3_ARGS,
+    REPFLOW_ARGS,
+    DPA3Config,
+    RepflowConfig,
+    check_dpa3,
+    check_repflow,
 )
-# keys that change nothing in the numbers here
-_UNUSED_KEYS = ("optim_update", "skip_stat", "sequential_update")
-
-
-def _count(where: str, value) -> int:
-    if isinstance(value, str):
-        raise ConfigError(
-            f"{where}: '{value}' must be resolved from the training data before the model is "
-            "built (lam train does this)"
-        )
-    return int(value)
+from .repflows import Repflows
 
 
 @DESCRIPTORS.register("dpa3")
-class DescrptDPA3(Descriptor):
+class DescrptDPA3(EnvBlock, Descriptor):
     ARGS = DPA3_ARGS
     mixed_types = True
     has_rot_mat = True
     set_davg_zero = True
 
     def __init__(
-        self,
-        ntypes: int,
-        repflow: dict,
-        concat_output_tebd: bool = False,
-        activation_function: str = "silu",
-        precision: str = "float64",
-        exclude_types=(),
-        env_protection: float = 0.0,
-        trainable: bool = True,
-        seed: int | None = None,
-        use_econf_tebd: bool = False,
-        use_tebd_bias: bool = False,
-        use_loc_mapping: bool = True,
-        add_chg_spin_ebd: bool = False,
-        default_chg_spin=None,
-        type_map=None,
+        self, ntypes: int, *args, where: str = "model/descriptor", type_map=None, **kwargs
     ):
         super().__init__()
-        where = "model/descriptor"
-        rf = normalize(repflow, REPFLOW_ARGS, f"{where}/repflow")
-        check_repflow(rf, f"{where}/repflow")
-        if rf["skip_stat"]:
-            rf["fix_stat_std"] = 0.3
-        self.ntypes = ntypes
-        self.dtype = to_dtype(precision)
-        self.concat_output_tebd = concat_output_tebd
-        self.exclude_types = check_exclude_types(exclude_types, ntypes, f"{where}/exclude_types")
-        self.env_protection = float(env_protection)
-        self.rcut, self.rcut_smth = float(rf["e_rcut"]), float(rf["e_rcut_smth"])
-        self.nnei = _count(f"{where}/repflow/e_sel", rf["e_sel"])
-        a_sel = _count(f"{where}/repflow/a_sel", rf["a_sel"])
+        cfg = DPA3Config.of(*args, **kwargs)
+        check_dpa3(cfg.as_dict(), where)
+        rf = RepflowConfig.of(**normalize(cfg.repflow, REPFLOW_ARGS, f"{where}/repflow"))
+        check_repflow(rf.as_dict(), f"{where}/repflow")
+        if rf.skip_stat:
+            rf = rf.replace(fix_stat_std=0.3)
+        self.init_env(
+            ntypes,
+            rf.e_rcut,
+            rf.e_rcut_smth,
+            rf.e_sel,
+            dtype=to_dtype(cfg.precision),
+            typed=False,
+            env_protection=cfg.env_protection,
+            where=f"{where}/repflow",
+            names=("e_rcut", "e_rcut_smth", "e_sel"),
+            stats=False,  # davg/dstd are the repflow block's
+        )
+        self.exclude_types = check_exclude_types(
+            cfg.exclude_types, ntypes, f"{where}/exclude_types"
+        )
+        self.concat_output_tebd = cfg.concat_output_tebd
+        a_sel = check_count(f"{where}/repflow/a_sel", rf.a_sel)
         if a_sel > self.nnei:
             raise ConfigError(f"{where}/repflow/a_sel: {a_sel} exceeds e_sel {self.nnei}")
-        self.sel = [self.nnei]
-        self.tebd_dim = int(rf["n_dim"])
+        self.tebd_dim = int(rf.n_dim)
         self.type_embedding = TypeEmbedNet(
             ntypes,
             self.tebd_dim,
-            use_tebd_bias,
+            cfg.use_tebd_bias,
             self.dtype,
-            make_generator(seed, 2),
-            trainable,
-            econf_type_map=econf_types(use_econf_tebd, type_map, ntypes, where),
+            make_generator(cfg.seed, 2),
+            cfg.trainable,
+            econf_type_map=econf_types(cfg.use_econf_tebd, type_map, ntypes, where),
         )
-        self.charge_spin = None
-        if add_chg_spin_ebd:
-            gens = [make_generator(seed, k) for k in (3, 4, 5)]
-            self.charge_spin = ChargeSpinEmbedding(
-                self.tebd_dim, activation_function, default_chg_spin, self.dtype, gens, where
-            )
-        elif default_chg_spin is not None:
-            raise ConfigError(f"{where}/default_chg_spin: needs add_chg_spin_ebd: true")
-        block = {k: rf[k] for k in _BLOCK_KEYS}
-        block.update(e_sel=self.nnei, a_sel=a_sel)
-        layer_kw = {k: v for k, v in rf.items() if k not in _BLOCK_KEYS + _UNUSED_KEYS}
+        self.charge_spin = self._charge_spin(cfg, where)
         self.repflows = Repflows(
             ntypes,
-            activation_function=activation_function,
-            env_protection=env_protection,
+            rf,
+            self.nnei,
+            a_sel,
+            activation_function=cfg.activation_function,
+            env_protection=cfg.env_protection,
             dtype=self.dtype,
-            seed=seed,
+            seed=cfg.seed,
             salt=(1,),
-            **block,
-            **layer_kw,
+            where=f"{where}/repflow",
         )
-        self.dim_emb = int(rf["e_dim"])
-        self.dim_out = self.tebd_dim * (2 if concat_output_tebd else 1)
-        if not trainable:
+        self.dim_emb = int(rf.e_dim)
+        self.dim_out = self.tebd_dim * (2 if cfg.concat_output_tebd else 1)
+        if not cfg.trainable:
             for p in self.parameters():
                 p.requires_grad_(False)
+
+    def _charge_spin(self, cfg: DPA3Config, where: str) -> ChargeSpinEmbedding | None:
+        """The frame charge/spin embedding added to the type embedding (``add_chg_spin_ebd``)."""
+        if not cfg.add_chg_spin_ebd:
+            if cfg.default_chg_spin is not None:
+                raise ConfigError(f"{where}/default_chg_spin: needs add_chg_spin_ebd: true")
+            return None
+        gens = [make_generator(cfg.seed, k) for k in (3, 4, 5)]
+        return ChargeSpinEmbedding(
+            self.tebd_dim, cfg.activation_function, cfg.default_chg_spin, self.dtype, gens, where
+        )
 
     @classmethod
     def normalize_config(cls, config: dict, path: str = "model/descriptor") -> dict:

@@ -23,6 +23,7 @@ from torch import nn
 from ...geometry.env import gather_rows
 from ...nn.mlp import Dense, activation, make_generator
 from ..dpa2.repformer_layer import combine_updates, make_residual
+from .config import RepflowConfig
 
 
 def pair_moment(edge: torch.Tensor, h2: torch.Tensor, sw: torch.Tensor, scale: float):
@@ -38,47 +39,41 @@ def grrg(hg: torch.Tensor, axis_neuron: int) -> torch.Tensor:
 
 
 class RepFlowLayer(nn.Module):
+    """One repflow layer, configured by the ``repflow`` section (:class:`RepflowConfig`);
+    ``nnei``/``a_sel`` are the resolved edge and angle neighbour counts."""
+
     def __init__(
         self,
         nnei: int,
         a_sel: int,
-        n_dim: int = 128,
-        e_dim: int = 64,
-        a_dim: int = 64,
-        a_compress_rate: int = 0,
-        a_compress_use_split: bool = False,
-        a_compress_e_rate: int = 1,
-        n_multi_edge_message: int = 1,
-        axis_neuron: int = 4,
-        update_angle: bool = True,
-        use_dynamic_sel: bool = False,
-        sel_reduce_factor: float = 10.0,
-        smooth_edge_update: bool = False,
+        cfg: RepflowConfig,
         activation_function: str = "silu",
-        update_style: str = "res_residual",
-        update_residual: float = 0.1,
-        update_residual_init: str = "const",
         dtype: torch.dtype = torch.float64,
         seed: int | None = None,
         salt: tuple = (),
     ):
         super().__init__()
         self.nnei, self.a_sel = int(nnei), int(a_sel)
-        self.n_dim, self.e_dim, self.a_dim = n_dim, e_dim, a_dim
-        self.axis_neuron = axis_neuron
-        self.update_angle = update_angle
-        self.update_style = update_style
-        self.smooth_edge_update = smooth_edge_update
-        self.n_multi_edge_message = n_multi_edge_message
-        self.a_compress_rate = a_compress_rate
-        self.a_compress_use_split = a_compress_use_split
+        self.n_dim, self.e_dim, self.a_dim = cfg.n_dim, cfg.e_dim, cfg.a_dim
+        self.axis_neuron = cfg.axis_neuron
+        self.update_angle = cfg.update_angle
+        self.update_style = cfg.update_style
+        self.smooth_edge_update = cfg.smooth_edge_update
+        self.n_multi_edge_message = cfg.n_multi_edge_message
+        self.a_compress_rate = cfg.a_compress_rate
+        self.a_compress_use_split = cfg.a_compress_use_split
         self.act = activation(activation_function)
         # divisors of the neighbour sums: the slot counts, or the "dynamic" expected counts
-        if use_dynamic_sel:
-            self.e_norm = self.nnei / sel_reduce_factor
-            self.a_norm = self.a_sel / sel_reduce_factor
+        if cfg.use_dynamic_sel:
+            self.e_norm = self.nnei / cfg.sel_reduce_factor
+            self.a_norm = self.a_sel / cfg.sel_reduce_factor
         else:
             self.e_norm, self.a_norm = float(self.nnei), float(self.a_sel)
+        self._init_maps(cfg, dtype, seed, salt)
+
+    def _init_maps(self, cfg: RepflowConfig, dtype, seed, salt) -> None:
+        """The linear maps and residual weights, in the reference's creation order."""
+        n_dim, e_dim, a_dim = cfg.n_dim, cfg.e_dim, cfg.a_dim
 
         def gen(i):
             return make_generator(seed, *salt, i)
@@ -86,33 +81,35 @@ class RepFlowLayer(nn.Module):
         def dense(n_in, n_out, i, bias=True):
             return Dense(n_in, n_out, None, bias=bias, dtype=dtype, generator=gen(i))
 
-        res = update_style == "res_residual"
+        res = cfg.update_style == "res_residual"
 
         def resid(dim, i):
-            return make_residual(dim, update_residual, update_residual_init, dtype, gen(100 + i))
+            scale, mode = cfg.update_residual, cfg.update_residual_init
+            return make_residual(dim, scale, mode, dtype, gen(100 + i))
 
         edge_info = 2 * n_dim + e_dim
         self.node_self_mlp = dense(n_dim, n_dim, 0)
-        self.node_sym_linear = dense(axis_neuron * (n_dim + e_dim), n_dim, 2)
-        self.node_edge_linear = dense(edge_info, n_multi_edge_message * n_dim, 4)
+        self.node_sym_linear = dense(cfg.axis_neuron * (n_dim + e_dim), n_dim, 2)
+        self.node_edge_linear = dense(edge_info, cfg.n_multi_edge_message * n_dim, 4)
         self.edge_self_linear = dense(edge_info, e_dim, 6)
         # residual weights in the reference's creation order, used by position
         self.n_residual = nn.ParameterList(
-            [resid(n_dim, i) for i in range(2 + n_multi_edge_message)] if res else []
+            [resid(n_dim, i) for i in range(2 + cfg.n_multi_edge_message)] if res else []
         )
         self.e_residual = nn.ParameterList(
-            [resid(e_dim, 10 + i) for i in range(2 if update_angle else 1)] if res else []
+            [resid(e_dim, 10 + i) for i in range(2 if cfg.update_angle else 1)] if res else []
         )
-        self.a_residual = nn.ParameterList([resid(a_dim, 20)] if res and update_angle else [])
+        self.a_residual = nn.ParameterList([resid(a_dim, 20)] if res and cfg.update_angle else [])
         self.a_compress_n_linear = self.a_compress_e_linear = None
         self.edge_angle_linear1 = self.edge_angle_linear2 = self.angle_self_linear = None
-        if update_angle:
-            if a_compress_rate == 0:
+        if cfg.update_angle:
+            rate = cfg.a_compress_rate
+            if rate == 0:
                 self.n_a_dim, self.e_a_dim = n_dim, e_dim
             else:
-                self.n_a_dim = a_dim // a_compress_rate
-                self.e_a_dim = a_dim // (2 * a_compress_rate) * a_compress_e_rate
-                if not a_compress_use_split:
+                self.n_a_dim = a_dim // rate
+                self.e_a_dim = a_dim // (2 * rate) * cfg.a_compress_e_rate
+                if not cfg.a_compress_use_split:
                     self.a_compress_n_linear = dense(n_dim, self.n_a_dim, 8, bias=False)
                     self.a_compress_e_linear = dense(e_dim, self.e_a_dim, 9, bias=False)
             angle_in = a_dim + self.n_a_dim + 2 * self.e_a_dim

@@ -15,6 +15,8 @@ from ...geometry.env import gather_rows, smooth_switch
 from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
+from ..env_block import EnvBlock
+from .config import RepflowConfig
 from .repflow_layer import RepFlowLayer, pair_moment
 
 
@@ -49,69 +51,67 @@ def env_matrix(
     return env, diff, sw.squeeze(-1)
 
 
-class Repflows(nn.Module):
+class Repflows(EnvBlock):
+    """The repflow block, configured by the ``repflow`` section (:class:`RepflowConfig`);
+    ``e_sel``/``a_sel`` are its resolved edge and angle neighbour counts. The mean is always
+    zero; the std is the constant ``fix_stat_std`` unless that is 0."""
+
+    set_davg_zero = True
+
     def __init__(
         self,
         ntypes: int,
-        e_rcut: float,
-        e_rcut_smth: float,
+        cfg: RepflowConfig,
         e_sel: int,
-        a_rcut: float,
-        a_rcut_smth: float,
         a_sel: int,
-        nlayers: int = 6,
-        n_dim: int = 128,
-        e_dim: int = 64,
-        a_dim: int = 64,
-        edge_init_use_dist: bool = False,
-        use_exp_switch: bool = False,
-        use_dynamic_sel: bool = False,
-        sel_reduce_factor: float = 10.0,
-        fix_stat_std: float = 0.3,
+        *,
         activation_function: str = "silu",
         env_protection: float = 0.0,
         dtype: torch.dtype = torch.float64,
         seed: int | None = None,
         salt: tuple = (),
-        **layer_kw,
+        where: str = "model/descriptor/repflow",
     ):
         super().__init__()
-        self.ntypes = ntypes
-        self.rcut, self.rcut_smth, self.nnei = float(e_rcut), float(e_rcut_smth), int(e_sel)
-        self.a_rcut, self.a_rcut_smth, self.a_sel = float(a_rcut), float(a_rcut_smth), int(a_sel)
-        self.n_dim, self.e_dim = n_dim, e_dim
-        self.edge_init_use_dist = edge_init_use_dist
-        self.use_exp_switch = use_exp_switch
-        self.env_protection = float(env_protection)
-        self.fix_stat_std = float(fix_stat_std)
-        self.e_norm = self.nnei / sel_reduce_factor if use_dynamic_sel else float(self.nnei)
+        self.fix_stat_std = float(cfg.fix_stat_std)
+        self.init_env(
+            ntypes,
+            cfg.e_rcut,
+            cfg.e_rcut_smth,
+            e_sel,
+            dtype=dtype,
+            typed=False,
+            env_protection=env_protection,
+            where=where,
+            names=("e_rcut", "e_rcut_smth", "e_sel"),
+            std=self.fix_stat_std if self.fix_stat_std != 0.0 else 1.0,
+        )
+        self.a_rcut, self.a_rcut_smth = float(cfg.a_rcut), float(cfg.a_rcut_smth)
+        self.a_sel = int(a_sel)
+        self.n_dim, self.e_dim = cfg.n_dim, cfg.e_dim
+        self.edge_init_use_dist = cfg.edge_init_use_dist
+        self.use_exp_switch = cfg.use_exp_switch
+        reduce = cfg.sel_reduce_factor
+        self.e_norm = self.nnei / reduce if cfg.use_dynamic_sel else float(self.nnei)
         self.act = activation(activation_function)
         self.edge_embd = Dense(
-            1, e_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0)
+            1, cfg.e_dim, None, dtype=dtype, generator=make_generator(seed, *salt, 0)
         )
         self.angle_embd = Dense(
-            1, a_dim, None, bias=False, dtype=dtype, generator=make_generator(seed, *salt, 1)
+            1, cfg.a_dim, None, bias=False, dtype=dtype, generator=make_generator(seed, *salt, 1)
         )
         self.layers = nn.ModuleList(
             RepFlowLayer(
                 self.nnei,
                 self.a_sel,
-                n_dim=n_dim,
-                e_dim=e_dim,
-                a_dim=a_dim,
-                use_dynamic_sel=use_dynamic_sel,
-                sel_reduce_factor=sel_reduce_factor,
+                cfg,
                 activation_function=activation_function,
                 dtype=dtype,
                 seed=seed,
                 salt=(*salt, 2, i),
-                **layer_kw,
             )
-            for i in range(nlayers)
+            for i in range(cfg.nlayers)
         )
-        self.register_buffer("davg", torch.zeros(ntypes, 4, dtype=dtype))
-        std = self.fix_stat_std if self.fix_stat_std != 0.0 else 1.0
-        self.register_buffer("dstd", torch.full((ntypes, 4), std, dtype=dtype))
 
     def widths(self, ext_coord, nlist) -> tuple[torch.Tensor, int]:
         """The edge list without its trailing empty slots, and the angle slots to keep.
@@ -143,8 +143,7 @@ class Repflows(nn.Module):
         env, diff, sw = env_matrix(
             ext_coord, nlist, self.rcut, self.rcut_smth, prot, use_exp, start
         )
-        at = ext_atype[:, start : start + rows].clamp(min=0)
-        rr = (env - self.davg[at].unsqueeze(2)) / self.dstd[at].unsqueeze(2)
+        rr = self.normalize_env(env, ext_atype[:, start : start + rows])
         # angles: the first a_sel edge slots within a_rcut
         a_width = min(self.a_sel, nlist.shape[-1]) if a_width is None else a_width
         a_nlist = nlist[..., :a_width]
