@@ -207,11 +207,9 @@ class AtomicModel(nn.Module):
         (:mod:`lamkit.model.hessian`) also force and hessian [nf, 3 nloc, 3 nloc]. Other
         outputs ignore the derivative flags, so that every model takes the same call.
 
-        ``chunk_atoms``: when ``nf * nloc`` exceeds it, the atom-local blocks (descriptor
-        blocks, repformer layers, fitting) run on slices of at most this many centre atoms
-        under activation checkpointing (:mod:`lamkit.nn.chunking`): the same results with the
-        memory of one slice's pair tensors, for about one extra forward pass of time (one per
-        backward pass). None (the default, used in training) evaluates everything at once.
+        ``chunk_atoms``: above this many atoms the atom-local blocks run on slices of centre
+        atoms under activation checkpointing (:mod:`lamkit.nn.chunking`; same results, one
+        slice's memory). None (the default, used in training): everything at once.
         """
         od = self.output_def
         nf, nloc = atype.shape
