@@ -94,3 +94,23 @@ def release_freed_memory(start: int | None, slack: int = TRIM_SLACK_BYTES) -> No
     now = resident_bytes()
     if now is not None and now > start + slack:
         libc.malloc_trim(0)
+
+
+def available_bytes() -> int | None:
+    """Memory the system can still give without swapping (``MemAvailable``; None off Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_resident_bytes() -> int:
+    """The process's peak resident memory so far (bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024

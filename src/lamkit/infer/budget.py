@@ -64,6 +64,7 @@ class AtomBudget:
         self.chunk_atoms = int(chunk_atoms) if chunk_atoms else None
         self._too_big = MAX_BATCH_ATOMS + 1  # smallest budget that ran out of memory
         self._chunk_too_big = MAX_BATCH_ATOMS + 1
+        self.host_checked = False  # fit_host_memory ran (CPU evaluation)
 
     @classmethod
     def from_arg(cls, arg, chunk_atoms: int | None = None) -> AtomBudget:
@@ -79,7 +80,9 @@ class AtomBudget:
         if arg is False or arg is None:
             return cls(DEFAULT_BATCH_ATOMS, adaptive=False, chunk_atoms=chunk)
         if isinstance(arg, (int, np.integer)):
-            return cls(int(arg), adaptive=False, chunk_atoms=chunk)
+            fixed = cls(int(arg), adaptive=False, chunk_atoms=chunk)
+            fixed.host_checked = True  # the caller's choice stands
+            return fixed
         raise ValueError(f"auto_batch_size: expected True, False or an int, got {arg!r}")
 
     def frames(self, natoms: int) -> int:
@@ -92,6 +95,23 @@ class AtomBudget:
         if self.chunk_atoms is None or natoms <= self.chunk_atoms:
             return None
         return self.chunk_atoms
+
+    def fit_host_memory(self, bytes_per_atom: float, available: int | None) -> None:
+        """Cap the atoms per evaluation so that one takes at most half the memory still
+        available (``bytes_per_atom``: measured on a first one-frame evaluation). On a CPU the
+        kernel kills a process that runs out of memory rather than raising an error, so the
+        halving retry cannot help there; this keeps e.g. ``lam test`` of a DPA-3 model (about
+        25 MB per atom in float64) from being killed."""
+        self.host_checked = True
+        if not available or bytes_per_atom <= 0:
+            return
+        cap = max(1, int(0.5 * available / bytes_per_atom))
+        if cap < self.atoms:
+            self.atoms = cap
+
+    @property
+    def needs_host_check(self) -> bool:
+        return not self.host_checked
 
     def succeeded(self, device: torch.device) -> None:
         if self.adaptive and device.type == "cuda":

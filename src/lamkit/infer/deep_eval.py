@@ -16,7 +16,7 @@ import torch
 
 from .. import keys
 from ..model import AtomicModel, load_model
-from ..runtime import tune_allocator
+from ..runtime import available_bytes, peak_resident_bytes, resident_bytes, tune_allocator
 from .budget import AtomBudget, is_oom
 from .compiled import CompiledEnergy
 
@@ -138,8 +138,10 @@ class DeepEval:
         parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
         start = 0
         while start < nf:
-            stop = min(nf, start + self.budget.frames(natoms))
+            probe = self.device.type == "cpu" and self.budget.needs_host_check and nf > 1
+            stop = min(nf, start + (1 if probe else self.budget.frames(natoms)))
             sl = slice(start, stop)
+            before = (resident_bytes(), peak_resident_bytes()) if probe else None
             try:
                 out = self._eval_chunk(
                     coords[sl],
@@ -158,9 +160,17 @@ class DeepEval:
                 raise
             for n in names:
                 parts[n].append(out[n])
+            if before is not None:  # one frame measured: fit the frames per call to memory
+                self._fit_host_memory(before, natoms)
             self.budget.succeeded(self.device)
             start = stop
         return {n: np.concatenate(parts[n]) for n in names}
+
+    def _fit_host_memory(self, before: tuple, natoms: int) -> None:
+        rss, peak = before
+        now = peak_resident_bytes()
+        grown = now - rss if rss is not None and now > peak else 0  # this call set the peak
+        self.budget.fit_host_memory(grown / max(natoms, 1), available_bytes())
 
     def _eval_chunk(
         self, coords, cells, atype, fparam, aparam, names, model_kw: dict
