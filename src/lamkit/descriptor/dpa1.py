@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows, row_bounds
 from ..nn.econf import econf_types
-from ..nn.mlp import Dense, EmbeddingNet, make_generator, to_dtype
+from ..nn.mlp import Dense, EmbeddingNet, make_generator
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor
@@ -150,18 +150,7 @@ class DPA1(EnvBlock, Descriptor):
         super().__init__()
         cfg = self.config_of(*args, **kwargs)
         self.tebd_input_mode = _input_mode(cfg, where)
-        self.set_davg_zero = cfg.set_davg_zero
-        self.init_env(
-            ntypes,
-            cfg.rcut,
-            cfg.rcut_smth,
-            cfg.sel,
-            dtype=to_dtype(cfg.precision),
-            typed=False,
-            exclude_types=cfg.exclude_types,
-            env_protection=cfg.env_protection,
-            where=where,
-        )
+        self.init_env_from(cfg, ntypes, typed=False, where=where)
         self.neuron = list(cfg.neuron)
         self.axis_neuron = int(cfg.axis_neuron)
         self.type_one_side = cfg.type_one_side

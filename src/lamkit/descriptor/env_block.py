@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import keys
 from ..errors import ConfigError
+from ..nn.mlp import to_dtype
 from .base import check_exclude_types, env_stat_id, pair_exclude_mask
 
 
@@ -113,6 +114,22 @@ class EnvBlock(nn.Module):
             shape = (ntypes, self.stat_columns)
             self.register_buffer("davg", torch.zeros(shape, dtype=dtype))
             self.register_buffer("dstd", torch.full(shape, std, dtype=dtype))
+
+    def init_env_from(self, cfg, ntypes: int, *, typed: bool, where: str) -> None:
+        """:meth:`init_env` from a descriptor's typed config (its ``rcut``, ``rcut_smth``,
+        ``sel``, ``precision``, ``exclude_types``, ``env_protection``, ``set_davg_zero``)."""
+        self.set_davg_zero = cfg.set_davg_zero
+        self.init_env(
+            ntypes,
+            cfg.rcut,
+            cfg.rcut_smth,
+            cfg.sel,
+            dtype=to_dtype(cfg.precision),
+            typed=typed,
+            exclude_types=cfg.exclude_types,
+            env_protection=cfg.env_protection,
+            where=where,
+        )
 
     def normalize_env(self, env: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
         """``(env - davg[t_i]) / dstd[t_i]`` for env [nf, rows, nnei, ncol] of centres of

@@ -22,7 +22,7 @@ from torch import nn
 from .. import keys
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows
-from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.mlp import EmbeddingNet, make_generator
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from .base import DESCRIPTORS, Descriptor
 from .block_config import BlockConfig, arg
@@ -60,18 +60,7 @@ class SeR(EnvBlock, Descriptor):
     def __init__(self, ntypes: int, *args, where: str = "model/descriptor", **kwargs):
         super().__init__()
         cfg = SeRConfig.of(*args, **kwargs)
-        self.set_davg_zero = cfg.set_davg_zero
-        self.init_env(
-            ntypes,
-            cfg.rcut,
-            cfg.rcut_smth,
-            cfg.sel,
-            dtype=to_dtype(cfg.precision),
-            typed=True,
-            exclude_types=cfg.exclude_types,
-            env_protection=cfg.env_protection,
-            where=where,
-        )
+        self.init_env_from(cfg, ntypes, typed=True, where=where)
         self.sections = [0]
         for s in self.sel:
             self.sections.append(self.sections[-1] + s)

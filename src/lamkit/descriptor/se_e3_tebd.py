@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..geometry.env import environment_matrix
 from ..nn.chunking import Chunking, map_rows
 from ..nn.econf import econf_types
-from ..nn.mlp import EmbeddingNet, make_generator, to_dtype
+from ..nn.mlp import EmbeddingNet, make_generator
 from ..nn.params import COMPRESSION, NETWORK_ALIASES, STAT_NAMES, STAT_ROWS, RefNames
 from ..nn.type_embedding import TypeEmbedNet
 from .base import DESCRIPTORS, Descriptor
@@ -79,18 +79,7 @@ class SeE3Tebd(EnvBlock, Descriptor):
                 f"{where}/tebd_input_mode: expected 'concat' or 'strip', "
                 f"got {cfg.tebd_input_mode!r}"
             )
-        self.set_davg_zero = cfg.set_davg_zero
-        self.init_env(
-            ntypes,
-            cfg.rcut,
-            cfg.rcut_smth,
-            cfg.sel,
-            dtype=to_dtype(cfg.precision),
-            typed=False,
-            exclude_types=cfg.exclude_types,
-            env_protection=cfg.env_protection,
-            where=where,
-        )
+        self.init_env_from(cfg, ntypes, typed=False, where=where)
         self.neuron = [int(n) for n in cfg.neuron]
         self.tebd_dim = int(cfg.tebd_dim)
         self.tebd_input_mode = cfg.tebd_input_mode
