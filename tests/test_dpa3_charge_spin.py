@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from lamkit.infer import DeepPot
 from lamkit.interop.deepmd import load_deepmd_checkpoint
 from lamkit.testing import standard_system
 from lamkit.testing.neighbors import check_sel_not_saturated
+from lamkit.testing.reference_job import run_reference_job
 
 from .conftest import require_reference
 
@@ -90,13 +88,7 @@ def reference(tmp_path_factory):
               "cell": np.asarray(s.cell).reshape(9).tolist()}  # fmt: skip
     job = {"out": str(out), "params": PARAMS, "system": system, "pairs": PAIRS}
     (out / "job.json").write_text(json.dumps(job))
-    (out / "ref.py").write_text(_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, torch.load(out / "results.pt", weights_only=False)
+    return out, run_reference_job(out, _SCRIPT)
 
 
 def test_charge_and_spin_match_the_reference(reference):

@@ -22,7 +22,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from lamkit import keys
 from lamkit.interop.deepmd import load_deepmd_checkpoint
@@ -30,6 +29,7 @@ from lamkit.nn.econf import SYMBOLS
 from lamkit.testing import standard_system
 from lamkit.testing.neighbors import check_sel_not_saturated
 from lamkit.testing.physics import assert_close, predict
+from lamkit.testing.reference_job import run_reference_job
 
 from .conftest import require_reference
 
@@ -181,16 +181,7 @@ def reference(tmp_path_factory):
     cases = {n: _params(n) for n in CASES}
     job = {"out": str(out), "cases": cases, "systems": systems, "type_map": TYPE_MAP}
     (out / "job.json").write_text(json.dumps(job))
-    (out / "ref.py").write_text(_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, torch.load(out / "results.pt", weights_only=False)
+    return out, run_reference_job(out, _SCRIPT)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -7,9 +7,6 @@ with it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from lamkit.model.type_map import change_type_map
 from lamkit.testing import standard_system
 from lamkit.testing.neighbors import check_sel_not_saturated
 from lamkit.testing.physics import assert_close, predict
+from lamkit.testing.reference_job import run_reference_job
 
 from .conftest import require_reference
 
@@ -134,16 +132,7 @@ def reference(tmp_path_factory):
         "cell": np.asarray(s.cell).reshape(9).tolist(),
     }
     (out / "job.json").write_text(json.dumps({"out": str(out), "cases": cases, "system": system}))
-    (out / "ref.py").write_text(_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, torch.load(out / "results.pt", weights_only=False)
+    return out, run_reference_job(out, _SCRIPT)
 
 
 @pytest.mark.parametrize("name", list(DESCRIPTORS))

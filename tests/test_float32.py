@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -47,6 +44,7 @@ from lamkit.testing import (
 )
 from lamkit.testing.neighbors import check_sel_not_saturated
 from lamkit.testing.physics import assert_close, predict
+from lamkit.testing.reference_job import run_reference_job
 from lamkit.train.loss import build_loss
 
 from .conftest import require_reference
@@ -263,16 +261,7 @@ def reference(tmp_path_factory):
         "lr": LR,
     }
     (out / "job.json").write_text(json.dumps(job))
-    (out / "ref.py").write_text(_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, torch.load(out / "results.pt", weights_only=False)
+    return out, run_reference_job(out, _SCRIPT)
 
 
 def _loss_and_grads(model, system, label: dict) -> tuple[float, dict]:

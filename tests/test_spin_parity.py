@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -30,6 +27,7 @@ from lamkit.interop.deepmd import load_deepmd_checkpoint
 from lamkit.model.spin import SpinEnergyModel
 from lamkit.testing import standard_system
 from lamkit.testing.physics import assert_close
+from lamkit.testing.reference_job import run_reference_job
 from lamkit.testing.systems import System, random_system
 
 from .conftest import require_reference
@@ -154,16 +152,7 @@ def reference(tmp_path_factory):
         }
     job = {"out": str(out), "cases": {n: _params(n) for n in CASES}, "systems": systems}
     (out / "job.json").write_text(json.dumps(job))
-    (out / "ref.py").write_text(_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(out / "ref.py"), str(out / "job.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, torch.load(out / "results.pt", weights_only=False)
+    return out, run_reference_job(out, _SCRIPT)
 
 
 @pytest.mark.parametrize("case", list(CASES))
