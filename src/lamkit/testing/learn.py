@@ -19,13 +19,21 @@ from ..data.writer import write_deepmd_system
 from ..train import Trainer
 
 
-def _emt_frames(sym: str, a0: float, rng: np.random.Generator, nframes: int = 12) -> dict:
-    """``nframes`` strained (±3 %) and rattled (0.05 Å) 32-atom fcc cells of ``sym`` with EMT
-    energies [eV], forces [eV/Å] and virials [eV]."""
+def _emt_frames(
+    sym: str,
+    a0: float,
+    rng: np.random.Generator,
+    nframes: int = 12,
+    symbols: Sequence[str] | None = None,
+) -> dict:
+    """``nframes`` strained (±3 %) and rattled (0.05 Å) 32-atom fcc cells of ``sym`` (or of the
+    32 per-site ``symbols``) with EMT energies [eV], forces [eV/Å] and virials [eV]."""
     coords, boxes, energy, force, virial = [], [], [], [], []
     for _ in range(nframes):
         at = bulk(sym, "fcc", a=a0 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
         at = at.repeat((2, 2, 2))
+        if symbols is not None:
+            at.set_chemical_symbols(list(symbols))
         at.positions += rng.normal(0, 0.05, at.positions.shape)
         at.calc = EMT()
         energy.append(at.get_potential_energy())
