@@ -1,7 +1,11 @@
 """SiLU with a tanh tail (DeePMD-kit's ``silut:THRESHOLD`` / ``custom_silu:THRESHOLD``
 activation, DPA-3's default in the reference's examples): ``x sigmoid(x)`` below the threshold
 ``t``, above it ``tanh(s (x - t)) + silu(t)`` with ``s = silu'(t)``, so the value and the slope
-are continuous at ``t`` and the output stays bounded."""
+are continuous at ``t`` and the output stays bounded.
+
+Eagerly, the tail is computed only when some element reaches the threshold (rare for DPA-3's
+``silut:10``): the values and every derivative are the same, and the activation of the large
+angle tensors costs one pass instead of seven. Captured graphs always take both branches."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import ConfigError
+from .tracing import capturing
 
 PREFIXES = ("silut", "custom_silu")
 
@@ -27,7 +32,10 @@ def silut(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     const = threshold * sig
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        tail = torch.tanh(slope * (x - threshold)) + const
-        return torch.where(x >= threshold, tail, torch.nn.functional.silu(x))
+        y = torch.nn.functional.silu(x)
+        over = x >= threshold
+        if not capturing() and not bool(over.any()):
+            return y
+        return torch.where(over, torch.tanh(slope * (x - threshold)) + const, y)
 
     return fn

@@ -133,13 +133,12 @@ class RepFlowLayer(nn.Module):
         w_a, w_n, w_k, w_j = torch.split(
             layer.matrix, [angle.shape[-1], node_a.shape[-1], edge_a.shape[-1], edge_a.shape[-1]]
         )
-        return (
-            layer.bias
-            + torch.matmul(node_a, w_n)[:, :, None, None, :]
-            + torch.matmul(edge_a, w_k).unsqueeze(2)
-            + torch.matmul(edge_a, w_j).unsqueeze(3)
-            + torch.matmul(angle, w_a)
-        )
+        # the one [nf, nloc, a, a, out] tensor is the product; the other blocks are added in
+        # place (no further tensors of that size: the angle path is memory-bound)
+        small = (layer.bias + torch.matmul(node_a, w_n)[:, :, None, :]).unsqueeze(2)
+        out = torch.matmul(angle, w_a)
+        out.add_(torch.matmul(edge_a, w_j).unsqueeze(3))
+        return out.add_(small + torch.matmul(edge_a, w_k).unsqueeze(2))
 
     def _combine(self, updates, residuals):
         return combine_updates(updates, self.update_style, list(residuals))

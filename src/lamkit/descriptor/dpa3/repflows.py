@@ -9,12 +9,12 @@ import math
 
 import torch
 from torch import nn
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ...geometry.env import gather_rows, smooth_switch
 from ...nn.chunking import Chunking, map_rows, row_bounds
 from ...nn.mlp import Dense, activation, make_generator
 from ...nn.params import STAT_NAMES, STAT_ROWS, RefNames
+from ...nn.tracing import capturing
 from ..env_block import EnvBlock
 from .config import RepflowConfig
 from .repflow_layer import RepFlowLayer, pair_moment
@@ -122,7 +122,7 @@ class Repflows(EnvBlock):
         slots with ``use_dynamic_sel``). Eager evaluation only: traced and compiled graphs keep
         the full, static widths."""
         a_width = min(self.a_sel, nlist.shape[-1])
-        if torch.jit.is_scripting() or torch.compiler.is_compiling() or get_proxy_mode():
+        if capturing():
             return nlist, a_width
         with torch.no_grad():
             slot = torch.arange(1, nlist.shape[-1] + 1, device=nlist.device)
