@@ -1,6 +1,7 @@
-"""The ``silut:T`` activation: the eager shortcut (no tail computed when no element reaches the
-threshold) gives the same values, gradients and second derivatives as the two-branch formula,
-and captured graphs (make_fx) keep both branches."""
+"""The ``silut:T`` and ``silu`` activations: the eager shortcut (no tail computed when no element
+reaches the threshold) and SiLU's own second derivative give the values and gradients of the
+plain formula exactly and its second derivatives to rounding; third derivatives (the Hessian
+loss) are exact too; captured graphs (make_fx) keep both branches."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def test_silut_equals_the_two_branch_formula(t, scale):
     x = x * scale
     fn = activation(f"silut:{t}")
     got, want = derivatives(fn, x), derivatives(lambda v: plain(v, t), x)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)  # values
+    torch.testing.assert_close(got[1], want[1], rtol=1e-14, atol=1e-16)  # first derivatives
+    torch.testing.assert_close(got[2], want[2], rtol=1e-13, atol=1e-15)  # our own second
     # continuity of value and slope at the threshold
     edge = torch.tensor([t - 1e-9, t + 1e-9], dtype=torch.float64)
     y, g, _ = derivatives(fn, edge)
@@ -48,3 +50,18 @@ def test_captured_graph_keeps_the_tail():
     x = torch.tensor([-1.0, 2.0, 5.0, 30.0], dtype=torch.float64)
     torch.testing.assert_close(graph(x), plain(x, 3.0), rtol=0, atol=0)
     assert "tanh" in graph.code
+
+
+def test_silu_third_derivative():
+    from lamkit.nn.silut import silu
+
+    x = torch.randn(9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x.requires_grad_(True)
+
+    def third(fn):
+        (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * x).sum(), x, create_graph=True)
+        return torch.autograd.grad(h.sum(), x)[0]
+
+    torch.testing.assert_close(third(silu), third(torch.nn.functional.silu), rtol=1e-12, atol=0)
+    assert torch.autograd.gradgradcheck(silu, (x,))

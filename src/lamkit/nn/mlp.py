@@ -25,7 +25,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "gelu": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
     "gelu_tf": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
-    "silu": torch.nn.functional.silu,
+    "silu": silut.silu,
     "linear": lambda x: x,
     "none": lambda x: x,
 }
