@@ -3,9 +3,9 @@ activation, DPA-3's default in the reference's examples): ``x sigmoid(x)`` below
 ``t``, above it ``tanh(s (x - t)) + silu(t)`` with ``s = silu'(t)``, so the value and the slope
 are continuous at ``t`` and the output stays bounded.
 
-Eagerly, the tail is computed only when some element reaches the threshold (rare for DPA-3's
-``silut:10``): the values and every derivative are the same, and the activation of the large
-angle tensors costs one pass instead of seven. Captured graphs always take both branches.
+Eagerly on the CPU, the tail is computed only when some element reaches the threshold (rare
+for DPA-3's ``silut:10``): the values and every derivative are the same, and the activation of
+the large angle tensors costs one pass instead of seven. Captured graphs always take both branches.
 
 :func:`silu` is SiLU whose second derivative (the force loss's double backward, where DPA-3
 spends most of its time on the angle tensors) is one short chain of in-place passes instead of
@@ -77,7 +77,8 @@ def silut(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(x: torch.Tensor) -> torch.Tensor:
         y = silu(x)
         over = x >= threshold
-        if not capturing() and not bool(over.any()):
+        # the check costs a device synchronisation, worth it on the CPU only
+        if x.device.type == "cpu" and not capturing() and not bool(over.any()):
             return y
         return torch.where(over, torch.tanh(slope * (x - threshold)) + const, y)
 

@@ -70,6 +70,15 @@ def hessian_pair_mean(elem: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(dof > 0, total / dof.clamp(min=1), torch.zeros_like(total)).mean()
 
 
+def prefactor(pref: tuple[float, float] | None, lr: float, start_lr: float) -> float:
+    """The prefactor ``limit + (start - limit) * lr / start_lr`` of a ``(start, limit)`` pair;
+    0 for an inactive term (``None``)."""
+    if pref is None:
+        return 0.0
+    start, limit = pref
+    return limit + (start - limit) * lr / start_lr
+
+
 def _huber(pred, label, delta):
     d = torch.abs(pred - label)
     return torch.mean(torch.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)))
@@ -131,10 +140,7 @@ class EnergyLoss:
         return reqs
 
     def _p(self, name: str, lr: float) -> float:
-        if self.pref[name] is None:
-            return 0.0
-        s, lim = self.pref[name]
-        return lim + (s - lim) * lr / self.start_lr
+        return prefactor(self.pref[name], lr, self.start_lr)
 
     def __call__(self, pred: dict, batch: dict, lr: float) -> tuple[torch.Tensor, dict]:
         mask = pred[keys.MASK].to(torch.float64)  # [nf, nloc]

@@ -27,6 +27,7 @@ from ..config.schema import Arg, normalize
 from ..data import DataRequirement
 from ..errors import ConfigError
 from ..model.spin import is_spin_model
+from .loss_energy import prefactor
 from .loss_registry import LOSSES
 
 _NUM = (float, int)
@@ -95,10 +96,7 @@ class EnergySpinLoss:
         return reqs
 
     def _p(self, name: str, lr: float) -> float:
-        if self.pref[name] is None:
-            return 0.0
-        s, lim = self.pref[name]
-        return lim + (s - lim) * lr / self.start_lr
+        return prefactor(self.pref[name], lr, self.start_lr)
 
     def _per_frame(self, ae: torch.Tensor, se: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
         """Energy/virial term from per-frame mean absolute ``ae`` or squared ``se`` errors."""
