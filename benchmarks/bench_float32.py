@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -35,15 +36,16 @@ PRECISIONS = ("float64", "float32")
 
 
 class _RateLog(logging.Handler):
-    """Keeps the trainer's last reported loop rate (steps/s, the 5th argument of its log)."""
+    """Keeps the trainer's last reported loop rate (the ``N steps/s`` of its display line)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rate: float | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("step %d/%d") and record.args:
-            self.rate = float(record.args[4])
+        found = re.search(r"\| ([0-9.eE+-]+) steps/s", record.getMessage())
+        if found:
+            self.rate = float(found.group(1))
 
 
 def model_section(name: str, precision: str) -> dict:
