@@ -157,6 +157,35 @@ def test_compiled_training_equals_eager(example_dir, tmp_path, name):
     assert natoms == {32, 48}, natoms  # both systems of the example
 
 
+def test_narrower_lists_run_the_widest_graph(example_dir, tmp_path, monkeypatch):
+    """Batches whose trimmed DPA-2 lists are narrower than the widest seen so far run that
+    width's graph (padded with empty slots): no new compile, and each step equals eager."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # traced graphs, not compiled
+    conf = lambda c: _config(example_dir, DESCRIPTORS["dpa2"], c)  # noqa: E731
+    eager, fast = Trainer(conf(False), tmp_path / "eager"), Trainer(conf(True), tmp_path / "fast")
+    graph = fast.compiled[DEFAULT]
+    graph.width_step = 1  # every width its own shape
+    widest = {"repinit": 21, "three_body": 15, "repformer": 15}  # as if met in an earlier batch
+    graph.widest = dict(widest)
+    natural = []
+    trim = fast.model.descriptor.graph_inputs
+
+    def recording(*args, **kw):
+        lists = trim(*args, **kw)
+        natural.append({name: t.shape[-1] for name, t in lists.items()})
+        return lists
+
+    monkeypatch.setattr(fast.model.descriptor, "graph_inputs", recording)
+    for step in range(STEPS):
+        m_fast, m_eager = fast.train_step(step), eager.train_step(step)
+        assert m_fast["rmse_f"] == pytest.approx(m_eager["rmse_f"], rel=1e-10, abs=0), step
+        g_eager, g_fast = _grads(eager), _grads(fast)
+        assert all(_close(g_fast[n], g_eager[n], 1e-10) for n in g_eager), step
+    assert graph.error is None and len(natural) == STEPS
+    assert all(w[k] < widest[k] for w in natural for k in widest), natural
+    assert [key[1] for key in graph.graphs] == [tuple(widest.values())]
+
+
 def test_restart_of_a_compiled_run_is_exact(example_dir, tmp_path):
     desc = DESCRIPTORS["dpa1"]
     straight = tmp_path / "a"

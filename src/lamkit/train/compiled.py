@@ -17,7 +17,8 @@ backward for the loss, and the loss's ``backward()`` reaches the parameters thro
 One graph serves every batch of the same kind (frames, atoms and ghost atoms are symbolic): a
 new atom count does not trace again. A graph is kept per kind of input (box or not,
 fparam/aparam given or not, virial wanted or not) and per width of the lists a descriptor trims
-from the data (DPA-2; rounded up to a multiple of ``width_step``), which the trace bakes in.
+from the data (DPA-2; rounded up to a multiple of ``width_step`` and to the widest list seen
+so far), which the trace bakes in.
 
 Opt in with ``"training": {"compile": true}``. Where compilation cannot work (no C++
 compiler, a model with type-sorted networks, an unsupported operation) training goes on
@@ -136,11 +137,16 @@ class CompiledTraining:
             so optimizer steps and restored checkpoints are seen).
         width_step: trimmed neighbour-list widths are padded to a multiple of this (exact:
             extra slots are empty), so that few graphs are needed.
+
+    Each list is also padded to the widest seen so far (:attr:`widest`): a batch with
+    narrower lists runs the existing graph instead of compiling another, so a run compiles
+    once per new widest list (a few times early on), not once per width it meets.
     """
 
     def __init__(self, model: EnergyModel, width_step: int = 8):
         self.model = model
         self.width_step = int(width_step)
+        self.widest: dict[str, int] = {}
         self.wrapper = _Outputs(model)
         self.graphs: dict[tuple, object] = {}
         self.compile_seconds = 0.0
@@ -190,6 +196,7 @@ class CompiledTraining:
             lists = model.descriptor.graph_inputs(
                 ext_coord, ext_atype, nbr[keys.NLIST], self.width_step
             )
+            lists = self._widen(lists)
         inputs = {"ext_coord": ext_coord, "ext_atype": ext_atype, "nlist": nbr[keys.NLIST]}
         inputs.update(mapping=nbr[keys.MAPPING], fparam=fparam, aparam=aparam, **lists)
         names = [k for k, v in inputs.items() if v is not None]
@@ -220,6 +227,19 @@ class CompiledTraining:
         if do_virial:
             pred[keys.VIRIAL] = virial
         return pred
+
+
+    def _widen(self, lists: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``lists`` padded with empty slots to the widest of each seen so far (exact, as the
+        padding of :meth:`graph_inputs`)."""
+        out = {}
+        for name, nl in lists.items():
+            width = max(nl.shape[-1], self.widest.get(name, 0))
+            self.widest[name] = width
+            if width > nl.shape[-1]:
+                nl = torch.nn.functional.pad(nl, (0, width - nl.shape[-1]), value=-1)
+            out[name] = nl
+        return out
 
 
 def compiled_forwards(tasks: dict, enabled: bool) -> dict[str, CompiledTraining]:
