@@ -71,6 +71,40 @@ def test_matches_eager_and_one_graph_serves_new_coordinates(dpa2, system):
     assert not np.allclose(eager.eval(moved, cell, atype)[1], eager.eval(coord, cell, atype)[1])
 
 
+def test_narrower_lists_run_the_widest_graph(system, monkeypatch):
+    """At one atom count, a frame whose trimmed lists are narrower than the widest met so far
+    runs that width's graph (padded with empty slots) and gives the eager numbers."""
+    import torch._inductor
+
+    monkeypatch.setattr(torch._inductor, "compile", lambda gm, inputs: gm)  # traced, not built
+    model = make_dpa2(update_g2_has_attn=True, update_residual=0.2).eval()
+    model.requires_grad_(False)
+    eager, compiled = DeepPot(model), DeepPot(model, compile=True)
+    coord, cell, atype = frame(system)
+    graphs = compiled.compiled
+    natural = graphs.model.descriptor.graph_inputs
+    seen = []
+
+    def recording(*args, **kw):
+        lists = natural(*args, **kw)
+        seen.append({name: t.shape[-1] for name, t in lists.items()})
+        return lists
+
+    monkeypatch.setattr(graphs.model.descriptor, "graph_inputs", recording)
+    compare(compiled.eval(coord, cell, atype), eager.eval(coord, cell, atype))
+    wider = {
+        name: min(w + 4, graphs.model.descriptor._blocks()[name].nnei)
+        for name, w in seen[0].items()
+    }
+    assert wider != seen[0]
+    graphs.widest[coord.shape[1]] = dict(wider)  # as if a wider frame had come before
+    moved = coord + np.random.default_rng(5).normal(scale=2e-3, size=coord.shape)
+    compare(compiled.eval(moved, cell, atype), eager.eval(moved, cell, atype))
+    widths = [tuple(w for _, (*_, w) in key[5]) for key in graphs.graphs]
+    assert widths == [tuple(seen[0].values()), tuple(wider.values())]
+    assert all(seen[1][k] <= wider[k] for k in wider)
+
+
 def test_several_frames_and_atomic_outputs(dpa2, system):
     eager, compiled = dpa2
     coord, cell, atype = frame(system)

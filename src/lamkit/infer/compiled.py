@@ -51,6 +51,10 @@ class CompiledEnergy:
     Args:
         model: an :class:`EnergyModel` in eval mode with frozen parameters.
         width_step: neighbour-list widths are rounded up to a multiple of this.
+
+    Per atom count, each list is also padded to the widest met so far (exact: the extra
+    slots are empty): in MD the trimmed widths drift by a slot or two from step to step, and a
+    frame with narrower lists then runs an existing graph instead of compiling another.
     """
 
     def __init__(self, model: EnergyModel, width_step: int = 4):
@@ -59,6 +63,7 @@ class CompiledEnergy:
         self.model = model
         self.width_step = int(width_step)
         self.graphs: dict[tuple, object] = {}
+        self.widest: dict[int, dict[str, int]] = {}  # per atom count: list name -> width
         self.compile_seconds = 0.0
         self.error: str | None = None  # why compilation was given up (then eager is used)
         desc, fit = model.descriptor, model.fitting
@@ -83,6 +88,18 @@ class CompiledEnergy:
             tuple((name, tuple(t.shape)) for name, t in lists.items()),
             str(coord.device),
         )
+
+    def _widen(self, lists: dict[str, torch.Tensor], nloc: int) -> dict[str, torch.Tensor]:
+        """``lists`` padded with empty slots to the widest of each met at ``nloc`` atoms."""
+        widest = self.widest.setdefault(nloc, {})
+        out = {}
+        for name, nl in lists.items():
+            width = max(nl.shape[-1], widest.get(name, 0))
+            widest[name] = width
+            if width > nl.shape[-1]:
+                nl = torch.nn.functional.pad(nl, (0, width - nl.shape[-1]), value=-1)
+            out[name] = nl
+        return out
 
     def _graph_function(self, names: list[str], nloc: int):
         """``run(*tensors)`` for tensors named ``names`` (ext_coord, ext_atype, nlist, mapping,
@@ -135,6 +152,7 @@ class CompiledEnergy:
             ext_coord, ext_atype = model.extend(coord, atype, box, nbr)
             nlist, mapping = nbr[keys.NLIST], nbr[keys.MAPPING]
             lists = model.descriptor.graph_inputs(ext_coord, ext_atype, nlist, self.width_step)
+            lists = self._widen(lists, nloc)
             nf, nall = ext_atype.shape
             nall_pad = ghost_bucket(nall)
             if nall_pad > nall:

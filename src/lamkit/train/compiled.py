@@ -228,7 +228,6 @@ class CompiledTraining:
             pred[keys.VIRIAL] = virial
         return pred
 
-
     def _widen(self, lists: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``lists`` padded with empty slots to the widest of each seen so far (exact, as the
         padding of :meth:`graph_inputs`)."""
