@@ -157,3 +157,18 @@ def build_descriptor(
     if _takes_type_map(cls) and not kwargs.get("type_map"):
         kwargs["type_map"] = list(type_map)  # element names (e.g. use_econf_tebd)
     return cls(ntypes=len(type_map), where=path, **kwargs)
+
+
+def widen_lists(lists: dict[str, torch.Tensor], widest: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Each neighbour list of ``lists`` (from :meth:`Descriptor.graph_inputs`) padded with empty
+    slots to the widest met so far, which ``widest`` (list name -> width) keeps and this updates.
+    Exact wherever the padding of ``graph_inputs`` is: compiled graphs bake the widths in, and
+    a narrower list then runs an existing graph instead of compiling another."""
+    out = {}
+    for name, nl in lists.items():
+        width = max(nl.shape[-1], widest.get(name, 0))
+        widest[name] = width
+        if width > nl.shape[-1]:
+            nl = torch.nn.functional.pad(nl, (0, width - nl.shape[-1]), value=-1)
+        out[name] = nl
+    return out

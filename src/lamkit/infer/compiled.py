@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from .. import keys
+from ..descriptor.base import widen_lists
 from ..model.derivatives import forces_and_virials
 from ..model.energy_model import EnergyModel
 
@@ -89,18 +90,6 @@ class CompiledEnergy:
             str(coord.device),
         )
 
-    def _widen(self, lists: dict[str, torch.Tensor], nloc: int) -> dict[str, torch.Tensor]:
-        """``lists`` padded with empty slots to the widest of each met at ``nloc`` atoms."""
-        widest = self.widest.setdefault(nloc, {})
-        out = {}
-        for name, nl in lists.items():
-            width = max(nl.shape[-1], widest.get(name, 0))
-            widest[name] = width
-            if width > nl.shape[-1]:
-                nl = torch.nn.functional.pad(nl, (0, width - nl.shape[-1]), value=-1)
-            out[name] = nl
-        return out
-
     def _graph_function(self, names: list[str], nloc: int):
         """``run(*tensors)`` for tensors named ``names`` (ext_coord, ext_atype, nlist, mapping,
         optional fparam/aparam and the descriptor's graph inputs)."""
@@ -152,7 +141,7 @@ class CompiledEnergy:
             ext_coord, ext_atype = model.extend(coord, atype, box, nbr)
             nlist, mapping = nbr[keys.NLIST], nbr[keys.MAPPING]
             lists = model.descriptor.graph_inputs(ext_coord, ext_atype, nlist, self.width_step)
-            lists = self._widen(lists, nloc)
+            lists = widen_lists(lists, self.widest.setdefault(nloc, {}))
             nf, nall = ext_atype.shape
             nall_pad = ghost_bucket(nall)
             if nall_pad > nall:

@@ -33,6 +33,7 @@ import time
 import torch
 
 from .. import keys
+from ..descriptor.base import widen_lists
 from ..model.derivatives import forces_and_virials
 from ..model.energy_model import EnergyModel
 
@@ -196,7 +197,7 @@ class CompiledTraining:
             lists = model.descriptor.graph_inputs(
                 ext_coord, ext_atype, nbr[keys.NLIST], self.width_step
             )
-            lists = self._widen(lists)
+            lists = widen_lists(lists, self.widest)
         inputs = {"ext_coord": ext_coord, "ext_atype": ext_atype, "nlist": nbr[keys.NLIST]}
         inputs.update(mapping=nbr[keys.MAPPING], fparam=fparam, aparam=aparam, **lists)
         names = [k for k, v in inputs.items() if v is not None]
@@ -227,18 +228,6 @@ class CompiledTraining:
         if do_virial:
             pred[keys.VIRIAL] = virial
         return pred
-
-    def _widen(self, lists: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``lists`` padded with empty slots to the widest of each seen so far (exact, as the
-        padding of :meth:`graph_inputs`)."""
-        out = {}
-        for name, nl in lists.items():
-            width = max(nl.shape[-1], self.widest.get(name, 0))
-            self.widest[name] = width
-            if width > nl.shape[-1]:
-                nl = torch.nn.functional.pad(nl, (0, width - nl.shape[-1]), value=-1)
-            out[name] = nl
-        return out
 
 
 def compiled_forwards(tasks: dict, enabled: bool) -> dict[str, CompiledTraining]:
