@@ -69,12 +69,18 @@ def model_section(name: str, precision: str) -> dict:
     return model
 
 
-def make_input(name: str, precision: str, data: Path, steps: int) -> dict:
+def make_input(name: str, precision: str, data: Path, steps: int, seed: int = 0) -> dict:
+    """``seed`` moves the model's initial weights and the batch order together (both precisions
+    of one seed start from the same weights and see the same batches)."""
     from lamkit.examples import example_input
 
     train = [str(p) for p in sorted((data / "data").glob("train_*"))]
     conf = example_input(train, [str(data / "data" / "valid")], steps)
     conf["model"] = model_section(name, precision)
+    if seed:
+        for section in ("descriptor", "fitting_net"):
+            conf["model"][section]["seed"] = 1 + seed
+        conf["training"]["seed"] = 10 + seed
     conf["learning_rate"] = {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 50}
     conf["training"].update(disp_freq=steps, save_freq=steps)
     conf["training"]["training_data"]["batch_size"] = 1
@@ -88,8 +94,8 @@ def run_one(name: str, precision: str, data: Path, args, device, out: Path) -> d
     from lamkit.infer.metrics import run_test
     from lamkit.train.trainer import Trainer
 
-    conf = make_input(name, precision, data, args.steps)
-    torch.manual_seed(0)
+    conf = make_input(name, precision, data, args.steps, args.seed)
+    torch.manual_seed(args.seed)
     rate, log = _RateLog(), logging.getLogger("lamkit.train")
     saved = log.level, log.propagate
     log.addHandler(rate)
@@ -107,6 +113,7 @@ def run_one(name: str, precision: str, data: Path, args, device, out: Path) -> d
     row = {
         "model": name,
         "precision": precision,
+        "seed": args.seed,
         "steps": args.steps,
         "ckpt": str(ckpt),
         "trainer_s_per_step": None if rate.rate is None else 1.0 / rate.rate,
@@ -207,6 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-evals", type=int, default=10, help="inference calls per block")
     p.add_argument("--frames", type=int, default=40, help="example frames per system")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     p.add_argument("--workdir", type=Path, default=None, help="keep the data and runs here")
     p.add_argument("--json", type=Path, default=None, help="write the rows here")
     add_device_argument(p)
