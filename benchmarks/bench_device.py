@@ -52,3 +52,10 @@ def device_env(env: dict, device) -> dict:
         if index is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(index)
     return env
+
+
+def malloc_env() -> dict:
+    """Environment variables that give a child process the glibc malloc settings lamkit applies
+    in its own process (``lamkit.runtime.tune_allocator``: no ``mmap`` for large blocks, no
+    trimming), so that tools in other processes allocate alike."""
+    return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}

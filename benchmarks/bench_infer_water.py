@@ -16,8 +16,8 @@ alternating order), which is how a user runs either of them.
 
 lamkit tunes glibc malloc in its process (``lamkit.runtime.tune_allocator``), which in the
 shared process also serves the reference; ``--isolated --tune-ref-malloc`` gives the
-reference's own process the same settings (``GLIBC_TUNABLES``), so that only the computation
-differs.
+reference's own process the same settings (glibc's ``MALLOC_*`` variables), so that only the
+computation differs.
 
 ``--compile`` adds a third contender, ``DeepPot(..., compile=True)`` (compiled graphs,
 :mod:`lamkit.infer.compiled`); its one-off compilation happens in the warm-up and is printed.
@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_device import add_device_argument, resolve_device  # noqa: E402
+from bench_device import add_device_argument, malloc_env, resolve_device  # noqa: E402
 from water_models import MODELS, reference_checkpoint, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ class Remote:
         cmd += ["--device", a.device]
         env = dict(os.environ)
         if name == "deepmd" and a.tune_ref_malloc:  # lamkit.runtime.tune_allocator's settings
-            env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+            env.update(malloc_env())
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import malloc_env  # noqa: E402
 from bench_scaling_dpa2 import DEFAULT_DATA, water_box  # noqa: E402
 
 TOOLS = ("lamkit-lmp", "deepmd-lmp", "ase")
@@ -65,7 +66,7 @@ def lammps_env(threads: int, malloc_tune: bool = True) -> dict:
     all contenders allocate alike (1.23x for the lamkit file at 1,536 atoms)."""
     env = thread_env(threads)
     if malloc_tune:
-        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="2147483647")
+        env.update(malloc_env())
     libs = os.environ.get("LAMKIT_DP_LMP_LIBS") or str(
         next(VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
     )

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_device import malloc_env  # noqa: E402
 from water_models import MODELS, water_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def bench_env(threads: int, malloc_tune: bool) -> dict:
         NUM_WORKERS="0",
     )
     if malloc_tune:
-        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+        env.update(malloc_env())
     return env
 
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--malloc-tune",
         action="store_true",
-        help="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 for both tools",
+        help="lamkit's malloc settings (MALLOC_MMAP_MAX_=0, no trimming) for both tools",
     )
     p.add_argument(
         "--dp-neighbor-stat",
